@@ -1,0 +1,44 @@
+"""`redistill` console entry point. Each subcommand lives in `redistill_diffusion.commands.<name>`
+and exposes ``register(subparsers)``, which adds its parser and sets ``func`` to run it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("memory", "train", "eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="redistill",
+        description="ReDistill: peak-memory-lean students for diffusers UNets and timm CNNs.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"redistill_diffusion.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"redistill_diffusion.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"redistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Residual Encoded Distillation (RED): the block that replaces a student feature, and its loss.
+
+Shared by the diffusion and classification sides. See method.md section 3:
+
+    gate     g = sigmoid(BN(conv1x1(x)))
+    residual r = relu6(BN(convKxK(x)))
+    y = x * g + r
+
+The loss compares channel-mean maps, so student and teacher may have different widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RED_VARIANTS = ("full", "no_gate", "no_residual", "no_shortcut")
+RED_DISTANCES = ("cosine", "mse")
+
+
+class REDBlock(nn.Module):
+    """Gate + residual encoder placed on a student feature map (B x C x H x W).
+
+    Variants (the paper's ablations): ``full`` (y = x*g + r), ``no_gate`` (y = x + r),
+    ``no_residual`` (y = x*g), ``no_shortcut`` (y = r(g(x)), the encoder applied to the gated map).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, variant: str = "full"):
+        super().__init__()
+        if variant not in RED_VARIANTS:
+            raise ValueError(f"Unknown RED variant {variant!r}; choose one of {', '.join(RED_VARIANTS)}.")
+        if kernel_size % 2 != 1 or kernel_size < 1:
+            raise ValueError(f"RED kernel_size must be an odd positive integer, got {kernel_size}.")
+        if channels < 1:
+            raise ValueError(f"RED block needs a positive channel count, got {channels}.")
+        self.channels = channels
+        self.variant = variant
+        if variant != "no_gate":
+            self.gate = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
+        if variant != "no_residual":
+            self.residual = nn.Sequential(
+                nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2),
+                nn.BatchNorm2d(channels),
+                nn.ReLU6(),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.variant == "full":
+            return x * self.gate(x) + self.residual(x)
+        if self.variant == "no_gate":
+            return x + self.residual(x)
+        if self.variant == "no_residual":
+            return x * self.gate(x)
+        return self.residual(x * self.gate(x))  # no_shortcut
+
+    # Hooks are bound methods so that copy.deepcopy(model) rebinds them to the copied block.
+    def _replace_output(self, module: nn.Module, args, output):
+        if isinstance(output, tuple):
+            return (self(output[0]), *output[1:])
+        return self(output)
+
+    def _replace_input(self, module: nn.Module, args, kwargs):
+        if args:
+            return (self(args[0]), *args[1:]), kwargs
+        name, value = next(iter(kwargs.items()))
+        return args, {**kwargs, name: self(value)}
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W -> B x H x W: the map RED compares, independent of channel count."""
+    return x.float().mean(dim=1)
+
+
+def red_distance(student: torch.Tensor, teacher: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
+    """Distance between channel-mean maps of one student/teacher pair (unweighted, mean over batch)."""
+    if student.shape[-2:] != teacher.shape[-2:]:
+        raise ValueError(
+            f"RED pair has different spatial sizes: student {tuple(student.shape[-2:])} vs teacher "
+            f"{tuple(teacher.shape[-2:])}; pair features of the same resolution."
+        )
+    m_s, m_t = channel_mean(student).flatten(1), channel_mean(teacher).flatten(1)
+    if distance == "cosine":
+        return (1.0 - F.cosine_similarity(m_s, m_t, dim=1, eps=1e-8)).mean()
+    if distance == "mse":
+        return F.mse_loss(m_s, m_t)
+    raise ValueError(f"Unknown RED distance {distance!r}; choose one of {', '.join(RED_DISTANCES)}.")
+
+
+def parse_tap(tap: str) -> tuple[str, str]:
+    """'module:where' -> (module, where); where defaults to 'output'."""
+    module, _, where = tap.rpartition(":") if ":" in tap else (tap, ":", "output")
+    if where not in ("input", "output"):
+        raise ValueError(f"Tap {tap!r} must end in ':input' or ':output'.")
+    return module, where
+
+
+def tap_to_key(tap: str) -> str:
+    """A tap as a valid nn.ModuleDict key ('.' and ':' are not allowed there)."""
+    module, where = parse_tap(tap)
+    return f"{module.replace('.', '_')}__{where}"
+
+
+def attach_red_blocks(
+    model: nn.Module,
+    specs: Iterable[Mapping],
+    kernel_size: int = 3,
+    variant: str = "full",
+) -> nn.ModuleDict:
+    """Create one REDBlock per spec ``{"tap": "module:where", "channels": C}`` and hook it in.
+
+    The block replaces the tapped feature in every forward pass. Returns the ModuleDict, which the
+    caller stores on the model (``model.red_blocks``) so the blocks are saved with its weights.
+    """
+    modules = dict(model.named_modules())
+    blocks = nn.ModuleDict()
+    for spec in specs:
+        tap = spec["tap"]
+        name, where = parse_tap(tap)
+        if name not in modules:
+            raise ValueError(f"RED block placement {tap!r}: the model has no module named {name!r}.")
+        key = tap_to_key(tap)
+        if key in blocks:
+            raise ValueError(f"RED block placement {tap!r} is listed twice.")
+        block = REDBlock(int(spec["channels"]), kernel_size=kernel_size, variant=variant)
+        if where == "output":
+            modules[name].register_forward_hook(block._replace_output)
+        else:
+            modules[name].register_forward_pre_hook(block._replace_input, with_kwargs=True)
+        blocks[key] = block
+    return blocks
