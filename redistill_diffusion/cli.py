@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("memory", "train", "eval")
+SUBCOMMANDS = ("memory", "train", "quickstart", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
