@@ -1,0 +1,18 @@
+"""One Accelerate training loop (`Trainer`) shared by every script, and the tasks that plug into it.
+
+Import a task's contract from here: `TrainingTask`, `TaskLosses`, `StepContext`, `EvalContext`;
+and `combine_losses`, the single place where task and distillation losses are weighted.
+"""
+
+from .losses import NonFiniteLossError, check_finite, combine_losses
+from .task import EvalContext, StepContext, TaskLosses, TrainingTask
+
+__all__ = [
+    "EvalContext",
+    "NonFiniteLossError",
+    "StepContext",
+    "TaskLosses",
+    "TrainingTask",
+    "check_finite",
+    "combine_losses",
+]

@@ -1,0 +1,96 @@
+"""The contract between the one training loop (`Trainer`) and what it trains.
+
+The loop owns everything that is the same for every experiment: Accelerate (devices, processes,
+mixed precision, gradient accumulation), the optimizer and lr schedule, gradient clipping, EMA,
+checkpoints and resume, logging, progress bars and the final hand-off. A *task* owns everything
+that differs: which modules train, how one batch turns into losses, what "evaluate" means and what
+the final artefact is. Diffusion distillation (`DiffusionDistillationTask`) and classification
+distillation (`redistill_diffusion.classification`) are two tasks of the same loop.
+
+A task implements this protocol (duck-typed; subclassing `TrainingTask` is optional):
+
+    class MyTask:
+        main_module_name = "student"            # the module EMA tracks and `save_final` exports
+
+        def trainable_modules(self) -> dict[str, nn.Module]: ...
+        def train_dataset(self) -> torch.utils.data.Dataset: ...
+        def collate_fn(self, examples) -> Any: ...                  # optional
+        def setup(self, accelerator) -> None: ...                    # optional: move frozen teachers to the device
+        def compute_losses(self, batch, ctx: StepContext) -> TaskLosses: ...
+        def evaluate(self, ctx: EvalContext) -> dict[str, float]: ...   # optional
+        def save_final(self, output_dir: str, ctx: EvalContext) -> None: ...
+
+Rules the loop relies on:
+- `compute_losses` uses the *prepared* modules in ``ctx.modules`` (they may be DDP wrappers), never
+  the ones it returned from `trainable_modules` directly, so gradients are synchronised.
+- Any randomness inside `compute_losses` (noise, timesteps, flips, crops) draws from
+  ``ctx.generator``: the loop seeds it per process and stores it in every checkpoint, which is what
+  makes a killed-and-resumed run bit-identical to an uninterrupted one. Dataset transforms should
+  be deterministic for the same reason (or draw from the global torch RNG, which accelerate also
+  restores, in the main process only: ``dataloader_num_workers=0``).
+- Losses are returned *separately*: the task loss, and the named, already-weighted distillation
+  losses of a `Distiller`. The loop combines them in one place (`combine_losses`):
+  ``total = (1 - distill_weight) * task + distill_weight * sum(distillation)`` when the distiller
+  returned any loss, else ``total = task``. Every named loss is logged.
+- `evaluate` and `save_final` run on the main process only, with the EMA weights swapped into the
+  main module when EMA is on; they must not call collective operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TaskLosses:
+    """What one batch costs. ``task``: the task's own loss (denoising MSE, cross-entropy).
+    ``distillation``: named distillation losses, already weighted by their own alphas (may be empty).
+    ``logs``: extra scalars to log (not optimised)."""
+
+    task: torch.Tensor
+    distillation: dict[str, torch.Tensor] = field(default_factory=dict)
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Handed to `compute_losses` for every micro-batch."""
+
+    modules: Mapping[str, nn.Module]  # prepared (possibly DDP-wrapped) trainable modules, by name
+    generator: torch.Generator  # per-process RNG, saved in checkpoints; use it for all randomness
+    device: torch.device
+    global_step: int  # optimizer steps done so far
+    accelerator: Any
+
+
+@dataclass
+class EvalContext:
+    """Handed to `evaluate` and `save_final` (main process, EMA weights in place when EMA is on)."""
+
+    modules: Mapping[str, nn.Module]  # unwrapped trainable modules, by name
+    device: torch.device
+    global_step: int
+    epoch: int
+    output_dir: str
+    accelerator: Any
+    metrics: dict[str, float] = field(default_factory=dict)  # latest evaluation metrics, for model cards
+
+
+@runtime_checkable
+class TrainingTask(Protocol):
+    """See the module docstring. Only the methods below are required."""
+
+    main_module_name: str
+
+    def trainable_modules(self) -> dict[str, nn.Module]: ...
+
+    def train_dataset(self) -> torch.utils.data.Dataset: ...
+
+    def compute_losses(self, batch: Any, ctx: StepContext) -> TaskLosses: ...
+
+    def save_final(self, output_dir: str, ctx: EvalContext) -> None: ...
