@@ -30,7 +30,11 @@ _DISTILLERS: dict[str, type[Distiller]] = {}
 
 
 def register_distiller(cls: type[Distiller]) -> type[Distiller]:
-    """Class decorator: make a Distiller subclass available to :func:`build_distiller` under ``cls.name``."""
+    """Class decorator: make a Distiller subclass available to :func:`build_distiller` under ``cls.name``.
+
+    The builder calls ``cls(pairs=..., student_shapes=..., teacher_shapes=..., **options)`` with only
+    the options listed in ``cls.option_defaults`` (prefix them with the method name: ``kd_temperature``).
+    """
     if not cls.name or "+" in cls.name:
         raise ValueError(f"Distiller {cls.__name__} needs a name without '+'.")
     _DISTILLERS[cls.name] = cls
