@@ -39,7 +39,9 @@ class REDBlock(nn.Module):
         self.channels = channels
         self.variant = variant
         if variant != "no_gate":
-            self.gate = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
+            self.gate = nn.Sequential(
+                nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid()
+            )
         if variant != "no_residual":
             self.residual = nn.Sequential(
                 nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2),

@@ -95,7 +95,11 @@ def match_by_resolution(
     pairs, used = [], set()
     for s_tap, s_shape in student_shapes.items():
         match = next(
-            (t for t, t_shape in teacher_shapes.items() if t not in used and tuple(t_shape[-2:]) == tuple(s_shape[-2:])),
+            (
+                t
+                for t, t_shape in teacher_shapes.items()
+                if t not in used and tuple(t_shape[-2:]) == tuple(s_shape[-2:])
+            ),
             None,
         )
         if match is None:

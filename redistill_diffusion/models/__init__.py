@@ -1,0 +1,3 @@
+from .unet_student import ReDistillUNet2DModel, unet_tap_pairs
+
+__all__ = ["ReDistillUNet2DModel", "unet_tap_pairs"]

@@ -1,0 +1,383 @@
+"""`ReDistillUNet2DModel`: a diffusers `UNet2DModel` that downsamples hard at the stem.
+
+The student keeps every block and width of its teacher; only strides change (method.md section 2):
+``conv_in`` gets stride ``stem_stride``, the last log2(stem_stride) ``Downsample2D`` layers get
+stride 1, the matching ``Upsample2D`` layers skip their interpolation, and the output head
+restores full resolution. The deepest feature map keeps the teacher's size, so every weight but
+the output head has the teacher's shape. RED blocks (``red_placement`` config, modules in ``model.red_blocks``) are hooked in at
+construction, so they are part of the saved model and of every forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+# DiffusionPipeline.from_pretrained imports the module named in model_index.json (this one) and
+# needs `ModelMixin` there to recognise the class as a loadable model.
+from diffusers import (
+    ModelMixin,  # noqa: F401
+    UNet2DModel,
+)
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.upsampling import Upsample2D
+from torch import nn
+
+from ..red import RED_VARIANTS, attach_red_blocks, parse_tap
+from ..taps import match_by_resolution, normalize_tap, probe_shapes
+
+SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
+SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
+OUTPUT_HEADS = ("transposed_conv", "pixel_shuffle")
+RED_PRESETS = ("paper", "full")
+
+
+def _spatial_size(sample_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if sample_size is None:
+        return None
+    if isinstance(sample_size, int):
+        return (sample_size, sample_size)
+    return (int(sample_size[0]), int(sample_size[1]))
+
+
+def validate_student_config(
+    *,
+    stem_stride: int,
+    down_block_types: Sequence[str],
+    up_block_types: Sequence[str],
+    sample_size: int | Sequence[int] | None,
+    output_head: str,
+    downsample_type: str = "conv",
+    upsample_type: str = "conv",
+    red_variant: str = "full",
+) -> None:
+    """Raise one clear ValueError for a student that cannot be built (before any weights exist)."""
+    if not isinstance(stem_stride, int) or stem_stride < 1 or stem_stride & (stem_stride - 1):
+        raise ValueError(f"stem_stride must be a power of two (1, 2, 4, 8, ...), got {stem_stride!r}.")
+    for kind, types, supported in (
+        ("down", down_block_types, SUPPORTED_DOWN_BLOCKS),
+        ("up", up_block_types, SUPPORTED_UP_BLOCKS),
+    ):
+        unknown = [t for t in types if t not in supported]
+        if unknown:
+            raise ValueError(
+                f"Unsupported {kind} block type(s) {unknown}; ReDistillUNet2DModel supports {', '.join(supported)}."
+            )
+    if stem_stride > 1 and (downsample_type != "conv" or upsample_type != "conv"):
+        raise ValueError(
+            f"ReDistillUNet2DModel needs downsample_type='conv' and upsample_type='conv' to move strides, got "
+            f"{downsample_type!r}/{upsample_type!r}."
+        )
+    num_downsamplers = len(down_block_types) - 1
+    shifts = int(math.log2(stem_stride))
+    if shifts > num_downsamplers:
+        raise ValueError(
+            f"stem_stride={stem_stride} needs {shifts} downsamplers to give back, but this UNet has only "
+            f"{num_downsamplers}; use stem_stride <= {2**num_downsamplers}."
+        )
+    if output_head not in OUTPUT_HEADS:
+        raise ValueError(f"Unknown output_head {output_head!r}; choose one of {', '.join(OUTPUT_HEADS)}.")
+    if red_variant not in RED_VARIANTS:
+        raise ValueError(f"Unknown red_variant {red_variant!r}; choose one of {', '.join(RED_VARIANTS)}.")
+    size = _spatial_size(sample_size)
+    total_stride = 2**num_downsamplers
+    if size is not None and any(s % total_stride for s in size):
+        raise ValueError(
+            f"sample_size {sample_size} is not divisible by the UNet's total stride {total_stride} "
+            f"({num_downsamplers} downsamplers); use a multiple of {total_stride}."
+        )
+
+
+class ReDistillUNet2DModel(UNet2DModel):
+    """UNet2DModel with aggressive early downsampling (``stem_stride``) and optional RED blocks.
+
+    Extra config: ``stem_stride`` (power of two), ``output_head`` (``"transposed_conv"``: the
+    paper's ConvTranspose2d with kernel = stride = stem_stride; ``"pixel_shuffle"``: 3x3 conv to
+    out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
+    ``red_kernel_size`` and ``red_variant``. Everything else is UNet2DModel's config.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | None = None,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        center_input_sample: bool = False,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: int | None = None,
+        freq_shift: int = 0,
+        flip_sin_to_cos: bool = True,
+        down_block_types: tuple[str, ...] = (
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+        ),
+        mid_block_type: str | None = "UNetMidBlock2D",
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        block_out_channels: tuple[int, ...] = (224, 448, 672, 896),
+        layers_per_block: int = 2,
+        mid_block_scale_factor: float = 1,
+        downsample_padding: int = 1,
+        downsample_type: str = "conv",
+        upsample_type: str = "conv",
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        attention_head_dim: int | None = 8,
+        norm_num_groups: int = 32,
+        attn_norm_num_groups: int | None = None,
+        norm_eps: float = 1e-5,
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        class_embed_type: str | None = None,
+        num_class_embeds: int | None = None,
+        num_train_timesteps: int | None = None,
+        stem_stride: int = 2,
+        output_head: str = "transposed_conv",
+        red_placement: list[dict[str, Any]] | None = None,
+        red_kernel_size: int = 3,
+        red_variant: str = "full",
+    ):
+        validate_student_config(
+            stem_stride=stem_stride,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            sample_size=sample_size,
+            output_head=output_head,
+            downsample_type=downsample_type,
+            upsample_type=upsample_type,
+            red_variant=red_variant,
+        )
+        super().__init__(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            center_input_sample=center_input_sample,
+            time_embedding_type=time_embedding_type,
+            time_embedding_dim=time_embedding_dim,
+            freq_shift=freq_shift,
+            flip_sin_to_cos=flip_sin_to_cos,
+            down_block_types=down_block_types,
+            mid_block_type=mid_block_type,
+            up_block_types=up_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            mid_block_scale_factor=mid_block_scale_factor,
+            downsample_padding=downsample_padding,
+            downsample_type=downsample_type,
+            upsample_type=upsample_type,
+            dropout=dropout,
+            act_fn=act_fn,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+            attn_norm_num_groups=attn_norm_num_groups,
+            norm_eps=norm_eps,
+            resnet_time_scale_shift=resnet_time_scale_shift,
+            add_attention=add_attention,
+            class_embed_type=class_embed_type,
+            num_class_embeds=num_class_embeds,
+            num_train_timesteps=num_train_timesteps,
+        )
+        self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
+        self.red_blocks = attach_red_blocks(
+            self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant
+        )
+
+    def _move_strides(
+        self, stem_stride: int, output_head: str, stem_channels: int, out_channels: int
+    ) -> None:
+        if stem_stride == 1:
+            return
+        self.conv_in.stride = (stem_stride, stem_stride)
+        shifts = int(math.log2(stem_stride))
+        # Down blocks 0..n-2 own a downsampler; the deepest `shifts` of them keep the resolution.
+        num_downsamplers = len(self.down_blocks) - 1
+        for index in range(num_downsamplers - shifts, num_downsamplers):
+            for downsampler in self.down_blocks[index].downsamplers:
+                _make_resolution_preserving_downsampler(downsampler)
+        # Up block i mirrors down block n-2-i: the first `shifts` up blocks stop interpolating.
+        for index in range(shifts):
+            for upsampler in self.up_blocks[index].upsamplers:
+                if not isinstance(upsampler, Upsample2D):
+                    raise ValueError(
+                        f"up_blocks.{index} uses {type(upsampler).__name__}; only Upsample2D is supported."
+                    )
+                upsampler.interpolate = False
+        if output_head == "transposed_conv":
+            self.conv_out = nn.ConvTranspose2d(
+                stem_channels, out_channels, kernel_size=stem_stride, stride=stem_stride
+            )
+        else:
+            self.conv_out = nn.Sequential(
+                nn.Conv2d(stem_channels, out_channels * stem_stride**2, kernel_size=3, padding=1),
+                nn.PixelShuffle(stem_stride),
+            )
+
+    def add_red_blocks(
+        self, specs: Sequence[dict[str, Any]], kernel_size: int | None = None, variant: str | None = None
+    ) -> None:
+        """Hook RED blocks in after construction and record them in the config (so they are saved)."""
+        if len(self.red_blocks):
+            raise ValueError(
+                "This student already has RED blocks; build a new student to change the placement."
+            )
+        kernel_size = kernel_size or self.config.red_kernel_size
+        variant = variant or self.config.red_variant
+        specs = [{"tap": normalize_tap(s["tap"]), "channels": int(s["channels"])} for s in specs]
+        self.red_blocks = attach_red_blocks(self, specs, kernel_size=kernel_size, variant=variant)
+        self.register_to_config(red_placement=specs, red_kernel_size=kernel_size, red_variant=variant)
+
+    @classmethod
+    def from_teacher(
+        cls,
+        teacher: UNet2DModel,
+        stem_stride: int = 2,
+        init: str = "teacher",
+        output_head: str = "transposed_conv",
+        red_preset: str | None = None,
+        red_kernel_size: int = 3,
+        red_variant: str = "full",
+    ) -> ReDistillUNet2DModel:
+        """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
+
+        ``red_preset`` ("paper" or "full") places RED blocks at the student taps of
+        :func:`unet_tap_pairs`; ``None`` builds the plain student (vanilla / output distillation).
+        """
+        if not isinstance(teacher, UNet2DModel):
+            raise ValueError(f"The teacher must be a diffusers UNet2DModel, got {type(teacher).__name__}.")
+        if init not in ("teacher", "random"):
+            raise ValueError(f"init must be 'teacher' or 'random', got {init!r}.")
+        config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
+        for key in ("stem_stride", "output_head", "red_placement", "red_kernel_size", "red_variant"):
+            config.pop(key, None)
+        student = cls(
+            **config,
+            stem_stride=stem_stride,
+            output_head=output_head,
+            red_kernel_size=red_kernel_size,
+            red_variant=red_variant,
+        )
+        if init == "teacher":
+            copy_matching_weights(teacher, student)
+        if (teacher.device, teacher.dtype) != (student.device, student.dtype):
+            student.to(device=teacher.device, dtype=teacher.dtype)
+        if red_preset is not None:
+            pairs = unet_tap_pairs(student, teacher, red_preset)
+            shapes = probe_unet_shapes(student, [s for s, _ in pairs])
+            student.add_red_blocks([{"tap": s, "channels": shapes[s][1]} for s, _ in pairs])
+        return student
+
+
+def _make_resolution_preserving_downsampler(downsampler: nn.Module) -> None:
+    if not isinstance(downsampler, Downsample2D) or not isinstance(downsampler.conv, nn.Conv2d):
+        raise ValueError(
+            f"Only Downsample2D with a conv can keep its resolution, got {type(downsampler).__name__}."
+        )
+    conv = downsampler.conv
+    conv.stride = (1, 1)
+    # A padding-0 downsampler pads (0, 1, 0, 1) by hand before its stride-2 conv; at stride 1 it must
+    # pad symmetrically to keep the size (and the skip tensors aligned with the up path).
+    conv.padding = (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
+    downsampler.padding = conv.padding[0]
+
+
+def copy_matching_weights(source: nn.Module, target: nn.Module) -> list[str]:
+    """Copy every tensor of ``source`` whose name and shape exist in ``target``; return the skipped keys."""
+    source_state = source.state_dict()
+    target_state = target.state_dict()
+    matched = {
+        k: v for k, v in source_state.items() if k in target_state and target_state[k].shape == v.shape
+    }
+    target.load_state_dict(matched, strict=False)
+    return sorted(set(target_state) - set(matched))
+
+
+def _dummy_inputs(model: UNet2DModel, batch_size: int = 1, resolution: int | None = None):
+    size = _spatial_size(resolution or model.config.sample_size)
+    if size is None:
+        raise ValueError("The UNet config has no sample_size; pass a resolution.")
+    param = next(model.parameters())
+    sample = torch.zeros(batch_size, model.config.in_channels, *size, device=param.device, dtype=param.dtype)
+    kwargs = {}
+    if model.class_embedding is not None:
+        kwargs["class_labels"] = torch.zeros(batch_size, dtype=torch.long, device=param.device)
+    return sample, torch.zeros(batch_size, dtype=torch.long, device=param.device), kwargs
+
+
+def probe_unet_shapes(
+    model: UNet2DModel, taps: Sequence[str], resolution: int | None = None
+) -> dict[str, torch.Size]:
+    """Shapes at the given taps for one batch-1 forward pass at the model's sample size."""
+    sample, timestep, kwargs = _dummy_inputs(model, resolution=resolution)
+    was_training = model.training
+    model.eval()
+    try:
+        return probe_shapes(model, taps, sample, timestep, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def _resampler_taps(model: UNet2DModel) -> tuple[list[str], list[str]]:
+    """Input and output taps of every downsampler and upsampler, in forward order."""
+    down, up = [], []
+    for i, block in enumerate(model.down_blocks):
+        for j, _ in enumerate(block.downsamplers or []):
+            down += [f"down_blocks.{i}.downsamplers.{j}:input", f"down_blocks.{i}.downsamplers.{j}:output"]
+    for i, block in enumerate(model.up_blocks):
+        for j, _ in enumerate(block.upsamplers or []):
+            up += [f"up_blocks.{i}.upsamplers.{j}:input", f"up_blocks.{i}.upsamplers.{j}:output"]
+    return down, up
+
+
+def unet_tap_pairs(
+    student: ReDistillUNet2DModel, teacher: UNet2DModel, preset: str = "paper"
+) -> list[tuple[str, str]]:
+    """(student_tap, teacher_tap) pairs of a RED placement preset, matched by resolution.
+
+    ``paper``: stem output <-> the teacher's downsampler output at that resolution; output-head
+    input <-> the teacher's upsampler input at that resolution (the TMLR placement).
+    ``full``: also the inputs/outputs of the student's remaining (still resampling) layers, each
+    paired with the next unused teacher resampling tap of the same size.
+    """
+    if preset not in RED_PRESETS:
+        raise ValueError(f"Unknown RED preset {preset!r}; choose one of {', '.join(RED_PRESETS)}.")
+    stride = getattr(student.config, "stem_stride", 1)
+    if stride == 1:
+        raise ValueError("RED presets pair the aggressive resampling layers; this student has stem_stride=1.")
+    teacher_down, teacher_up = _resampler_taps(teacher)
+    teacher_shapes = probe_unet_shapes(teacher, teacher_down + teacher_up)
+    student_down, student_up = _resampler_taps(student)
+    student_taps = ["conv_in:output", "conv_out:input"] + student_down + student_up
+    student_shapes = probe_unet_shapes(student, student_taps)
+    # Only resamplers that still change the resolution are placement points in the student.
+    active_down = [t for t in student_down if _changes_resolution(t, student_shapes)]
+    active_up = [t for t in student_up if _changes_resolution(t, student_shapes)]
+
+    pairs = []
+    pairs += match_by_resolution(
+        {"conv_in:output": student_shapes["conv_in:output"]},
+        {t: teacher_shapes[t] for t in teacher_down if t.endswith(":output")},
+    )
+    up_inputs = {t: teacher_shapes[t] for t in reversed(teacher_up) if t.endswith(":input")}
+    pairs += match_by_resolution({"conv_out:input": student_shapes["conv_out:input"]}, up_inputs)
+    if preset == "full":
+        used = {t for _, t in pairs}
+        pairs += match_by_resolution(
+            {t: student_shapes[t] for t in active_down},
+            {t: teacher_shapes[t] for t in teacher_down if t not in used},
+        )
+        pairs += match_by_resolution(
+            {t: student_shapes[t] for t in active_up},
+            {t: teacher_shapes[t] for t in teacher_up if t not in used},
+        )
+    return pairs
+
+
+def _changes_resolution(tap: str, shapes: dict[str, torch.Size]) -> bool:
+    module, _ = parse_tap(tap)
+    return shapes[f"{module}:input"][-2:] != shapes[f"{module}:output"][-2:]

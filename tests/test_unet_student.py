@@ -1,0 +1,220 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from redistill_diffusion import ReDistillUNet2DModel
+from redistill_diffusion.models import unet_tap_pairs
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
+TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
+
+
+def tiny_teacher(**overrides) -> UNet2DModel:
+    config = {k: v for k, v in json.loads(TINY.read_text()).items() if not k.startswith("_")}
+    config.update(overrides)
+    torch.manual_seed(0)
+    return UNet2DModel(**config)
+
+
+def shipped_teacher(name: str) -> UNet2DModel:
+    return UNet2DModel.from_config(UNet2DModel.load_config(PACKAGE_CONFIGS / name / "unet"))
+
+
+def forward(model, resolution, batch=2, channels=3, **kwargs):
+    x = torch.randn(batch, channels, resolution, resolution)
+    return x, model(x, torch.randint(0, 1000, (batch,)), **kwargs).sample
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2, 4])
+def test_output_shape_and_resolution_ladder(stem_stride):
+    teacher = tiny_teacher()
+    student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=stem_stride)
+    x, y = forward(student, 16)
+    assert y.shape == x.shape
+    # The deepest feature keeps the teacher's resolution: every block after it keeps its shape.
+    seen = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        hook = model.mid_block.register_forward_hook(
+            lambda m, a, o, name=name: seen.__setitem__(name, o.shape)
+        )
+        forward(model, 16)
+        hook.remove()
+    assert seen["teacher"] == seen["student"]
+
+
+def test_stem_and_resampler_strides():
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2)
+    assert student.conv_in.stride == (2, 2)
+    assert student.down_blocks[1].downsamplers[0].conv.stride == (
+        1,
+        1,
+    )  # last downsampler gives its stride back
+    assert student.down_blocks[0].downsamplers[0].conv.stride == (2, 2)
+    assert student.up_blocks[0].upsamplers[0].interpolate is False
+    assert student.up_blocks[1].upsamplers[0].interpolate is True
+    assert isinstance(student.conv_out, torch.nn.ConvTranspose2d)
+    assert student.conv_out.kernel_size == (2, 2) and student.conv_out.stride == (2, 2)
+
+
+def test_teacher_init_copies_every_matching_weight():
+    teacher = tiny_teacher()
+    student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, init="teacher")
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    different = [k for k in s_state if k not in t_state or not torch.equal(s_state[k], t_state[k])]
+    assert different == ["conv_out.weight"]  # the bias keeps its shape, so it is copied too
+    random_student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, init="random")
+    assert not torch.equal(random_student.conv_in.weight, teacher.conv_in.weight)
+
+
+@pytest.mark.parametrize("output_head", ["transposed_conv", "pixel_shuffle"])
+def test_forward_backward(output_head):
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, output_head=output_head)
+    x, y = forward(student, 16)
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"in_channels": 1, "out_channels": 1},
+        {"num_class_embeds": 10},
+        {
+            "block_out_channels": [8, 8, 16, 16, 16, 16],
+            "down_block_types": ["DownBlock2D"] * 6,
+            "up_block_types": ["UpBlock2D"] * 6,
+            "sample_size": 64,
+        },
+    ],
+    ids=["grayscale", "class_conditional", "six_levels"],
+)
+def test_teacher_variants(overrides):
+    teacher = tiny_teacher(**overrides)
+    student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=4)
+    kwargs = {"class_labels": torch.tensor([1, 2])} if "num_class_embeds" in overrides else {}
+    x, y = forward(student, teacher.config.sample_size, channels=teacher.config.in_channels, **kwargs)
+    assert y.shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "name,stem_stride,resolution",
+    [("google-ddpm-cifar10-32", 2, 32), ("google-ddpm-cifar10-32", 4, 32), ("google-ddpm-cat-256", 8, 64)],
+)
+def test_shipped_configs(name, stem_stride, resolution, tmp_path):
+    student = ReDistillUNet2DModel.from_teacher(shipped_teacher(name), stem_stride=stem_stride, init="random")
+    x, y = forward(student, resolution, batch=1)
+    assert y.shape == x.shape
+    y.mean().backward()
+    student.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    reloaded = ReDistillUNet2DModel.from_pretrained(tmp_path)
+    assert reloaded.config.stem_stride == stem_stride
+    assert all(
+        torch.equal(a, b) for a, b in zip(student.state_dict().values(), reloaded.state_dict().values())
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"stem_stride": 3}, "power of two"),
+        ({"stem_stride": 8}, "downsamplers to give back"),
+        ({"output_head": "bilinear"}, "output_head"),
+        ({"red_variant": "nope"}, "red_variant"),
+    ],
+)
+def test_invalid_student_configs(kwargs, message):
+    config = {k: v for k, v in tiny_teacher().config.items() if not k.startswith("_")}
+    with pytest.raises(ValueError, match=message):
+        ReDistillUNet2DModel(**{**config, **kwargs})
+
+
+def test_invalid_sample_size_and_block_type():
+    with pytest.raises(ValueError, match="not divisible"):
+        ReDistillUNet2DModel.from_teacher(tiny_teacher(sample_size=18), stem_stride=2)
+    teacher = tiny_teacher(
+        down_block_types=["DownBlock2D", "SkipDownBlock2D", "DownBlock2D"], norm_num_groups=4
+    )
+    with pytest.raises(ValueError, match="Unsupported down block"):
+        ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2)
+
+
+@pytest.mark.parametrize("preset,expected", [("paper", 2), ("full", 6)])
+def test_red_presets_pair_by_resolution(preset, expected):
+    teacher = tiny_teacher()
+    student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, red_preset=preset)
+    pairs = unet_tap_pairs(student, teacher, preset)
+    assert len(pairs) == expected == len(student.red_blocks)
+    assert pairs[:2] == [
+        ("conv_in:output", "down_blocks.0.downsamplers.0:output"),
+        ("conv_out:input", "up_blocks.1.upsamplers.0:input"),
+    ]
+    x, y = forward(student, 16)
+    assert y.shape == x.shape
+
+
+def test_red_blocks_replace_features_and_round_trip(tmp_path):
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper")
+    with torch.no_grad():  # make the gate/residual non-trivial so the block visibly changes the output
+        for p in student.red_blocks.parameters():
+            p.add_(0.5)
+    student.eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    with torch.no_grad():
+        with_red = student(x, t).sample
+        handles_off = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2).eval()
+        handles_off.load_state_dict({k: v for k, v in student.state_dict().items() if "red_blocks" not in k})
+        without_red = handles_off(x, t).sample
+    assert not torch.allclose(with_red, without_red)
+    student.save_pretrained(tmp_path)
+    reloaded = ReDistillUNet2DModel.from_pretrained(tmp_path).eval()
+    assert len(reloaded.red_blocks) == 2
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x, t).sample, with_red, atol=1e-6)
+
+
+def test_deepcopy_rebinds_red_hooks():
+    import copy
+
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper").eval()
+    clone = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in clone.red_blocks.parameters():
+            p.mul_(0.0)
+        x, t = torch.randn(1, 3, 16, 16), torch.tensor([5])
+        assert not torch.allclose(clone(x, t).sample, student(x, t).sample)
+
+
+@pytest.mark.parametrize(
+    "pipeline_cls,scheduler_cls", [(DDPMPipeline, DDPMScheduler), (DDIMPipeline, DDIMScheduler)]
+)
+def test_pipeline_round_trip_in_fresh_process(pipeline_cls, scheduler_cls, tmp_path):
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper")
+    pipe = pipeline_cls(unet=student, scheduler=scheduler_cls(num_train_timesteps=1000))
+    images = pipe(
+        batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert images.shape == (1, 16, 16, 3)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["unet"] == ["redistill_diffusion.models.unet_student", "ReDistillUNet2DModel"]
+    script = (
+        "import sys, torch\n"
+        "import redistill_diffusion  # diffusers >= 0.42 loads only classes of modules the caller imported\n"
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1])\n"
+        "assert type(pipe.unet).__name__ == 'ReDistillUNet2DModel', type(pipe.unet)\n"
+        "assert len(pipe.unet.red_blocks) == 2\n"
+        "out = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type='np')\n"
+        "print(out.images.shape)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 16, 16, 3)" in result.stdout
