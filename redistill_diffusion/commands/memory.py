@@ -1,0 +1,166 @@
+"""`redistill memory`: teacher vs ReDistill student peak activation memory, from a config alone.
+
+    redistill memory google/ddpm-cifar10-32 --stem_stride 2 --convention both --json mem.json --plot mem.png
+    redistill memory path/to/unet/config.json --stem_stride 4 --resolution 64
+    redistill memory --timm resnet18 --resolution 224 --stem_stride 8
+
+No weights are loaded: memory depends on the architecture only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CONVENTION_CHOICES = ("exact", "paper", "both")
+DEFAULT_UNET_STEM_STRIDE = 2
+DEFAULT_TIMM_STEM_STRIDE = 8
+DEFAULT_TIMM_RESOLUTION = 224
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "memory",
+        help="teacher vs student peak activation memory (exact count and/or the paper's convention)",
+        description=(
+            "Measure the peak activation memory of one forward pass (no_grad, weights and inputs excluded) of a "
+            "teacher and of its ReDistill student. MB = bytes / 1024^2. --convention both writes "
+            '{"exact": {...}, "paper": {...}} to --json; a single convention writes the object itself.'
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "teacher",
+        nargs="?",
+        help="UNet2DModel config: a config JSON, a model folder, a pipeline folder (with unet/) or a Hub id",
+    )
+    parser.add_argument("--timm", metavar="NAME", help="a timm classifier name instead of a UNet teacher")
+    parser.add_argument(
+        "--stem_stride",
+        "--stem-stride",
+        dest="stem_stride",
+        type=int,
+        default=None,
+        help=f"student stem stride, a power of two (default {DEFAULT_UNET_STEM_STRIDE} for UNets, "
+        f"{DEFAULT_TIMM_STEM_STRIDE} for timm models)",
+    )
+    parser.add_argument("--convention", choices=CONVENTION_CHOICES, default="exact", help="default: exact")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help=f"input height = width (default: the UNet's sample_size, {DEFAULT_TIMM_RESOLUTION} for timm models)",
+    )
+    parser.add_argument(
+        "--batch_size",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=1,
+        help="batch of the exact count (the paper convention is per sample); default 1",
+    )
+    parser.add_argument("--json", dest="json_path", metavar="PATH", help="write the comparison as JSON here")
+    parser.add_argument(
+        "--plot", dest="plot_path", metavar="PATH", help="write the per-layer plot (PNG) here"
+    )
+    parser.add_argument(
+        "--show_layers",
+        "--show-layers",
+        dest="show_layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N largest layers of each model (0: only the summary)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if (args.teacher is None) == (args.timm is None):
+        raise ValueError("give exactly one teacher: a UNet config/folder/Hub id, or --timm NAME.")
+    if args.stem_stride is not None and (args.stem_stride < 1 or args.stem_stride & (args.stem_stride - 1)):
+        raise ValueError(f"--stem_stride must be a power of two (1, 2, 4, 8, ...), got {args.stem_stride}.")
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"--resolution must be a positive number of pixels, got {args.resolution}.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    if args.plot_path and not args.plot_path.lower().endswith(".png"):
+        raise ValueError(f"--plot writes a PNG; give a path ending in .png, got {args.plot_path}.")
+
+
+def _build_pair(args: argparse.Namespace):
+    """(teacher, student, input_shape, description); every check runs before a model is built."""
+    from ..memory.models import build_timm_pair, build_unet_pair, check_unet_student, load_unet_config
+
+    if args.timm is not None:
+        stem_stride = args.stem_stride or DEFAULT_TIMM_STEM_STRIDE
+        resolution = args.resolution or DEFAULT_TIMM_RESOLUTION
+        teacher, student = build_timm_pair(args.timm, stem_stride)
+        return (
+            teacher,
+            student,
+            (3, resolution, resolution),
+            f"timm {args.timm}, student stem stride {stem_stride}",
+        )
+    stem_stride = args.stem_stride or DEFAULT_UNET_STEM_STRIDE
+    loaded = load_unet_config(args.teacher)
+    resolution = check_unet_student(loaded.config, stem_stride, args.resolution)
+    teacher, student = build_unet_pair(loaded.config, stem_stride)
+    channels = int(loaded.config.get("in_channels", 3))
+    return (
+        teacher,
+        student,
+        (channels, resolution, resolution),
+        (f"UNet2DModel from {loaded.source}, student stem stride {stem_stride}"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..memory import comparison_dict, format_comparison, measure_peak_memory, plot_memory_per_layer
+
+    _check_args(args)
+    teacher, student, input_shape, description = _build_pair(args)
+    conventions = ("exact", "paper") if args.convention == "both" else (args.convention,)
+    pairs = []
+    for convention in conventions:
+        pairs.append(
+            tuple(
+                measure_peak_memory(model, input_shape, convention=convention, batch_size=args.batch_size)
+                for model in (teacher, student)
+            )
+        )
+
+    resolution = "x".join(str(s) for s in input_shape[1:])
+    print(
+        f"{description}; input {resolution}, batch {args.batch_size} (paper convention: per sample); MB = bytes / 1024^2"
+    )
+    print(format_comparison(pairs))
+    for teacher_report, student_report in pairs:
+        if teacher_report.alive_at_peak:
+            for label, report in (("teacher", teacher_report), ("student", student_report)):
+                largest = ", ".join(
+                    f"{'x'.join(map(str, r.shape))} ({r.op} in {r.module})" for r in report.alive_at_peak[:4]
+                )
+                print(
+                    f"{label} exact peak at {report.peak_op} in {report.peak_layer}; largest alive: {largest}"
+                )
+        if args.show_layers:
+            for report in (teacher_report, student_report):
+                print()
+                print(report.format(max_layers=args.show_layers))
+
+    if args.json_path:
+        results = {t.convention: comparison_dict(t, s) for t, s in pairs}
+        payload = results[conventions[0]] if len(conventions) == 1 else results
+        path = Path(args.json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")
+    if args.plot_path:
+        name = args.timm or Path(str(args.teacher)).name
+        written = plot_memory_per_layer(
+            pairs, args.plot_path, title=f"Peak activation memory per layer: {name}"
+        )
+        print(f"wrote {written}")
+    return 0

@@ -1,0 +1,42 @@
+"""Peak activation memory of one forward pass: the exact count and the paper's convention.
+
+``measure_peak_memory(model, input_shape, convention="exact"|"paper")`` returns a
+:class:`MemoryReport` (``peak_bytes``, ``peak_layer``, the per-layer ``layers`` timeline and, for
+the exact count, the tensors alive at the peak). ``compare(teacher, student, ...)`` gives the JSON
+of ``redistill memory``. New model families get a paper convention with
+``register_paper_convention(predicate, estimate)``. See docs/memory.md.
+"""
+
+from .api import CONVENTIONS, compare, default_inputs, measure_peak_memory
+from .conventions import (
+    ShapeProbe,
+    find_paper_convention,
+    register_paper_convention,
+    registered_paper_conventions,
+    unet2d_paper_convention,
+)
+from .plot import plot_memory_per_layer
+from .report import MB, LayerMemory, MemoryReport, TensorRecord, comparison_dict, format_comparison, to_mb
+from .tracer import StorageLivenessMode, trace_forward
+
+__all__ = [
+    "CONVENTIONS",
+    "MB",
+    "LayerMemory",
+    "MemoryReport",
+    "ShapeProbe",
+    "StorageLivenessMode",
+    "TensorRecord",
+    "compare",
+    "comparison_dict",
+    "default_inputs",
+    "find_paper_convention",
+    "format_comparison",
+    "measure_peak_memory",
+    "plot_memory_per_layer",
+    "register_paper_convention",
+    "registered_paper_conventions",
+    "to_mb",
+    "trace_forward",
+    "unet2d_paper_convention",
+]
