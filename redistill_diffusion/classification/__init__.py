@@ -1,0 +1,41 @@
+"""ReDistill on timm classifiers: stride surgery, students, RED placement, the classification task.
+
+    from redistill_diffusion.classification import create_teacher, create_student
+    teacher = create_teacher("resnet18", num_classes=1000)
+    student = create_student(teacher, stem_stride=8)   # the paper's ImageNet student, RED blocks attached
+"""
+
+from . import memory_convention  # noqa: F401  (registers the paper convention for timm families)
+from .placement import downsampling_taps, paper_pairs, red_block_specs, red_feature_tap
+from .spec import ClassifierSpec, build_classifier, spec_of
+from .students import PAPER_ARCHITECTURES, attach_red, create_student, create_teacher
+from .surgery import (
+    StridePlan,
+    apply_cifar_stem,
+    apply_stride_plan,
+    model_family,
+    parse_stride_notation,
+    read_stride_plan,
+    student_stride_plan,
+)
+
+__all__ = [
+    "PAPER_ARCHITECTURES",
+    "ClassifierSpec",
+    "StridePlan",
+    "apply_cifar_stem",
+    "apply_stride_plan",
+    "attach_red",
+    "build_classifier",
+    "create_student",
+    "create_teacher",
+    "downsampling_taps",
+    "model_family",
+    "paper_pairs",
+    "parse_stride_notation",
+    "read_stride_plan",
+    "red_block_specs",
+    "red_feature_tap",
+    "spec_of",
+    "student_stride_plan",
+]
