@@ -14,6 +14,7 @@ from .conventions import (
     register_paper_convention,
     registered_paper_conventions,
     unet2d_paper_convention,
+    unregister_paper_convention,
 )
 from .plot import plot_memory_per_layer
 from .report import MB, LayerMemory, MemoryReport, TensorRecord, comparison_dict, format_comparison, to_mb
@@ -39,4 +40,5 @@ __all__ = [
     "to_mb",
     "trace_forward",
     "unet2d_paper_convention",
+    "unregister_paper_convention",
 ]

@@ -140,6 +140,11 @@ def register_paper_convention(
     _REGISTRY.append(_RegisteredConvention(name, predicate, estimate))
 
 
+def unregister_paper_convention(name: str) -> None:
+    """Remove a registered convention (tests, or replacing a family's estimator wholesale)."""
+    _REGISTRY[:] = [entry for entry in _REGISTRY if entry.name != name]
+
+
 def registered_paper_conventions() -> list[str]:
     return [entry.name for entry in _REGISTRY]
 

@@ -7,6 +7,8 @@ a timm classifier from its name, both randomly initialised.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -132,38 +134,57 @@ def build_unet_pair(config: dict[str, Any], stem_stride: int) -> tuple[nn.Module
     return teacher, student
 
 
-# Names the classification module may give its student factory, tried in this order.
-TIMM_STUDENT_FACTORIES = ("make_student", "create_student", "build_student")
+# Where the classification side keeps its factories, and the names they may have, tried in order.
+CLASSIFICATION_MODULES = ("redistill_diffusion.classification", "redistill_diffusion.classification.students")
+TIMM_STUDENT_FACTORIES = ("create_student", "make_student", "build_student")
+TIMM_TEACHER_FACTORIES = ("create_teacher",)
+
+
+def _classification_function(names: tuple[str, ...]):
+    for module_name in CLASSIFICATION_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name in names:
+            function = getattr(module, name, None)
+            if callable(function):
+                return function
+    return None
 
 
 def timm_student_factory():
-    """The classification module's ``factory(teacher_or_name, stem_stride=...)``, or None if not available yet."""
-    try:
-        import redistill_diffusion.classification as classification
-    except ImportError:
-        return None
-    for name in TIMM_STUDENT_FACTORIES:
-        factory = getattr(classification, name, None)
-        if callable(factory):
-            return factory
-    return None
+    """The classification side's ``factory(teacher, stem_stride=...)``, or None where it is not installed."""
+    return _classification_function(TIMM_STUDENT_FACTORIES)
+
+
+def _accepted(function, **candidates: Any) -> dict[str, Any]:
+    parameters = inspect.signature(function).parameters
+    return {key: value for key, value in candidates.items() if key in parameters}
 
 
 def build_timm_pair(
     name: str, stem_stride: int, num_classes: int | None = None
 ) -> tuple[nn.Module, nn.Module]:
-    """A timm teacher (random weights) and its aggressive-downsampling student from ``redistill_diffusion.classification``."""
-    import timm
-
-    if not timm.is_model(name):
-        raise ValueError(f"Unknown timm model {name!r}; see timm.list_models().")
-    factory = timm_student_factory()
-    if factory is None:
+    """A timm teacher (random weights) and its plain ReDistill student (no RED blocks), built by
+    ``redistill_diffusion.classification`` (which also accepts the paper's names, e.g. ``resnext18``)."""
+    student_factory = timm_student_factory()
+    if student_factory is None:
         raise ValueError(
-            "Students of timm models come from redistill_diffusion.classification, which does not provide "
-            f"{' / '.join(TIMM_STUDENT_FACTORIES)} in this installation."
+            "Students of timm models come from redistill_diffusion.classification, which provides none of "
+            f"{', '.join(TIMM_STUDENT_FACTORIES)} in this installation."
         )
+    teacher_factory = _classification_function(TIMM_TEACHER_FACTORIES)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    teacher = timm.create_model(name, pretrained=False, **kwargs).eval()
-    student = factory(teacher, stem_stride=stem_stride).eval()
-    return teacher, student
+    if teacher_factory is not None:
+        teacher = teacher_factory(name, **kwargs)
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"Unknown timm model {name!r}; see timm.list_models().")
+        teacher = timm.create_model(name, pretrained=False, **kwargs)
+    # The paper's figures are for the student network itself; RED blocks are reported apart.
+    options = _accepted(student_factory, init="random", red_placement=None)
+    student = student_factory(teacher, stem_stride=stem_stride, **options)
+    return teacher.eval(), student.eval()
