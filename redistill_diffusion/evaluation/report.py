@@ -1,0 +1,107 @@
+"""What people read after an evaluation: metrics.json, a markdown table and one sample grid per pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .extractors import FeatureExtractorChoice
+
+BYTES_PER_MB = 1024**2  # the paper's MB (method.md section 6)
+
+
+def save_sample_grid(images: torch.Tensor, path: str | Path, max_images: int = 64) -> Path:
+    """The first ``max_images`` samples (uint8 N x 3 x H x W) in a square-ish grid PNG."""
+    images = images[:max_images]
+    columns = max(1, math.ceil(math.sqrt(images.shape[0])))
+    grid = make_grid(images, nrow=columns, padding=2, pad_value=255)
+    path = Path(path)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def _mean_std(result: dict, mean_key: str, std_key: str, digits: int) -> str:
+    if mean_key not in result:
+        return "-"
+    return f"{result[mean_key]:.{digits}f} ± {result.get(std_key, float('nan')):.{digits}f}"
+
+
+def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorChoice) -> str:
+    """One markdown row per pipeline: FID (or FD-<extractor>), IS, KID, samples, sampler, throughput,
+    peak activation memory of the denoiser (MB = 2^20 bytes, batch 1)."""
+    keys = extractor.metric_keys()
+    titles = extractor.display_names()
+    fid_key = keys["frechet_inception_distance"]
+    isc_mean, isc_std = keys["inception_score_mean"], keys["inception_score_std"]
+    kid_mean, kid_std = keys["kernel_inception_distance_mean"], keys["kernel_inception_distance_std"]
+    has = {
+        key: any(key in r for r in results)
+        for key in (fid_key, isc_mean, kid_mean, "precision", "peak_bytes_paper")
+    }
+
+    header = ["Pipeline"]
+    if has[fid_key]:
+        header.append(f"{titles['fid']} ↓")
+    if has[isc_mean]:
+        header.append(f"{titles['isc']} ↑")
+    if has[kid_mean]:
+        header.append(f"{titles['kid']} ↓")
+    if has["precision"]:
+        header += ["Precision", "Recall"]
+    header += ["Samples", "Sampler", "Images/s", "Peak act. memory (MB)"]
+    if has["peak_bytes_paper"]:
+        header.append("Peak, paper conv. (MB)")
+
+    rows = []
+    for r in results:
+        row = [f"`{r['pipeline']}`"]
+        if has[fid_key]:
+            row.append(f"{r[fid_key]:.2f}" if fid_key in r else "-")
+        if has[isc_mean]:
+            row.append(_mean_std(r, isc_mean, isc_std, 2))
+        if has[kid_mean]:
+            row.append(_mean_std(r, kid_mean, kid_std, 4))
+        if has["precision"]:
+            row += [
+                f"{r['precision']:.3f}" if "precision" in r else "-",
+                f"{r['recall']:.3f}" if "recall" in r else "-",
+            ]
+        row += [
+            str(r["num_samples"]),
+            f"{r['sampler'].upper()} {r['num_inference_steps']}",
+            f"{r['images_per_second']:.2f}",
+            f"{r['peak_bytes'] / BYTES_PER_MB:.3f}" if "peak_bytes" in r else "n/a",
+        ]
+        if has["peak_bytes_paper"]:
+            row.append(f"{r['peak_bytes_paper'] / BYTES_PER_MB:.3f}" if "peak_bytes_paper" in r else "n/a")
+        rows.append(row)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    first = results[0] if results else {}
+    notes = [
+        "",
+        f"Feature extractor: `{extractor.description}`"
+        + (
+            ""
+            if extractor.is_inception
+            else f" (a Frechet distance on its features: FD-{extractor.label}, not FID)"
+        )
+        + f". Reference: `{first.get('reference')}` ({first.get('reference_num_images', '-')} images).",
+        f"Throughput measured on `{first.get('device', '?')}`; peak memory: one denoiser forward at batch 1,"
+        " weights excluded (`redistill_diffusion.memory`, exact liveness count).",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_report(results: Sequence[dict], extractor: FeatureExtractorChoice, output_dir: str | Path) -> None:
+    """``metrics.json`` (``{"results": [...]}``) and ``metrics.md`` in ``output_dir``."""
+    output_dir = Path(output_dir)
+    (output_dir / "metrics.json").write_text(json.dumps({"results": list(results)}, indent=2) + "\n")
+    (output_dir / "metrics.md").write_text(format_metrics_table(results, extractor))

@@ -1,0 +1,190 @@
+"""Loading diffusion pipelines and drawing reproducible uint8 samples from them.
+
+Every sample ``i`` gets its own ``torch.Generator`` seeded from ``(seed, i)``, so the same seed gives
+the same images whatever the batch size, and a teacher and its student start from the same noise:
+their grids can be compared image by image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
+from tqdm.auto import tqdm
+
+SAMPLERS = ("ddpm", "ddim")
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50}
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def check_pipeline_source(source: str | os.PathLike) -> None:
+    """Fail early, in one line, on a local folder that is not a pipeline with a unet."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"pipeline {source} is a file; expected a pipeline folder or a Hub id")
+        if not (path / "unet").is_dir():
+            raise ValueError(
+                f"pipeline folder {source} has no unet/ subfolder (expected a saved DDPMPipeline)"
+            )
+        if not (path / "model_index.json").is_file():
+            raise ValueError(
+                f"pipeline folder {source} has no model_index.json (save it with pipeline.save_pretrained)"
+            )
+    elif str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+        raise FileNotFoundError(f"pipeline folder {source} does not exist")
+
+
+def load_pipeline(source: str | os.PathLike | DiffusionPipeline) -> DiffusionPipeline:
+    """A Hub id or local folder -> pipeline, via ``DiffusionPipeline.from_pretrained`` (ReDistill students
+    load the same way: their class is found through model_index.json)."""
+    if isinstance(source, DiffusionPipeline):
+        pipeline = source
+    else:
+        check_pipeline_source(source)
+        try:
+            pipeline = DiffusionPipeline.from_pretrained(str(source))
+        except Exception as error:
+            raise ValueError(f"pipeline {source} could not be loaded: {_first_line(error)}") from error
+    if getattr(pipeline, "unet", None) is None or getattr(pipeline, "scheduler", None) is None:
+        raise ValueError(
+            f"pipeline {source} has no unet and scheduler; expected an unconditional image pipeline"
+        )
+    return pipeline
+
+
+def with_sampler(pipeline: DiffusionPipeline, sampler: str) -> DiffusionPipeline:
+    """The same unet behind the requested sampler: ancestral DDPM or deterministic DDIM (eta 0), both
+    built from the pipeline's own scheduler config (betas, timesteps, prediction type)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    config = pipeline.scheduler.config
+    if sampler == "ddim":
+        return DDIMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(config))
+    return DDPMPipeline(unet=pipeline.unet, scheduler=DDPMScheduler.from_config(config))
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of sample ``index``: a deterministic function of (seed, index) with no collisions
+    between neighbouring seeds (``SeedSequence`` mixes both)."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}"
+        )
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class SamplingResult:
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images.shape[0] / self.seconds if self.seconds > 0 else float("inf")
+
+
+def sample_images(
+    pipeline: DiffusionPipeline,
+    num_samples: int,
+    *,
+    sampler: str = "ddim",
+    num_inference_steps: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    mixed_precision: str = "no",
+    progress: bool = True,
+    description: str = "sampling",
+) -> SamplingResult:
+    """Draw ``num_samples`` images as uint8 N x 3 x H x W (grayscale repeated to 3 channels), timed."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    steps = (
+        DEFAULT_STEPS[sampler]
+        if num_inference_steps is None and sampler in DEFAULT_STEPS
+        else num_inference_steps
+    )
+    if steps is None or steps < 1:
+        raise ValueError(f"num_inference_steps must be positive, got {steps}")
+    device = torch.device(device) if device is not None else default_device()
+    sampling_pipeline = with_sampler(pipeline, sampler).to(device)
+    sampling_pipeline.set_progress_bar_config(disable=True)
+    batches = []
+    start = time.perf_counter()
+    with tqdm(total=num_samples, desc=description, unit="img", disable=not progress) as bar:
+        for first in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - first)
+            generators = [sample_generator(seed, first + offset) for offset in range(count)]
+            with torch.inference_mode(), _autocast(device, mixed_precision):
+                images = sampling_pipeline(
+                    batch_size=count, generator=generators, num_inference_steps=steps, output_type="pt"
+                ).images
+            batches.append(_to_uint8(images))
+            bar.update(count)
+    seconds = time.perf_counter() - start
+    return SamplingResult(images=torch.cat(batches), seconds=seconds)
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float B x C x H x W -> uint8 B x 3 x H x W, rounded as diffusers' ``numpy_to_pil`` does."""
+    images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.contiguous()
+
+
+def generate_samples(
+    pipeline: DiffusionPipeline | str | os.PathLike,
+    num_samples: int,
+    *,
+    sampler: str = "ddim",
+    num_inference_steps: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    mixed_precision: str = "no",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Reproducible samples of a pipeline (object, Hub id or folder) as a uint8 N x 3 x H x W tensor."""
+    return sample_images(
+        load_pipeline(pipeline),
+        num_samples,
+        sampler=sampler,
+        num_inference_steps=num_inference_steps,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        mixed_precision=mixed_precision,
+        progress=progress,
+    ).images
+
+
+def sample_resolution(pipeline: DiffusionPipeline) -> tuple[int, int]:
+    size = pipeline.unet.config.sample_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
