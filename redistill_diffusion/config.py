@@ -1,0 +1,251 @@
+"""Dataclass arguments and the one parser for CLI flags + YAML recipes.
+
+A recipe is a flat YAML mapping of flag names (without ``--``) to values. Its values become the
+parser's defaults and flags given on the command line override them, so
+``--recipe recipes/ddpm_cifar10_redistill.yaml --max_train_steps 1000`` runs the paper recipe for
+1000 steps. An unknown key in a recipe is an error, like an unknown flag. The same parser serves the
+diffusion scripts, the classification script and evaluation: each passes its own dataclasses.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import HfArgumentParser
+
+
+@dataclass
+class TrainingArguments:
+    """Everything the one training loop needs, whatever the task (flag names as in diffusers' scripts)."""
+
+    output_dir: str = field(
+        default="redistill-output", metadata={"help": "Where checkpoints, samples and the final model go."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow an output_dir that holds another run's files (they are kept; checkpoints are ignored)."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for model init, data order, noise and timesteps."})
+    train_batch_size: int = field(default=16, metadata={"help": "Batch size per process."})
+    num_epochs: int = field(
+        default=100, metadata={"help": "Epochs to train (ignored when max_train_steps is set)."}
+    )
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "Total optimizer steps; overrides num_epochs."}
+    )
+    gradient_accumulation_steps: int = 1
+    optimizer: Literal["adamw", "adam", "sgd"] = field(
+        default="adamw", metadata={"help": "adamw/adam for DDPM, sgd for classification."}
+    )
+    learning_rate: float = 1e-4
+    scale_lr: bool = field(
+        default=False, metadata={"help": "Multiply learning_rate by batch size x accumulation x processes."}
+    )
+    lr_scheduler: str = field(
+        default="cosine",
+        metadata={
+            "help": "diffusers.optimization.get_scheduler name: linear, cosine, constant, constant_with_warmup, ..."
+        },
+    )
+    lr_warmup_steps: int = 500
+    adam_beta1: float = 0.95
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-6
+    adam_epsilon: float = 1e-8
+    sgd_momentum: float = 0.9
+    sgd_weight_decay: float = 1e-4
+    sgd_nesterov: bool = False
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "Gradient clipping norm (None: no clipping)."}
+    )
+    use_ema: bool = field(
+        default=True,
+        metadata={"help": "Keep an exponential moving average of the main model (diffusers EMAModel)."},
+    )
+    ema_max_decay: float = 0.9999
+    ema_min_decay: float = 0.0
+    ema_warmup: bool = field(
+        default=True,
+        metadata={"help": "EMA warmup 1 - (1 + step / inv_gamma) ** -power, as in diffusers' scripts."},
+    )
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 0.75
+    distill_weight: float = field(
+        default=0.5, metadata={"help": "a in (1 - a) * task + a * distillation (method.md section 5)."}
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata={"help": "bf16 is ~1.7x faster on recent CPUs."}
+    )
+    checkpointing_steps: int = field(
+        default=500, metadata={"help": "Save a resumable checkpoint every N optimizer steps (0: never)."}
+    )
+    checkpoints_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep at most this many checkpoints."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder."}
+    )
+    validation_steps: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate (diffusion: save a sample grid) every N steps; always at the end."},
+    )
+    validation_epochs: int | None = field(default=None, metadata={"help": "Evaluate every N epochs."})
+    logger: Literal["tensorboard", "wandb", "none"] = field(
+        default="tensorboard", metadata={"help": "Tracker for the named losses."}
+    )
+    logging_dir: str = field(default="logs", metadata={"help": "Tracker folder, relative to output_dir."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "0 keeps resume bit-exact."})
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Never printed; prefer `huggingface-cli login` or HF_TOKEN."}
+    )
+    hub_private_repo: bool = False
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they become tensors (shared with classification)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, a local dataset folder, a parquet/csv/json file, or redistill:shapes (offline)."
+        },
+    )
+    dataset_config_name: str | None = None
+    train_data_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory."})
+    data_files: list[str] = field(
+        default_factory=list, metadata={"help": "parquet/csv/json files of one format."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Default: the first of image, img, ..."})
+    label_column: str | None = None
+    cache_dir: str | None = None
+    resolution: int | None = field(default=None, metadata={"help": "Default: the model's sample_size."})
+    center_crop: bool = field(
+        default=True, metadata={"help": "Centre crop after resizing (else a random crop)."}
+    )
+    random_flip: bool = False
+    max_train_samples: int | None = None
+    builtin_num_images: int = field(default=2048, metadata={"help": "Size of the redistill:shapes dataset."})
+
+
+@dataclass
+class DDPMArguments:
+    """The noise schedule (used when the teacher does not bring one) and sampling for sample grids."""
+
+    ddpm_num_steps: int = 1000
+    ddpm_beta_schedule: str = "linear"
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    sample_scheduler: Literal["ddpm", "ddim"] = field(
+        default="ddpm", metadata={"help": "Sampler for sample grids (the saved pipeline is a DDPMPipeline)."}
+    )
+    ddpm_num_inference_steps: int = field(
+        default=1000, metadata={"help": "Denoising steps for sample grids."}
+    )
+    eval_batch_size: int = field(default=16, metadata={"help": "Images in a sample grid."})
+    sample_seed: int = field(default=0, metadata={"help": "Fixed seed of sample grids."})
+    measure_memory: bool = field(
+        default=True, metadata={"help": "Put teacher/student peak memory in the model card."}
+    )
+
+
+@dataclass
+class TeacherModelArguments:
+    """The UNet a plain DDPM run trains from scratch."""
+
+    model_config_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "UNet config: a folder, a config.json, or a shipped name (tiny-ddpm-32, google-ddpm-cifar10-32)."
+        },
+    )
+
+
+@dataclass
+class StudentArguments:
+    """How the student is derived from the teacher and distilled."""
+
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of a DDPM pipeline or of a UNet2DModel."}
+    )
+    stem_stride: int = field(default=2, metadata={"help": "Stride of the student's first conv (2, 4, 8)."})
+    student_init: Literal["teacher", "random"] = "teacher"
+    output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
+    distiller: str = field(
+        default="red",
+        metadata={"help": "vanilla, student_plus, output_mse, fitnet, at, red, red+output_mse, ..."},
+    )
+    red_preset: Literal["paper", "full", "none"] = field(
+        default="paper", metadata={"help": "Where RED blocks / feature pairs go."}
+    )
+    distill_pairs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Explicit pairs 'student_tap=teacher_tap' (replace the preset)."},
+    )
+    red_alpha: float | None = None
+    red_distance: Literal["cosine", "mse"] | None = None
+    red_kernel_size: int = 3
+    red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
+    output_mse_weight: float | None = None
+    fitnet_weight: float | None = None
+    at_weight: float | None = None
+
+
+def load_recipe(path: str) -> dict[str, Any]:
+    """Read a flat YAML recipe (flag name -> value)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Recipe {path!r} not found.")
+    with open(path, encoding="utf-8") as handle:
+        recipe = yaml.safe_load(handle) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"Recipe {path!r} must be a mapping of flag names to values.")
+    return recipe
+
+
+def build_parser(dataclass_types: Sequence[type], **kwargs) -> HfArgumentParser:
+    parser = HfArgumentParser(list(dataclass_types), **kwargs)
+    parser.add_argument(
+        "--recipe", type=str, default=None, help="YAML recipe whose values become defaults; flags override."
+    )
+    return parser
+
+
+def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = None, **parser_kwargs) -> tuple:
+    """Parse ``args`` (default: sys.argv) into one instance per dataclass, recipe values as defaults.
+
+    Returns the dataclass instances in order; the recipe path is not returned (its values are in them).
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", type=str, default=None)
+    known, _ = pre.parse_known_args(args)
+    parser = build_parser(dataclass_types, **parser_kwargs)
+    if known.recipe:
+        recipe = load_recipe(known.recipe)
+        valid = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype)}
+        unknown = sorted(set(recipe) - valid)
+        if unknown:
+            raise ValueError(
+                f"Recipe {known.recipe!r} has unknown key(s) {', '.join(unknown)}; keys are flag names without '--'."
+            )
+        parser.set_defaults(**recipe)
+    outputs = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+    return tuple(o for o in outputs if dataclasses.is_dataclass(o))
+
+
+def to_dict(*configs) -> dict[str, Any]:
+    """Flatten dataclass instances into one dict (for trackers and model cards); the Hub token is removed."""
+    merged: dict[str, Any] = {}
+    for config in configs:
+        merged.update(dataclasses.asdict(config))
+    merged.pop("hub_token", None)
+    return merged

@@ -1,0 +1,272 @@
+"""Images from a Hub dataset, an ``imagefolder`` directory, parquet/csv/json files or the built-in
+offline shapes -> a torch Dataset of normalised image tensors (and labels when asked for).
+
+Shared by diffusion (images only) and classification (images + labels). All sources go through
+`datasets`, so the same code reads ``uoft-cs/cifar10`` from the Hub, ``../shared/data/cifar10/train.parquet``
+and a folder of PNGs. ``dataset_name="redistill:shapes"`` needs neither the Hub nor any file: it
+draws deterministic coloured shapes, which is what the offline quickstart and the tests train on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "pixel_values", "picture")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class")
+BUILTIN_SHAPES = "redistill:shapes"
+_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in offline data: coloured shapes
+# ---------------------------------------------------------------------------------------------
+SHAPE_CLASSES = ("disc", "square", "triangle", "ring")
+
+
+def make_shapes(num_images: int = 2048, resolution: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic coloured shapes on a two-tone background: uint8 images (N, H, W, 3) and labels.
+
+    Simple enough that a tiny DDPM learns it in minutes on a CPU, varied enough (4 shapes, random
+    colour, size and position) that a sample grid shows whether the model learned anything.
+    """
+    if num_images < 1 or resolution < 8:
+        raise ValueError(
+            f"make_shapes needs num_images >= 1 and resolution >= 8, got {num_images}, {resolution}."
+        )
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:resolution, 0:resolution].astype(np.float32) + 0.5
+    images = np.empty((num_images, resolution, resolution, 3), dtype=np.uint8)
+    labels = rng.integers(0, len(SHAPE_CLASSES), size=num_images)
+    for i, label in enumerate(labels):
+        top, bottom = rng.uniform(0, 80, size=3), rng.uniform(0, 80, size=3)
+        background = top + (bottom - top) * (ys / resolution)[..., None]
+        color = rng.uniform(120, 255, size=3)
+        color[rng.integers(0, 3)] = rng.uniform(0, 60)  # saturated colours, clearly off the background
+        radius = rng.uniform(0.18, 0.32) * resolution
+        cy, cx = rng.uniform(radius, resolution - radius, size=2)
+        dy, dx = ys - cy, xs - cx
+        if SHAPE_CLASSES[label] == "disc":
+            mask = dy**2 + dx**2 <= radius**2
+        elif SHAPE_CLASSES[label] == "square":
+            mask = (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85)
+        elif SHAPE_CLASSES[label] == "triangle":
+            mask = (dy <= radius * 0.7) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
+        else:  # ring
+            dist2 = dy**2 + dx**2
+            mask = (dist2 <= radius**2) & (dist2 >= (0.55 * radius) ** 2)
+        image = np.where(mask[..., None], color, background)
+        images[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def _shapes_dataset(num_images: int, resolution: int):
+    import datasets
+
+    images, labels = make_shapes(num_images=num_images, resolution=resolution)
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in images], "label": labels.tolist()},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPE_CLASSES))}
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def _builder_for_files(files: Sequence[str]) -> str:
+    suffixes = {Path(f).suffix.lower() for f in files}
+    builders = {_FILE_BUILDERS.get(s) for s in suffixes}
+    if None in builders or len(builders) != 1:
+        raise ValueError(
+            f"data_files must all be one of {', '.join(_FILE_BUILDERS)} (got {', '.join(sorted(suffixes))}); "
+            "for a folder of images use --train_data_dir."
+        )
+    return builders.pop()
+
+
+def find_column(
+    column_names: Sequence[str], given: str | None, candidates: Sequence[str], what: str
+) -> str | None:
+    """The column to use: the one given (checked), else the first known name present, else None."""
+    if given is not None:
+        if given not in column_names:
+            raise ValueError(
+                f"The dataset has no {what} column {given!r}; its columns are {', '.join(column_names)}. "
+                f"Pass --{what}_column with one of them."
+            )
+        return given
+    return next((c for c in candidates if c in column_names), None)
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    data_files: str | Sequence[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+    max_samples: int | None = None,
+    dataset_config_name: str | None = None,
+    require_labels: bool = False,
+    builtin_num_images: int = 2048,
+    builtin_resolution: int = 32,
+):
+    """Load one split as a `datasets.Dataset` with columns ``image`` (PIL) and, if found, ``label``.
+
+    Sources, checked in this order: ``dataset_name`` (a Hub id, a local dataset folder, a single
+    parquet/csv/json file or ``"redistill:shapes"``), ``data_files`` (files of one format),
+    ``train_data_dir`` (an ``imagefolder``). The image column is ``image_column`` or the first of
+    ``image``/``img``/...; the label column likewise (optional unless ``require_labels``).
+    Raises one clear error for a missing source, an empty split or a missing image column.
+    """
+    import datasets
+
+    if isinstance(data_files, str):
+        data_files = [data_files]
+    if dataset_name == BUILTIN_SHAPES:
+        dataset = _shapes_dataset(builtin_num_images, builtin_resolution)
+    elif (
+        dataset_name is not None
+        and Path(dataset_name).suffix.lower() in _FILE_BUILDERS
+        and Path(dataset_name).is_file()
+    ):
+        dataset = datasets.load_dataset(
+            _builder_for_files([dataset_name]),
+            data_files={split: [dataset_name]},
+            split=split,
+            cache_dir=cache_dir,
+        )
+    elif dataset_name is not None:
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+    elif data_files:
+        missing = [f for f in data_files if not any(ch in f for ch in "*?[") and not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}.")
+        dataset = datasets.load_dataset(
+            _builder_for_files(data_files),
+            data_files={split: list(data_files)},
+            split=split,
+            cache_dir=cache_dir,
+        )
+    elif train_data_dir is not None:
+        if not os.path.isdir(train_data_dir):
+            raise FileNotFoundError(f"train_data_dir {train_data_dir!r} is not a directory.")
+        dataset = datasets.load_dataset(
+            "imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir
+        )
+    else:
+        raise ValueError(
+            "No training data given: pass --dataset_name (a Hub id, a parquet file or redistill:shapes), "
+            "--data_files or --train_data_dir."
+        )
+
+    image_col = find_column(dataset.column_names, image_column, IMAGE_COLUMN_CANDIDATES, "image")
+    if image_col is None:
+        raise ValueError(
+            f"Could not find an image column among {', '.join(dataset.column_names)}; pass --image_column."
+        )
+    label_col = find_column(dataset.column_names, label_column, LABEL_COLUMN_CANDIDATES, "label")
+    if require_labels and label_col is None:
+        raise ValueError(
+            f"Could not find a label column among {', '.join(dataset.column_names)}; pass --label_column."
+        )
+    keep = [image_col] + ([label_col] if label_col else [])
+    dataset = dataset.select_columns(keep)
+    if image_col != "image":
+        dataset = dataset.rename_column(image_col, "image")
+    if label_col and label_col != "label":
+        dataset = dataset.rename_column(label_col, "label")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(
+            "The training dataset is empty; check --dataset_name / --train_data_dir / --max_train_samples."
+        )
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------
+def build_image_transform(resolution: int, channels: int = 3, center_crop: bool = True):
+    """PIL image -> float tensor (channels, resolution, resolution) in [-1, 1].
+
+    Resize the short side, then crop (centre, or random when ``center_crop`` is False, as in
+    diffusers' training scripts), convert to grayscale or RGB to match the model's in_channels.
+    Random flips are left to the task, which draws them from its checkpointed generator.
+    """
+    from torchvision import transforms
+
+    if channels not in (1, 3):
+        raise ValueError(f"Images can be converted to 1 or 3 channels, not {channels}.")
+    mode = "L" if channels == 1 else "RGB"
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * channels, [0.5] * channels),
+        ]
+    )
+
+    def transform(image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        return pipeline(image.convert(mode))
+
+    return transform
+
+
+class ImageTensorDataset(torch.utils.data.Dataset):
+    """Wrap a `datasets.Dataset` from `load_image_dataset`: item -> {"images": tensor[, "labels": int]}."""
+
+    def __init__(self, dataset, transform, with_labels: bool = False):
+        if with_labels and "label" not in dataset.column_names:
+            raise ValueError("The dataset has no label column; pass --label_column.")
+        self.dataset = dataset
+        self.transform = transform
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[int(index)]
+        item = {"images": self.transform(row["image"])}
+        if self.with_labels:
+            item["labels"] = int(row["label"])
+        return item
+
+
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """A shuffling sampler whose order depends only on (seed, epoch).
+
+    The same on every process (accelerate shards the batches) and after a resume, which is what makes
+    a killed-and-resumed run see exactly the batches an uninterrupted run sees.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())

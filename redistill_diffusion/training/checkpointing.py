@@ -1,0 +1,145 @@
+"""Checkpoint folders that are never half-written, and the output_dir rules that protect other runs.
+
+A checkpoint is first written to ``checkpoint-<step>.tmp`` by every process, flushed to disk
+(fsync), and only then renamed to ``checkpoint-<step>`` by the main process. A rename is atomic,
+so a process killed during a save leaves at worst a ``.tmp`` folder, which `find_latest_checkpoint`
+ignores and the next save removes: ``--resume_from_checkpoint latest`` always finds a complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TMP_SUFFIX = ".tmp"
+STATE_FILE = "training_state.json"  # written last inside a checkpoint; marks it complete
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_resume_path(output_dir: str, resume_from_checkpoint: str | None) -> Path | None:
+    """``latest`` -> newest complete checkpoint (None when there is none yet); a path -> that folder."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        return find_latest_checkpoint(output_dir)
+    path = Path(resume_from_checkpoint)
+    if not path.is_absolute() and not path.exists():
+        path = Path(output_dir) / resume_from_checkpoint
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"Checkpoint {resume_from_checkpoint!r} not found (or incomplete: no {STATE_FILE}); "
+            "pass --resume_from_checkpoint latest or an existing checkpoint-<step> folder."
+        )
+    return path
+
+
+def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> None:
+    """Refuse to mix two runs in one folder, before any work starts.
+
+    An existing non-empty ``output_dir`` is allowed only when resuming or with ``--overwrite_output_dir``
+    (which removes its old checkpoints, so ``latest`` can never pick up the other run's state).
+    """
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output_dir {output_dir!r} is a file; pass a folder.")
+    if not root.is_dir() or not any(root.iterdir()) or resume_from_checkpoint:
+        return
+    if not overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {output_dir!r} already holds files of another run; pass --resume_from_checkpoint latest "
+            "to continue it, --overwrite_output_dir to replace it, or another --output_dir."
+        )
+
+
+def clear_old_checkpoints(output_dir: str) -> None:
+    """With --overwrite_output_dir: drop the previous run's checkpoints (main process only)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        if child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def temporary_checkpoint_dir(output_dir: str, step: int) -> Path:
+    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}{TMP_SUFFIX}"
+
+
+def final_checkpoint_dir(output_dir: str, step: int) -> Path:
+    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def remove_stale_temporaries(output_dir: str) -> None:
+    root = Path(output_dir)
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith(CHECKPOINT_PREFIX) and child.name.endswith(TMP_SUFFIX):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(directory))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_checkpoint(tmp_dir: Path, final_dir: Path) -> Path:
+    """fsync everything in ``tmp_dir``, then atomically rename it to ``final_dir`` (main process)."""
+    _fsync_tree(tmp_dir)
+    if final_dir.exists():  # re-reaching a step after resuming from an older checkpoint
+        old = final_dir.with_name(final_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
+    _fsync_dir(final_dir.parent)
+    return final_dir
+
+
+def prune_checkpoints(output_dir: str, total_limit: int | None) -> list[Path]:
+    """Keep the newest ``total_limit`` complete checkpoints; return the removed ones."""
+    if not total_limit or total_limit < 1:
+        return []
+    checkpoints = list_checkpoints(output_dir)
+    removed = checkpoints[: max(0, len(checkpoints) - total_limit)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

@@ -1,0 +1,449 @@
+"""Diffusion tasks for the one training loop: plain DDPM training (a teacher) and ReDistill distillation.
+
+`DiffusionTask.compute_losses`: clean images -> noise + timesteps (from the checkpointed generator)
+-> student prediction (features tapped) -> teacher prediction under no_grad (only when the distiller
+needs it) -> task MSE + the distiller's named losses. Building a task (`build_redistill_task`,
+`build_teacher_task`) checks every input first (teacher, student derivation, tap pairs, data) and
+raises one clear error before any training step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DataArguments, DDPMArguments, StudentArguments, TeacherModelArguments, TrainingArguments
+from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
+from ..taps import FeatureTaps
+from .task import EvalContext, StepContext, TaskLosses
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_DIR = "samples"
+LATEST_GRID = f"{SAMPLES_DIR}/latest.png"
+
+
+def build_noise_scheduler(ddpm_args: DDPMArguments, config: dict[str, Any] | None = None):
+    """The DDPM noise scheduler: the teacher's own config when it has one, else the ddpm_* flags."""
+    from diffusers import DDPMScheduler
+
+    if config is not None:
+        return DDPMScheduler.from_config(config)
+    return DDPMScheduler(
+        num_train_timesteps=ddpm_args.ddpm_num_steps,
+        beta_schedule=ddpm_args.ddpm_beta_schedule,
+        prediction_type=ddpm_args.prediction_type,
+    )
+
+
+def _sample_size(unet) -> int:
+    size = unet.config.sample_size
+    return int(size if isinstance(size, int) else size[0])
+
+
+class DiffusionTask:
+    """Denoising (epsilon / sample / v) training of ``main`` with an optional frozen teacher + distiller."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        noise_scheduler,
+        dataset: torch.utils.data.Dataset,
+        ddpm_args: DDPMArguments,
+        main_module_name: str = "unet",
+        teacher: nn.Module | None = None,
+        distiller: nn.Module | None = None,
+        random_flip: bool = False,
+        card: dict[str, Any] | None = None,
+    ):
+        self.main_module_name = main_module_name
+        self.model = model
+        self.noise_scheduler = noise_scheduler
+        self.dataset = dataset
+        self.ddpm_args = ddpm_args
+        self.teacher = teacher
+        self.distiller = distiller
+        self.random_flip = random_flip
+        self.card = dict(card or {})
+        self.last_grid: str | None = None
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+
+    # -- contract -------------------------------------------------------------------------------
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        modules = {self.main_module_name: self.model}
+        if self.distiller is not None:
+            modules["distiller"] = self.distiller
+        return modules
+
+    def train_dataset(self):
+        return self.dataset
+
+    def setup(self, accelerator) -> None:
+        if self.teacher is not None:
+            self.teacher.to(accelerator.device)
+
+    @property
+    def _needs_teacher(self) -> bool:
+        return self.distiller is not None and getattr(self.distiller, "requires_teacher", False)
+
+    def compute_losses(self, batch, ctx: StepContext) -> TaskLosses:
+        images = batch["images"].to(ctx.device)
+        generator = ctx.generator
+        bsz = images.shape[0]
+        if self.random_flip:
+            flip = torch.rand(bsz, generator=generator, device=generator.device) < 0.5
+            images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+        noise = torch.randn(images.shape, generator=generator, device=generator.device).to(
+            images.device, images.dtype
+        )
+        timesteps = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (bsz,),
+            generator=generator,
+            device=generator.device,
+        ).to(images.device)
+        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
+        prediction_type = self.noise_scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            target = noise
+        elif prediction_type == "sample":
+            target = images
+        else:
+            target = self.noise_scheduler.get_velocity(images, noise, timesteps)
+
+        model = ctx.modules[self.main_module_name]
+        if self.distiller is None:
+            prediction = model(noisy, timesteps).sample
+            return TaskLosses(task=F.mse_loss(prediction.float(), target.float()))
+
+        distiller = ctx.modules["distiller"]
+        raw_distiller = distiller.module if hasattr(distiller, "module") else distiller
+        unwrapped = model.module if hasattr(model, "module") else model
+        with FeatureTaps(unwrapped, raw_distiller.student_taps()) as student_taps:
+            prediction = model(noisy, timesteps).sample
+        teacher_output, teacher_features = None, {}
+        if self._needs_teacher:
+            with (
+                torch.no_grad(),
+                FeatureTaps(self.teacher, raw_distiller.teacher_taps(), detach=True) as teacher_taps,
+            ):
+                teacher_output = self.teacher(noisy, timesteps).sample
+            teacher_features = teacher_taps.features
+        distillation = distiller(
+            student_output=prediction,
+            teacher_output=teacher_output,
+            student_features=student_taps.features,
+            teacher_features=teacher_features,
+            target=target,
+        )
+        return TaskLosses(
+            task=F.mse_loss(prediction.float(), target.float()), distillation=dict(distillation)
+        )
+
+    # -- evaluation and the final artefact --------------------------------------------------------
+    def _sampling_pipeline(self, unet):
+        from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline
+
+        if self.ddpm_args.sample_scheduler == "ddim":
+            return DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.noise_scheduler.config))
+        return DDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        """Save a sample grid (EMA weights in place, fixed seed) as samples/step_<N>.png and samples/latest.png."""
+        import numpy as np
+
+        from ..pipelines import sample_images, save_image_grid
+
+        unet = ctx.modules[self.main_module_name]
+        was_training = unet.training
+        unet.eval()
+        try:
+            images = sample_images(
+                self._sampling_pipeline(unet),
+                self.ddpm_args.eval_batch_size,
+                seed=self.ddpm_args.sample_seed,
+                num_inference_steps=self.ddpm_args.ddpm_num_inference_steps,
+            )
+        finally:
+            unet.train(was_training)
+        root = Path(ctx.output_dir)
+        save_image_grid(images, root / SAMPLES_DIR / f"step_{ctx.global_step:07d}.png")
+        save_image_grid(images, root / LATEST_GRID)
+        self.last_grid = LATEST_GRID
+        for tracker in getattr(ctx.accelerator, "trackers", []):
+            if tracker.name == "tensorboard":
+                array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+                tracker.writer.add_images("samples", array, ctx.global_step, dataformats="NHWC")
+        return {}
+
+    def _memory_report(self, unet, output_dir: Path) -> dict[str, Any] | None:
+        """Teacher vs student peak memory (json + png) when there is a teacher and the memory module is there."""
+        if self.teacher is None or not self.ddpm_args.measure_memory:
+            return None
+        try:
+            from ..memory import comparison_dict, measure_peak_memory, plot_memory_per_layer
+        except ImportError:  # the memory package is optional for training
+            return None
+        shape = (unet.config.in_channels, _sample_size(unet), _sample_size(unet))
+        summary: dict[str, Any] = {}
+        pairs = []
+        for convention in ("exact", "paper"):
+            try:
+                teacher_report = measure_peak_memory(self.teacher, shape, convention=convention)
+                student_report = measure_peak_memory(unet, shape, convention=convention)
+            except Exception as error:  # noqa: BLE001 - a report we cannot make must not lose the model
+                logger.warning("Peak memory (%s convention) not measured: %s", convention, error)
+                continue
+            summary[convention] = comparison_dict(teacher_report, student_report, include_layers=False)
+            pairs.append((teacher_report, student_report))
+        if not pairs:
+            return None
+        with open(output_dir / "memory_report.json", "w") as handle:
+            json.dump(summary, handle, indent=2)
+        try:
+            plot_memory_per_layer(
+                pairs, output_dir / "memory_report.png", title="Peak activation memory per layer"
+            )
+        except Exception as error:  # noqa: BLE001
+            logger.warning("Memory plot not written: %s", error)
+        convention = "paper" if "paper" in summary else "exact"
+        return {
+            "convention": convention,
+            "teacher_peak_bytes": summary[convention]["teacher"]["peak_bytes"],
+            "student_peak_bytes": summary[convention]["student"]["peak_bytes"],
+            "all": summary,
+        }
+
+    def save_final(self, output_dir: str, ctx: EvalContext) -> None:
+        """DDPMPipeline folder (EMA weights) + memory report + README.md model card."""
+        from ..pipelines import model_card_description, save_ddpm_pipeline, write_model_card
+
+        unet = ctx.modules[self.main_module_name]
+        root = Path(output_dir)
+        save_ddpm_pipeline(unet, self.noise_scheduler, root)
+        memory = self._memory_report(unet, root)
+        card = self.card
+        description = model_card_description(
+            title=card.get("title", "ReDistill DDPM"),
+            teacher=card.get("teacher"),
+            method=card.get("method"),
+            stem_stride=card.get("stem_stride"),
+            memory=memory,
+            metrics={**ctx.metrics, **card.get("metrics", {})},
+            sample_grid=self.last_grid,
+            details={**card.get("details", {}), "training steps": ctx.global_step},
+        )
+        write_model_card(
+            root,
+            description,
+            base_model=card.get("teacher") if card.get("teacher_is_hub_id") else None,
+            tags=card.get("tags", ()),
+            repo_id=card.get("hub_model_id"),
+            token=card.get("hub_token"),
+        )
+
+
+# -------------------------------------------------------------------------------------------------
+# Building tasks from arguments (all checks happen here, before training)
+# -------------------------------------------------------------------------------------------------
+def _image_dataset(data_args: DataArguments, resolution: int, channels: int):
+    dataset = load_image_dataset(
+        dataset_name=data_args.dataset_name,
+        train_data_dir=data_args.train_data_dir,
+        data_files=data_args.data_files or None,
+        image_column=data_args.image_column,
+        cache_dir=data_args.cache_dir,
+        max_samples=data_args.max_train_samples,
+        dataset_config_name=data_args.dataset_config_name,
+        builtin_num_images=data_args.builtin_num_images,
+        builtin_resolution=resolution,
+    )
+    return ImageTensorDataset(
+        dataset, build_image_transform(resolution, channels, center_crop=data_args.center_crop)
+    )
+
+
+def _check_resolution(resolution: int, unet) -> None:
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if resolution % factor:
+        raise ValueError(
+            f"--resolution {resolution} must be divisible by {factor} for this UNet ({len(unet.config.block_out_channels)} levels)."
+        )
+
+
+def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``["conv_in:output=down_blocks.0.downsamplers.0:output", ...]`` -> [(student_tap, teacher_tap)]."""
+    pairs = []
+    for spec in specs:
+        student, sep, teacher = spec.partition("=")
+        if not sep or not student.strip() or not teacher.strip():
+            raise ValueError(
+                f"--distill_pairs entry {spec!r} must look like 'student_module:output=teacher_module:output'."
+            )
+        pairs.append((student.strip(), teacher.strip()))
+    return pairs
+
+
+def _distiller_parts(name: str) -> list[str]:
+    return [part.strip().lower() for part in name.split("+")]
+
+
+def build_redistill_task(
+    student_args: StudentArguments,
+    data_args: DataArguments,
+    ddpm_args: DDPMArguments,
+    training_args: TrainingArguments | None = None,
+) -> DiffusionTask:
+    """Teacher -> student (+ RED blocks) -> tap pairs -> distiller -> dataset; every check before training."""
+    from ..distillers import build_distiller, distiller_options
+    from ..models.unet_student import ReDistillUNet2DModel, probe_unet_shapes, unet_tap_pairs
+    from ..pipelines import load_teacher
+
+    distiller_options(student_args.distiller)  # unknown method -> clear error before loading anything
+    teacher, teacher_scheduler = load_teacher(
+        student_args.teacher_model_name_or_path, cache_dir=data_args.cache_dir
+    )
+    parts = _distiller_parts(student_args.distiller)
+    wants_red_blocks = any(p in ("red", "student_plus") for p in parts)
+    explicit_pairs = parse_pairs(student_args.distill_pairs)
+    preset = None if student_args.red_preset == "none" else student_args.red_preset
+    try:
+        student = ReDistillUNet2DModel.from_teacher(
+            teacher,
+            stem_stride=student_args.stem_stride,
+            init=student_args.student_init,
+            output_head=student_args.output_head,
+            red_preset=preset if wants_red_blocks and not explicit_pairs else None,
+            red_kernel_size=student_args.red_kernel_size,
+            red_variant=student_args.red_variant,
+        )
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ValueError(
+            f"Cannot derive a stride-{student_args.stem_stride} student from this teacher: {error}"
+        ) from error
+    if explicit_pairs:
+        pairs = explicit_pairs
+        if wants_red_blocks:
+            shapes = probe_unet_shapes(student, [s for s, _ in pairs])
+            student.add_red_blocks([{"tap": s, "channels": shapes[s][1]} for s, _ in pairs])
+    elif preset is not None:
+        pairs = unet_tap_pairs(student, teacher, preset)
+    else:
+        pairs = []
+    if wants_red_blocks and not pairs:
+        raise ValueError(
+            f"--distiller {student_args.distiller} needs RED placements: set --red_preset paper|full or --distill_pairs."
+        )
+    student_shapes = probe_unet_shapes(student, [s for s, _ in pairs]) if pairs else None
+    teacher_shapes = probe_unet_shapes(teacher, [t for _, t in pairs]) if pairs else None
+    accepted = distiller_options(student_args.distiller)
+    options = {
+        key: getattr(student_args, key)
+        for key in ("red_alpha", "red_distance", "output_mse_weight", "fitnet_weight", "at_weight")
+        if key in accepted and getattr(student_args, key) is not None
+    }
+    distiller = build_distiller(
+        student_args.distiller,
+        pairs=pairs,
+        student_shapes=student_shapes,
+        teacher_shapes=teacher_shapes,
+        **options,
+    )
+
+    resolution = data_args.resolution or _sample_size(teacher)
+    _check_resolution(resolution, student)
+    dataset = _image_dataset(data_args, resolution, teacher.config.in_channels)
+    noise_scheduler = build_noise_scheduler(
+        ddpm_args, teacher_scheduler.config if teacher_scheduler is not None else None
+    )
+    teacher_name = student_args.teacher_model_name_or_path
+    card = {
+        "title": f"ReDistill student (stem stride {student_args.stem_stride}) of {Path(teacher_name).name or teacher_name}",
+        "teacher": teacher_name,
+        "teacher_is_hub_id": not Path(teacher_name).exists(),
+        "method": student_args.distiller,
+        "stem_stride": student_args.stem_stride,
+        "details": {
+            "RED placement": preset or ("explicit pairs" if explicit_pairs else "-"),
+            "distillation pairs": len(pairs),
+            "student init": student_args.student_init,
+            "distill weight": training_args.distill_weight if training_args else "-",
+            "dataset": data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files),
+        },
+        "tags": ["redistill-student", f"stem-stride-{student_args.stem_stride}"],
+    }
+    if training_args is not None and training_args.push_to_hub:
+        card["hub_model_id"] = training_args.hub_model_id
+        card["hub_token"] = training_args.hub_token
+    return DiffusionTask(
+        model=student,
+        noise_scheduler=noise_scheduler,
+        dataset=dataset,
+        ddpm_args=ddpm_args,
+        main_module_name="student",
+        teacher=teacher,
+        distiller=distiller,
+        random_flip=data_args.random_flip,
+        card=card,
+    )
+
+
+def build_teacher_task(
+    model_args: TeacherModelArguments,
+    data_args: DataArguments,
+    ddpm_args: DDPMArguments,
+    training_args: TrainingArguments | None = None,
+) -> DiffusionTask:
+    """A UNet2DModel from a config, trained from scratch as a plain DDPM (a teacher for ReDistill)."""
+    from diffusers import UNet2DModel
+
+    from ..pipelines import load_scheduler_config, load_unet_config
+
+    if not model_args.model_config_name_or_path:
+        raise ValueError(
+            "Pass --model_config_name_or_path (a UNet config folder/json or a shipped name such as tiny-ddpm-32)."
+        )
+    config = load_unet_config(model_args.model_config_name_or_path)
+    if data_args.resolution:
+        config["sample_size"] = data_args.resolution
+    try:
+        unet = UNet2DModel.from_config(config)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"UNet config {model_args.model_config_name_or_path!r} is not a valid UNet2DModel config: {error}"
+        ) from error
+    resolution = _sample_size(unet)
+    _check_resolution(resolution, unet)
+    dataset = _image_dataset(data_args, resolution, unet.config.in_channels)
+    noise_scheduler = build_noise_scheduler(
+        ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)
+    )
+    card = {
+        "title": f"DDPM UNet ({model_args.model_config_name_or_path})",
+        "details": {
+            "dataset": data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
+        },
+        "tags": ["ddpm-teacher"],
+    }
+    if training_args is not None and training_args.push_to_hub:
+        card["hub_model_id"] = training_args.hub_model_id
+        card["hub_token"] = training_args.hub_token
+    return DiffusionTask(
+        model=unet,
+        noise_scheduler=noise_scheduler,
+        dataset=dataset,
+        ddpm_args=ddpm_args,
+        main_module_name="unet",
+        random_flip=data_args.random_flip,
+        card=card,
+    )

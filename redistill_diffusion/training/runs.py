@@ -1,0 +1,77 @@
+"""The two diffusion training runs behind `examples/*.py` and `redistill train` / `redistill quickstart`.
+
+Each parses CLI flags + an optional ``--recipe`` YAML with the one parser (`config.parse_args`),
+creates the `Trainer` (Accelerator, seed, output_dir checks) before anything expensive, builds the
+task (all input checks) and trains. Run them under ``accelerate launch`` for several processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import (
+    DataArguments,
+    DDPMArguments,
+    StudentArguments,
+    TeacherModelArguments,
+    TrainingArguments,
+    parse_args,
+    to_dict,
+)
+from .trainer import Trainer, TrainResult
+
+REDISTILL_ARGUMENTS = (TrainingArguments, DataArguments, DDPMArguments, StudentArguments)
+TEACHER_ARGUMENTS = (TrainingArguments, DataArguments, DDPMArguments, TeacherModelArguments)
+
+
+def _setup_logging(trainer: Trainer) -> None:
+    import diffusers
+    import transformers
+
+    level = logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("redistill_diffusion").setLevel(level)
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> TrainResult:
+    """Distil a ReDistill student from a teacher (flags: see `config.StudentArguments` and friends)."""
+    from .diffusion import build_redistill_task
+
+    training_args, data_args, ddpm_args, student_args = parse_args(REDISTILL_ARGUMENTS, argv)
+    if not student_args.teacher_model_name_or_path:
+        raise ValueError("Pass --teacher_model_name_or_path (a DDPM pipeline or UNet2DModel folder/Hub id).")
+    config = to_dict(training_args, data_args, ddpm_args, student_args)
+    trainer = Trainer(training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api)
+    _setup_logging(trainer)
+    task = build_redistill_task(student_args, data_args, ddpm_args, training_args)
+    return trainer.train(task)
+
+
+def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> TrainResult:
+    """Train a plain DDPM UNet from a config (a teacher for ReDistill)."""
+    from .diffusion import build_teacher_task
+
+    training_args, data_args, ddpm_args, model_args = parse_args(TEACHER_ARGUMENTS, argv)
+    config = to_dict(training_args, data_args, ddpm_args, model_args)
+    trainer = Trainer(training_args, project_name="train_ddpm_teacher", config=config, hub_api=hub_api)
+    _setup_logging(trainer)
+    task = build_teacher_task(model_args, data_args, ddpm_args, training_args)
+    return trainer.train(task)
+
+
+def script_main(run, argv: Sequence[str] | None = None) -> int:
+    """Entry point of the example scripts: bad input -> one line on stderr and exit status 2."""
+    from .losses import NonFiniteLossError
+
+    try:
+        result = run(argv)
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")
+    return 0
