@@ -1,0 +1,155 @@
+"""Labelled image data for classification: the shared loader, a held-out validation slice, timm transforms.
+
+Sources are those of `redistill_diffusion.data.load_image_dataset` (Hub id, imagefolder, parquet,
+``redistill:shapes``). Evaluation data is either a slice held out of the training data
+(``validation_split_size``, split with its own fixed seed so every run of a comparison sees the
+same slice) or another dataset (``eval_data``). Transforms are timm's (`timm.data.create_transform`):
+RandomResizedCrop + flip (+ colour jitter) for training, resize + centre crop for evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data import ImageTensorDataset, load_image_dataset
+
+
+@dataclass
+class ClassificationData:
+    train: Any  # datasets.Dataset with columns image, label
+    eval: Any | None
+    label_names: list[str] | None
+    num_classes: int
+
+
+def _num_classes(dataset) -> tuple[int, list[str] | None]:
+    feature = dataset.features.get("label")
+    names = list(getattr(feature, "names", []) or []) or None
+    if names:
+        return len(names), names
+    labels = dataset["label"]
+    if not labels:
+        raise ValueError("The dataset has no labels.")
+    if min(labels) < 0:
+        raise ValueError(f"Labels must be class indices >= 0, found {min(labels)}.")
+    return int(max(labels)) + 1, None
+
+
+def split_validation(dataset, size: float, seed: int = 0):
+    """(train, validation): ``size`` < 1 is a fraction, >= 1 a number of images; a fixed-seed shuffle."""
+    if size <= 0:
+        return dataset, None
+    count = int(round(size * len(dataset))) if size < 1 else int(size)
+    if not 0 < count < len(dataset):
+        raise ValueError(
+            f"--validation_split_size {size} leaves no training or no validation images out of {len(dataset)}."
+        )
+    parts = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def load_classification_data(
+    *,
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    data_files: list[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    cache_dir: str | None = None,
+    dataset_config_name: str | None = None,
+    max_train_samples: int | None = None,
+    validation_split_size: float = 0.0,
+    validation_split_seed: int = 0,
+    eval_data: str | None = None,
+    eval_split: str = "test",
+    max_eval_samples: int | None = None,
+    builtin_num_images: int = 2048,
+    builtin_resolution: int = 32,
+) -> ClassificationData:
+    """Training and evaluation splits with labels; the validation slice is held out BEFORE
+    ``max_train_samples`` is applied, so it never depends on how much training data is used."""
+    if eval_data and validation_split_size > 0:
+        raise ValueError("Give either --eval_data or --validation_split_size, not both.")
+    common = dict(image_column=image_column, label_column=label_column, cache_dir=cache_dir, require_labels=True)
+    full = load_image_dataset(
+        dataset_name=dataset_name, train_data_dir=train_data_dir, data_files=data_files or None,
+        dataset_config_name=dataset_config_name, builtin_num_images=builtin_num_images,
+        builtin_resolution=builtin_resolution, **common,
+    )
+    train, held_out = split_validation(full, validation_split_size, validation_split_seed)
+    if eval_data:
+        held_out = load_image_dataset(dataset_name=eval_data, split=eval_split, **common)
+    if max_train_samples is not None:
+        train = train.select(range(min(int(max_train_samples), len(train))))
+    if held_out is not None and max_eval_samples is not None:
+        held_out = held_out.select(range(min(int(max_eval_samples), len(held_out))))
+    num_classes, names = _num_classes(full)
+    if held_out is not None:
+        eval_classes, _ = _num_classes(held_out)
+        if eval_classes > num_classes:
+            raise ValueError(f"The evaluation data has labels up to {eval_classes - 1}, the training data {num_classes - 1}.")
+    return ClassificationData(train, held_out, names, num_classes)
+
+
+def build_classification_transform(
+    input_size: tuple[int, int, int],
+    is_training: bool,
+    *,
+    scale_min: float = 0.08,
+    hflip: float = 0.5,
+    color_jitter: float | None = 0.4,
+    interpolation: str = "bilinear",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    crop_pct: float | None = None,
+):
+    """timm's train/eval transform; the image is converted to the model's channel count first."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    if not 0 < scale_min <= 1:
+        raise ValueError(f"--train_crop_scale_min must lie in (0, 1], got {scale_min}.")
+    kwargs: dict[str, Any] = dict(
+        input_size=tuple(input_size),
+        is_training=is_training,
+        interpolation=interpolation,
+        mean=tuple(mean or IMAGENET_DEFAULT_MEAN),
+        std=tuple(std or IMAGENET_DEFAULT_STD),
+    )
+    if is_training:
+        kwargs.update(scale=(scale_min, 1.0), hflip=hflip, color_jitter=color_jitter or 0.0)
+    else:
+        kwargs.update(crop_pct=crop_pct)
+    pipeline = create_transform(**kwargs)
+    mode = "L" if input_size[0] == 1 else "RGB"
+
+    def transform(image) -> torch.Tensor:
+        if not hasattr(image, "convert"):
+            import numpy as np
+            from PIL import Image
+
+            image = Image.fromarray(np.asarray(image))
+        return pipeline(image.convert(mode))
+
+    return transform
+
+
+def as_tensor_dataset(dataset, transform) -> ImageTensorDataset:
+    """Items ``{"images": tensor, "labels": int}`` (the shared wrapper of `redistill_diffusion.data`)."""
+    return ImageTensorDataset(dataset, transform, with_labels=True)
+
+
+def data_config_for_card(input_size, *, interpolation: str, mean, std, crop_pct) -> Mapping[str, Any]:
+    """The preprocessing saved in config.json's pretrained_cfg (what `load_classifier` users must apply)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return {
+        "input_size": tuple(input_size),
+        "interpolation": interpolation,
+        "mean": tuple(mean or IMAGENET_DEFAULT_MEAN),
+        "std": tuple(std or IMAGENET_DEFAULT_STD),
+        "crop_pct": 0.875 if crop_pct is None else float(crop_pct),
+    }
