@@ -8,8 +8,9 @@ random weights: memory depends on the architecture only.
     python benchmarks/bench_memory.py --budget smoke   # DDPM CIFAR-10 + timm rows, ~30 s
     python benchmarks/bench_memory.py --budget cpu     # + the 256x256 DDPM UNet, ~2 min on 2 cores
 
-Writes ``memory.json`` and ``memory_plot.png`` (Figure 7: memory per layer of the CIFAR-10 DDPM
-UNet teacher vs its stem-stride-2 student) to the output folder (default benchmarks/results).
+Writes ``results/memory.json`` and ``results/memory_plot.png`` (Figure 7: memory per layer of the
+CIFAR-10 DDPM UNet teacher vs its stem-stride-2 student) under ``--out_dir`` (default benchmarks/,
+so benchmarks/results/), the layout benchmarks/run.py uses for every part.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from redistill_diffusion.memory import (
 from redistill_diffusion.memory.models import SHIPPED_UNET_CONFIGS, build_unet_pair, load_unet_config
 
 BUDGETS = ("smoke", "cpu", "paper")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCH_DIR = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -110,7 +111,10 @@ def _has_paper_convention(model: torch.nn.Module) -> bool:
     return True
 
 
-def _measure_row(row: Row) -> tuple[dict, dict[str, tuple[MemoryReport, MemoryReport]]]:
+def _measure_row(
+    row: Row, teacher_cache: dict[tuple, MemoryReport]
+) -> tuple[dict, dict[str, tuple[MemoryReport, MemoryReport]]]:
+    """Measure one row; a teacher measured for an earlier row (same model, strides, input) is reused."""
     started = time.perf_counter()
     teacher, student = row.build()
     shape = (3, row.resolution, row.resolution)
@@ -129,7 +133,10 @@ def _measure_row(row: Row) -> tuple[dict, dict[str, tuple[MemoryReport, MemoryRe
             result["notes"].append(f"no paper convention registered for {type(teacher).__name__} yet")
             result[convention] = None
             continue
-        pair = tuple(measure_peak_memory(m, shape, convention=convention) for m in (teacher, student))
+        key = (row.model, result["teacher_strides"], row.resolution, convention)
+        if key not in teacher_cache:
+            teacher_cache[key] = measure_peak_memory(teacher, shape, convention=convention)
+        pair = (teacher_cache[key], measure_peak_memory(student, shape, convention=convention))
         reports[convention] = pair
         result[convention] = {
             "teacher_bytes": pair[0].peak_bytes,
@@ -186,31 +193,48 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def run(out_dir: Path, budget: str) -> dict:
-    """Measure the rows that ``budget`` includes; write memory.json and memory_plot.png to ``out_dir``."""
+    """Measure the rows that ``budget`` includes; write ``results/memory.json`` and
+    ``results/memory_plot.png`` under ``out_dir`` (the layout of benchmarks/run.py) and return the
+    summary (``rows``, ``markdown``, ``plots``, ``notes``, ...)."""
     if budget not in BUDGETS:
         raise ValueError(f"Unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows, plot_pairs = [], None
+    started = time.perf_counter()
+    results_dir = Path(out_dir) / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    rows, plot_pairs, teacher_cache = [], None, {}
     for row in table_rows():
         if budget not in row.budgets:
             continue
         try:
-            result, reports = _measure_row(row)
+            result, reports = _measure_row(row, teacher_cache)
         except (ImportError, ValueError, RuntimeError) as error:  # e.g. classification students not available
             result, reports = {**_row_header(row), "skipped": f"{type(error).__name__}: {error}"}, {}
         rows.append(result)
         print(_progress_line(result), flush=True)
         if plot_pairs is None and row.model.startswith("DDPM") and row.stem_stride == 2 and reports:
             plot_pairs = [reports[c] for c in ("exact", "paper") if c in reports]
-    plot_path = out_dir / "memory_plot.png"
+    plot_path = results_dir / "memory_plot.png"
     if plot_pairs:
         plot_memory_per_layer(
-            plot_pairs, plot_path, title="DDPM CIFAR-10 UNet: teacher vs stem-stride-2 student (Figure 7)"
+            plot_pairs, plot_path, title="DDPM CIFAR-10 UNet: teacher vs stem-stride-2 student"
         )
     markdown = markdown_table(rows)
+    skipped = [f"{r['model']} stem stride {r['stem_stride']}: {r['skipped']}" for r in rows if "skipped" in r]
+    notes = [f"{r['model']} stem stride {r['stem_stride']}: {n}" for r in rows for n in r.get("notes", [])]
+    title = "DDPM CIFAR-10 UNet: memory per layer, teacher vs stem-stride-2 student (Figure 7)"
     summary = {
+        "part": "memory",
         "budget": budget,
+        "status": "ok",
+        "commands": [
+            {
+                "name": "memory table",
+                "command": f"python benchmarks/bench_memory.py --budget {budget}",
+                "wall_s": round(time.perf_counter() - started, 1),
+                "returncode": 0,
+                "log": None,
+            }
+        ],
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -218,10 +242,11 @@ def run(out_dir: Path, budget: str) -> dict:
             "threads": torch.get_num_threads(),
         },
         "rows": rows,
-        "plot": str(plot_path) if plot_pairs else None,
+        "plots": [{"path": str(plot_path), "title": title}] if plot_pairs else [],
+        "notes": skipped + notes,
         "markdown": markdown,
     }
-    (out_dir / "memory.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results_dir / "memory.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -249,7 +274,14 @@ def _progress_line(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument("--out_dir", "--out-dir", dest="out_dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--out_dir",
+        "--out-dir",
+        dest="out_dir",
+        type=Path,
+        default=BENCH_DIR,
+        help="writes <out_dir>/results/",
+    )
     args = parser.parse_args(argv)
     summary = run(args.out_dir, args.budget)
     print()
