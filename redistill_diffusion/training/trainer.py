@@ -48,6 +48,7 @@ class TrainResult:
     output_dir: str
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
+    last_logs: dict[str, float] = field(default_factory=dict)  # the named losses of the last step
 
 
 def _flat_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -150,6 +151,7 @@ class Trainer:
         self.epoch = 0
         self.ema = None
         self.metrics: dict[str, float] = {}
+        self.last_logs: dict[str, float] = {}
         self._names: dict[int, str] = {}
 
     # ------------------------------------------------------------------ checkpoint hooks
@@ -445,6 +447,7 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 accelerator.log(logs, step=self.global_step)
+                self.last_logs = logs
                 if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
                     self.save_checkpoint()
                 if (
@@ -493,4 +496,5 @@ class Trainer:
             output_dir=args.output_dir,
             metrics=dict(self.metrics),
             resumed_from=str(resume_path) if resume_path else None,
+            last_logs=dict(self.last_logs),
         )

@@ -1,0 +1,256 @@
+"""The one training loop: every distiller trains, resume after SIGKILL is bit-exact, bad input stops early."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_training import fast_args, make_tiny_teacher
+from safetensors.torch import load_file
+
+from redistill_diffusion.config import TrainingArguments
+from redistill_diffusion.training import NonFiniteLossError, TaskLosses, combine_losses
+from redistill_diffusion.training import checkpointing as ckpt
+from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
+from redistill_diffusion.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "pipeline")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+# --------------------------------------------------------------------------- losses
+def test_combine_losses_weights_task_and_distillation():
+    task = torch.tensor(2.0)
+    total = combine_losses(task, {"red": torch.tensor(1.0), "output_mse": torch.tensor(3.0)}, 0.5)
+    assert total.item() == pytest.approx(0.5 * 2.0 + 0.5 * 4.0)
+    assert combine_losses(task, {}, 0.5).item() == 2.0  # no distillation term: the task loss alone
+    with pytest.raises(ValueError, match="distill_weight"):
+        combine_losses(task, {"red": task}, 1.5)
+
+
+# --------------------------------------------------------------------------- every distiller trains
+@pytest.mark.parametrize(
+    "distiller", ["vanilla", "student_plus", "output_mse", "fitnet", "at", "red", "red+output_mse"]
+)
+def test_each_distiller_trains_a_few_steps(tmp_path, tiny_teacher, distiller):
+    out = tmp_path / "run"
+    teacher_before = _weights(tiny_teacher / "unet")
+    result = run_redistill(
+        fast_args(out, steps=2)
+        + ["--teacher_model_name_or_path", str(tiny_teacher), "--distiller", distiller, "--use_ema", "false"]
+    )
+    assert result.global_step == 2
+    logs = result.last_logs
+    assert torch.isfinite(torch.tensor(logs["loss"])) and "loss/task" in logs
+    named = [k for k in logs if k.startswith("loss/") and k != "loss/task"]
+    if distiller in ("vanilla", "student_plus"):
+        assert logs["loss"] == pytest.approx(logs["loss/task"])  # no distillation term
+    else:
+        assert named, f"{distiller} logged no named distillation loss: {logs}"
+    # The saved student moved away from its teacher initialisation; the teacher did not move.
+    student = _weights(out / "unet")
+    teacher = _weights(tiny_teacher / "unet")
+    assert any(
+        not torch.equal(student[k], teacher[k])
+        for k in student
+        if k in teacher and student[k].shape == teacher[k].shape
+    )
+    assert all(torch.equal(teacher_before[k], teacher[k]) for k in teacher)
+    has_red = any(k.startswith("red_blocks.") for k in student)
+    assert has_red == (distiller in ("student_plus", "red", "red+output_mse"))
+    assert (out / "model_index.json").is_file() and (out / "samples" / "latest.png").is_file()
+
+
+def test_teacher_training_and_checkpoint_limit(tmp_path):
+    out = tmp_path / "teacher"
+    args = fast_args(out, steps=4) + [
+        "--model_config_name_or_path",
+        "tiny-ddpm-32",
+        "--resolution",
+        "16",
+        "--checkpointing_steps",
+        "1",
+        "--checkpoints_total_limit",
+        "2",
+    ]
+    result = run_teacher(args)
+    assert result.global_step == 4
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]
+    assert (out / "checkpoint-4" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "checkpoint-4" / "ema" / "ema_shadow_params.safetensors").is_file()
+    assert not list(out.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- resume after SIGKILL
+_KILLED_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from redistill_diffusion.training import checkpointing
+    from redistill_diffusion.training.runs import run_redistill
+
+    commit = checkpointing.commit_checkpoint
+    def hang_before_second_commit(tmp_dir, final_dir):
+        if final_dir.name == "checkpoint-6":  # fully written to checkpoint-6.tmp, never renamed
+            Path(sys.argv[1]).write_text("ready")
+            time.sleep(600)
+        return commit(tmp_dir, final_dir)
+    checkpointing.commit_checkpoint = hang_before_second_commit
+    run_redistill(sys.argv[2:])
+    """
+)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_teacher):
+    # 40 images / batch 8 = 5 batches per epoch: checkpoint-3 is mid-epoch, the run spans 2 epochs.
+    def args(out):
+        return fast_args(out, steps=10, images=40) + [
+            "--teacher_model_name_or_path",
+            str(tiny_teacher),
+            "--distiller",
+            "red+output_mse",
+            "--checkpointing_steps",
+            "3",
+            "--random_flip",
+            "--use_ema",
+            "--ema_warmup",
+            "false",
+            "--ema_max_decay",
+            "0.9",
+        ]
+
+    reference = tmp_path / "uninterrupted"
+    run_redistill(args(reference))
+
+    killed = tmp_path / "killed"
+    ready = tmp_path / "ready"
+    script = tmp_path / "killed_run.py"
+    script.write_text(_KILLED_RUN)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(ready), *args(killed)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 180
+    while not ready.exists():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the killed run never reached its second checkpoint"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    # The kill hit during a save: the half-done checkpoint is invisible to 'latest'.
+    assert (killed / "checkpoint-6.tmp").is_dir() and not (killed / "checkpoint-6").exists()
+    assert ckpt.find_latest_checkpoint(killed) == killed / "checkpoint-3"
+    assert not (killed / "model_index.json").exists()
+
+    result = run_redistill(args(killed) + ["--resume_from_checkpoint", "latest"])
+    assert result.resumed_from == str(killed / "checkpoint-3") and result.global_step == 10
+    assert not (killed / "checkpoint-6.tmp").exists()  # stale temporaries are cleaned by the next save
+    for sub in ("unet", "checkpoint-9/student"):  # final EMA weights, and the raw weights at step 9
+        expected, got = _weights(reference / sub), _weights(killed / sub)
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[k], got[k]) for k in expected), f"{sub} differs after resume"
+    ema_expected = load_file(str(reference / "checkpoint-9" / "ema" / "ema_shadow_params.safetensors"))
+    ema_got = load_file(str(killed / "checkpoint-9" / "ema" / "ema_shadow_params.safetensors"))
+    assert all(torch.equal(ema_expected[k], ema_got[k]) for k in ema_expected)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_inputs_stop_before_training(tmp_path, tiny_teacher):
+    base = fast_args(tmp_path / "out", steps=1)
+    with pytest.raises(FileNotFoundError, match="Teacher"):
+        run_redistill(base + ["--teacher_model_name_or_path", str(tmp_path / "missing")])
+    with pytest.raises(ValueError, match="stride-8 student"):
+        run_redistill(base + ["--teacher_model_name_or_path", str(tiny_teacher), "--stem_stride", "8"])
+    with pytest.raises(ValueError, match="empty"):
+        run_redistill(base + ["--teacher_model_name_or_path", str(tiny_teacher), "--max_train_samples", "0"])
+    import datasets
+
+    table = tmp_path / "labels_only.parquet"
+    datasets.Dataset.from_dict({"label": [0, 1], "caption": ["a", "b"]}).to_parquet(str(table))
+    with pytest.raises(ValueError, match="image column"):
+        run_redistill(
+            fast_args(tmp_path / "out2", steps=1)[2:]
+            + ["--dataset_name", str(table), "--teacher_model_name_or_path", str(tiny_teacher)]
+        )
+    with pytest.raises(ValueError, match="Unknown distiller"):
+        run_redistill(base + ["--teacher_model_name_or_path", str(tiny_teacher), "--distiller", "nope"])
+    assert not any((tmp_path / "out").glob("checkpoint-*"))
+
+    # An output_dir holding another run's files.
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "model_index.json").write_text("{}")
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        run_redistill(fast_args(other, steps=1) + ["--teacher_model_name_or_path", str(tiny_teacher)])
+
+
+class _NaNTask:
+    main_module_name = "model"
+
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 1)
+
+    def trainable_modules(self):
+        return {"model": self.model}
+
+    def train_dataset(self):
+        return [{"x": torch.ones(2)} for _ in range(4)]
+
+    def compute_losses(self, batch, ctx):
+        out = ctx.modules["model"](batch["x"]).sum()
+        return TaskLosses(task=out * float("nan"), distillation={"red": out.abs()})
+
+    def save_final(self, output_dir, ctx):
+        raise AssertionError("must not be reached")
+
+
+def test_nan_loss_stops_with_a_one_line_fix(tmp_path):
+    trainer = Trainer(
+        TrainingArguments(
+            output_dir=str(tmp_path / "nan"), logger="none", train_batch_size=2, max_train_steps=2
+        )
+    )
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.train(_NaNTask())
+    message = str(error.value)
+    assert "\n" not in message and "task" in message and "--learning_rate" in message
+
+
+def test_script_main_prints_one_line_and_exits_2(capsys):
+    def bad_run(argv):
+        raise ValueError("Pass --teacher_model_name_or_path.")
+
+    assert script_main(bad_run, []) == 2
+    assert capsys.readouterr().err.strip() == "error: Pass --teacher_model_name_or_path."
+
+
+def test_checkpoint_discovery_ignores_partial_folders(tmp_path):
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / ckpt.STATE_FILE).write_text("{}")
+    (tmp_path / "checkpoint-12.tmp").mkdir()  # killed during a save
+    (tmp_path / "checkpoint-11").mkdir()  # no completion marker
+    assert ckpt.find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert ckpt.resolve_resume_path(str(tmp_path), "checkpoint-2") == tmp_path / "checkpoint-2"
+    with pytest.raises(FileNotFoundError, match="latest"):
+        ckpt.resolve_resume_path(str(tmp_path), "checkpoint-11")
+    assert ckpt.resolve_resume_path(str(tmp_path / "fresh"), "latest") is None
