@@ -241,19 +241,19 @@ def model_card_description(
         lines.append("")
     if sample_grid:
         lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
-    lines += [
-        "## Usage",
-        "",
-        "```python",
-        "import redistill_diffusion  # registers ReDistillUNet2DModel with diffusers",
-        "from diffusers import DiffusionPipeline",
-        "",
-        'pipeline = DiffusionPipeline.from_pretrained("<this folder or repo id>")',
-        "images = pipeline(batch_size=4, num_inference_steps=1000).images",
-        "```",
-        "",
-    ]
     return "\n".join(lines)
+
+
+USAGE_SNIPPET = """import redistill_diffusion  # makes ReDistillUNet2DModel known to diffusers
+from diffusers import DiffusionPipeline
+
+pipeline = DiffusionPipeline.from_pretrained("{name}")
+images = pipeline(batch_size=4, num_inference_steps=1000).images"""
+
+LIMITATIONS = (
+    "A student matches its teacher's quality only as far as its training budget allowed; check the sample grid "
+    "and the metrics above. Peak memory is per sample (batch 1) and excludes weights."
+)
 
 
 def write_model_card(
@@ -264,6 +264,7 @@ def write_model_card(
     tags: Sequence[str] = (),
     repo_id: str | None = None,
     token: str | None = None,
+    training_details: str | None = None,
 ) -> Path:
     """README.md through diffusers' model card utilities (the template its training scripts use).
 
@@ -295,6 +296,17 @@ def write_model_card(
         )
     card = populate_model_card(
         card, tags=["redistill", "peak-memory", "diffusers", "unconditional-image-generation", *tags]
+    )
+    # Fill the template's placeholders with what we know.
+    card.text = (
+        card.text.replace(
+            "# TODO: add an example code snippet for running this diffusion pipeline",
+            USAGE_SNIPPET.format(name=repo_id or "path/to/this/folder"),
+        )
+        .replace("[TODO: provide examples of latent issues and potential remediations]", LIMITATIONS)
+        .replace(
+            "[TODO: describe the data used to train the model]", training_details or "See the table above."
+        )
     )
     path = Path(output_dir) / "README.md"
     card.save(str(path))

@@ -250,6 +250,10 @@ class DiffusionTask:
             tags=card.get("tags", ()),
             repo_id=card.get("hub_model_id"),
             token=card.get("hub_token"),
+            training_details=(
+                f"Trained for {ctx.global_step} steps on {card.get('details', {}).get('dataset', 'the given data')} "
+                "with redistill-diffusion's Accelerate loop (EMA weights saved)."
+            ),
         )
 
 

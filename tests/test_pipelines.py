@@ -1,0 +1,157 @@
+"""Final save: a DDPMPipeline folder that diffusers loads and samples, its model card, and the Hub push."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_training import fast_args, make_tiny_teacher
+
+from redistill_diffusion.pipelines import load_teacher, load_unet_config, push_folder_to_hub
+from redistill_diffusion.training.runs import run_redistill
+
+SECRET = "hf_do_not_print_this_token_123"
+
+
+class LocalHub:
+    """Stands in for huggingface_hub.HfApi: create_repo / upload_folder into a local directory,
+    applying the ignore patterns with huggingface_hub's own filter."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.created: list[dict] = []
+        self.uploads: list[dict] = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None, **kwargs):
+        self.created.append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok})
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+        return repo_id
+
+    def upload_folder(
+        self, repo_id, folder_path, commit_message=None, ignore_patterns=None, repo_type=None, **kwargs
+    ):
+        from huggingface_hub.utils import filter_repo_objects
+
+        folder = Path(folder_path)
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        kept = list(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+        for relative in kept:
+            target = self.root / repo_id / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / relative, target)
+        self.uploads.append({"repo_id": repo_id, "files": kept, "commit_message": commit_message})
+        return f"local://{repo_id}"
+
+
+@pytest.fixture(scope="module")
+def trained_student(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    teacher = make_tiny_teacher(root / "teacher")
+    out = root / "student"
+    args = fast_args(out, steps=2) + [
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--distiller",
+        "red",
+        "--measure_memory",
+        "true",
+    ]
+    run_redistill(args)
+    return teacher, out
+
+
+def test_saved_student_loads_with_diffusion_pipeline_and_samples(trained_student):
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    from redistill_diffusion import ReDistillUNet2DModel
+
+    _, out = trained_student
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not list(out.rglob("*.bin")) or all("checkpoint-" in str(p) for p in out.rglob("*.bin"))
+    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipeline, DDPMPipeline)
+    assert isinstance(pipeline.unet, ReDistillUNet2DModel) and len(pipeline.unet.red_blocks) == 2
+    assert pipeline.unet.config.stem_stride == 2
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert images.shape == (2, 16, 16, 3) and (images >= 0).all() and (images <= 1).all()
+
+
+def test_model_card_names_teacher_method_stride_memory_and_grid(trained_student):
+    teacher, out = trained_student
+    card = (out / "README.md").read_text()
+    assert card.startswith("---") and "library_name: diffusers" in card
+    assert str(teacher) in card and "**red**" in card and "stem stride | 2" in card
+    assert "Peak activation memory" in card and "| teacher |" in card and "| student |" in card
+    assert "![samples](samples/latest.png)" in card and (out / "samples" / "latest.png").is_file()
+    assert "TODO" not in card
+    assert (out / "memory_report.json").is_file() and (out / "memory_report.png").is_file()
+
+
+def test_teacher_loading_accepts_pipeline_and_unet_folders(trained_student, tmp_path):
+    teacher, _ = trained_student
+    unet, scheduler = load_teacher(str(teacher))
+    assert scheduler is not None and unet.config.sample_size == 16
+    unet_only, no_scheduler = load_teacher(str(teacher / "unet"))
+    assert no_scheduler is None and unet_only.config == unet.config
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_teacher(str(tmp_path / "empty"))
+    assert load_unet_config("tiny-ddpm-32")["block_out_channels"] == [32, 64, 64]
+    with pytest.raises(FileNotFoundError, match="tiny-ddpm-32"):
+        load_unet_config("no-such-config")
+
+
+def test_push_to_hub_uploads_a_loadable_pipeline_without_leaking_the_token(tmp_path, capsys, caplog):
+    from diffusers import DiffusionPipeline
+
+    teacher = make_tiny_teacher(tmp_path / "teacher")
+    hub = LocalHub(tmp_path / "hub")
+    out = tmp_path / "student"
+    args = fast_args(out, steps=2) + [
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--distiller",
+        "red",
+        "--checkpointing_steps",
+        "1",
+        "--logger",
+        "tensorboard",
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/tiny-redistill",
+        "--hub_token",
+        SECRET,
+        "--hub_private_repo",
+    ]
+    caplog.set_level("DEBUG")
+    run_redistill(args, hub_api=hub)
+
+    assert hub.created[0] == {"repo_id": "me/tiny-redistill", "private": True, "exist_ok": True}
+    uploaded = tmp_path / "hub" / "me" / "tiny-redistill"
+    files = hub.uploads[-1]["files"]
+    assert "README.md" in files and "model_index.json" in files and "samples/latest.png" in files
+    assert not any(f.startswith(("checkpoint-", "logs/")) for f in files)
+    pipeline = DiffusionPipeline.from_pretrained(str(uploaded))
+    assert type(pipeline.unet).__name__ == "ReDistillUNet2DModel"
+    assert "me/tiny-redistill" in (uploaded / "README.md").read_text()
+
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err + caplog.text
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"token written to {path}"
+
+
+def test_push_folder_to_hub_creates_repo_first(tmp_path):
+    folder = tmp_path / "folder"
+    (folder / "checkpoint-5").mkdir(parents=True)
+    (folder / "checkpoint-5" / "optimizer.bin").write_bytes(b"x")
+    (folder / "README.md").write_text("card")
+    hub = LocalHub(tmp_path / "hub")
+    push_folder_to_hub(folder, "org/name", api=hub)
+    assert hub.created and hub.uploads[0]["files"] == ["README.md"]
