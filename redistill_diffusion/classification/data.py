@@ -137,9 +137,44 @@ def build_classification_transform(
     return transform
 
 
-def as_tensor_dataset(dataset, transform) -> ImageTensorDataset:
-    """Items ``{"images": tensor, "labels": int}`` (the shared wrapper of `redistill_diffusion.data`)."""
-    return ImageTensorDataset(dataset, transform, with_labels=True)
+class AugmentedImageDataset(ImageTensorDataset):
+    """The shared image/label wrapper whose random augmentation is a function of (seed, epoch, index).
+
+    timm's transforms draw from Python's and torch's global RNGs. accelerate's dataloader fetches one
+    batch ahead, so a checkpoint's saved global RNG state is already past the next batch and a resumed
+    run would crop differently. Seeding every item from (seed, epoch, index) instead makes the
+    augmentation identical after a resume, with any number of workers; the epoch comes from
+    accelerate, which calls ``dataset.set_epoch`` when the sampler is set to a new epoch.
+    """
+
+    def __init__(self, dataset, transform, seed: int = 0):
+        super().__init__(dataset, transform, with_labels=True)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        import random
+
+        item_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_033 + int(index)) % (2**63 - 1)
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            try:
+                return super().__getitem__(index)
+            finally:
+                random.setstate(python_state)
+
+
+def as_tensor_dataset(dataset, transform, seed: int | None = None) -> ImageTensorDataset:
+    """Items ``{"images": tensor, "labels": int}`` (the shared wrapper of `redistill_diffusion.data`);
+    with ``seed``, random augmentation is reproducible per (seed, epoch, index)."""
+    if seed is None:
+        return ImageTensorDataset(dataset, transform, with_labels=True)
+    return AugmentedImageDataset(dataset, transform, seed)
 
 
 def data_config_for_card(input_size, *, interpolation: str, mean, std, crop_pct) -> Mapping[str, Any]:

@@ -199,7 +199,7 @@ def build_classification_task(
     source = data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
     return ClassificationTask(
         student,
-        as_tensor_dataset(data.train, train_transform),
+        as_tensor_dataset(data.train, train_transform, seed=training_args.seed),
         teacher=teacher,
         distiller=distiller,
         distiller_name=args.distiller,
