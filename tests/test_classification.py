@@ -251,3 +251,38 @@ def test_push_to_hub_with_local_stand_in(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     student.eval()
     assert torch.allclose(load_classifier(pushed)(x), student(x), atol=1e-6)
+
+
+RECIPES = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "recipes").glob("cls_*.yaml"))
+STL10_PAIRS = [
+    ("cls_stl10_resnext18_teacher.yaml", "cls_stl10_resnext18_x4_red.yaml", 4),
+    ("cls_stl10_mobilenetv2_teacher.yaml", "cls_stl10_mobilenetv2_x4_red.yaml", 4),
+    ("cls_stl10_mobilenetv2_teacher.yaml", "cls_stl10_mobilenetv2_x8_red.yaml", 8),
+    ("cls_stl10_mobilenetv3_small_teacher.yaml", "cls_stl10_mobilenetv3_small_x4_red.yaml", 4),
+]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_classification_recipes_parse(recipe):
+    from redistill_diffusion.classification.run import CLASSIFIER_ARGUMENTS
+    from redistill_diffusion.config import parse_args
+
+    training, data, cls = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(recipe)])
+    assert cls.distiller in ("none", "red") and not training.use_ema
+    assert (cls.distiller == "none") == (cls.teacher_model_name_or_path is None)
+
+
+@pytest.mark.parametrize("teacher_recipe,student_recipe,stem", STL10_PAIRS, ids=[p[1] for p in STL10_PAIRS])
+def test_stl10_recipes_build_the_papers_models(teacher_recipe, student_recipe, stem):
+    """The recipe strides give the reference pairs: total stride 16 kept, stem 4 or 8, at 128x128."""
+    from redistill_diffusion.classification.run import CLASSIFIER_ARGUMENTS
+    from redistill_diffusion.config import parse_args
+
+    root = RECIPES[0].parent
+    _, _, t_args = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(root / teacher_recipe)])
+    _, data, s_args = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(root / student_recipe)])
+    teacher = create_teacher(t_args.model_name_or_path, num_classes=10, cifar_stem=t_args.cifar_stem, strides=t_args.model_strides)
+    student = create_student(teacher, strides=s_args.strides)
+    assert read_stride_plan(teacher).total_stride == read_stride_plan(student).total_stride == 16
+    assert read_stride_plan(student).stem_stride == stem
+    assert _features(student, data.resolution).shape[-2:] == (8, 8)
