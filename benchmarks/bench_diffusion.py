@@ -1,0 +1,565 @@
+"""Part 3: diffusion on CIFAR-10. A small DDPM teacher, then its stem-stride-2 student under every distiller.
+
+Everything runs through the project's own entry points: `examples/train_ddpm_teacher.py` and
+`examples/train_ddpm_redistill.py` (subprocesses, logged) and `redistill_diffusion.evaluation.
+evaluate_pipelines` (torch-fidelity). Frechet distance and IS are computed on the CIFAR-10 teacher
+classifier of part 2 ("FD-<classifier>", never called FID); Inception FID only where torch-fidelity's
+Inception weights exist locally.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    REPO_ROOT,
+    CommandFailed,
+    CommandRecord,
+    ComponentMissing,
+    fmt_bytes,
+    markdown_table,
+    not_run,
+    parquet_slices,
+    part_result,
+    python_argv,
+    relative,
+    require_file,
+    run_logged,
+    write_json,
+)
+
+TEACHER_SCRIPT = REPO_ROOT / "examples/train_ddpm_teacher.py"
+STUDENT_SCRIPT = REPO_ROOT / "examples/train_ddpm_redistill.py"
+DISTILLERS = ("vanilla", "student_plus", "output_mse", "fitnet", "red", "red+output_mse")
+VALIDATION_ROWS = 5000
+
+
+@dataclass
+class Variant:
+    """One student run: a label for the table, the distiller and any extra flags (ablations)."""
+
+    label: str
+    distiller: str
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionBudget:
+    teacher_unet: dict[str, Any]
+    train_batch_size: int
+    teacher_steps: int
+    student_steps: int
+    learning_rate: float
+    warmup_steps: int
+    ema_max_decay: float
+    num_samples: int
+    ddim_steps: int
+    eval_batch_size: int
+    mixed_precision: str = "bf16"
+    threads: int = 2
+    variants: list[Variant] = field(default_factory=lambda: [Variant(d, d) for d in DISTILLERS])
+    synthetic: bool = False  # smoke: coloured shapes, no CIFAR-10 needed
+    synthetic_images: int = 256
+
+
+def _unet(channels, attention_level=None, layers=1, sample_size=32, groups=8) -> dict[str, Any]:
+    down = ["DownBlock2D"] * len(channels)
+    up = ["UpBlock2D"] * len(channels)
+    if attention_level is not None:
+        down[attention_level] = "AttnDownBlock2D"
+        up[len(channels) - 1 - attention_level] = "AttnUpBlock2D"
+    return {
+        "_class_name": "UNet2DModel",
+        "sample_size": sample_size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": list(channels),
+        "layers_per_block": layers,
+        "down_block_types": down,
+        "up_block_types": up,
+        "norm_num_groups": groups,
+        "attention_head_dim": None if attention_level is None else 8,
+    }
+
+
+BUDGETS: dict[str, DiffusionBudget] = {
+    "smoke": DiffusionBudget(
+        teacher_unet=_unet((8, 16, 16), sample_size=16, groups=4),
+        train_batch_size=8,
+        teacher_steps=3,
+        student_steps=2,
+        learning_rate=2e-4,
+        warmup_steps=0,
+        ema_max_decay=0.99,
+        num_samples=16,
+        ddim_steps=3,
+        eval_batch_size=16,
+        mixed_precision="no",
+        variants=[Variant("vanilla", "vanilla"), Variant("red", "red")],
+        synthetic=True,
+        synthetic_images=64,
+    ),
+    "cpu": DiffusionBudget(
+        teacher_unet=_unet((32, 64, 64)),
+        train_batch_size=64,
+        teacher_steps=1200,
+        student_steps=400,
+        learning_rate=5e-4,
+        warmup_steps=100,
+        ema_max_decay=0.999,
+        num_samples=500,
+        ddim_steps=25,
+        eval_batch_size=100,
+        threads=1,  # the classification part runs beside it; 1 thread each avoids OpenMP oversubscription
+        variants=[Variant(d, d) for d in DISTILLERS]
+        + [
+            Variant("red (mse distance)", "red", {"red_distance": "mse"}),
+            Variant("red (full placement)", "red", {"red_preset": "full"}),
+        ],
+    ),
+}
+
+# The paper's DDPM CIFAR-10 recipe (method.md section 7), for users with GPUs: the google/ddpm-cifar10-32
+# teacher from the Hub, 800k steps at batch 128, 50k samples with 1000-step ancestral sampling, Inception FID.
+PAPER = {
+    "teacher": "google/ddpm-cifar10-32",
+    "train_batch_size": 128,
+    "max_train_steps": 800_000,
+    "learning_rate": 2e-4,
+    "lr_warmup_steps": 5000,
+    "ema_max_decay": 0.9999,
+    "num_samples": 50_000,
+    "sampler": "ddpm",
+    "num_inference_steps": 1000,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# data and models
+# ------------------------------------------------------------------------------------------------
+def synthetic_parquet(work_dir: Path, num_images: int, resolution: int) -> tuple[Path, Path]:
+    """Coloured shapes (the library's offline data) written as CIFAR-style parquet: train and a held-out slice."""
+    import datasets
+    from PIL import Image
+
+    from redistill_diffusion.data import make_shapes
+
+    train_path, val_path = work_dir / f"shapes{resolution}_train.parquet", work_dir / f"shapes{resolution}_val.parquet"
+    if train_path.exists() and val_path.exists():
+        return train_path, val_path
+    work_dir.mkdir(parents=True, exist_ok=True)
+    images, labels = make_shapes(num_images=num_images + num_images // 4, resolution=resolution, seed=0)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    rows = {"img": [Image.fromarray(a) for a in images], "label": [int(x) for x in labels]}
+    dataset = datasets.Dataset.from_dict(rows, features=features)
+    dataset.select(range(num_images)).to_parquet(str(train_path))
+    dataset.select(range(num_images, len(dataset))).to_parquet(str(val_path))
+    return train_path, val_path
+
+
+def _write_teacher_config(work_dir: Path, unet: dict[str, Any]) -> Path:
+    folder = work_dir / "teacher_unet_config"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(unet, indent=2) + "\n")
+    return folder
+
+
+def _common_flags(budget: DiffusionBudget, train_data: Path, output_dir: Path, steps: int) -> list[Any]:
+    return [
+        "--dataset_name", relative(train_data),
+        "--resolution", budget.teacher_unet["sample_size"],
+        "--random_flip",
+        "--train_batch_size", budget.train_batch_size,
+        "--max_train_steps", steps,
+        "--optimizer", "adamw",
+        "--learning_rate", budget.learning_rate,
+        "--lr_scheduler", "cosine",
+        "--lr_warmup_steps", budget.warmup_steps,
+        "--ema_max_decay", budget.ema_max_decay,
+        "--mixed_precision", budget.mixed_precision,
+        "--checkpointing_steps", 0,
+        "--logger", "none",
+        "--sample_scheduler", "ddim",
+        "--ddpm_num_inference_steps", budget.ddim_steps,
+        "--eval_batch_size", 16,
+        "--seed", 0,
+        "--output_dir", relative(output_dir),
+        "--overwrite_output_dir",
+    ]
+
+
+_TQDM_DONE = re.compile(r"(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
+
+
+def training_seconds_per_step(log_path: Path) -> float | None:
+    """Seconds per optimizer step of a finished run, from the final tqdm line of its log
+    (elapsed loop time / steps: excludes start-up, data loading before the loop and the final save)."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    best = None
+    for match in _TQDM_DONE.finditer(text):
+        done, total = int(match.group(1)), int(match.group(2))
+        if done == total and done > 0:
+            hours = int(match.group(3) or 0)
+            elapsed = hours * 3600 + int(match.group(4)) * 60 + int(match.group(5))
+            best = elapsed / done
+    return best
+
+
+def _reusable(output_dir: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished run with exactly this recipe, if there is one (pipeline folder present)."""
+    stamp = output_dir / "benchmark_run.json"
+    if not (output_dir / "model_index.json").is_file() or not stamp.is_file():
+        return None
+    saved = json.loads(stamp.read_text())
+    return saved if saved.get("recipe") == recipe else None
+
+
+def _train(name: str, argv: list[str], output_dir: Path, log_dir: Path, budget: DiffusionBudget, reuse: bool) -> dict[str, Any]:
+    record = CommandRecord(name=name, argv=argv)
+    recipe = {"argv": [str(a) for a in argv[1:]]}
+    previous = _reusable(output_dir, recipe) if reuse else None
+    if previous is not None:
+        return previous | {"reused": True}
+    log = log_dir / f"diffusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.log"
+    run_logged(record, log, threads=budget.threads)
+    info = {
+        "recipe": recipe,
+        "command": record.to_dict(),
+        "seconds_per_step": training_seconds_per_step(log),
+        "reused": False,
+    }
+    (output_dir / "benchmark_run.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _feature_extractor(work_dir: Path, budget_name: str) -> tuple[Any, str]:
+    """The teacher classifier of part 2 (its saved folder), or for the smoke budget a random tiny one."""
+    folder = work_dir / "classification" / "teacher"
+    if (folder / "config.json").is_file():
+        from redistill_diffusion.classification.hub import load_classifier
+
+        return load_classifier(str(folder)).eval(), str(folder)
+    if budget_name == "smoke":
+        import timm
+
+        return timm.create_model("resnet10t", num_classes=10, pretrained=False).eval(), ""
+    raise ComponentMissing(
+        f"the CIFAR-10 classifier of part 2 ({relative(folder)}) is missing: run --only classification first"
+    )
+
+
+def _inception_weights() -> str | None:
+    """torch-fidelity's Inception weights if they exist locally (never downloaded here)."""
+    import torch
+
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for candidate in sorted(hub.glob("weights-inception-2015-12-05-*.pth")) if hub.is_dir() else []:
+        return str(candidate)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# the part
+# ------------------------------------------------------------------------------------------------
+def run(
+    output_dir: Path,
+    work_dir: Path,
+    budget: str,
+    data: Path,
+    eval_data: Path | None = None,
+    seeds=None,
+    reuse_teachers: bool = True,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    if budget == "paper":
+        return paper_commands(output_dir, work_dir)
+    spec = BUDGETS[budget]
+    work = work_dir / "diffusion"
+    log_dir = output_dir / "logs"
+    try:
+        require_file(TEACHER_SCRIPT, "issue 3: DDPM teacher training script")
+        require_file(STUDENT_SCRIPT, "issue 3: ReDistill DDPM training script")
+    except ComponentMissing as error:
+        return not_run("diffusion", budget, str(error))
+    if spec.synthetic:
+        train_data, reference = synthetic_parquet(work_dir, spec.synthetic_images, spec.teacher_unet["sample_size"])
+    else:
+        train_data, reference = parquet_slices(data, work_dir, VALIDATION_ROWS)
+
+    result = part_result("diffusion", budget, budget_settings=_settings(spec))
+    commands: list[dict[str, Any]] = []
+
+    teacher_dir = work / "teacher"
+    config_dir = _write_teacher_config(work, spec.teacher_unet)
+    teacher_argv = python_argv(
+        TEACHER_SCRIPT, "--model_config_name_or_path", relative(config_dir), *_common_flags(spec, train_data, teacher_dir, spec.teacher_steps)
+    )
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        runs["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_teachers)
+    except CommandFailed as error:
+        return not_run("diffusion", budget, f"teacher training failed: {error}", commands=commands)
+    commands.append(runs["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if runs["teacher"]["reused"] else {}))
+
+    failures = []
+    for variant in spec.variants:
+        out = work / "students" / re.sub(r"[^A-Za-z0-9_.-]+", "_", variant.label)
+        extra = [x for key, value in variant.flags.items() for x in (f"--{key}", value)]
+        argv = python_argv(
+            STUDENT_SCRIPT,
+            "--teacher_model_name_or_path", relative(teacher_dir),
+            "--stem_stride", 2,
+            "--student_init", "teacher",
+            "--distiller", variant.distiller,
+            "--red_preset", "paper",
+            "--distill_weight", 0.5,
+            *extra,
+            *_common_flags(spec, train_data, out, spec.student_steps),
+        )
+        try:
+            runs[variant.label] = _train(f"student {variant.label}", argv, out, log_dir, spec, reuse=False) | {"dir": out}
+            commands.append(runs[variant.label]["command"])
+        except CommandFailed as error:
+            failures.append(str(error))
+    result["commands"] = commands
+    runs["teacher"]["dir"] = teacher_dir
+    trained = {label: info for label, info in runs.items()}
+    if len(trained) < 2:
+        return result | {"status": "not run", "reason": "; ".join(failures)}
+
+    # ---- evaluation ------------------------------------------------------------------------
+    try:
+        rows = _evaluate(trained, reference, spec, budget, work_dir, output_dir, result)
+    except ComponentMissing as error:
+        return result | {"status": "not run", "reason": f"evaluation: {error}"}
+    result["rows"] = rows
+    result["markdown"] = _markdown(rows, result)
+    result["summary"] = _summary(rows)
+    if failures:
+        result["status"] = "partial"
+        result["reason"] = "; ".join(failures)
+    write_json(output_dir / "results" / "diffusion_rows.json", {"rows": rows})
+    return result
+
+
+def _settings(spec: DiffusionBudget) -> dict[str, Any]:
+    return {
+        "teacher_unet": spec.teacher_unet,
+        "train_batch_size": spec.train_batch_size,
+        "teacher_steps": spec.teacher_steps,
+        "student_steps": spec.student_steps,
+        "learning_rate": spec.learning_rate,
+        "mixed_precision": spec.mixed_precision,
+        "num_samples": spec.num_samples,
+        "ddim_steps": spec.ddim_steps,
+        "variants": [v.__dict__ for v in spec.variants],
+    }
+
+
+def _evaluate(trained, reference: Path, spec: DiffusionBudget, budget: str, work_dir: Path, output_dir: Path, result) -> list[dict[str, Any]]:
+    import time
+
+    import torch
+
+    try:
+        from redistill_diffusion.evaluation import evaluate_pipelines
+    except ImportError as error:
+        raise ComponentMissing(f"redistill_diffusion.evaluation.evaluate_pipelines unavailable ({error})") from error
+
+    torch.set_num_threads(spec.threads)
+    extractor, weights = _feature_extractor(work_dir, budget)
+    inception = _inception_weights()
+    result["feature_extractor"] = relative(weights) if weights else "random-weight timm resnet10t (smoke only)"
+    if inception is None:
+        result["notes"].append(
+            "FID (Inception) not computed: torch-fidelity's Inception weights are not on this machine and it "
+            "has no internet. FD below is the Frechet distance on the penultimate features of the part-2 CIFAR-10 "
+            "teacher classifier (same formula as FID, different features: not comparable with published FIDs)."
+        )
+    if budget == "smoke":
+        result["notes"].append("Smoke budget: synthetic shapes, a random-weight feature extractor and a few steps; the numbers only prove the harness runs.")
+    eval_dir = output_dir / "results" / "diffusion_eval"
+    start = time.perf_counter()
+    pipelines = {label: str(info["dir"]) for label, info in trained.items()}
+    metrics = evaluate_pipelines(
+        pipelines,
+        reference=str(reference),
+        num_samples=spec.num_samples,
+        sampler="ddim",
+        num_inference_steps=spec.ddim_steps,
+        batch_size=spec.eval_batch_size,
+        seed=0,
+        metrics=("fid", "isc", "kid"),
+        feature_extractor=extractor,
+        kid_subset_size=min(spec.num_samples, 100),
+        cache_root=str(work_dir / "fidelity_cache"),
+        output_dir=str(eval_dir),
+        device="cpu",
+        mixed_precision=spec.mixed_precision,
+        progress=False,
+    )
+    evaluation_s = time.perf_counter() - start
+    if inception is not None:
+        inception_metrics = evaluate_pipelines(
+            pipelines, reference=str(reference), num_samples=spec.num_samples, sampler="ddim",
+            num_inference_steps=spec.ddim_steps, batch_size=spec.eval_batch_size, seed=0, metrics=("fid",),
+            feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception,
+            cache_root=str(work_dir / "fidelity_cache"), device="cpu", progress=False,
+        )
+        for row, extra in zip(metrics, inception_metrics):
+            row["fid_inception"] = extra.get("fid")
+    result["commands"].append(
+        {"name": "evaluation (in-process: redistill_diffusion.evaluation.evaluate_pipelines)", "command": "see benchmarks/bench_diffusion.py::_evaluate",
+         "wall_s": round(evaluation_s, 1), "returncode": 0, "log": None}
+    )
+    grids = _side_by_side(metrics, eval_dir, output_dir / "results" / "diffusion_samples.png")
+    result["plots"].append({"path": str(grids), "title": "Samples: teacher and every student (same seeds)"})
+    return _rows(metrics, trained)
+
+
+def _key(metrics: dict[str, Any], prefix: str) -> Any:
+    for key, value in metrics.items():
+        if key == prefix or (key.startswith(prefix) and not key.endswith("_std")):
+            return value
+    return None
+
+
+def _rows(metrics: list[dict[str, Any]], trained: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    by_name = {m["pipeline"]: m for m in metrics}
+    teacher = by_name.get("teacher", {})
+    vanilla_step = trained.get("vanilla", {}).get("seconds_per_step")
+    rows = []
+    for label, info in trained.items():
+        m = by_name.get(label, {})
+        fd_key = next((k for k in m if k.startswith("fd_") and not k.endswith("_std")), "fid")
+        is_key = next((k for k in m if (k.startswith("is_") and k.endswith("_mean")) or k == "isc_mean"), None)
+        row = {
+            "model": label,
+            "fd_key": fd_key,
+            "fd": m.get(fd_key),
+            "is_mean": m.get(is_key) if is_key else None,
+            "is_std": m.get(is_key.replace("mean", "std")) if is_key and "mean" in is_key else None,
+            "kid_mean": _key(m, "kd_") if _key(m, "kd_") is not None else m.get("kid_mean"),
+            "fid_inception": m.get("fid_inception"),
+            "peak_bytes": m.get("peak_bytes"),
+            "peak_bytes_paper": m.get("peak_bytes_paper"),
+            "images_per_second": m.get("images_per_second"),
+            "seconds_per_step": info.get("seconds_per_step"),
+            "train_wall_s": (info.get("command") or {}).get("wall_s"),
+            "raw_metrics": m,
+        }
+        if teacher.get("peak_bytes") and row["peak_bytes"]:
+            row["memory_ratio_teacher_over_model"] = teacher["peak_bytes"] / row["peak_bytes"]
+        if teacher.get("images_per_second") and row["images_per_second"]:
+            row["throughput_vs_teacher"] = row["images_per_second"] / teacher["images_per_second"]
+        if vanilla_step and row["seconds_per_step"] and label != "teacher":
+            row["step_time_vs_vanilla"] = row["seconds_per_step"] / vanilla_step
+        rows.append(row)
+    return rows
+
+
+def _side_by_side(metrics: list[dict[str, Any]], eval_dir: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    panels = [(m["pipeline"], eval_dir / m["sample_grid"]) for m in metrics if m.get("sample_grid")]
+    cols = min(4, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, path) in zip(axes.flat, panels):
+        ax.imshow(Image.open(path))
+        ax.set_title(name, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    settings = result["budget_settings"]
+    fd_name = next((r["fd_key"] for r in rows if r.get("fd_key")), "fd")
+    header = [
+        "model", fd_name.upper().replace("_", "-") + " (lower is better)", "IS (classifier)", "KD/KID",
+        "peak memory (exact)", "teacher / model", "peak memory (paper conv.)", "images/s (DDIM)", "vs teacher",
+        "train s/step", "vs vanilla",
+    ]
+    table = []
+    for r in rows:
+        table.append([
+            r["model"], r["fd"], None if r["is_mean"] is None else f"{r['is_mean']:.3f}", r["kid_mean"],
+            fmt_bytes(r["peak_bytes"]), None if r.get("memory_ratio_teacher_over_model") is None else f"{r['memory_ratio_teacher_over_model']:.3f}x",
+            fmt_bytes(r["peak_bytes_paper"]), r["images_per_second"],
+            None if r.get("throughput_vs_teacher") is None else f"{r['throughput_vs_teacher']:.2f}x",
+            r["seconds_per_step"], None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
+        ])
+    unet = settings["teacher_unet"]
+    text = [
+        f"Teacher: UNet2DModel {unet['block_out_channels']} ({unet['layers_per_block']} layer/block), trained "
+        f"{settings['teacher_steps']} steps at batch {settings['train_batch_size']}; every student: stem stride 2, "
+        f"initialised from the teacher, {settings['student_steps']} steps, same data order and seed, distill weight 0.5, "
+        f"RED at the paper placement (stem output and output-head input). Evaluation: {settings['num_samples']} samples, "
+        f"DDIM {settings['ddim_steps']} steps, seed 0, against the held-out CIFAR-10 slice.",
+        "",
+        markdown_table(header, table),
+    ]
+    return "\n".join(text)
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    by = {r["model"]: r for r in rows}
+    red = by.get("red")
+    if red is None or red.get("fd") is None:
+        return "Diffusion: RED was not evaluated."
+    baselines = {m: r for m, r in by.items() if m in DISTILLERS and not m.startswith("red") and r.get("fd") is not None}
+    better = [m for m, r in baselines.items() if red["fd"] < r["fd"]]
+    worse = [m for m, r in baselines.items() if red["fd"] >= r["fd"]]
+    variants = [f"{m} {r['fd']:.3g}" for m, r in by.items() if m.startswith("red") and m != "red" and r.get("fd") is not None]
+    ratio = red.get("memory_ratio_teacher_over_model")
+    return (
+        f"Diffusion (CIFAR-10, stem-stride-2 student, {f'{ratio:.3f}x' if ratio else '?'} lower exact peak memory than the teacher): "
+        f"RED's FD {red['fd']:.3g} is lower than {', '.join(better) or 'no baseline'}"
+        + (f" and not lower than {', '.join(worse)}" if worse else "")
+        + (f" (teacher {by['teacher']['fd']:.3g})" if by.get("teacher", {}).get("fd") is not None else "")
+        + (f"; other RED variants: {', '.join(variants)}" if variants else "")
+        + "."
+    )
+
+
+def paper_commands(output_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """The paper's recipe as commands (not run here)."""
+    records = []
+    for distiller in DISTILLERS:
+        out = work_dir / "paper" / "ddpm_cifar10" / distiller
+        argv = python_argv(
+            STUDENT_SCRIPT, "--teacher_model_name_or_path", PAPER["teacher"], "--dataset_name", "uoft-cs/cifar10",
+            "--resolution", 32, "--random_flip", "--stem_stride", 2, "--student_init", "teacher", "--distiller", distiller,
+            "--red_preset", "paper", "--distill_weight", 0.5, "--train_batch_size", PAPER["train_batch_size"],
+            "--max_train_steps", PAPER["max_train_steps"], "--learning_rate", PAPER["learning_rate"],
+            "--lr_warmup_steps", PAPER["lr_warmup_steps"], "--ema_max_decay", PAPER["ema_max_decay"],
+            "--mixed_precision", "fp16", "--output_dir", relative(out),
+        )
+        argv[0] = "accelerate launch"
+        records.append(CommandRecord(name=f"student {distiller}", argv=argv).to_dict())
+    evaluation = CommandRecord(
+        name="evaluation",
+        argv=["redistill", "eval", "--recipe", "recipes/eval_fid_is.yaml", "--pipelines", PAPER["teacher"],
+              *[relative(work_dir / "paper" / "ddpm_cifar10" / d) for d in DISTILLERS]],
+    ).to_dict()
+    records.append(evaluation)
+    return part_result(
+        "diffusion", "paper", status="dry run", reason="The paper budget needs GPUs: commands listed, not run.", commands=records,
+        markdown="The paper's DDPM CIFAR-10 protocol: " + ", ".join(f"{k} {v}" for k, v in PAPER.items()) + ".",
+    )

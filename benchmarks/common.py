@@ -1,0 +1,259 @@
+"""Shared plumbing of the benchmark parts: budgets' bookkeeping, logged subprocesses, JSON, machine info.
+
+Every part (memory, classification, diffusion) writes ``<output_dir>/results/<part>.json`` with the
+same top-level keys (``part``, ``budget``, ``status``, ``reason``, ``commands``, ``markdown``,
+``plots``, ...); `benchmarks/report.py` renders RESULTS.md from whatever JSON is present, so parts
+run separately merge into one report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUDGETS = ("smoke", "cpu", "paper")
+PARTS = ("memory", "classification", "diffusion")
+CIFAR10_PARQUET = Path(os.environ.get("REDISTILL_CIFAR10", REPO_ROOT.parent / "shared/data/cifar10/train.parquet"))
+
+
+class ComponentMissing(RuntimeError):
+    """A component this part calls (a script, an API) is not there yet: the part is reported as not run."""
+
+
+class CommandFailed(RuntimeError):
+    """A logged subprocess exited non-zero; the message names its log file."""
+
+
+@dataclass
+class CommandRecord:
+    """One command the benchmark ran (or, for the paper budget, would run), as reported in RESULTS.md."""
+
+    name: str
+    argv: list[str]
+    log: str | None = None
+    wall_s: float | None = None
+    returncode: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shell(self) -> str:
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        argv = ["python" if a == sys.executable else a for a in self.argv]
+        command = " ".join(shlex.quote(str(a)) for a in argv)
+        return f"{prefix} {command}".strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "command": self.shell,
+            "log": self.log,
+            "wall_s": None if self.wall_s is None else round(self.wall_s, 2),
+            "returncode": self.returncode,
+        }
+
+
+def relative(path: str | os.PathLike) -> str:
+    """A path as the reader of RESULTS.md would type it from the repository root."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def python_argv(script: str | os.PathLike, *args: Any) -> list[str]:
+    """``python <script> args...`` with the interpreter running the benchmark (the project's venv)."""
+    return [sys.executable, relative(script), *[str(a) for a in args]]
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ComponentMissing(f"{relative(path)} is not present ({what})")
+    return path
+
+
+def run_logged(record: CommandRecord, log_path: Path, threads: int | None = None, timeout_s: float | None = None) -> CommandRecord:
+    """Run ``record.argv`` from the repository root, stdout+stderr to ``log_path``; fill wall time and rc.
+
+    Raises `CommandFailed` (naming the log and its last line) when the command fails.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["MKL_NUM_THREADS"] = str(threads)
+    env.update(record.env)
+    record.log = relative(log_path)
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"$ {record.shell}\n")
+        log.flush()
+        try:
+            completed = subprocess.run(
+                record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+            )
+            record.returncode = completed.returncode
+        except subprocess.TimeoutExpired:
+            record.returncode = -9
+    record.wall_s = time.perf_counter() - start
+    if record.returncode != 0:
+        raise CommandFailed(f"{record.name} failed (exit {record.returncode}): {last_error_line(log_path)} [log: {record.log}]")
+    return record
+
+
+def last_error_line(log_path: Path) -> str:
+    """The most telling line of a failed run's log: the last exception line, else the last line."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if "Error" in line or "error:" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "empty log"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers ran on: CPU model, cores, memory, library versions."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+    }
+    for module in ("torch", "diffusers", "accelerate", "timm", "torch_fidelity", "datasets"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # a missing library is reported, never fatal
+            info[module] = "not installed"
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def part_result(part: str, budget: str, **fields: Any) -> dict[str, Any]:
+    """The skeleton every part's JSON follows."""
+    result: dict[str, Any] = {
+        "part": part,
+        "budget": budget,
+        "status": "ok",
+        "reason": None,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "git_revision": git_revision(),
+        "machine": machine_info(),
+        "commands": [],
+        "markdown": "",
+        "plots": [],
+        "notes": [],
+    }
+    result.update(fields)
+    return result
+
+
+def not_run(part: str, budget: str, reason: str, **fields: Any) -> dict[str, Any]:
+    return part_result(part, budget, status="not run", reason=reason, **fields)
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_bytes(num_bytes: int | float | None) -> str:
+    if num_bytes is None:
+        return "-"
+    if num_bytes >= 1024**2:
+        return f"{num_bytes / 1024**2:.3f} MB"
+    return f"{num_bytes / 1024:.1f} KB"
+
+
+def parquet_slices(source: Path, work_dir: Path, validation_rows: int) -> tuple[Path, Path]:
+    """Split a parquet file into train (all but the last ``validation_rows``) and validation (the last rows).
+
+    Written once into ``work_dir``; the split is by position, so it is the same on every machine.
+    """
+    import pyarrow.parquet as pq
+
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: pass --data PATH to a CIFAR-10 parquet (columns img, label).")
+    train_path = work_dir / f"{source.stem}_train_minus_last{validation_rows}.parquet"
+    val_path = work_dir / f"{source.stem}_last{validation_rows}.parquet"
+    if train_path.exists() and val_path.exists():
+        return train_path, val_path
+    work_dir.mkdir(parents=True, exist_ok=True)
+    table = pq.read_table(source)
+    if table.num_rows <= validation_rows:
+        raise ValueError(f"{source} has {table.num_rows} rows, too few to hold out {validation_rows}.")
+    split = table.num_rows - validation_rows
+    pq.write_table(table.slice(0, split), train_path)
+    pq.write_table(table.slice(split), val_path)
+    return train_path, val_path

@@ -1,0 +1,118 @@
+"""Render RESULTS.md from every part's JSON present in ``<output_dir>/results/``.
+
+Parts run separately (``--only memory``, ...) each leave their own JSON; the report is regenerated
+from all of them, so it always shows the latest run of each part together with the machine, the
+exact commands and their wall times.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common import PARTS, markdown_table, read_json
+
+TITLES = {
+    "memory": "1. Peak activation memory: teacher vs student",
+    "classification": "2. Classification on CIFAR-10: one aggressively downsampled student, every distiller",
+    "diffusion": "3. Diffusion on CIFAR-10: the stem-stride-2 DDPM student, every distiller",
+}
+
+INTRO = """# ReDistill benchmarks
+
+The question (the paper's): at the same aggressively downsampled student, does ReDistill (RED) keep
+quality better than the other distillation methods, and at what peak memory?
+
+Every number below was produced by the commands listed with it (section "Commands"), on the machine
+named in "Machine". Regenerate with `python benchmarks/run.py --budget cpu` (all parts) or
+`--only memory|classification|diffusion` (one part; the report merges the JSON of every part present
+in `benchmarks/results/`). `--budget paper` runs the paper's recipes (GPUs).
+"""
+
+
+def _machine_section(parts: dict[str, dict[str, Any]]) -> str:
+    lines = ["## Machine", ""]
+    seen = set()
+    for data in parts.values():
+        machine = data.get("machine") or {}
+        key = tuple(sorted((k, str(v)) for k, v in machine.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        parts_with = [n for n, d in parts.items() if tuple(sorted((k, str(v)) for k, v in (d.get("machine") or {}).items())) == key]
+        lines.append(f"Parts {', '.join(parts_with)}:")
+        lines.append("")
+        lines.append(
+            f"- CPU: {machine.get('cpu_model')} ({machine.get('logical_cores')} logical cores, "
+            f"{machine.get('memory_gib')} GiB), GPU: {machine.get('cuda', 'none')}, torch threads {machine.get('torch_threads')}"
+        )
+        lines.append(
+            f"- Python {machine.get('python')}, torch {machine.get('torch')}, diffusers {machine.get('diffusers')}, "
+            f"accelerate {machine.get('accelerate')}, timm {machine.get('timm')}, torch-fidelity {machine.get('torch_fidelity')}"
+        )
+        lines.append(f"- {machine.get('platform')}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _part_section(name: str, data: dict[str, Any] | None, results_dir: Path, report_dir: Path) -> str:
+    lines = [f"## {TITLES[name]}", ""]
+    if data is None:
+        lines += ["Not run yet: no `results/" + name + ".json`.", ""]
+        return "\n".join(lines)
+    header = f"Budget `{data.get('budget')}`, run {data.get('started')} at revision `{data.get('git_revision')}`"
+    if data.get("total_wall_s") is not None:
+        header += f", {data['total_wall_s'] / 60:.1f} min wall"
+    lines += [header + ".", ""]
+    if data.get("status") != "ok":
+        lines += [f"**Status: {data.get('status')}.** {data.get('reason') or ''}", ""]
+    if data.get("markdown"):
+        lines += [data["markdown"].strip(), ""]
+    for plot in data.get("plots") or []:
+        path = Path(plot["path"]) if isinstance(plot, dict) else Path(plot)
+        title = plot.get("title", path.stem) if isinstance(plot, dict) else path.stem
+        try:
+            link = path.resolve().relative_to(report_dir.resolve())
+        except ValueError:
+            link = path
+        lines += [f"![{title}]({link.as_posix()})", ""]
+    if data.get("notes"):
+        lines += ["Notes:", ""] + [f"- {note}" for note in data["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def _commands_section(parts: dict[str, dict[str, Any]]) -> str:
+    lines = ["## Commands", "", "Run from the repository root; wall times on the machine above.", ""]
+    for name, data in parts.items():
+        commands = data.get("commands") or []
+        if not commands:
+            continue
+        lines.append(f"### {name}")
+        lines.append("")
+        if data.get("entry_command"):
+            lines += [f"Entry point: `{data['entry_command']}`", ""]
+        rows = [[c.get("name"), f"`{c.get('command')}`", c.get("wall_s"), c.get("returncode"), c.get("log")] for c in commands]
+        lines.append(markdown_table(["step", "command", "wall s", "exit", "log"], rows))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render(output_dir: Path) -> Path:
+    """Write ``<output_dir>/RESULTS.md`` from ``<output_dir>/results/*.json`` and return its path."""
+    results_dir = output_dir / "results"
+    parts = {name: read_json(results_dir / f"{name}.json") for name in PARTS}
+    present = {k: v for k, v in parts.items() if v is not None}
+    sections = [INTRO]
+    answer = read_json(results_dir / "answer.json")
+    summary = [v.get("summary") for v in present.values() if v.get("summary")]
+    if summary or answer:
+        sections.append("## Answer\n\n" + "\n\n".join(s.strip() for s in summary) + "\n")
+    if present:
+        sections.append(_machine_section(present))
+    for name in PARTS:
+        sections.append(_part_section(name, parts[name], results_dir, output_dir))
+    if present:
+        sections.append(_commands_section(present))
+    path = output_dir / "RESULTS.md"
+    path.write_text("\n".join(sections).rstrip() + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,122 @@
+"""One entry point for the benchmarks: memory, classification and diffusion, at three budgets.
+
+    python benchmarks/run.py --budget smoke --output_dir /tmp/redistill-smoke   # < 3 min, CI, synthetic data
+    python benchmarks/run.py --budget cpu                                       # the committed tables (2 CPU cores)
+    python benchmarks/run.py --budget cpu --only classification                 # one part; RESULTS.md merges all parts
+    python benchmarks/run.py --budget paper --dry_run                           # the paper's recipes (GPUs): print the commands
+
+Each part writes ``<output_dir>/results/<part>.json`` (+ PNGs); ``<output_dir>/RESULTS.md`` is
+regenerated from every part's JSON present. Models and data slices go to ``--work_dir``
+(default ``benchmarks/_work``, ignored by git), so a later run can reuse a finished teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BUDGETS, CIFAR10_PARQUET, PARTS, REPO_ROOT, not_run, part_result, relative, write_json  # noqa: E402
+from report import render  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=BUDGETS, required=True, help="smoke: seconds, synthetic data; cpu: the reported tables; paper: the paper's recipes.")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=None, help="Run only these parts (default: all).")
+    parser.add_argument("--output_dir", type=str, default=None, help="Where results/, RESULTS.md and logs/ go (default: benchmarks/ for cpu and paper, a temp dir for smoke).")
+    parser.add_argument("--work_dir", type=str, default=None, help="Models, checkpoints and data slices (default: <output_dir>/_work).")
+    parser.add_argument("--data", type=str, default=str(CIFAR10_PARQUET), help="CIFAR-10 parquet (columns img, label); the last 5,000 rows are held out for validation.")
+    parser.add_argument("--eval_data", type=str, default=None, help="Another parquet to report classification top-1 on (default: the held-out slice of --data).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Classification seeds (default: the budget's).")
+    parser.add_argument("--reuse_teachers", action=argparse.BooleanOptionalAction, default=True, help="Reuse a finished teacher found in work_dir (same recipe) instead of training it again.")
+    parser.add_argument("--report_only", action="store_true", help="Only regenerate RESULTS.md from the JSON in <output_dir>/results.")
+    parser.add_argument("--dry_run", action="store_true", help="Only write the commands a budget would run (the paper budget always does this).")
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        args.output_dir = str(BENCH_DIR) if args.budget != "smoke" else os.path.join(tempfile.gettempdir(), "redistill-bench-smoke")
+    if args.budget == "smoke" and Path(args.output_dir).resolve() == BENCH_DIR:
+        raise ValueError("--budget smoke must not overwrite the committed results in benchmarks/: pass another --output_dir.")
+    if args.work_dir is None:
+        args.work_dir = os.path.join(args.output_dir, "_work")
+    if args.eval_data is not None and not Path(args.eval_data).is_file():
+        raise FileNotFoundError(f"--eval_data {args.eval_data} not found: give a parquet file with columns img, label.")
+    if args.seeds is not None and not args.seeds:
+        raise ValueError("--seeds needs at least one seed.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir).resolve()
+    (output_dir / "results").mkdir(parents=True, exist_ok=True)
+    (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        print(f"[benchmarks] wrote {relative(render(output_dir))}")
+        return 0
+    entry = " ".join(shlex.quote(a) for a in ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    parts = args.only or list(PARTS)
+    failures = []
+    for part in parts:
+        start = time.perf_counter()
+        print(f"[benchmarks] {part} ({args.budget}) ...", flush=True)
+        try:
+            module = importlib.import_module(f"bench_{part}")
+        except Exception as error:  # a part whose module cannot be imported is reported, not fatal
+            result = not_run(part, args.budget, f"benchmarks/bench_{part}.py could not be imported: {type(error).__name__}: {error}")
+        else:
+            try:
+                result = run_part(part, module, args, output_dir)
+            except Exception as error:
+                traceback.print_exc()
+                result = not_run(part, args.budget, f"{type(error).__name__}: {error}")
+        result.setdefault("part", part)
+        result["budget"] = args.budget
+        result["entry_command"] = entry
+        result["total_wall_s"] = round(time.perf_counter() - start, 1)
+        if result.get("status") not in ("ok", "dry run"):
+            failures.append(f"{part}: {result.get('status')}: {result.get('reason')}")
+        write_json(output_dir / "results" / f"{part}.json", result)
+        print(f"[benchmarks] {part}: {result.get('status')} in {result['total_wall_s']:.0f} s", flush=True)
+        render(output_dir)
+    report = render(output_dir)
+    print(f"[benchmarks] wrote {relative(report)}")
+    for failure in failures:
+        print(f"[benchmarks] NOT OK {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_part(part: str, module, args: argparse.Namespace, output_dir: Path) -> dict:
+    if part == "memory":
+        returned = dict(module.run(str(output_dir), args.budget))
+        result = part_result("memory", args.budget)
+        machine = result["machine"]
+        result.update(returned)
+        result["machine"] = machine  # one description of the machine for every part
+        return result
+    return module.run(
+        output_dir=output_dir,
+        work_dir=Path(args.work_dir).resolve(),
+        budget=args.budget,
+        data=Path(args.data),
+        eval_data=None if args.eval_data is None else Path(args.eval_data),
+        seeds=args.seeds,
+        reuse_teachers=args.reuse_teachers,
+        dry_run=args.dry_run or args.budget == "paper",
+    )
+
+
+if __name__ == "__main__":
+    os.chdir(REPO_ROOT)
+    sys.exit(main())
