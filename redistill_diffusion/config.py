@@ -54,6 +54,13 @@ class TrainingArguments:
         },
     )
     lr_warmup_steps: int = 500
+    lr_step_rules: str | None = field(
+        default=None,
+        metadata={
+            "help": "For --lr_scheduler piecewise_constant (a step schedule): 'mult:until_step,...,last_mult' in "
+            "optimizer steps, e.g. '1:3000,0.1:6000,0.01' (no warmup)."
+        },
+    )
     adam_beta1: float = 0.95
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-6

@@ -169,3 +169,18 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
     assert torch.equal(dataset[3]["images"], first)
     dataset.set_epoch(1)
     assert not torch.equal(dataset[3]["images"], first)
+
+
+def test_step_schedule_through_the_shared_trainer(tmp_path):
+    """--lr_scheduler piecewise_constant --lr_step_rules: the step schedule of classification recipes."""
+    result = run_classifier(_flags(tmp_path / "step", "--model_name_or_path", "resnet18", "--timm_model_args", TINY_JSON,
+                                   "--cifar_stem", "--distiller", "none", "--max_train_steps", "3",
+                                   "--lr_scheduler", "piecewise_constant", "--lr_step_rules", "1:2,0.1",
+                                   "--checkpointing_steps", "0"))
+    assert result.global_step == 3
+    from redistill_diffusion.training.trainer import _scaled_step_rules
+
+    assert _scaled_step_rules("1:2,0.1:5,0.01", 2) == "1:4,0.1:10,0.01"  # accelerate steps it once per process
+    with pytest.raises(ValueError, match="lr_step_rules"):
+        run_classifier(_flags(tmp_path / "bad_step", "--model_name_or_path", "resnet18", "--distiller", "none",
+                              "--lr_scheduler", "piecewise_constant"))

@@ -82,6 +82,20 @@ def build_optimizer(
     )
 
 
+def _scaled_step_rules(rules: str | None, num_processes: int) -> str | None:
+    """piecewise_constant rules given in optimizer steps -> scheduler steps (accelerate steps the
+    scheduler once per process for every optimizer step)."""
+    if not rules:
+        return None
+    try:
+        *pairs, last = rules.split(",")
+        scaled = [f"{mult}:{int(step) * num_processes}" for mult, step in (pair.split(":") for pair in pairs)]
+        float(last)
+    except ValueError:
+        raise ValueError(f"--lr_step_rules {rules!r} must look like '1:3000,0.1:6000,0.01'.") from None
+    return ",".join([*scaled, last])
+
+
 def validate_training_args(args: TrainingArguments) -> None:
     """One-line errors for settings that cannot train, before anything is built."""
     positive = {
@@ -98,6 +112,10 @@ def validate_training_args(args: TrainingArguments) -> None:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
     if not 0.0 <= args.distill_weight <= 1.0:
         raise ValueError(f"--distill_weight must lie in [0, 1], got {args.distill_weight}.")
+    step_rules = getattr(args, "lr_step_rules", None)
+    if args.lr_scheduler == "piecewise_constant" and not step_rules:
+        raise ValueError("--lr_scheduler piecewise_constant (a step schedule) needs --lr_step_rules, e.g. '1:3000,0.1:6000,0.01'.")
+    _scaled_step_rules(step_rules, 1)  # malformed rules fail here, before any work
     if args.checkpointing_steps < 0:
         raise ValueError("--checkpointing_steps must be >= 0 (0 disables checkpoints).")
     if args.push_to_hub and not (args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))):
@@ -333,6 +351,7 @@ class Trainer:
             optimizer=optimizer,
             num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
             num_training_steps=max_train_steps * accelerator.num_processes,
+            step_rules=_scaled_step_rules(getattr(args, "lr_step_rules", None), accelerator.num_processes),
         )
 
         # Only modules with trainable parameters go through prepare (DDP refuses the others).
