@@ -1,0 +1,130 @@
+"""One parser for flags + YAML recipes; shipped recipes parse; quickstart settings equal their recipes; CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from redistill_diffusion.cli import build_parser, main
+from redistill_diffusion.commands.quickstart import QUICKSTART_STUDENT, QUICKSTART_TEACHER, to_argv
+from redistill_diffusion.config import DataArguments, StudentArguments, TrainingArguments, parse_args, to_dict
+from redistill_diffusion.training.runs import REDISTILL_ARGUMENTS, TEACHER_ARGUMENTS
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_recipe_values_are_defaults_and_flags_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "train_batch_size: 8\nlearning_rate: 2e-4\nuse_ema: false\ndata_files: [a.parquet]\nred_distance: mse\n"
+    )
+    training, data, student = parse_args(
+        [TrainingArguments, DataArguments, StudentArguments],
+        [
+            "--recipe",
+            str(recipe),
+            "--train_batch_size",
+            "4",
+            "--distill_pairs",
+            "conv_in=down_blocks.0.downsamplers.0",
+        ],
+    )
+    assert training.train_batch_size == 4  # the flag wins
+    assert training.learning_rate == pytest.approx(2e-4) and training.use_ema is False  # the recipe's values
+    assert data.data_files == ["a.parquet"] and student.red_distance == "mse"
+    assert student.distill_pairs == ["conv_in=down_blocks.0.downsamplers.0"]
+    assert parse_args([TrainingArguments], [])[0].train_batch_size == 16  # no recipe: dataclass defaults
+
+
+def test_recipe_errors_are_one_line(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train_batch_sise: 8\n")
+    with pytest.raises(ValueError, match="unknown key.*train_batch_sise"):
+        parse_args([TrainingArguments], ["--recipe", str(recipe)])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        parse_args([TrainingArguments], ["--recipe", str(tmp_path / "missing.yaml")])
+
+
+def test_to_dict_drops_the_hub_token():
+    assert "hub_token" not in to_dict(TrainingArguments(hub_token="hf_secret"))
+
+
+@pytest.mark.parametrize(
+    "name, types",
+    [
+        ("ddpm_cifar10_redistill.yaml", REDISTILL_ARGUMENTS),
+        ("ddpm_celeba64_redistill.yaml", REDISTILL_ARGUMENTS),
+        ("ddpm_celeba64_teacher.yaml", TEACHER_ARGUMENTS),
+        ("quickstart_cpu.yaml", REDISTILL_ARGUMENTS),
+        ("quickstart_teacher_cpu.yaml", TEACHER_ARGUMENTS),
+    ],
+)
+def test_shipped_recipes_parse(name, types):
+    parsed = parse_args(types, ["--recipe", str(RECIPES / name)])
+    assert parsed[0].output_dir.startswith("outputs/")
+
+
+def test_paper_recipe_matches_the_method():
+    training, data, ddpm, student = parse_args(
+        REDISTILL_ARGUMENTS, ["--recipe", str(RECIPES / "ddpm_cifar10_redistill.yaml")]
+    )
+    assert student.teacher_model_name_or_path == "google/ddpm-cifar10-32" and student.stem_stride == 2
+    assert (student.distiller, student.red_preset, student.red_distance, student.red_alpha) == (
+        "red",
+        "full",
+        "cosine",
+        1.0,
+    )
+    assert training.max_train_steps == 800_000 and training.learning_rate == pytest.approx(2e-4)
+    assert (training.lr_warmup_steps, training.max_grad_norm, training.ema_max_decay) == (5000, 1.0, 0.9999)
+    assert training.distill_weight == 0.5
+
+
+@pytest.mark.parametrize(
+    "recipe, settings, types",
+    [
+        ("quickstart_teacher_cpu.yaml", QUICKSTART_TEACHER, TEACHER_ARGUMENTS),
+        ("quickstart_cpu.yaml", QUICKSTART_STUDENT, REDISTILL_ARGUMENTS),
+    ],
+)
+def test_quickstart_command_and_recipes_do_not_drift(recipe, settings, types):
+    from_recipe = parse_args(types, ["--recipe", str(RECIPES / recipe)])
+    from_command = parse_args(
+        types,
+        to_argv({**settings, "output_dir": from_recipe[0].output_dir})
+        + (
+            ["--teacher_model_name_or_path", "outputs/quickstart/teacher"]
+            if "stem_stride" in settings
+            else []
+        ),
+    )
+    assert from_recipe == from_command
+
+
+def test_cli_lists_train_and_quickstart(capsys):
+    help_text = build_parser().format_help()
+    assert "train" in help_text and "quickstart" in help_text
+    assert main(["train"]) == 2  # no kind: usage, not a crash
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ddpm", "--help"])
+    assert exit_info.value.code == 0 and "--teacher_model_name_or_path" in capsys.readouterr().out
+
+
+def test_cli_train_reports_bad_input_in_one_line(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "ddpm",
+            "--teacher_model_name_or_path",
+            str(tmp_path / "nope"),
+            "--dataset_name",
+            "redistill:shapes",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--logger",
+            "none",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("redistill train: error: Teacher") and "\n" not in err
