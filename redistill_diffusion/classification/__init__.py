@@ -6,6 +6,7 @@
 """
 
 from . import memory_convention  # noqa: F401  (registers the paper convention for timm families)
+from .hub import card_for, load_classifier, push_classifier_to_hub, save_classifier
 from .placement import downsampling_taps, paper_pairs, red_block_specs, red_feature_tap
 from .spec import ClassifierSpec, build_classifier, spec_of
 from .students import PAPER_ARCHITECTURES, attach_red, create_student, create_teacher
@@ -18,9 +19,16 @@ from .surgery import (
     read_stride_plan,
     student_stride_plan,
 )
+from .task import ClassificationTask, build_classification_distiller
 
 __all__ = [
     "PAPER_ARCHITECTURES",
+    "ClassificationTask",
+    "build_classification_distiller",
+    "card_for",
+    "load_classifier",
+    "push_classifier_to_hub",
+    "save_classifier",
     "ClassifierSpec",
     "StridePlan",
     "apply_cifar_stem",
