@@ -173,6 +173,40 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_teacher):
     assert all(torch.equal(ema_expected[k], ema_got[k]) for k in ema_expected)
 
 
+def test_resume_with_accumulation_and_a_trainable_distiller(tmp_path, tiny_teacher):
+    """FitNet regressors (a second prepared module, saved by accelerate) and gradient accumulation
+    (checkpoint mid-epoch in micro-batches) resume exactly too."""
+    import shutil
+
+    def args(out):
+        return fast_args(out, steps=6, batch=4, images=24) + [
+            "--teacher_model_name_or_path",
+            str(tiny_teacher),
+            "--distiller",
+            "fitnet",
+            "--gradient_accumulation_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--use_ema",
+        ]
+
+    reference = tmp_path / "reference"
+    run_redistill(args(reference))
+    assert (reference / "checkpoint-2" / "model.safetensors").is_file()  # the regressors
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(reference / "checkpoint-2", resumed / "checkpoint-2")
+    result = run_redistill(args(resumed) + ["--resume_from_checkpoint", "latest"])
+    assert result.resumed_from.endswith("checkpoint-2") and result.global_step == 6
+    for sub in ("unet", "checkpoint-6/student"):
+        expected, got = _weights(reference / sub), _weights(resumed / sub)
+        assert all(torch.equal(expected[k], got[k]) for k in expected), f"{sub} differs after resume"
+    regressors_expected = load_file(str(reference / "checkpoint-6" / "model.safetensors"))
+    regressors_got = load_file(str(resumed / "checkpoint-6" / "model.safetensors"))
+    assert all(torch.equal(regressors_expected[k], regressors_got[k]) for k in regressors_expected)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_bad_inputs_stop_before_training(tmp_path, tiny_teacher):
     base = fast_args(tmp_path / "out", steps=1)
