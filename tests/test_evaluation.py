@@ -147,7 +147,7 @@ def test_ddpm_sampler_and_grayscale_pipeline_give_rgb_uint8():
 
 
 def test_inception_fid_of_a_set_with_itself_is_zero_and_is_kid_are_finite(inception_weights, inception_cache):
-    images = smooth_images(6, seed=0)
+    images = smooth_images(4, seed=0)
     result = compute_metrics(
         images,
         images,
@@ -168,15 +168,15 @@ def test_inception_fid_of_a_set_with_itself_is_zero_and_is_kid_are_finite(incept
 
 
 def test_inception_fid_separates_different_sets(inception_weights, inception_cache):
-    reference = smooth_images(6, seed=0)  # the same reference as above: its features come from the cache
+    reference = smooth_images(4, seed=0)  # the same reference as above: its features come from the cache
     kwargs = dict(
         metrics=("fid",),
         feature_extractor_weights_path=inception_weights,
         cache_root=inception_cache,
         progress=False,
     )
-    same_distribution = compute_metrics(smooth_images(6, seed=1), reference, **kwargs)["fid"]
-    different = compute_metrics(noisy_images(6, seed=1), reference, **kwargs)["fid"]
+    same_distribution = compute_metrics(smooth_images(4, seed=1), reference, **kwargs)["fid"]
+    different = compute_metrics(noisy_images(4, seed=1), reference, **kwargs)["fid"]
     assert 0 < same_distribution < different
     assert different > 3 * same_distribution
 

@@ -213,6 +213,6 @@ def evaluate_pipelines(
             save_sample_grid(sampled.images, output_dir / grid_file)
             result["sample_grid"] = grid_file
         results.append(result)
-    if output_dir is not None:
-        write_report(results, extractor, output_dir)
+        if output_dir is not None:  # after every pipeline, so a long run keeps what it has finished
+            write_report(results, extractor, output_dir)
     return results

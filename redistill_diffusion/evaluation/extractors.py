@@ -280,7 +280,10 @@ def _check_plain_state_dict(path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
-        raise ValueError(f"feature extractor weights {path} are not a plain state dict: {error}") from error
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"feature extractor weights {path} are not a plain torch state dict (torch-fidelity's .pth format): {first}"
+        ) from error
     if not isinstance(state, dict):
         raise ValueError(f"feature extractor weights {path} are not a state dict")
 
@@ -335,15 +338,30 @@ def _resolve_project_classifier(weights_path) -> FeatureExtractorChoice:
     )
 
 
-def _resolve_torch_fidelity_extractor(name: str, weights_path) -> FeatureExtractorChoice:
-    from torch_fidelity.utils import create_feature_extractor
+# Built-in extractors already checked in this process, by (name, weights fingerprint): building
+# Inception to validate it costs a second, and benchmarks evaluate many times against the same one.
+_VALIDATED: dict[tuple[str, str], FeatureExtractorChoice] = {}
 
+
+def _resolve_torch_fidelity_extractor(name: str, weights_path) -> FeatureExtractorChoice:
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"feature extractor weights {path} do not exist")
-        _check_plain_state_dict(path)
         weights_path = str(path)
+    key = (name, _path_fingerprint(weights_path) if weights_path else "official")
+    if key not in _VALIDATED:
+        _VALIDATED[key] = _validate_torch_fidelity_extractor(name, weights_path, identity=":".join(key))
+    return _VALIDATED[key]
+
+
+def _validate_torch_fidelity_extractor(
+    name: str, weights_path: str | None, identity: str
+) -> FeatureExtractorChoice:
+    from torch_fidelity.utils import create_feature_extractor
+
+    if weights_path is not None:
+        _check_plain_state_dict(Path(weights_path))
     extractor_class = FEATURE_EXTRACTORS_REGISTRY[name]
     layer = extractor_class.get_default_feature_layer_for_metric("fid")
     try:
@@ -352,6 +370,8 @@ def _resolve_torch_fidelity_extractor(name: str, weights_path) -> FeatureExtract
         )
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if "loading state_dict" in first:
+            first = f"the weights in {weights_path} do not fit its architecture"
         hint = " (offline? pass --feature_extractor_weights_path)" if weights_path is None else ""
         raise ValueError(f"feature extractor {name} could not be built: {first}{hint}") from error
     try:
@@ -359,7 +379,6 @@ def _resolve_torch_fidelity_extractor(name: str, weights_path) -> FeatureExtract
         provides_logits = True
     except (KeyError, ValueError, NotImplementedError):
         provides_logits = False
-    identity = f"{name}:{_path_fingerprint(weights_path) if weights_path else 'official'}"
     return FeatureExtractorChoice(
         name=name,
         label=name,

@@ -270,4 +270,5 @@ def _open_named_reference(spec: str, *, split: str, datasets_root: str | None) -
             message = f"reference {spec} could not be read: {message}"
         raise ValueError(message) from error
     column = _detect_image_column(dataset, spec)
+    dataset = dataset.select_columns([column])  # rows then decode the image only
     return ReferenceImages(dataset, description=spec, source_identity=identity, image_column=column)
