@@ -230,6 +230,33 @@ def test_any_module_can_be_the_feature_extractor(tmp_path):
     assert "IS needs class logits" in one_line(error)
 
 
+def test_classifier_saved_by_the_classification_module_is_an_extractor(tmp_path):
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from redistill_diffusion.classification import create_teacher, save_classifier
+
+    torch.manual_seed(0)
+    model = create_teacher("test_resnet", num_classes=10, cifar_stem=True)
+    normalisation = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
+    folder = save_classifier(model, tmp_path / "cifar_classifier", data_config=normalisation)
+    kwargs = dict(
+        metrics=("fid", "isc"),
+        feature_extractor_weights_path=str(folder),
+        isc_splits=2,
+        cache_root=str(tmp_path / "cache"),
+        progress=False,
+    )
+    result = compute_metrics(
+        noisy_images(8, 1), smooth_images(8, 0), feature_extractor="classifier", **kwargs
+    )
+    assert result["fd_test_resnet"] > 0 and np.isfinite(result["is_test_resnet_mean"])
+    # a timm: spec on such a folder is loaded the same way (students need load_classifier's strides)
+    routed = compute_metrics(noisy_images(8, 1), smooth_images(8, 0), feature_extractor=CLASSIFIER, **kwargs)
+    assert routed["reference_cache_hit"] is True and routed["fd_test_resnet"] == result["fd_test_resnet"]
+    registered = [cls for name, cls in FEATURE_EXTRACTORS_REGISTRY.items() if name.startswith("test_resnet-")]
+    assert any(tuple(cls.mean) == tuple(normalisation["mean"]) for cls in registered)  # its own normalisation
+
+
 # ---------------------------------------------------------------- reference data and cache
 
 

@@ -77,14 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(
         parser,
         "feature_extractor",
-        help="inception-v3-compat (default), timm:<model_name> with a safetensors checkpoint, classifier "
-        "(redistill_diffusion.classification checkpoint), or another torch-fidelity extractor",
+        help="inception-v3-compat (default); timm:<model_name> with a safetensors checkpoint; classifier "
+        "(a folder saved by redistill_diffusion.classification); or another torch-fidelity extractor. "
+        "Non-Inception extractors report FD-<name>, not FID",
     )
     _flag(
         parser,
         "feature_extractor_weights_path",
         metavar="PATH",
-        help="local weights: Inception .pth (torch-fidelity format) or a classifier .safetensors / timm folder",
+        help="local weights: Inception .pth (torch-fidelity format), a classifier .safetensors file, or a "
+        "classifier folder (config.json + model.safetensors)",
     )
     _flag(
         parser, "kid_subset_size", type=int, help="KID subset size; lowered to the set sizes with a warning"

@@ -278,7 +278,7 @@ def load_timm_classifier(model_name: str, weights_path: str | os.PathLike | None
 def _check_plain_state_dict(path: Path) -> None:
     """Reject a weights file that is not a plain tensor state dict before torch-fidelity unpickles it."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
@@ -295,22 +295,23 @@ def resolve_feature_extractor(
     """Turn ``--feature_extractor`` / ``--feature_extractor_weights_path`` into a registered extractor,
     building it once so that missing weights fail before any sampling.
 
-    Accepted: ``inception-v3-compat`` (or another torch-fidelity extractor), ``timm:<model_name>``,
-    ``classifier`` (``redistill_diffusion.classification.load_classifier(weights_path)``), or an
-    ``nn.Module`` from Python.
+    Accepted: ``inception-v3-compat`` (or another torch-fidelity extractor), ``timm:<model_name>``
+    (a safetensors file or timm folder), ``classifier`` (a folder saved by
+    ``redistill_diffusion.classification``, loaded with its ``load_classifier``; a ``timm:`` spec
+    pointing at such a folder is routed there too), or an ``nn.Module`` from Python.
     """
     if isinstance(feature_extractor, FeatureExtractorChoice):
         return feature_extractor
     if isinstance(feature_extractor, nn.Module):
         return register_classifier_feature_extractor(feature_extractor)
     spec = str(feature_extractor)
+    if spec == CLASSIFIER or (spec.startswith(TIMM_PREFIX) and _is_project_classifier_folder(weights_path)):
+        return _resolve_project_classifier(weights_path)
     if spec.startswith(TIMM_PREFIX):
         model_name = spec[len(TIMM_PREFIX) :]
         model = load_timm_classifier(model_name, weights_path)
         source = f"timm:{model_name}:{_path_fingerprint(weights_path) if weights_path else 'pretrained'}"
         return register_classifier_feature_extractor(model, label=model_name, identity=source, spec=spec)
-    if spec == CLASSIFIER:
-        return _resolve_project_classifier(weights_path)
     if spec in FEATURE_EXTRACTORS_REGISTRY:
         return _resolve_torch_fidelity_extractor(spec, weights_path)
     raise ValueError(
@@ -319,22 +320,46 @@ def resolve_feature_extractor(
     )
 
 
+def _is_project_classifier_folder(path: str | os.PathLike | None) -> bool:
+    """A folder written by ``redistill_diffusion.classification.save_classifier`` (its config.json has
+    the ``redistill`` spec): students need ``load_classifier``, timm alone would rebuild teacher strides."""
+    return path is not None and Path(path).is_dir() and "redistill" in _read_local_config(Path(path))
+
+
 def _resolve_project_classifier(weights_path) -> FeatureExtractorChoice:
+    """A classifier saved by ``redistill_diffusion.classification`` (teacher or ReDistill student): a local
+    folder or Hub id, rebuilt by its ``load_classifier`` and normalised as recorded in its config.json."""
     try:
         from redistill_diffusion.classification import load_classifier
     except ImportError as error:
         raise ValueError(
-            "--feature_extractor classifier needs redistill_diffusion.classification.load_classifier; "
+            "--feature_extractor classifier needs redistill_diffusion.classification; "
             "use timm:<model_name> with a safetensors checkpoint instead"
         ) from error
-    if weights_path is None or not Path(weights_path).exists():
-        raise FileNotFoundError(
-            f"--feature_extractor classifier needs an existing --feature_extractor_weights_path, got {weights_path}"
+    if weights_path is None:
+        raise ValueError(
+            "--feature_extractor classifier needs --feature_extractor_weights_path: a folder written by "
+            "save_classifier (config.json + model.safetensors) or a Hub id"
         )
-    model = load_classifier(weights_path)
-    label = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or "classifier"
+    try:
+        model = load_classifier(weights_path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError((str(error).strip().splitlines() or ["classifier not found"])[0]) from error
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"classifier {weights_path} could not be loaded: {first}") from error
+    local = Path(weights_path).is_dir()
+    config = _read_local_config(Path(weights_path)) if local else {}
+    recorded = config.get("pretrained_cfg") or {}
+    label = config.get("architecture") or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    source = _path_fingerprint(weights_path) if local else str(weights_path)
     return register_classifier_feature_extractor(
-        model, label=label, identity=f"classifier:{_path_fingerprint(weights_path)}", spec=CLASSIFIER
+        model,
+        label=label or "classifier",
+        mean=recorded.get("mean"),
+        std=recorded.get("std"),
+        identity=f"classifier:{source}",
+        spec=CLASSIFIER,
     )
 
 
