@@ -128,3 +128,49 @@ def test_cli_train_reports_bad_input_in_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("redistill train: error: Teacher") and "\n" not in err
+
+
+def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, monkeypatch, capsys):
+    """The orchestration of `redistill quickstart` with its settings shrunk to a few seconds."""
+    import json
+
+    from redistill_diffusion.commands import quickstart
+
+    shrink = {
+        "builtin_num_images": 16,
+        "train_batch_size": 4,
+        "ddpm_num_inference_steps": 2,
+        "eval_batch_size": 2,
+        "logger": "none",
+        "resolution": 16,
+    }
+    for settings in (quickstart.QUICKSTART_TEACHER, quickstart.QUICKSTART_STUDENT):
+        for key, value in shrink.items():
+            monkeypatch.setitem(settings, key, value)
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--output_dir", str(out), "--teacher_steps", "2", "--student_steps", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert Path(summary["student_samples"]).is_file() and Path(summary["teacher_samples"]).is_file()
+    assert (out / "student" / "model_index.json").is_file() and (
+        out / "student" / "memory_report.png"
+    ).is_file()
+    assert summary["peak_memory"] and all(v["ratio"] > 1.5 for v in summary["peak_memory"].values())
+    assert "lower" in capsys.readouterr().out
+    # A second call reuses the finished teacher; the student folder is protected unless overwritten.
+    assert main(["quickstart", "--output_dir", str(out), "--teacher_steps", "2", "--student_steps", "2"]) == 2
+    assert "Reusing the teacher" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "quickstart",
+                "--output_dir",
+                str(out),
+                "--student_steps",
+                "1",
+                "--teacher_steps",
+                "1",
+                "--overwrite_output_dir",
+            ]
+        )
+        == 0
+    )

@@ -4,8 +4,8 @@
 2. derives a stem-stride-2 student with RED blocks (paper placement) and distils it,
 3. leaves sample grids, two DDPMPipeline folders with model cards and a memory report (json + png).
 
-The settings below are the ones in ``recipes/quickstart_teacher_cpu.yaml`` and
-``recipes/quickstart_cpu.yaml`` (a test keeps them equal), so the same runs can be launched with
+Its settings are those of ``recipes/quickstart_teacher_cpu.yaml`` and ``recipes/quickstart_cpu.yaml``
+(a test keeps them equal), so the same two runs can also be launched with
 ``accelerate launch --num_cpu_threads_per_process 2 examples/train_ddpm_teacher.py --recipe ...``.
 """
 
