@@ -99,22 +99,21 @@ BUDGETS: dict[str, DiffusionBudget] = {
         ddim_steps=3,
         eval_batch_size=16,
         mixed_precision="no",
-        variants=[Variant("vanilla", "vanilla"), Variant("red", "red")],
+        variants=[Variant("red", "red")],
         synthetic=True,
         synthetic_images=64,
     ),
     "cpu": DiffusionBudget(
         teacher_unet=_unet((32, 64, 64)),
-        train_batch_size=64,
-        teacher_steps=1200,
-        student_steps=400,
+        train_batch_size=32,
+        teacher_steps=600,
+        student_steps=200,
         learning_rate=5e-4,
         warmup_steps=100,
         ema_max_decay=0.999,
         num_samples=500,
         ddim_steps=25,
         eval_batch_size=100,
-        threads=1,  # the classification part runs beside it; 1 thread each avoids OpenMP oversubscription
         variants=[Variant(d, d) for d in DISTILLERS]
         + [
             Variant("red (mse distance)", "red", {"red_distance": "mse"}),
@@ -293,22 +292,51 @@ def run(
     else:
         train_data, reference = parquet_slices(data, work_dir, VALIDATION_ROWS)
 
-    result = part_result("diffusion", budget, budget_settings=_settings(spec))
-    commands: list[dict[str, Any]] = []
+    result = part_result("diffusion", budget, budget_settings=_settings(spec), status="running")
+    commands: list[dict[str, Any]] = result["commands"]
 
     teacher_dir = work / "teacher"
     config_dir = _write_teacher_config(work, spec.teacher_unet)
     teacher_argv = python_argv(
         TEACHER_SCRIPT, "--model_config_name_or_path", relative(config_dir), *_common_flags(spec, train_data, teacher_dir, spec.teacher_steps)
     )
-    runs: dict[str, dict[str, Any]] = {}
+    trained: dict[str, dict[str, Any]] = {}
     try:
-        runs["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_teachers)
+        trained["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_teachers) | {"dir": teacher_dir}
     except CommandFailed as error:
         return not_run("diffusion", budget, f"teacher training failed: {error}", commands=commands)
-    commands.append(runs["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if runs["teacher"]["reused"] else {}))
+    commands.append(trained["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if trained["teacher"]["reused"] else {}))
 
-    failures = []
+    try:
+        evaluator = _Evaluator(spec, budget, work_dir, reference, output_dir, result)
+    except ComponentMissing as error:
+        evaluator = None
+        result["notes"].append(f"Evaluation not run: {error}")
+    metrics: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+
+    def publish() -> None:
+        """Rows, table and plots so far: a run cut short still leaves every finished model in the report."""
+        rows = _rows(list(metrics.values()), trained)
+        result["rows"] = rows
+        result["markdown"] = _markdown(rows, result)
+        result["summary"] = _summary(rows)
+        if metrics:
+            grid = _side_by_side(list(metrics.values()), output_dir / "results" / "diffusion_eval", output_dir / "results" / "diffusion_samples.png")
+            result["plots"] = [{"path": str(grid), "title": "Samples: teacher and every student (same seeds)"}]
+        if failures:
+            result["reason"] = "; ".join(failures)
+        write_json(output_dir / "results" / "diffusion.json", result)
+        try:
+            from report import render
+
+            render(output_dir)
+        except Exception as error:  # the report is regenerated at the end anyway
+            print(f"[benchmarks] report not rendered: {error}")
+
+    if evaluator is not None:
+        metrics["teacher"] = evaluator.evaluate("teacher", teacher_dir)
+    publish()
     for variant in spec.variants:
         out = work / "students" / re.sub(r"[^A-Za-z0-9_.-]+", "_", variant.label)
         extra = [x for key, value in variant.flags.items() for x in (f"--{key}", value)]
@@ -324,28 +352,22 @@ def run(
             *_common_flags(spec, train_data, out, spec.student_steps),
         )
         try:
-            runs[variant.label] = _train(f"student {variant.label}", argv, out, log_dir, spec, reuse=False) | {"dir": out}
-            commands.append(runs[variant.label]["command"])
+            trained[variant.label] = _train(f"student {variant.label}", argv, out, log_dir, spec, reuse=False) | {"dir": out}
+            commands.append(trained[variant.label]["command"])
         except CommandFailed as error:
             failures.append(str(error))
-    result["commands"] = commands
-    runs["teacher"]["dir"] = teacher_dir
-    trained = {label: info for label, info in runs.items()}
-    if len(trained) < 2:
-        return result | {"status": "not run", "reason": "; ".join(failures)}
-
-    # ---- evaluation ------------------------------------------------------------------------
-    try:
-        rows = _evaluate(trained, reference, spec, budget, work_dir, output_dir, result)
-    except ComponentMissing as error:
-        return result | {"status": "not run", "reason": f"evaluation: {error}"}
-    result["rows"] = rows
-    result["markdown"] = _markdown(rows, result)
-    result["summary"] = _summary(rows)
-    if failures:
-        result["status"] = "partial"
-        result["reason"] = "; ".join(failures)
-    write_json(output_dir / "results" / "diffusion_rows.json", {"rows": rows})
+            publish()
+            continue
+        if evaluator is not None:
+            metrics[variant.label] = evaluator.evaluate(variant.label, out)
+        publish()
+    result["status"] = "ok" if not failures and evaluator is not None else "partial"
+    if evaluator is not None:
+        commands.append(
+            {"name": "evaluation (in-process: redistill_diffusion.evaluation.evaluate_pipelines, one call per model)",
+             "command": "see benchmarks/bench_diffusion.py::_Evaluator", "wall_s": round(evaluator.seconds, 1), "returncode": 0, "log": None}
+        )
+    publish()
     return result
 
 
@@ -363,65 +385,58 @@ def _settings(spec: DiffusionBudget) -> dict[str, Any]:
     }
 
 
-def _evaluate(trained, reference: Path, spec: DiffusionBudget, budget: str, work_dir: Path, output_dir: Path, result) -> list[dict[str, Any]]:
-    import time
+class _Evaluator:
+    """Scores one pipeline at a time (same seeds, same reference statistics, cached), so results land as runs finish."""
 
-    import torch
+    def __init__(self, spec: DiffusionBudget, budget: str, work_dir: Path, reference: Path, output_dir: Path, result: dict[str, Any]):
+        import torch
 
-    try:
-        from redistill_diffusion.evaluation import evaluate_pipelines
-    except ImportError as error:
-        raise ComponentMissing(f"redistill_diffusion.evaluation.evaluate_pipelines unavailable ({error})") from error
+        try:
+            from redistill_diffusion.evaluation import evaluate_pipelines, resolve_feature_extractor
+        except ImportError as error:
+            raise ComponentMissing(f"redistill_diffusion.evaluation unavailable ({error})") from error
+        torch.set_num_threads(spec.threads)
+        self.evaluate_pipelines = evaluate_pipelines
+        self.spec, self.reference, self.work_dir = spec, reference, work_dir
+        self.eval_dir = output_dir / "results" / "diffusion_eval"
+        model, weights = _feature_extractor(work_dir, budget)
+        self.extractor = resolve_feature_extractor(model)
+        self.inception = _inception_weights()
+        self.seconds = 0.0
+        result["feature_extractor"] = relative(weights) if weights else "random-weight timm resnet10t (smoke only)"
+        if self.inception is None:
+            result["notes"].append(
+                "FID (Inception) not computed: torch-fidelity's Inception weights are not on this machine and it "
+                "has no internet. FD is the Frechet distance on the penultimate features of the part-2 CIFAR-10 "
+                "teacher classifier, IS the Inception-Score formula on its 10-class softmax (it measures how confidently "
+                "and evenly samples fall into CIFAR-10 classes; max 10), KD the kernel (KID) distance on the same features. "
+                "Same formulas as FID/IS/KID, different features: not comparable with published numbers."
+            )
+        if budget == "smoke":
+            result["notes"].append("Smoke budget: synthetic shapes, tiny models and a few steps; the numbers only prove the harness runs.")
 
-    torch.set_num_threads(spec.threads)
-    extractor, weights = _feature_extractor(work_dir, budget)
-    inception = _inception_weights()
-    result["feature_extractor"] = relative(weights) if weights else "random-weight timm resnet10t (smoke only)"
-    if inception is None:
-        result["notes"].append(
-            "FID (Inception) not computed: torch-fidelity's Inception weights are not on this machine and it "
-            "has no internet. FD below is the Frechet distance on the penultimate features of the part-2 CIFAR-10 "
-            "teacher classifier (same formula as FID, different features: not comparable with published FIDs)."
+    def evaluate(self, label: str, folder: Path) -> dict[str, Any]:
+        import time
+
+        spec = self.spec
+        start = time.perf_counter()
+        common = dict(
+            reference=str(self.reference), num_samples=spec.num_samples, sampler="ddim", num_inference_steps=spec.ddim_steps,
+            batch_size=spec.eval_batch_size, seed=0, cache_root=str(self.work_dir / "fidelity_cache"), device="cpu",
+            mixed_precision=spec.mixed_precision, progress=False,
         )
-    if budget == "smoke":
-        result["notes"].append("Smoke budget: synthetic shapes, a random-weight feature extractor and a few steps; the numbers only prove the harness runs.")
-    eval_dir = output_dir / "results" / "diffusion_eval"
-    start = time.perf_counter()
-    pipelines = {label: str(info["dir"]) for label, info in trained.items()}
-    metrics = evaluate_pipelines(
-        pipelines,
-        reference=str(reference),
-        num_samples=spec.num_samples,
-        sampler="ddim",
-        num_inference_steps=spec.ddim_steps,
-        batch_size=spec.eval_batch_size,
-        seed=0,
-        metrics=("fid", "isc", "kid"),
-        feature_extractor=extractor,
-        kid_subset_size=min(spec.num_samples, 100),
-        cache_root=str(work_dir / "fidelity_cache"),
-        output_dir=str(eval_dir),
-        device="cpu",
-        mixed_precision=spec.mixed_precision,
-        progress=False,
-    )
-    evaluation_s = time.perf_counter() - start
-    if inception is not None:
-        inception_metrics = evaluate_pipelines(
-            pipelines, reference=str(reference), num_samples=spec.num_samples, sampler="ddim",
-            num_inference_steps=spec.ddim_steps, batch_size=spec.eval_batch_size, seed=0, metrics=("fid",),
-            feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception,
-            cache_root=str(work_dir / "fidelity_cache"), device="cpu", progress=False,
+        (row,) = self.evaluate_pipelines(
+            {label: str(folder)}, metrics=("fid", "isc", "kid"), feature_extractor=self.extractor,
+            kid_subset_size=min(spec.num_samples, 100), output_dir=str(self.eval_dir), **common,
         )
-        for row, extra in zip(metrics, inception_metrics):
+        if self.inception is not None:
+            (extra,) = self.evaluate_pipelines(
+                {label: str(folder)}, metrics=("fid",), feature_extractor="inception-v3-compat",
+                feature_extractor_weights_path=self.inception, **common,
+            )
             row["fid_inception"] = extra.get("fid")
-    result["commands"].append(
-        {"name": "evaluation (in-process: redistill_diffusion.evaluation.evaluate_pipelines)", "command": "see benchmarks/bench_diffusion.py::_evaluate",
-         "wall_s": round(evaluation_s, 1), "returncode": 0, "log": None}
-    )
-    grids = _side_by_side(metrics, eval_dir, output_dir / "results" / "diffusion_samples.png")
-    result["plots"].append({"path": str(grids), "title": "Samples: teacher and every student (same seeds)"})
-    return _rows(metrics, trained)
+        self.seconds += time.perf_counter() - start
+        return row
 
 
 def _key(metrics: dict[str, Any], prefix: str) -> Any:
