@@ -238,9 +238,16 @@ def _train(name: str, argv: list[str], output_dir: Path, log_dir: Path, budget: 
     return info
 
 
-def _feature_extractor(work_dir: Path, budget_name: str) -> tuple[Any, str]:
-    """The teacher classifier of part 2 (its saved folder), or for the smoke budget a random tiny one."""
+def _feature_extractor(work_dir: Path, budget_name: str, wait_s: float = 0.0) -> tuple[Any, str]:
+    """The teacher classifier of part 2 (its saved folder), or for the smoke budget a random tiny one.
+
+    When part 2 runs beside this part, its teacher may still be training: wait up to ``wait_s``."""
+    import time
+
     folder = work_dir / "classification" / "teacher"
+    deadline = time.monotonic() + wait_s
+    while not (folder / "config.json").is_file() and time.monotonic() < deadline:
+        time.sleep(20)
     if (folder / "config.json").is_file():
         from redistill_diffusion.classification.hub import load_classifier
 
@@ -307,13 +314,24 @@ def run(
         return not_run("diffusion", budget, f"teacher training failed: {error}", commands=commands)
     commands.append(trained["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if trained["teacher"]["reused"] else {}))
 
-    try:
-        evaluator = _Evaluator(spec, budget, work_dir, reference, output_dir, result)
-    except ComponentMissing as error:
-        evaluator = None
-        result["notes"].append(f"Evaluation not run: {error}")
+    evaluator: _Evaluator | None = None
     metrics: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
+    pending: list[tuple[str, Path]] = [("teacher", teacher_dir)]
+    missing: list[str] = []
+
+    def evaluate_pending(wait_s: float = 0.0) -> None:
+        """Score every trained, unscored model once the feature extractor (part 2's classifier) exists."""
+        nonlocal evaluator
+        if evaluator is None:
+            try:
+                evaluator = _Evaluator(spec, budget, work_dir, reference, output_dir, result, wait_s=wait_s)
+            except ComponentMissing as error:
+                missing[:] = [str(error)]
+                return
+        while pending:
+            label, folder = pending.pop(0)
+            metrics[label] = evaluator.evaluate(label, folder)
 
     def publish() -> None:
         """Rows, table and plots so far: a run cut short still leaves every finished model in the report."""
@@ -334,8 +352,7 @@ def run(
         except Exception as error:  # the report is regenerated at the end anyway
             print(f"[benchmarks] report not rendered: {error}")
 
-    if evaluator is not None:
-        metrics["teacher"] = evaluator.evaluate("teacher", teacher_dir)
+    evaluate_pending()
     publish()
     for variant in spec.variants:
         out = work / "students" / re.sub(r"[^A-Za-z0-9_.-]+", "_", variant.label)
@@ -358,10 +375,13 @@ def run(
             failures.append(str(error))
             publish()
             continue
-        if evaluator is not None:
-            metrics[variant.label] = evaluator.evaluate(variant.label, out)
+        pending.append((variant.label, out))
+        evaluate_pending()
         publish()
-    result["status"] = "ok" if not failures and evaluator is not None else "partial"
+    evaluate_pending(wait_s=3600.0)
+    if missing:
+        failures.append(f"evaluation not run: {missing[0]}")
+    result["status"] = "ok" if not failures else "partial"
     if evaluator is not None:
         commands.append(
             {"name": "evaluation (in-process: redistill_diffusion.evaluation.evaluate_pipelines, one call per model)",
@@ -388,7 +408,7 @@ def _settings(spec: DiffusionBudget) -> dict[str, Any]:
 class _Evaluator:
     """Scores one pipeline at a time (same seeds, same reference statistics, cached), so results land as runs finish."""
 
-    def __init__(self, spec: DiffusionBudget, budget: str, work_dir: Path, reference: Path, output_dir: Path, result: dict[str, Any]):
+    def __init__(self, spec: DiffusionBudget, budget: str, work_dir: Path, reference: Path, output_dir: Path, result: dict[str, Any], wait_s: float = 0.0):
         import torch
 
         try:
@@ -399,7 +419,7 @@ class _Evaluator:
         self.evaluate_pipelines = evaluate_pipelines
         self.spec, self.reference, self.work_dir = spec, reference, work_dir
         self.eval_dir = output_dir / "results" / "diffusion_eval"
-        model, weights = _feature_extractor(work_dir, budget)
+        model, weights = _feature_extractor(work_dir, budget, wait_s)
         self.extractor = resolve_feature_extractor(model)
         self.inception = _inception_weights()
         self.seconds = 0.0
