@@ -71,18 +71,16 @@ BUDGETS: dict[str, ClassificationBudget] = {
         synthetic=True,
     ),
     "cpu": ClassificationBudget(
+        # Sized for a 2-core machine shared with other jobs (the runs reported got ~1/4 of it).
         architecture="resnet18",
         timm_model_args={"channels": [16, 32, 64, 128], "stem_width": 16, "layers": [1, 1, 1, 1]},
         stem_stride=4,
-        train_batch_size=128,
-        teacher_epochs=1.5,
-        student_epochs=0.5,
-        learning_rate=0.1,
+        train_batch_size=64,
+        teacher_epochs=400 * 64 / 45000,  # 400 steps
+        student_epochs=120 * 64 / 45000,  # 120 steps
+        learning_rate=0.05,
         seeds=(0,),
-        extra_variants=[
-            ("red (alpha 50)", "red", {"red_alpha": 50}),
-            ("red (mse distance)", "red", {"red_distance": "mse"}),
-        ],
+        extra_variants=[("red (alpha 50)", "red", {"red_alpha": 50})],
     ),
 }
 
