@@ -30,6 +30,23 @@ in `benchmarks/results/`). `--budget paper` runs the paper's recipes (GPUs).
 """
 
 
+CPU_CAVEATS = """## How far these numbers go
+
+- The `cpu` budget is a sanity-scale reproduction, not the paper's experiment: models of 0.1-0.3 M
+  parameters, a few hundred optimizer steps, one seed (no spread can be given), 500 generated samples.
+  Differences of a few tenths of a percent (classification) or small FD differences are within the
+  noise of a single seed at this scale.
+- The 2-core machine was shared with other jobs while these ran (load average 7-10 on 2 cores), so
+  wall times, seconds per step and images/s are inflated and noisy; compare them only within a table
+  (the runs of a table ran under similar load), never with other machines.
+- FD and IS use the part-2 CIFAR-10 teacher classifier as feature extractor (no Inception weights
+  offline): the formulas of FID / IS, other features, so the values are not comparable with published
+  FID / IS.
+- Peak memory is a property of the architecture (batch 1, fp32, weights excluded) and does not depend
+  on the budget: those figures hold as they are.
+"""
+
+
 def _machine_section(parts: dict[str, dict[str, Any]]) -> str:
     lines = ["## Machine", ""]
     seen = set()
@@ -109,6 +126,8 @@ def render(output_dir: Path) -> Path:
         sections.append("## Answer\n\n" + "\n\n".join(s.strip() for s in summary) + "\n")
     if present:
         sections.append(_machine_section(present))
+    if any(d.get("budget") == "cpu" for d in present.values()):
+        sections.append(CPU_CAVEATS)
     for name in PARTS:
         sections.append(_part_section(name, parts[name], results_dir, output_dir))
     if present:
