@@ -184,3 +184,15 @@ def test_step_schedule_through_the_shared_trainer(tmp_path):
     with pytest.raises(ValueError, match="lr_step_rules"):
         run_classifier(_flags(tmp_path / "bad_step", "--model_name_or_path", "resnet18", "--distiller", "none",
                               "--lr_scheduler", "piecewise_constant"))
+
+
+def test_memory_in_results_ignores_autocast_forward():
+    """Under --mixed_precision accelerate runs the prepared model's forward in autocast; the exact count
+    must not see autocast's bf16 weight copies (they are weights, not activations)."""
+    teacher = create_teacher("resnet18", num_classes=4, cifar_stem=True, **TINY)
+    student = create_student(teacher, stem_stride=4)
+    student.redistill_spec.input_size = (3, 32, 32)
+    student.forward = torch.autocast("cpu", dtype=torch.bfloat16)(student.forward)  # what accelerate's prepare does
+    task = ClassificationTask(student, RandomImages(), teacher=teacher)
+    memory = task._memory(student)
+    assert memory["exact"]["ratio"] >= 4 and memory["paper"]["ratio"] >= 4

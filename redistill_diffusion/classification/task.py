@@ -27,7 +27,7 @@ from ..taps import FeatureTaps
 from ..training import EvalContext, StepContext, TaskLosses
 from .hub import card_for, save_classifier
 from .placement import paper_pairs, probe_tap_shapes, red_feature_tap
-from .spec import spec_of
+from .spec import build_classifier, spec_of
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +276,9 @@ class ClassificationTask:
         spec = spec_of(student)
         if self.teacher is None or spec.input_size is None:
             return {}
+        # Measure a fresh fp32 copy: accelerate patches a prepared model's forward with autocast under
+        # --mixed_precision, and the exact tracer would count autocast's weight casts as activations.
+        student = build_classifier(spec).eval()
         summary = {}
         for convention in ("exact", "paper"):
             try:
