@@ -120,10 +120,13 @@ def render(output_dir: Path) -> Path:
     parts = {name: read_json(results_dir / f"{name}.json") for name in PARTS}
     present = {k: v for k, v in parts.items() if v is not None}
     sections = [INTRO]
-    answer = read_json(results_dir / "answer.json")
     summary = [v.get("summary") for v in present.values() if v.get("summary")]
-    if summary or answer:
-        sections.append("## Answer\n\n" + "\n\n".join(s.strip() for s in summary) + "\n")
+    discussion = results_dir / "discussion.md"  # written by a person after reading the tables
+    if summary or discussion.is_file():
+        text = "## Answer\n\n" + "\n\n".join(s.strip() for s in summary) + "\n"
+        if discussion.is_file():
+            text += "\n" + discussion.read_text(encoding="utf-8").strip() + "\n"
+        sections.append(text)
     if present:
         sections.append(_machine_section(present))
     if any(d.get("budget") == "cpu" for d in present.values()):
