@@ -148,7 +148,22 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
         for key, value in shrink.items():
             monkeypatch.setitem(settings, key, value)
     out = tmp_path / "qs"
-    assert main(["quickstart", "--output_dir", str(out), "--teacher_steps", "2", "--student_steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "quickstart",
+                "--output_dir",
+                str(out),
+                "--teacher_steps",
+                "2",
+                "--student_steps",
+                "2",
+                "--mixed_precision",
+                "no",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert Path(summary["student_samples"]).is_file() and Path(summary["teacher_samples"]).is_file()
     assert (out / "student" / "model_index.json").is_file() and (
@@ -157,7 +172,22 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
     assert summary["peak_memory"] and all(v["ratio"] > 1.5 for v in summary["peak_memory"].values())
     assert "lower" in capsys.readouterr().out
     # A second call reuses the finished teacher; the student folder is protected unless overwritten.
-    assert main(["quickstart", "--output_dir", str(out), "--teacher_steps", "2", "--student_steps", "2"]) == 2
+    assert (
+        main(
+            [
+                "quickstart",
+                "--output_dir",
+                str(out),
+                "--teacher_steps",
+                "2",
+                "--student_steps",
+                "2",
+                "--mixed_precision",
+                "no",
+            ]
+        )
+        == 2
+    )
     assert "Reusing the teacher" in capsys.readouterr().out
     assert (
         main(
@@ -170,6 +200,8 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
                 "--teacher_steps",
                 "1",
                 "--overwrite_output_dir",
+                "--mixed_precision",
+                "no",
             ]
         )
         == 0
