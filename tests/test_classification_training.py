@@ -172,12 +172,18 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
 
 
 def test_step_schedule_through_the_shared_trainer(tmp_path):
-    """--lr_scheduler piecewise_constant --lr_step_rules: the step schedule of classification recipes."""
+    """--lr_scheduler piecewise_constant --lr_step_rules: the step schedule of classification recipes.
+    Also: a fresh run over an old output_dir does not compete with the old run's best model."""
+    stale = tmp_path / "step" / "best_model"
+    stale.mkdir(parents=True)
+    (stale / "metrics.json").write_text(json.dumps({"top1": 2.0, "global_step": 1}))
     result = run_classifier(_flags(tmp_path / "step", "--model_name_or_path", "resnet18", "--timm_model_args", TINY_JSON,
                                    "--cifar_stem", "--distiller", "none", "--max_train_steps", "3",
                                    "--lr_scheduler", "piecewise_constant", "--lr_step_rules", "1:2,0.1",
-                                   "--checkpointing_steps", "0"))
+                                   "--checkpointing_steps", "0", "--overwrite_output_dir"))
     assert result.global_step == 3
+    assert result.metrics["best_top1"] <= 1.0
+    assert json.loads((stale / "metrics.json").read_text())["global_step"] == 3
     from redistill_diffusion.training.trainer import _scaled_step_rules
 
     assert _scaled_step_rules("1:2,0.1:5,0.01", 2) == "1:4,0.1:10,0.01"  # accelerate steps it once per process

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..config import DataArguments, TrainingArguments, parse_args, to_dict
 from ..distillers import distiller_options
+from ..training.checkpointing import STATE_FILE, resolve_resume_path
 from .data import (
     as_tensor_dataset,
     build_classification_transform,
@@ -196,6 +197,11 @@ def build_classification_task(
             mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, label_smoothing=args.label_smoothing,
             num_classes=num_classes,
         )
+    resume_path = resolve_resume_path(training_args.output_dir, training_args.resume_from_checkpoint)
+    resume_step = None
+    if resume_path is not None:
+        with open(resume_path / STATE_FILE, encoding="utf-8") as handle:
+            resume_step = int(json.load(handle)["global_step"])
     source = data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
     return ClassificationTask(
         student,
@@ -209,6 +215,7 @@ def build_classification_task(
         mixup=mixup,
         label_names=data.label_names,
         data_config=data_config_for_card(input_size, crop_pct=args.eval_crop_pct, **common),
+        resume_step=resume_step,
         dataset_description=f"{source} ({len(data.train)} training images"
         + (f", {len(data.eval)} held-out/evaluation images)" if data.eval is not None else ")"),
     )

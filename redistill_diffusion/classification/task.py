@@ -132,6 +132,7 @@ class ClassificationTask:
         data_config: Mapping[str, Any] | None = None,
         dataset_description: str | None = None,
         measure_memory: bool = True,
+        resume_step: int | None = None,
     ):
         if distiller is not None and distiller.requires_teacher and teacher is None:
             raise ValueError(f"Distiller {distiller.name!r} needs a teacher.")
@@ -153,6 +154,7 @@ class ClassificationTask:
         self.student_taps = distiller.student_taps() if distiller is not None else []
         self.teacher_taps = distiller.teacher_taps() if distiller is not None else []
         self.best_top1: float | None = None
+        self.resume_step = resume_step  # step of the checkpoint this run resumes from (None: a fresh run)
         self._teacher_metrics: dict[str, float] | None = None
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -238,12 +240,16 @@ class ClassificationTask:
         return {"top1": top1 / count, "top5": top5 / count, "eval_loss": loss / count}
 
     def _load_best(self, output_dir: str) -> None:
-        if self.best_top1 is not None:
+        """A resumed run keeps competing with the best model its earlier part saved (one saved at or
+        before the checkpoint it resumed from); a fresh run ignores a best_model left by another run."""
+        if self.best_top1 is not None or self.resume_step is None:
             return
         path = Path(output_dir) / BEST_DIR / "metrics.json"
-        if path.is_file():  # resumed run: keep competing with the best model saved before
+        if path.is_file():
             with open(path, encoding="utf-8") as handle:
-                self.best_top1 = float(json.load(handle).get("top1", float("-inf")))
+                saved = json.load(handle)
+            if int(saved.get("global_step", self.resume_step + 1)) <= self.resume_step:
+                self.best_top1 = float(saved.get("top1", float("-inf")))
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         if self.eval_dataset is None or len(self.eval_dataset) == 0:
