@@ -96,6 +96,33 @@ def test_teacher_training_and_checkpoint_limit(tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
+def test_ema_also_averages_batchnorm_statistics(tmp_path, tiny_teacher):
+    """The saved EMA student carries EMA-averaged RED BatchNorm statistics, not the raw model's."""
+    out = tmp_path / "run"
+    run_redistill(
+        fast_args(out, steps=3)
+        + [
+            "--teacher_model_name_or_path",
+            str(tiny_teacher),
+            "--distiller",
+            "red",
+            "--checkpointing_steps",
+            "3",
+            "--use_ema",
+            "--ema_warmup",
+            "false",
+            "--ema_max_decay",
+            "0.5",
+        ]
+    )
+    final, raw = _weights(out / "unet"), _weights(out / "checkpoint-3" / "student")
+    ema_buffers = load_file(str(out / "checkpoint-3" / "ema" / "ema_buffers.safetensors"))
+    stats = [k for k in final if k.startswith("red_blocks.") and k.endswith(("running_mean", "running_var"))]
+    assert stats and set(stats) <= set(ema_buffers)
+    assert all(torch.equal(final[k], ema_buffers[k]) for k in stats)
+    assert any(not torch.equal(final[k], raw[k]) for k in stats)
+
+
 # --------------------------------------------------------------------------- resume after SIGKILL
 _KILLED_RUN = textwrap.dedent(
     """
@@ -168,9 +195,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_teacher):
         expected, got = _weights(reference / sub), _weights(killed / sub)
         assert expected.keys() == got.keys()
         assert all(torch.equal(expected[k], got[k]) for k in expected), f"{sub} differs after resume"
-    ema_expected = load_file(str(reference / "checkpoint-9" / "ema" / "ema_shadow_params.safetensors"))
-    ema_got = load_file(str(killed / "checkpoint-9" / "ema" / "ema_shadow_params.safetensors"))
-    assert all(torch.equal(ema_expected[k], ema_got[k]) for k in ema_expected)
+    for name in ("ema_shadow_params.safetensors", "ema_buffers.safetensors"):
+        ema_expected = load_file(str(reference / "checkpoint-9" / "ema" / name))
+        ema_got = load_file(str(killed / "checkpoint-9" / "ema" / name))
+        assert all(torch.equal(ema_expected[k], ema_got[k]) for k in ema_expected), f"{name} differs"
 
 
 def test_resume_with_accumulation_and_a_trainable_distiller(tmp_path, tiny_teacher):

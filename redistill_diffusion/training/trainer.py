@@ -114,7 +114,9 @@ def validate_training_args(args: TrainingArguments) -> None:
         raise ValueError(f"--distill_weight must lie in [0, 1], got {args.distill_weight}.")
     step_rules = getattr(args, "lr_step_rules", None)
     if args.lr_scheduler == "piecewise_constant" and not step_rules:
-        raise ValueError("--lr_scheduler piecewise_constant (a step schedule) needs --lr_step_rules, e.g. '1:3000,0.1:6000,0.01'.")
+        raise ValueError(
+            "--lr_scheduler piecewise_constant (a step schedule) needs --lr_step_rules, e.g. '1:3000,0.1:6000,0.01'."
+        )
     _scaled_step_rules(step_rules, 1)  # malformed rules fail here, before any work
     if args.checkpointing_steps < 0:
         raise ValueError("--checkpointing_steps must be >= 0 (0 disables checkpoints).")
@@ -168,6 +170,7 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.ema = None
+        self.ema_buffers: dict[str, torch.Tensor] = {}
         self.metrics: dict[str, float] = {}
         self.last_logs: dict[str, float] = {}
         self._names: dict[int, str] = {}
@@ -200,6 +203,11 @@ class Trainer:
                     {name: p.detach().contiguous().cpu() for name, p in zip(self._main_param_names, shadow)},
                     os.path.join(ema_dir, "ema_shadow_params.safetensors"),
                 )
+                if self.ema_buffers:
+                    save_file(
+                        {name: b.contiguous().cpu() for name, b in self.ema_buffers.items()},
+                        os.path.join(ema_dir, "ema_buffers.safetensors"),
+                    )
                 with open(os.path.join(ema_dir, "ema_state.json"), "w") as handle:
                     json.dump(state, handle)
 
@@ -237,6 +245,10 @@ class Trainer:
             )
             state["shadow_params"] = [shadow[name] for name in self._main_param_names]
             self.ema.load_state_dict(state)
+            buffers_file = os.path.join(ema_dir, "ema_buffers.safetensors")
+            if self.ema_buffers and os.path.isfile(buffers_file):
+                saved = load_file(buffers_file, device=str(accelerator.device))
+                self.ema_buffers = {name: saved[name] for name in self.ema_buffers}
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoint-<step>`` atomically (all processes call this)."""
@@ -274,10 +286,29 @@ class Trainer:
         params = list(self._main_module.parameters())
         self.ema.store(params)
         self.ema.copy_to(params)
+        buffers = self._floating_buffers()
+        live_buffers = {name: buffer.detach().clone() for name, buffer in buffers.items()}
+        for name, buffer in buffers.items():
+            buffer.data.copy_(self.ema_buffers[name])
         try:
             yield
         finally:
             self.ema.restore(params)
+            for name, buffer in buffers.items():
+                buffer.data.copy_(live_buffers[name])
+
+    def _floating_buffers(self) -> dict[str, torch.Tensor]:
+        """BatchNorm running statistics and other float buffers of the main module."""
+        return {name: b for name, b in self._main_module.named_buffers() if b.is_floating_point()}
+
+    @torch.no_grad()
+    def _ema_step_buffers(self) -> None:
+        # diffusers' EMAModel averages parameters only. Float buffers (BatchNorm running stats, in RED
+        # blocks and timm models) are averaged with the same decay, as timm's ModelEma does: EMA
+        # weights paired with the raw model's running stats normalise wrongly (washed-out samples).
+        decay = self.ema.cur_decay_value
+        for name, buffer in self._floating_buffers().items():
+            self.ema_buffers[name].mul_(decay).add_(buffer.detach(), alpha=1.0 - decay)
 
     def _eval_context(self) -> EvalContext:
         return EvalContext(
@@ -380,6 +411,7 @@ class Trainer:
                 power=args.ema_power,
             )
             self.ema.to(accelerator.device)
+            self.ema_buffers = {name: b.detach().clone() for name, b in self._floating_buffers().items()}
         accelerator.register_save_state_pre_hook(self._save_hook)
         accelerator.register_load_state_pre_hook(self._load_hook)
 
@@ -450,6 +482,7 @@ class Trainer:
                     continue
                 if self.ema is not None:
                     self.ema.step(self._main_module.parameters())
+                    self._ema_step_buffers()
                 self.global_step += 1
                 now = time.perf_counter()
                 step_times.append(now - tick)
