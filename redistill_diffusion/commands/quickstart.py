@@ -55,8 +55,8 @@ QUICKSTART_STUDENT: dict[str, Any] = {
     "distiller": "red",
     "red_preset": "paper",
     "distill_weight": 0.5,
-    "learning_rate": 5e-4,
-    "max_train_steps": 400,
+    "learning_rate": 1e-3,
+    "max_train_steps": 600,
 }
 
 
