@@ -257,3 +257,33 @@ def parquet_slices(source: Path, work_dir: Path, validation_rows: int) -> tuple[
     pq.write_table(table.slice(0, split), train_path)
     pq.write_table(table.slice(split), val_path)
     return train_path, val_path
+
+
+def stratified_slices(source: Path, work_dir: Path, validation_per_class: int, label_column: str = "label") -> tuple[Path, Path]:
+    """Split a labelled parquet into train and a held-out slice of the last ``validation_per_class`` rows of
+    every class (positional within each class, so the same on every machine).
+
+    The shared CIFAR-10 parquet is sorted by label: its last 5,000 rows are all one class, so a plain
+    tail slice cannot serve as a validation set.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: pass --data PATH to a CIFAR-10 parquet (columns img, label).")
+    train_path = work_dir / f"{source.stem}_train_minus_{validation_per_class}_per_class.parquet"
+    val_path = work_dir / f"{source.stem}_last_{validation_per_class}_per_class.parquet"
+    if train_path.exists() and val_path.exists():
+        return train_path, val_path
+    work_dir.mkdir(parents=True, exist_ok=True)
+    table = pq.read_table(source)
+    labels = np.asarray(table[label_column].to_pylist())
+    held_out = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) <= validation_per_class:
+            raise ValueError(f"{source}: class {label} has {len(rows)} rows, too few to hold out {validation_per_class}.")
+        held_out[rows[-validation_per_class:]] = True
+    pq.write_table(table.filter(~held_out), train_path)
+    pq.write_table(table.filter(held_out), val_path)
+    return train_path, val_path
