@@ -316,3 +316,18 @@ def test_checkpoint_discovery_ignores_partial_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="latest"):
         ckpt.resolve_resume_path(str(tmp_path), "checkpoint-11")
     assert ckpt.resolve_resume_path(str(tmp_path / "fresh"), "latest") is None
+
+
+def test_memory_report_measures_a_copy_free_of_autocast_wrappers(tiny_teacher):
+    """Under --mixed_precision accelerate wraps forward in autocast; the card must not count its casts."""
+    from diffusers import UNet2DModel
+
+    from redistill_diffusion.memory import measure_peak_memory
+    from redistill_diffusion.training.diffusion import _clean_copy
+
+    unet = UNet2DModel.from_pretrained(str(tiny_teacher / "unet"))
+    shape = (3, 16, 16)
+    clean_bytes = measure_peak_memory(unet, shape).peak_bytes
+    unet.forward = torch.autocast("cpu", dtype=torch.bfloat16)(unet.forward)
+    assert measure_peak_memory(unet, shape).peak_bytes != clean_bytes  # what the wrapper would report
+    assert measure_peak_memory(_clean_copy(unet), shape).peak_bytes == clean_bytes

@@ -43,6 +43,16 @@ def build_noise_scheduler(ddpm_args: DDPMArguments, config: dict[str, Any] | Non
     )
 
 
+def _clean_copy(unet):
+    """The same weights in a new fp32 module on the CPU, free of any forward wrapper."""
+    copy = type(unet).from_config(unet.config)
+    state = unet.state_dict()
+    copy.load_state_dict(
+        {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in state.items()}
+    )
+    return copy.eval()
+
+
 def _sample_size(unet) -> int:
     size = unet.config.sample_size
     return int(size if isinstance(size, int) else size[0])
@@ -195,11 +205,15 @@ class DiffusionTask:
         except ImportError:  # the memory package is optional for training
             return None
         shape = (unet.config.in_channels, _sample_size(unet), _sample_size(unet))
+        # Measure fresh fp32 copies: under --mixed_precision accelerate wraps the trained model's forward
+        # in autocast, whose bf16 casts would be counted as activations.
+        unet = _clean_copy(unet)
+        teacher = _clean_copy(self.teacher)
         summary: dict[str, Any] = {}
         pairs = []
         for convention in ("exact", "paper"):
             try:
-                teacher_report = measure_peak_memory(self.teacher, shape, convention=convention)
+                teacher_report = measure_peak_memory(teacher, shape, convention=convention)
                 student_report = measure_peak_memory(unet, shape, convention=convention)
             except Exception as error:  # noqa: BLE001 - a report we cannot make must not lose the model
                 logger.warning("Peak memory (%s convention) not measured: %s", convention, error)
