@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def test_model_card_names_teacher_method_stride_memory_and_grid(trained_student)
     assert "![samples](samples/latest.png)" in card and (out / "samples" / "latest.png").is_file()
     assert "TODO" not in card
     assert (out / "memory_report.json").is_file() and (out / "memory_report.png").is_file()
+    report = json.loads((out / "memory_report.json").read_text())
+    assert set(report) == {"exact", "paper"} and all(v["ratio"] > 1.5 for v in report.values())
 
 
 def test_teacher_loading_accepts_pipeline_and_unet_folders(trained_student, tmp_path):

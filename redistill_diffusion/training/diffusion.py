@@ -45,7 +45,9 @@ def build_noise_scheduler(ddpm_args: DDPMArguments, config: dict[str, Any] | Non
 
 def _clean_copy(unet):
     """The same weights in a new fp32 module on the CPU, free of any forward wrapper."""
-    copy = type(unet).from_config(unet.config)
+    # "_use_default_values" would make from_config drop keys set after construction (the RED placement).
+    config = {k: v for k, v in unet.config.items() if k != "_use_default_values"}
+    copy = type(unet).from_config(config)
     state = unet.state_dict()
     copy.load_state_dict(
         {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in state.items()}
