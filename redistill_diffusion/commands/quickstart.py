@@ -56,7 +56,7 @@ QUICKSTART_STUDENT: dict[str, Any] = {
     "red_preset": "paper",
     "distill_weight": 0.5,
     "learning_rate": 1e-3,
-    "max_train_steps": 600,
+    "max_train_steps": 1000,
 }
 
 
