@@ -185,6 +185,10 @@ class StudentArguments:
     stem_stride: int = field(default=2, metadata={"help": "Stride of the student's first conv (2, 4, 8)."})
     student_init: Literal["teacher", "random"] = "teacher"
     output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
+    student_head_init: Literal["random", "teacher"] = field(
+        default="random",
+        metadata={"help": "'teacher': start the upsampling head as the teacher's conv_out (ICNR-style)."},
+    )
     distiller: str = field(
         default="red",
         metadata={"help": "vanilla, student_plus, output_mse, fitnet, at, red, red+output_mse, ..."},

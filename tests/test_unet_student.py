@@ -218,3 +218,28 @@ def test_pipeline_round_trip_in_fresh_process(pipeline_cls, scheduler_cls, tmp_p
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 16, 16, 3)" in result.stdout
+
+
+@pytest.mark.parametrize("output_head", ["transposed_conv", "pixel_shuffle"])
+def test_head_init_from_teacher_reproduces_teacher_on_constant_features(output_head):
+    teacher = tiny_teacher()
+    student = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=2, output_head=output_head, head_init="teacher"
+    )
+    features = torch.full((1, 8, 4, 4), 0.7)  # a locally constant map: every sub-pixel sees the same input
+    with torch.no_grad():
+        expected = teacher.conv_out(torch.full((1, 8, 8, 8), 0.7))[
+            ..., 2:6, 2:6
+        ]  # away from the zero padding
+        produced = student.conv_out(features)[..., 2:6, 2:6]
+    assert produced.shape == (1, 3, 4, 4)
+    assert torch.allclose(produced, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="head_init"):
+        ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="zeros")
+
+
+def test_from_config_keeps_red_placement_added_after_construction():
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper")
+    clone = ReDistillUNet2DModel.from_config(student.config)
+    assert [s["tap"] for s in clone.config.red_placement] == ["conv_in:output", "conv_out:input"]
+    assert len(clone.red_blocks) == 2

@@ -231,6 +231,12 @@ class ReDistillUNet2DModel(UNet2DModel):
         specs = [{"tap": normalize_tap(s["tap"]), "channels": int(s["channels"])} for s in specs]
         self.red_blocks = attach_red_blocks(self, specs, kernel_size=kernel_size, variant=variant)
         self.register_to_config(red_placement=specs, red_kernel_size=kernel_size, red_variant=variant)
+        # diffusers lists keys left at their defaults in `_use_default_values`, and from_config drops
+        # them; these are no longer defaults, so `type(m).from_config(m.config)` must keep them.
+        defaults = self.config.get("_use_default_values")
+        if defaults:
+            kept = [k for k in defaults if k not in ("red_placement", "red_kernel_size", "red_variant")]
+            self.register_to_config(_use_default_values=kept)
 
     @classmethod
     def from_teacher(
@@ -242,8 +248,13 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_preset: str | None = None,
         red_kernel_size: int = 3,
         red_variant: str = "full",
+        head_init: str = "random",
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
+
+        The output head has a new shape, so it starts random; ``head_init="teacher"`` instead makes
+        every one of its s x s sub-pixels start as the teacher's ``conv_out`` (ICNR-style), so the
+        head begins free of the transposed conv's checkerboard.
 
         ``red_preset`` ("paper" or "full") places RED blocks at the student taps of
         :func:`unet_tap_pairs`; ``None`` builds the plain student (vanilla / output distillation).
@@ -262,8 +273,12 @@ class ReDistillUNet2DModel(UNet2DModel):
             red_kernel_size=red_kernel_size,
             red_variant=red_variant,
         )
+        if head_init not in ("random", "teacher"):
+            raise ValueError(f"head_init must be 'random' or 'teacher', got {head_init!r}.")
         if init == "teacher":
             copy_matching_weights(teacher, student)
+        if head_init == "teacher" and stem_stride > 1:
+            init_head_from_teacher(student.conv_out, teacher.conv_out, stem_stride)
         if (teacher.device, teacher.dtype) != (student.device, student.dtype):
             student.to(device=teacher.device, dtype=teacher.dtype)
         if red_preset is not None:
@@ -284,6 +299,32 @@ def _make_resolution_preserving_downsampler(downsampler: nn.Module) -> None:
     # pad symmetrically to keep the size (and the skip tensors aligned with the up path).
     conv.padding = (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
     downsampler.padding = conv.padding[0]
+
+
+@torch.no_grad()
+def init_head_from_teacher(head: nn.Module, teacher_conv_out: nn.Conv2d, stride: int) -> None:
+    """Start each s x s sub-pixel of the upsampling head as the teacher's 3x3 ``conv_out``.
+
+    Pixel shuffle: the head's conv gets the teacher kernel once per sub-pixel (exact ICNR). Transposed
+    conv (one tap per sub-pixel): each tap gets the teacher kernel's sum, its response to a locally
+    constant feature map.
+    """
+    weight, bias = teacher_conv_out.weight, teacher_conv_out.bias  # (out, C, 3, 3), (out,)
+    out_channels = weight.shape[0]
+    if isinstance(head, nn.ConvTranspose2d):  # weight (C, out, s, s)
+        head.weight.copy_(weight.sum(dim=(2, 3)).t()[:, :, None, None].expand_as(head.weight))
+        if bias is not None and head.bias is not None:
+            head.bias.copy_(bias)
+        return
+    conv = head[0]  # pixel shuffle: conv to out * s^2 channels, ordered (out, s*s)
+    if conv.weight.shape[-2:] != weight.shape[-2:]:
+        raise ValueError(
+            "head_init='teacher' needs the teacher's conv_out kernel size to match the head's conv."
+        )
+    conv.weight.copy_(weight.repeat_interleave(stride * stride, dim=0))
+    if bias is not None and conv.bias is not None:
+        conv.bias.copy_(bias.repeat_interleave(stride * stride))
+    assert conv.weight.shape[0] == out_channels * stride * stride
 
 
 def copy_matching_weights(source: nn.Module, target: nn.Module) -> list[str]:

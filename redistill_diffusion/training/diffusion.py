@@ -343,6 +343,7 @@ def build_redistill_task(
             stem_stride=student_args.stem_stride,
             init=student_args.student_init,
             output_head=student_args.output_head,
+            head_init=student_args.student_head_init,
             red_preset=preset if wants_red_blocks and not explicit_pairs else None,
             red_kernel_size=student_args.red_kernel_size,
             red_variant=student_args.red_variant,
