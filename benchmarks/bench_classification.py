@@ -163,7 +163,7 @@ def run(
     data: Path,
     eval_data: Path | None = None,
     seeds=None,
-    reuse_teachers: bool = True,
+    reuse_runs: bool = True,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     if budget == "paper":
@@ -203,7 +203,7 @@ def run(
         "--distiller", "none", *_common_flags(spec, train_data, evaluation, teacher_dir, teacher_steps, seeds[0]),
     )
     try:
-        teacher = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_teachers)
+        teacher = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs)
     except CommandFailed as error:
         return not_run("classification", budget, f"teacher training failed: {error}", commands=commands)
     commands.append(teacher["command"] | ({"name": "teacher (reused from an earlier identical run)"} if teacher["reused"] else {}))
@@ -222,8 +222,8 @@ def run(
                 *_common_flags(spec, train_data, evaluation, out, student_steps, seed),
             )
             try:
-                info = _train(f"{label} seed {seed}", argv, out, log_dir, spec, reuse=False)
-                commands.append(info["command"])
+                info = _train(f"{label} seed {seed}", argv, out, log_dir, spec, reuse=reuse_runs)
+                commands.append(info["command"] | ({"name": f"{label} seed {seed} (reused from an earlier identical run)"} if info["reused"] else {}))
                 runs.setdefault(label, []).append(info)
             except CommandFailed as error:
                 failures.append(str(error))

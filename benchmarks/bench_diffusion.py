@@ -285,7 +285,7 @@ def run(
     data: Path,
     eval_data: Path | None = None,
     seeds=None,
-    reuse_teachers: bool = True,
+    reuse_runs: bool = True,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     if budget == "paper":
@@ -316,7 +316,7 @@ def run(
     )
     trained: dict[str, dict[str, Any]] = {}
     try:
-        trained["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_teachers) | {"dir": teacher_dir}
+        trained["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs) | {"dir": teacher_dir}
     except CommandFailed as error:
         return not_run("diffusion", budget, f"teacher training failed: {error}", commands=commands)
     commands.append(trained["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if trained["teacher"]["reused"] else {}))
@@ -376,8 +376,8 @@ def run(
             *_common_flags(spec, train_data, out, spec.student_steps),
         )
         try:
-            trained[variant.label] = _train(f"student {variant.label}", argv, out, log_dir, spec, reuse=False) | {"dir": out}
-            commands.append(trained[variant.label]["command"])
+            trained[variant.label] = _train(f"student {variant.label}", argv, out, log_dir, spec, reuse=reuse_runs) | {"dir": out}
+            commands.append(trained[variant.label]["command"] | ({"name": f"student {variant.label} (reused from an earlier identical run)"} if trained[variant.label]["reused"] else {}))
         except CommandFailed as error:
             failures.append(str(error))
             publish()

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=str, default=str(CIFAR10_PARQUET), help="CIFAR-10 parquet (columns img, label); the last 5,000 rows are held out for validation.")
     parser.add_argument("--eval_data", type=str, default=None, help="Another parquet to report classification top-1 on (default: the held-out slice of --data).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Classification seeds (default: the budget's).")
-    parser.add_argument("--reuse_teachers", action=argparse.BooleanOptionalAction, default=True, help="Reuse a finished teacher found in work_dir (same recipe) instead of training it again.")
+    parser.add_argument("--reuse_runs", action=argparse.BooleanOptionalAction, default=True, help="Reuse a finished run found in work_dir (the same command) instead of training it again.")
     parser.add_argument("--report_only", action="store_true", help="Only regenerate RESULTS.md from the JSON in <output_dir>/results.")
     parser.add_argument("--dry_run", action="store_true", help="Only write the commands a budget would run (the paper budget always does this).")
     args = parser.parse_args(argv)
@@ -112,7 +112,7 @@ def run_part(part: str, module, args: argparse.Namespace, output_dir: Path) -> d
         data=Path(args.data),
         eval_data=None if args.eval_data is None else Path(args.eval_data),
         seeds=args.seeds,
-        reuse_teachers=args.reuse_teachers,
+        reuse_runs=args.reuse_runs,
         dry_run=args.dry_run or args.budget == "paper",
     )
 
