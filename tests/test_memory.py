@@ -251,3 +251,13 @@ def test_timm_resnet18_stem_stride_8_exact(capsys):
     # conv1 output + its batch-norm copy at 112x112 vs the student's stem at 28x28.
     assert result["teacher"]["peak_bytes"] == 2 * 64 * 112 * 112 * 4
     assert result["ratio"] >= 4
+
+
+def test_cli_accepts_shipped_config_names_offline(tmp_path):
+    from redistill_diffusion.cli import main
+
+    out = tmp_path / "tiny.json"
+    assert main(["memory", "tiny-ddpm-32", "--stem_stride", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ratio"] >= 3.9
+    assert main(["memory", "no-such-config", "--stem_stride", "2"]) == 2

@@ -72,19 +72,28 @@ def _load_from_hub(repo_id: str) -> LoadedConfig:
     raise FileNotFoundError(
         f"{repo_id!r} is not a local path and its config could not be loaded from the Hub ({first}). "
         f"Pass a config JSON, a model folder or a pipeline folder, or one of the shipped ids: "
-        f"{', '.join(SHIPPED_UNET_CONFIGS)}."
+        f"{', '.join(SHIPPED_UNET_CONFIGS)} (or shipped names: {', '.join(_shipped_names())})."
     )
+
+
+def _shipped_names() -> list[str]:
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if (p / "unet" / "config.json").is_file())
 
 
 def load_unet_config(spec: str | os.PathLike) -> LoadedConfig:
     """The UNet config named by ``spec``: a local path always wins, then the Hub, then the shipped copy."""
     spec = str(spec)
     path = Path(spec).expanduser()
+    shipped_dir = CONFIG_DIR / spec
     if path.exists():
         loaded = _load_local(path)
+    elif "/" not in spec and shipped_dir.is_dir():  # a shipped config name, e.g. tiny-ddpm-32
+        loaded = _load_local(shipped_dir)
+        loaded.source = f"the {spec} config shipped with redistill-diffusion"
     elif spec.endswith(".json") or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise FileNotFoundError(
-            f"No such file or folder: {spec} (and it is not a Hub id of the form owner/name)."
+            f"No such file or folder: {spec} (and it is not a Hub id of the form owner/name, nor a shipped "
+            f"config: {', '.join(_shipped_names())})."
         )
     else:
         loaded = _load_from_hub(spec)
