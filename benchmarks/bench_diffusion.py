@@ -457,6 +457,9 @@ class _Evaluator:
             {label: str(folder)}, metrics=("fid", "isc", "kid"), feature_extractor=self.extractor,
             kid_subset_size=min(spec.num_samples, 100), output_dir=str(self.eval_dir), **common,
         )
+        # One call per model: its metrics.json / metrics.md would hold only the latest model (diffusion.json has them all).
+        for stale in ("metrics.json", "metrics.md"):
+            (self.eval_dir / stale).unlink(missing_ok=True)
         if self.inception is not None:
             (extra,) = self.evaluate_pipelines(
                 {label: str(folder)}, metrics=("fid",), feature_extractor="inception-v3-compat",
