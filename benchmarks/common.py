@@ -211,6 +211,32 @@ def part_result(part: str, budget: str, **fields: Any) -> dict[str, Any]:
     return result
 
 
+def run_paper_commands(part: str, records: list[CommandRecord], log_dir: Path, dry_run: bool) -> tuple[str, list[str]]:
+    """Run the paper budget's commands one after another (logged), or with ``dry_run`` only list them.
+
+    Returns the part's status and the failures; a failed run does not stop the others."""
+    if dry_run:
+        return "dry run", []
+    failures = []
+    for record in records:
+        slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in record.name)
+        try:
+            run_logged(record, log_dir / f"paper_{part}_{slug}.log")
+        except CommandFailed as error:
+            failures.append(str(error))
+    return ("ok" if not failures else "partial"), failures
+
+
+def require_gpu_for_paper(dry_run: bool) -> None:
+    """The paper budget trains for days on GPUs: refuse before anything starts on a machine without one."""
+    import torch
+
+    if not dry_run and not torch.cuda.is_available():
+        raise SystemExit(
+            "--budget paper trains the paper's recipes and needs CUDA GPUs (none found): add --dry_run to list the commands."
+        )
+
+
 def not_run(part: str, budget: str, reason: str, **fields: Any) -> dict[str, Any]:
     return part_result(part, budget, status="not run", reason=reason, **fields)
 
@@ -234,29 +260,6 @@ def fmt_bytes(num_bytes: int | float | None) -> str:
     if num_bytes >= 1024**2:
         return f"{num_bytes / 1024**2:.3f} MB"
     return f"{num_bytes / 1024:.1f} KB"
-
-
-def parquet_slices(source: Path, work_dir: Path, validation_rows: int) -> tuple[Path, Path]:
-    """Split a parquet file into train (all but the last ``validation_rows``) and validation (the last rows).
-
-    Written once into ``work_dir``; the split is by position, so it is the same on every machine.
-    """
-    import pyarrow.parquet as pq
-
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} not found: pass --data PATH to a CIFAR-10 parquet (columns img, label).")
-    train_path = work_dir / f"{source.stem}_train_minus_last{validation_rows}.parquet"
-    val_path = work_dir / f"{source.stem}_last{validation_rows}.parquet"
-    if train_path.exists() and val_path.exists():
-        return train_path, val_path
-    work_dir.mkdir(parents=True, exist_ok=True)
-    table = pq.read_table(source)
-    if table.num_rows <= validation_rows:
-        raise ValueError(f"{source} has {table.num_rows} rows, too few to hold out {validation_rows}.")
-    split = table.num_rows - validation_rows
-    pq.write_table(table.slice(0, split), train_path)
-    pq.write_table(table.slice(split), val_path)
-    return train_path, val_path
 
 
 def stratified_slices(source: Path, work_dir: Path, validation_per_class: int, label_column: str = "label") -> tuple[Path, Path]:

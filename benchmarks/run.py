@@ -3,7 +3,8 @@
     python benchmarks/run.py --budget smoke --output_dir /tmp/redistill-smoke   # < 3 min, CI, synthetic data
     python benchmarks/run.py --budget cpu                                       # the committed tables (2 CPU cores)
     python benchmarks/run.py --budget cpu --only classification                 # one part; RESULTS.md merges all parts
-    python benchmarks/run.py --budget paper --dry_run                           # the paper's recipes (GPUs): print the commands
+    python benchmarks/run.py --budget paper                                     # the paper's recipes (needs CUDA GPUs)
+    python benchmarks/run.py --budget paper --dry_run                           # ... only list those commands
 
 Each part writes ``<output_dir>/results/<part>.json`` (+ PNGs); ``<output_dir>/RESULTS.md`` is
 regenerated from every part's JSON present. Models and data slices go to ``--work_dir``
@@ -24,7 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BUDGETS, CIFAR10_PARQUET, PARTS, REPO_ROOT, not_run, part_result, relative, write_json  # noqa: E402
+from common import (  # noqa: E402
+    BUDGETS,
+    CIFAR10_PARQUET,
+    PARTS,
+    REPO_ROOT,
+    not_run,
+    part_result,
+    relative,
+    require_gpu_for_paper,
+    write_json,
+)
 from report import render  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -34,25 +45,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, required=True, help="smoke: seconds, synthetic data; cpu: the reported tables; paper: the paper's recipes.")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=None, help="Run only these parts (default: all).")
-    parser.add_argument("--output_dir", type=str, default=None, help="Where results/, RESULTS.md and logs/ go (default: benchmarks/ for cpu and paper, a temp dir for smoke).")
+    parser.add_argument("--output_dir", type=str, default=None, help="Where results/, RESULTS.md and logs/ go (default: benchmarks/ for cpu, benchmarks/paper/ for paper, a temp dir for smoke).")
     parser.add_argument("--work_dir", type=str, default=None, help="Models, checkpoints and data slices (default: <output_dir>/_work).")
-    parser.add_argument("--data", type=str, default=str(CIFAR10_PARQUET), help="CIFAR-10 parquet (columns img, label); the last 5,000 rows are held out for validation.")
+    parser.add_argument("--data", type=str, default=str(CIFAR10_PARQUET), help="CIFAR-10 parquet (columns img, label); the last 500 images of every class are held out for validation.")
     parser.add_argument("--eval_data", type=str, default=None, help="Another parquet to report classification top-1 on (default: the held-out slice of --data).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Classification seeds (default: the budget's).")
     parser.add_argument("--reuse_runs", action=argparse.BooleanOptionalAction, default=True, help="Reuse a finished run found in work_dir (the same command) instead of training it again.")
     parser.add_argument("--report_only", action="store_true", help="Only regenerate RESULTS.md from the JSON in <output_dir>/results.")
-    parser.add_argument("--dry_run", action="store_true", help="Only write the commands a budget would run (the paper budget always does this).")
+    parser.add_argument("--dry_run", action="store_true", help="--budget paper only: list the paper's commands in RESULTS.md instead of running them.")
     args = parser.parse_args(argv)
     if args.output_dir is None:
-        args.output_dir = str(BENCH_DIR) if args.budget != "smoke" else os.path.join(tempfile.gettempdir(), "redistill-bench-smoke")
+        defaults = {"cpu": str(BENCH_DIR), "paper": str(BENCH_DIR / "paper"), "smoke": os.path.join(tempfile.gettempdir(), "redistill-bench-smoke")}
+        args.output_dir = defaults[args.budget]
     if args.budget == "smoke" and Path(args.output_dir).resolve() == BENCH_DIR:
-        raise ValueError("--budget smoke must not overwrite the committed results in benchmarks/: pass another --output_dir.")
+        parser.error("--budget smoke must not overwrite the committed results in benchmarks/: pass another --output_dir.")
     if args.work_dir is None:
         args.work_dir = os.path.join(args.output_dir, "_work")
     if args.eval_data is not None and not Path(args.eval_data).is_file():
-        raise FileNotFoundError(f"--eval_data {args.eval_data} not found: give a parquet file with columns img, label.")
+        parser.error(f"--eval_data {args.eval_data} not found: give a parquet file with columns img, label.")
+    if args.dry_run and args.budget != "paper":
+        parser.error("--dry_run applies to --budget paper only (smoke and cpu run their commands); drop it or use --budget paper.")
+    if args.budget == "paper" and not args.report_only:
+        require_gpu_for_paper(args.dry_run)
     if args.seeds is not None and not args.seeds:
-        raise ValueError("--seeds needs at least one seed.")
+        parser.error("--seeds needs at least one seed.")
     return args
 
 
@@ -113,7 +129,7 @@ def run_part(part: str, module, args: argparse.Namespace, output_dir: Path) -> d
         eval_data=None if args.eval_data is None else Path(args.eval_data),
         seeds=args.seeds,
         reuse_runs=args.reuse_runs,
-        dry_run=args.dry_run or args.budget == "paper",
+        dry_run=args.dry_run,
     )
 
 

@@ -15,9 +15,40 @@ import run as bench_run  # noqa: E402
 from bench_diffusion import training_seconds_per_step  # noqa: E402
 
 
-def test_smoke_budget_refuses_to_overwrite_committed_results():
-    with pytest.raises(ValueError, match="must not overwrite"):
-        bench_run.parse_args(["--budget", "smoke", "--output_dir", str(BENCH_DIR)])
+def _usage_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as raised:
+        bench_run.parse_args(argv)
+    assert raised.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_smoke_budget_refuses_to_overwrite_committed_results(capsys):
+    assert "must not overwrite" in _usage_error(["--budget", "smoke", "--output_dir", str(BENCH_DIR)], capsys)
+
+
+def test_dry_run_is_only_for_the_paper_budget(capsys):
+    assert "--dry_run applies to --budget paper only" in _usage_error(["--budget", "cpu", "--dry_run"], capsys)
+
+
+def test_paper_budget_without_gpus_refuses_before_any_work(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the paper budget would run")
+    with pytest.raises(SystemExit, match="needs CUDA GPUs"):
+        bench_run.parse_args(["--budget", "paper", "--output_dir", str(tmp_path)])
+    assert not (tmp_path / "results").exists()
+
+
+def test_paper_dry_run_lists_every_distiller_without_running(tmp_path):
+    assert bench_run.main(["--budget", "paper", "--dry_run", "--only", "classification", "diffusion", "--output_dir", str(tmp_path)]) == 0
+    diffusion = json.loads((tmp_path / "results" / "diffusion.json").read_text())
+    assert diffusion["status"] == "dry run"
+    commands = [c["command"] for c in diffusion["commands"]]
+    assert all(c["returncode"] is None for c in diffusion["commands"])
+    assert any("--distiller red " in c and "ddpm_cifar10_redistill.yaml" in c for c in commands)
+    assert commands[-1].startswith("redistill eval --recipe recipes/eval_fid_is.yaml")
+    assert not list((tmp_path / "logs").glob("paper_*"))
+    assert "accelerate launch examples/train_classifier_redistill.py" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_smoke_budget_defaults_outside_the_repository(tmp_path):
@@ -26,9 +57,8 @@ def test_smoke_budget_defaults_outside_the_repository(tmp_path):
     assert args.work_dir.startswith(args.output_dir)
 
 
-def test_missing_eval_data_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--eval_data"):
-        bench_run.parse_args(["--budget", "cpu", "--eval_data", str(tmp_path / "nope.parquet")])
+def test_missing_eval_data_is_a_clear_error(tmp_path, capsys):
+    assert "--eval_data" in _usage_error(["--budget", "cpu", "--eval_data", str(tmp_path / "nope.parquet")], capsys)
 
 
 def test_seconds_per_step_from_the_final_progress_line(tmp_path):
@@ -43,17 +73,18 @@ def test_seconds_per_step_from_the_final_progress_line(tmp_path):
     assert training_seconds_per_step(log) is None
 
 
-def test_parquet_slices_hold_out_the_last_rows(tmp_path):
+def test_stratified_slices_hold_out_the_last_rows_of_every_class(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     source = tmp_path / "data.parquet"
-    pq.write_table(pa.table({"label": list(range(10))}), source)
-    train, val = common.parquet_slices(source, tmp_path / "work", validation_rows=3)
-    assert pq.read_table(train)["label"].to_pylist() == list(range(7))
-    assert pq.read_table(val)["label"].to_pylist() == [7, 8, 9]
+    labels = [0] * 5 + [1] * 5  # sorted by label, as the shared CIFAR-10 parquet is
+    pq.write_table(pa.table({"label": labels, "index": list(range(10))}), source)
+    train, val = common.stratified_slices(source, tmp_path / "work", validation_per_class=2)
+    assert pq.read_table(train)["index"].to_pylist() == [0, 1, 2, 5, 6, 7]
+    assert pq.read_table(val)["index"].to_pylist() == [3, 4, 8, 9]
     with pytest.raises(ValueError, match="too few"):
-        common.parquet_slices(source, tmp_path / "work2", validation_rows=10)
+        common.stratified_slices(source, tmp_path / "work2", validation_per_class=5)
 
 
 def test_report_merges_every_part_present(tmp_path):
