@@ -19,12 +19,11 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 HUB_IGNORE_PATTERNS = ("checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "*.tmp/**")
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading teachers and UNet configs
+# Loading teachers
 # ---------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
     with open(path, encoding="utf-8") as handle:
@@ -116,36 +115,6 @@ def load_teacher(name_or_path: str, cache_dir: str | None = None, revision: str 
         f"Could not load teacher {name_or_path!r} (offline or not a UNet2DModel repo: {errors[-1]}); "
         "pass a local DDPM pipeline folder or download it first."
     )
-
-
-def load_unet_config(name_or_path: str) -> dict[str, Any]:
-    """A UNet2DModel config from a shipped name (``tiny-ddpm-32``), a folder, a config.json or a pipeline folder."""
-    candidates = [
-        SHIPPED_CONFIGS / name_or_path / "unet" / "config.json",
-        SHIPPED_CONFIGS / name_or_path / "config.json",
-        Path(name_or_path) / "unet" / "config.json",
-        Path(name_or_path) / "config.json",
-        Path(name_or_path),
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            config = _read_json(candidate)
-            return {k: v for k, v in config.items() if not k.startswith("_")}
-    shipped = sorted(p.name for p in SHIPPED_CONFIGS.iterdir() if p.is_dir())
-    raise FileNotFoundError(
-        f"UNet config {name_or_path!r} not found; pass a folder with config.json or one of the shipped configs: {', '.join(shipped)}."
-    )
-
-
-def load_scheduler_config(name_or_path: str) -> dict[str, Any] | None:
-    """The scheduler config shipped next to a UNet config, if any."""
-    for candidate in (
-        SHIPPED_CONFIGS / name_or_path / "scheduler" / "scheduler_config.json",
-        Path(name_or_path) / "scheduler" / "scheduler_config.json",
-    ):
-        if candidate.is_file():
-            return {k: v for k, v in _read_json(candidate).items() if not k.startswith("_")}
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers_training import fast_args, make_tiny_teacher
 
-from redistill_diffusion.pipelines import load_teacher, load_unet_config, push_folder_to_hub
+from redistill_diffusion.models.configs import load_scheduler_config, load_unet_config
+from redistill_diffusion.pipelines import load_teacher, push_folder_to_hub
 from redistill_diffusion.training.runs import run_redistill
 
 SECRET = "hf_do_not_print_this_token_123"
@@ -104,7 +105,19 @@ def test_teacher_loading_accepts_pipeline_and_unet_folders(trained_student, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_teacher(str(tmp_path / "empty"))
-    assert load_unet_config("tiny-ddpm-32")["block_out_channels"] == [32, 64, 64]
+
+
+
+def test_unet_and_scheduler_configs_resolve_from_shipped_names_ids_and_folders(tmp_path):
+    assert load_unet_config("tiny-ddpm-32").model_kwargs()["block_out_channels"] == [32, 64, 64]
+    assert "_class_name" not in load_unet_config("tiny-ddpm-32").model_kwargs()
+    # A shipped Hub id brings its scheduler along offline (the paper's teacher is trained with 1000 linear steps).
+    assert load_scheduler_config("google/ddpm-cifar10-32")["num_train_timesteps"] == 1000
+    assert load_scheduler_config("tiny-ddpm-32") is not None
+    assert load_scheduler_config(str(tmp_path)) is None
+    teacher = make_tiny_teacher(tmp_path / "teacher")
+    assert load_unet_config(str(teacher)).config["sample_size"] == 16  # a pipeline folder
+    assert load_scheduler_config(str(teacher)) is not None
     with pytest.raises(FileNotFoundError, match="tiny-ddpm-32"):
         load_unet_config("no-such-config")
 

@@ -428,13 +428,13 @@ def build_teacher_task(
     """A UNet2DModel from a config, trained from scratch as a plain DDPM (a teacher for ReDistill)."""
     from diffusers import UNet2DModel
 
-    from ..pipelines import load_scheduler_config, load_unet_config
+    from ..models.configs import load_scheduler_config, load_unet_config
 
     if not model_args.model_config_name_or_path:
         raise ValueError(
             "Pass --model_config_name_or_path (a UNet config folder/json or a shipped name such as tiny-ddpm-32)."
         )
-    config = load_unet_config(model_args.model_config_name_or_path)
+    config = load_unet_config(model_args.model_config_name_or_path).model_kwargs()
     if data_args.resolution:
         config["sample_size"] = data_args.resolution
     try:
