@@ -91,6 +91,41 @@ def _builder_for_files(files: Sequence[str]) -> str:
     return builders.pop()
 
 
+def looks_like_path(spec: str) -> bool:
+    """Hub dataset ids are ``name`` or ``owner/name``; anything else is meant as a local path."""
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or Path(spec).suffix.lower() in _FILE_BUILDERS
+        or (os.sep != "/" and os.sep in spec)
+    )
+
+
+def open_dataset(spec: str, split: str = "train", cache_dir: str | None = None, config_name: str | None = None):
+    """One split of the dataset ``spec`` names, as a `datasets.Dataset` with its original columns.
+
+    ``spec``: a parquet/csv/json/arrow file, a folder (``save_to_disk`` output, parquet files or an
+    ``imagefolder``) or a Hub id. The one place that turns a dataset name into data, for training and
+    for evaluation references alike.
+    """
+    import datasets
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return datasets.load_dataset(
+            _builder_for_files([str(path)]), data_files={split: [str(path)]}, split=split, cache_dir=cache_dir
+        )
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            dataset = datasets.load_from_disk(str(path))
+            return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+        # A folder of data files or of images: `datasets` infers the builder (parquet, imagefolder, ...).
+        return datasets.load_dataset(str(path), config_name, split=split, cache_dir=cache_dir)
+    if looks_like_path(spec):
+        raise FileNotFoundError(f"{spec} does not exist (and is not a Hub dataset id of the form owner/name).")
+    return datasets.load_dataset(spec, config_name, split=split, cache_dir=cache_dir)
+
+
 def find_column(
     column_names: Sequence[str], given: str | None, candidates: Sequence[str], what: str
 ) -> str | None:
@@ -121,8 +156,8 @@ def load_image_dataset(
 ):
     """Load one split as a `datasets.Dataset` with columns ``image`` (PIL) and, if found, ``label``.
 
-    Sources, checked in this order: ``dataset_name`` (a Hub id, a local dataset folder, a single
-    parquet/csv/json file or ``"redistill:shapes"``), ``data_files`` (files of one format),
+    Sources, checked in this order: ``dataset_name`` (anything `open_dataset` reads, or
+    ``"redistill:shapes"``), ``data_files`` (files of one format),
     ``train_data_dir`` (an ``imagefolder``). The image column is ``image_column`` or the first of
     ``image``/``img``/...; the label column likewise (optional unless ``require_labels``).
     Raises one clear error for a missing source, an empty split or a missing image column.
@@ -133,19 +168,8 @@ def load_image_dataset(
         data_files = [data_files]
     if dataset_name == BUILTIN_SHAPES:
         dataset = _shapes_dataset(builtin_num_images, builtin_resolution)
-    elif (
-        dataset_name is not None
-        and Path(dataset_name).suffix.lower() in _FILE_BUILDERS
-        and Path(dataset_name).is_file()
-    ):
-        dataset = datasets.load_dataset(
-            _builder_for_files([dataset_name]),
-            data_files={split: [dataset_name]},
-            split=split,
-            cache_dir=cache_dir,
-        )
     elif dataset_name is not None:
-        dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+        dataset = open_dataset(dataset_name, split=split, cache_dir=cache_dir, config_name=dataset_config_name)
     elif data_files:
         missing = [f for f in data_files if not any(ch in f for ch in "*?[") and not os.path.exists(f)]
         if missing:

@@ -14,6 +14,7 @@ from redistill_diffusion.data import (
     build_image_transform,
     load_image_dataset,
     make_shapes,
+    open_dataset,
 )
 
 
@@ -59,6 +60,31 @@ def test_parquet_with_img_column_is_detected_and_resized(tmp_path):
     assert len(same) == len(dataset) == 5
     tensor = build_image_transform(16, 3)(dataset[0]["image"])
     assert tensor.shape == (3, 16, 16)  # resized short side + centre crop
+
+
+def test_training_and_evaluation_read_the_same_sources(tmp_path):
+    """One opener: a saved dataset, a folder of parquet files and a parquet file train and serve as FID references."""
+    import datasets
+
+    from redistill_diffusion.evaluation.reference import load_reference
+
+    parquet = _write_parquet(tmp_path / "one.parquet", "img", n=4)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _write_parquet(shards / "train-0.parquet", "img", n=3)
+    _write_parquet(shards / "train-1.parquet", "img", n=2)
+    saved = tmp_path / "saved"
+    datasets.load_dataset("parquet", data_files=str(parquet), split="train").save_to_disk(str(saved))
+    for source, rows in ((parquet, 4), (shards, 5), (saved, 4)):
+        assert len(open_dataset(str(source))) == rows
+        train = load_image_dataset(str(source))
+        reference = load_reference(str(source))
+        assert len(train) == len(reference) == rows
+        # The same first image either way (decoded once for training, as uint8 for the reference).
+        expected = torch.from_numpy(np.array(train[0]["image"].convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(reference[0], expected)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_dataset(str(tmp_path / "missing.parquet"))
 
 
 def test_grayscale_and_rgb_follow_the_model_channels(tmp_path):

@@ -18,7 +18,6 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGE_COLUMN_CANDIDATES = ("image", "img")
 # Fixed, so a capped reference always draws the same images and its cache entry stays valid.
 REFERENCE_SUBSET_SEED = 0
 
@@ -134,6 +133,8 @@ def _first_line(error: BaseException) -> str:
 def _detect_image_column(dataset, description: str) -> str:
     import datasets
 
+    from ..data import IMAGE_COLUMN_CANDIDATES
+
     for name in IMAGE_COLUMN_CANDIDATES:
         if name in dataset.column_names:
             return name
@@ -146,44 +147,22 @@ def _detect_image_column(dataset, description: str) -> str:
     )
 
 
-def _looks_like_path(spec: str) -> bool:
-    # Hub dataset names are "name" or "owner/name"; anything else is meant as a local path.
-    return (
-        spec.startswith((".", "/", "~"))
-        or spec.count("/") > 1
-        or spec.endswith(".parquet")
-        or (os.sep != "/" and os.sep in spec)
-    )
-
-
 def _load_hf_dataset(spec: str, split: str):
-    """Parquet file / folder of parquet files / imagefolder / saved dataset / Hub name -> datasets.Dataset."""
-    import datasets
+    """A dataset source (see `redistill_diffusion.data.open_dataset`) and the identity that keys its cached
+    statistics: files are stamped by size and modification time, everything else by its fingerprint."""
+    from ..data import open_dataset
 
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix != ".parquet":
+        raise ValueError(f"reference file {spec} is not a .parquet file (pass a parquet file or an image folder)")
+    dataset = open_dataset(spec, split=split)
     if path.is_file():
-        if path.suffix != ".parquet":
-            raise ValueError(
-                f"reference file {spec} is not a .parquet file (pass a parquet file or an image folder)"
-            )
-        dataset = datasets.load_dataset("parquet", data_files=str(path), split="train")
         return dataset, f"parquet:{_file_stamp(path)}"
     if path.is_dir():
         parquet_files = sorted(path.glob("*.parquet"))
         if parquet_files:
-            stamp = ";".join(_file_stamp(file) for file in parquet_files)
-            files = [str(file) for file in parquet_files]
-            return datasets.load_dataset("parquet", data_files=files, split="train"), f"parquet:{stamp}"
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
-            dataset = datasets.load_from_disk(str(path))
-            if isinstance(dataset, datasets.DatasetDict):
-                dataset = dataset[split]
-            return dataset, f"saved:{path.resolve()}:{dataset._fingerprint}"
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
-        return dataset, f"imagefolder:{path.resolve()}:{dataset._fingerprint}"
-    if _looks_like_path(spec):
-        raise FileNotFoundError(f"reference {spec} does not exist")
-    dataset = datasets.load_dataset(spec, split=split)
+            return dataset, "parquet:" + ";".join(_file_stamp(file) for file in parquet_files)
+        return dataset, f"folder:{path.resolve()}:{split}:{dataset._fingerprint}"
     return dataset, f"hub:{spec}:{split}:{dataset._fingerprint}"
 
 
@@ -263,7 +242,7 @@ def _open_named_reference(spec: str, *, split: str, datasets_root: str | None) -
     try:
         dataset, identity = _load_hf_dataset(spec, split)
     except FileNotFoundError as error:
-        raise FileNotFoundError(_first_line(error)) from error
+        raise FileNotFoundError(f"reference {_first_line(error)}") from error
     except Exception as error:
         message = _first_line(error)
         if not message.startswith("reference "):
