@@ -82,7 +82,10 @@ BUDGETS: dict[str, ClassificationBudget] = {
         student_epochs=600 * 64 / 45000,  # 600 steps
         learning_rate=0.05,
         seeds=(0, 1),
-        extra_variants=[("red (alpha 50)", "red", {"red_alpha": 50})],
+        extra_variants=[
+            ("red (alpha 50)", "red", {"red_alpha": 50}),
+            ("red (identity init)", "red", {"red_init": "identity"}),
+        ],
     ),
 }
 

@@ -124,6 +124,7 @@ BUDGETS: dict[str, DiffusionBudget] = {
             Variant("red (mse distance)", "red", {"red_distance": "mse"}),
             Variant("red (full placement)", "red", {"red_preset": "full"}),
             Variant("red (head init from teacher)", "red", {"student_head_init": "teacher"}),
+            Variant("red (identity init)", "red", {"red_init": "identity"}),
             # Stem stride 2 leaves the time embedding (a few hundred bytes) at full size, so its exact ratio is a
             # hair under 4x; stride 4 shows what a further 4x of memory costs in quality.
             Variant("vanilla (stem stride 4)", "vanilla", stem_stride=4),

@@ -6,7 +6,7 @@ and timm CNNs, trained with residual encoded distillation against the frozen tea
 from diffusers import ModelMixin  # noqa: F401
 
 from .models.unet_student import ReDistillUNet2DModel
-from .red import REDBlock, attach_red_blocks, red_distance
+from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance
 
 __version__ = "0.1.0"
-__all__ = ["ReDistillUNet2DModel", "REDBlock", "attach_red_blocks", "red_distance", "__version__"]
+__all__ = ["ReDistillUNet2DModel", "REDBlock", "attach_red_blocks", "init_red_blocks", "red_distance", "__version__"]

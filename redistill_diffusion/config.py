@@ -204,6 +204,10 @@ class StudentArguments:
     red_distance: Literal["cosine", "mse"] | None = None
     red_kernel_size: int = 3
     red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
+    red_init: Literal["paper", "identity"] = field(
+        default="paper",
+        metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."},
+    )
     output_mse_weight: float | None = None
     fitnet_weight: float | None = None
     at_weight: float | None = None

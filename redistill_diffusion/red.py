@@ -19,6 +19,7 @@ from torch import nn
 
 RED_VARIANTS = ("full", "no_gate", "no_residual", "no_shortcut")
 RED_DISTANCES = ("cosine", "mse")
+RED_INITS = ("paper", "identity")
 
 
 class REDBlock(nn.Module):
@@ -69,6 +70,31 @@ class REDBlock(nn.Module):
             return (self(args[0]), *args[1:]), kwargs
         name, value = next(iter(kwargs.items()))
         return args, {**kwargs, name: self(value)}
+
+
+def init_red_blocks(model: nn.Module, init: str = "paper") -> int:
+    """(Re-)initialise every `REDBlock` inside ``model``; returns how many there are.
+
+    ``paper``: PyTorch's default initialisation, as in the paper, where students train from scratch.
+    ``identity``: each block starts as (almost) the identity (gate ~0.98, residual ~0), so RED blocks
+    added to a student initialised from its teacher do not perturb the copied features before training
+    has adapted them. Both branches keep a small non-zero scale so their gradients are not zero.
+    """
+    if init not in RED_INITS:
+        raise ValueError(f"Unknown RED init {init!r}; choose one of {', '.join(RED_INITS)}.")
+    blocks = [m for m in model.modules() if isinstance(m, REDBlock)]
+    if init == "identity":
+        with torch.no_grad():
+            for block in blocks:
+                if hasattr(block, "gate"):
+                    norm = block.gate[1]
+                    norm.weight.fill_(0.01)
+                    norm.bias.fill_(4.0)  # sigmoid(4) = 0.982
+                if hasattr(block, "residual"):
+                    norm = block.residual[1]
+                    norm.weight.fill_(0.01)
+                    norm.bias.zero_()
+    return len(blocks)
 
 
 def channel_mean(x: torch.Tensor) -> torch.Tensor:

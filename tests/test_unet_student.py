@@ -178,6 +178,29 @@ def test_red_blocks_replace_features_and_round_trip(tmp_path):
         assert torch.allclose(reloaded(x, t).sample, with_red, atol=1e-6)
 
 
+def test_identity_red_init_keeps_the_student_output_and_its_gradients():
+    from redistill_diffusion import init_red_blocks
+
+    torch.manual_seed(0)
+    teacher = tiny_teacher()
+    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2)
+    with_blocks = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, red_preset="paper")
+    with_blocks.load_state_dict(plain.state_dict(), strict=False)  # same head, so only the blocks differ
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([10, 200, 500, 900])
+    with torch.no_grad():
+        reference = plain(x, t).sample
+        default_gap = (with_blocks(x, t).sample - reference).abs().mean() / reference.abs().mean()
+    assert init_red_blocks(with_blocks, "identity") == 2
+    with torch.no_grad():
+        identity_gap = (with_blocks(x, t).sample - reference).abs().mean() / reference.abs().mean()
+    assert identity_gap < 0.05 < default_gap  # default blocks change the output; identity ones barely do
+    with_blocks(x, t).sample.square().mean().backward()
+    for name, parameter in with_blocks.red_blocks.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name  # still trainable
+    with pytest.raises(ValueError, match="Unknown RED init"):
+        init_red_blocks(with_blocks, "zeros")
+
+
 def test_deepcopy_rebinds_red_hooks():
     import copy
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..config import DataArguments, TrainingArguments, parse_args, to_dict
 from ..distillers import distiller_options
+from ..red import init_red_blocks
 from ..training.checkpointing import STATE_FILE, resolve_resume_path
 from .data import (
     as_tensor_dataset,
@@ -60,6 +61,7 @@ class ClassifierArguments:
     red_distance: Literal["cosine", "mse"] | None = None
     red_kernel_size: int = 3
     red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
+    red_init: Literal["paper", "identity"] = field(default="paper", metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."})
     kd_temperature: float | None = None
     kd_weight: float | None = None
     fitnet_weight: float | None = None
@@ -177,6 +179,7 @@ def build_classification_task(
             red_kernel_size=args.red_kernel_size, red_variant=args.red_variant,
         )
         spec_of(student).input_size = input_size
+        init_red_blocks(student, args.red_init)
     else:
         student = _load_or_create(args.model_name_or_path, args, num_classes, input_size)
         spec_of(student).input_size = input_size

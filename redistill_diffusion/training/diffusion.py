@@ -328,6 +328,7 @@ def build_redistill_task(
     from ..distillers import build_distiller, distiller_options
     from ..models.unet_student import ReDistillUNet2DModel, probe_unet_shapes, unet_tap_pairs
     from ..pipelines import load_teacher
+    from ..red import init_red_blocks
 
     distiller_options(student_args.distiller)  # unknown method -> clear error before loading anything
     teacher, teacher_scheduler = load_teacher(
@@ -361,6 +362,7 @@ def build_redistill_task(
         pairs = unet_tap_pairs(student, teacher, preset)
     else:
         pairs = []
+    init_red_blocks(student, student_args.red_init)
     if wants_red_blocks and not pairs:
         raise ValueError(
             f"--distiller {student_args.distiller} needs RED placements: set --red_preset paper|full or --distill_pairs."
