@@ -342,7 +342,7 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         f"{settings['train_images']} training images; top-1 on {settings['eval_data']}. Objective 0.5 CE + 0.5 distillation.",
         "",
         markdown_table(
-            ["model", "top-1 %", "peak memory (exact)", "teacher / model", "peak memory (paper conv.)", "params", "s / epoch", "s / step"],
+            ["model", "top-1 % (mean ± s.d. over seeds)", "peak memory (exact)", "teacher / model", "peak memory (paper conv.)", "params", "s / epoch", "s / step"],
             table,
         ),
     ]
@@ -368,10 +368,11 @@ def _summary(rows: list[dict[str, Any]]) -> str:
     ablations = [f"{m} {100 * r['top1_mean']:.2f}%" for m, r in by.items() if m.startswith("red (") and r.get("top1_mean") is not None]
     if ablations:
         lines.append("RED variants tried: " + ", ".join(ablations))
-    student = next((r for r in rows if r["model"] != "teacher" and r.get("peak_bytes_exact")), None)
+    ratios = sorted({round(r["ratio_exact"], 2) for r in rows if r["model"] != "teacher" and r.get("ratio_exact")})
     memory = ""
-    if student and teacher.get("peak_bytes_exact"):
-        memory = f" (student exact peak memory {teacher['peak_bytes_exact'] / student['peak_bytes_exact']:.1f}x below the teacher's)"
+    if ratios:
+        span = f"{ratios[0]:.1f}x" if len(ratios) == 1 else f"{ratios[0]:.1f}x (with RED blocks) to {ratios[-1]:.1f}x"
+        memory = f" (student exact peak memory {span} below the teacher's)"
     return "Classification" + memory + ": " + "; ".join(lines) + "." if lines else "Classification: RED was not evaluated."
 
 
