@@ -80,6 +80,14 @@ def _part_section(name: str, data: dict[str, Any] | None, results_dir: Path, rep
     header = f"Budget `{data.get('budget')}`, run {data.get('started')} at revision `{data.get('git_revision')}`"
     if data.get("total_wall_s") is not None:
         header += f", {data['total_wall_s'] / 60:.1f} min wall"
+        commands = data.get("commands") or []
+        reused = [c for c in commands if "(reused" in (c.get("name") or "")]
+        if reused:
+            total = sum(c.get("wall_s") or 0 for c in commands)
+            header += (
+                f" ({len(reused)} of {len(commands)} runs reused from earlier identical runs; "
+                f"the commands' own wall times add up to {total / 60:.1f} min)"
+            )
     lines += [header + ".", ""]
     if data.get("status") != "ok":
         lines += [f"**Status: {data.get('status')}.** {data.get('reason') or ''}", ""]
