@@ -188,7 +188,7 @@ def markdown_table(rows: list[dict]) -> str:
         "no_grad, fp32; weights, buffers and inputs excluded). Paper convention: method.md section 6, per sample. "
         "Random weights: memory depends on the architecture only. Strides: stem, '-', then each later "
         "downsampling stride (for ResNets the max-pool comes first). A DDPM student's exact ratio at stem stride "
-        "2 is a hair under 4 (3.997x for google/ddpm-cifar10-32): the timestep embedding (a few hundred bytes per "
+        "2 is a hair under 4 (3.996x for google/ddpm-cifar10-32): the timestep embedding (2.5 KB per "
         "sample) is alive at both peaks and does not shrink with the feature maps, so the student's exact peak is "
         "1/4 of the teacher's plus 3/4 of those bytes; the paper convention counts feature maps only."
     )
