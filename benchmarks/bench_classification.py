@@ -8,7 +8,6 @@ or ``--eval_data``, peak memory from `redistill_diffusion.memory`, parameters, s
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from common import (
     require_file,
     run_logged,
     run_paper_commands,
+    slug,
     stratified_slices,
     write_json,
 )
@@ -154,7 +154,7 @@ def _train(name: str, argv: list[str], out: Path, log_dir: Path, spec: Classific
     if previous is not None:
         return previous | {"reused": True, "results": _read_results(out)}
     record = CommandRecord(name=name, argv=argv)
-    run_logged(record, log_dir / f"classification_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.log", threads=spec.threads)
+    run_logged(record, log_dir / f"classification_{slug(name)}.log", threads=spec.threads)
     info = {"argv": [str(a) for a in argv[1:]], "command": record.to_dict()}
     (out / "benchmark_run.json").write_text(json.dumps(info, indent=2) + "\n")
     return info | {"reused": False, "results": _read_results(out)}
@@ -218,7 +218,7 @@ def run(
     # Seeds outermost: a run cut short still has every distiller at the first seed.
     for seed in seeds:
         for label, distiller, flags in variants:
-            out = work / "students" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}_seed{seed}"
+            out = work / "students" / f"{slug(label)}_seed{seed}"
             argv = python_argv(
                 SCRIPT, "--teacher_model_name_or_path", relative(teacher_dir), "--stem_stride", spec.stem_stride,
                 "--student_init", "teacher", "--distiller", distiller, "--distill_weight", 0.5,

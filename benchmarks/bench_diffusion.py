@@ -29,6 +29,7 @@ from common import (
     require_file,
     run_logged,
     run_paper_commands,
+    slug,
     stratified_slices,
     write_json,
 )
@@ -242,7 +243,7 @@ def _train(name: str, argv: list[str], output_dir: Path, log_dir: Path, budget: 
     previous = _reusable(output_dir, recipe) if reuse else None
     if previous is not None:
         return previous | {"reused": True}
-    log = log_dir / f"diffusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.log"
+    log = log_dir / f"diffusion_{slug(name)}.log"
     run_logged(record, log, threads=budget.threads)
     info = {
         "recipe": recipe,
@@ -374,7 +375,7 @@ def run(
     evaluate_pending()
     publish()
     for variant in spec.variants:
-        out = work / "students" / re.sub(r"[^A-Za-z0-9_.-]+", "_", variant.label)
+        out = work / "students" / slug(variant.label)
         extra = [x for key, value in variant.flags.items() for x in (f"--{key}", value)]
         argv = python_argv(
             STUDENT_SCRIPT,

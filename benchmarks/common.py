@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -211,6 +212,11 @@ def part_result(part: str, budget: str, **fields: Any) -> dict[str, Any]:
     return result
 
 
+def slug(text: str) -> str:
+    """A run label as a file name: every run of other characters becomes one underscore."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 def run_paper_commands(part: str, records: list[CommandRecord], log_dir: Path, dry_run: bool) -> tuple[str, list[str]]:
     """Run the paper budget's commands one after another (logged), or with ``dry_run`` only list them.
 
@@ -219,9 +225,8 @@ def run_paper_commands(part: str, records: list[CommandRecord], log_dir: Path, d
         return "dry run", []
     failures = []
     for record in records:
-        slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in record.name)
         try:
-            run_logged(record, log_dir / f"paper_{part}_{slug}.log")
+            run_logged(record, log_dir / f"paper_{part}_{slug(record.name)}.log")
         except CommandFailed as error:
             failures.append(str(error))
     return ("ok" if not failures else "partial"), failures
