@@ -36,21 +36,35 @@ from common import (
 
 TEACHER_SCRIPT = REPO_ROOT / "examples/train_ddpm_teacher.py"
 STUDENT_SCRIPT = REPO_ROOT / "examples/train_ddpm_redistill.py"
-# Run order: the method and the plain student first, so a budget cut short still answers the question.
-DISTILLERS = ("vanilla", "red", "output_mse", "red+output_mse", "student_plus", "fitnet")
+# The arms of both regimes, in run order: the method and the plain student first, so a budget cut short
+# still answers the question.
+DISTILLERS = ("vanilla", "red", "output_mse", "fitnet", "student_plus", "red+output_mse")
+REGIMES = {
+    "scratch": "(a) paper regime: students from scratch, the teacher's recipe and number of steps",
+    "finetune": "(b) fine-tune regime: students initialised from the teacher",
+}
 VALIDATION_PER_CLASS = 500  # the images part 2 holds out; never trained on here either
-REFERENCE_IMAGES = 5000
+HELDOUT_IMAGES = 500  # random subset (seed 0) of the held-out slice for the denoising loss
+HELDOUT_TIMESTEPS = 10
+GRID_IMAGES = 64
 
 
 @dataclass
 class Variant:
-    """One student run: a label for the table, the distiller and any extra flags (ablations)."""
+    """One student run: a label for the table, the distiller, its regime and seed, and any extra flags."""
 
     label: str
     distiller: str
+    regime: str = "scratch"
     flags: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
     stem_stride: int = 2
-    steps: int | None = None  # default: the budget's student_steps (the row label must say when it differs)
+    steps: int | None = None  # default: the regime's budget (the row label must say when it differs)
+
+    @property
+    def key(self) -> str:
+        """Unique run name: regime, label and seed."""
+        return f"{self.regime} {self.label} seed {self.seed}"
 
 
 @dataclass
@@ -58,18 +72,23 @@ class DiffusionBudget:
     teacher_unet: dict[str, Any]
     train_batch_size: int
     teacher_steps: int
-    student_steps: int
+    finetune_steps: int
     learning_rate: float
     warmup_steps: int
     ema_max_decay: float
-    num_samples: int
     ddim_steps: int
     eval_batch_size: int
     mixed_precision: str = "bf16"
     threads: int = 2
-    variants: list[Variant] = field(default_factory=lambda: [Variant(d, d) for d in DISTILLERS])
+    variants: list[Variant] = field(default_factory=list)
     synthetic: bool = False  # smoke: coloured shapes, no CIFAR-10 needed
     synthetic_images: int = 256
+    heldout_images: int = HELDOUT_IMAGES
+
+    def steps_of(self, variant: Variant) -> int:
+        if variant.steps:
+            return variant.steps
+        return self.teacher_steps if variant.regime == "scratch" else self.finetune_steps
 
 
 def _unet(channels, attention_level=None, layers=1, sample_size=32, groups=8) -> dict[str, Any]:
@@ -92,49 +111,55 @@ def _unet(channels, attention_level=None, layers=1, sample_size=32, groups=8) ->
     }
 
 
+GROUP = {"red_norm": "group"}
+IDENTITY = {"red_init": "identity"}
+
+
+def _cpu_variants() -> list[Variant]:
+    """Protocol v2. Run order: seed 0 of every (a) arm, then (b), then the second seeds."""
+    scratch = [Variant(d, d) for d in ("vanilla", "red")] + [Variant("red (GroupNorm)", "red", flags=GROUP)]
+    scratch += [Variant(d, d) for d in ("output_mse", "fitnet", "student_plus", "red+output_mse")]
+    finetune = [Variant(d, d, "finetune") for d in ("vanilla", "output_mse", "fitnet", "student_plus")]
+    finetune += [
+        Variant("red (identity init)", "red", "finetune", flags=IDENTITY),
+        Variant("red (GroupNorm, identity init)", "red", "finetune", flags={**GROUP, **IDENTITY}),
+        Variant("red+output_mse (identity init)", "red+output_mse", "finetune", flags=IDENTITY),
+    ]
+    seeds = [Variant("vanilla", "vanilla", seed=1), Variant("red", "red", seed=1)]
+    seeds += [Variant("red (GroupNorm)", "red", flags=GROUP, seed=1)]
+    seeds += [Variant("vanilla", "vanilla", "finetune", seed=1), Variant("red (identity init)", "red", "finetune", flags=IDENTITY, seed=1)]
+    return scratch + finetune + seeds
+
+
 BUDGETS: dict[str, DiffusionBudget] = {
     "smoke": DiffusionBudget(
         teacher_unet=_unet((8, 16, 16), sample_size=16, groups=4),
         train_batch_size=8,
         teacher_steps=3,
-        student_steps=2,
+        finetune_steps=2,
         learning_rate=2e-4,
         warmup_steps=0,
         ema_max_decay=0.99,
-        num_samples=16,
         ddim_steps=3,
         eval_batch_size=16,
         mixed_precision="no",
-        variants=[Variant("red", "red")],
+        variants=[Variant("red", "red"), Variant("vanilla", "vanilla", "finetune")],
         synthetic=True,
         synthetic_images=64,
+        heldout_images=16,
     ),
     "cpu": DiffusionBudget(
-        # Sized for this 2-core machine when idle (~0.2 s per teacher step, ~0.2 s per distillation step).
+        # Sized for this 2-core machine (~0.2 s per teacher step, 0.1-0.2 s per student step at batch 32, bf16).
         teacher_unet=_unet((32, 64, 64)),
         train_batch_size=32,
         teacher_steps=3000,
-        student_steps=800,
+        finetune_steps=800,
         learning_rate=1e-3,
         warmup_steps=100,
         ema_max_decay=0.999,
-        num_samples=1000,
         ddim_steps=25,
         eval_batch_size=100,
-        variants=[Variant(d, d) for d in DISTILLERS]
-        + [
-            Variant("red (mse distance)", "red", {"red_distance": "mse"}),
-            Variant("red (full placement)", "red", {"red_preset": "full"}),
-            Variant("red (head init from teacher)", "red", {"student_head_init": "teacher"}),
-            Variant("red (identity init)", "red", {"red_init": "identity"}),
-            # Stem stride 2 leaves the time embedding (a few hundred bytes) at full size, so its exact ratio is a
-            # hair under 4x; stride 4 shows what a further 4x of memory costs in quality.
-            Variant("vanilla (stem stride 4)", "vanilla", stem_stride=4),
-            Variant("red (stem stride 4)", "red", stem_stride=4),
-            # Does the ranking move with 3x the steps? The plain student against RED's best-behaved setting.
-            Variant("vanilla (2400 steps)", "vanilla", steps=2400),
-            Variant("red (identity init, 2400 steps)", "red", {"red_init": "identity"}, steps=2400),
-        ],
+        variants=_cpu_variants(),
     ),
 }
 
@@ -184,7 +209,9 @@ def _write_teacher_config(work_dir: Path, unet: dict[str, Any]) -> Path:
     return folder
 
 
-def _common_flags(budget: DiffusionBudget, train_data: Path, output_dir: Path, steps: int) -> list[Any]:
+def _common_flags(
+    budget: DiffusionBudget, train_data: Path, heldout: Path, output_dir: Path, steps: int, seed: int = 0
+) -> list[Any]:
     return [
         "--dataset_name", relative(train_data),
         "--resolution", budget.teacher_unet["sample_size"],
@@ -202,7 +229,10 @@ def _common_flags(budget: DiffusionBudget, train_data: Path, output_dir: Path, s
         "--sample_scheduler", "ddim",
         "--ddpm_num_inference_steps", budget.ddim_steps,
         "--eval_batch_size", 16,
-        "--seed", 0,
+        "--heldout_data", relative(heldout),
+        "--heldout_num_images", budget.heldout_images,
+        "--heldout_timesteps", HELDOUT_TIMESTEPS,
+        "--seed", seed,
         "--output_dir", relative(output_dir),
         "--overwrite_output_dir",
     ]
@@ -255,39 +285,6 @@ def _train(name: str, argv: list[str], output_dir: Path, log_dir: Path, budget: 
     return info
 
 
-def _feature_extractor(work_dir: Path, budget_name: str, wait_s: float = 0.0) -> tuple[Any, str]:
-    """The teacher classifier of part 2 (its saved folder), or for the smoke budget a random tiny one.
-
-    When part 2 runs beside this part, its teacher may still be training: wait up to ``wait_s``."""
-    import time
-
-    folder = work_dir / "classification" / "teacher"
-    deadline = time.monotonic() + wait_s
-    while not (folder / "config.json").is_file() and time.monotonic() < deadline:
-        time.sleep(20)
-    if (folder / "config.json").is_file():
-        from redistill_diffusion.classification.hub import load_classifier
-
-        return load_classifier(str(folder)).eval(), str(folder)
-    if budget_name == "smoke":
-        import timm
-
-        return timm.create_model("resnet10t", num_classes=10, pretrained=False).eval(), ""
-    raise ComponentMissing(
-        f"the CIFAR-10 classifier of part 2 ({relative(folder)}) is missing: run --only classification first"
-    )
-
-
-def _inception_weights() -> str | None:
-    """torch-fidelity's Inception weights if they exist locally (never downloaded here)."""
-    import torch
-
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    for candidate in sorted(hub.glob("weights-inception-2015-12-05-*.pth")) if hub.is_dir() else []:
-        return str(candidate)
-    return None
-
-
 # ------------------------------------------------------------------------------------------------
 # the part
 # ------------------------------------------------------------------------------------------------
@@ -312,12 +309,10 @@ def run(
     except ComponentMissing as error:
         return not_run("diffusion", budget, str(error))
     if spec.synthetic:
-        train_data, reference = synthetic_parquet(work_dir, spec.synthetic_images, spec.teacher_unet["sample_size"])
+        train_data, heldout = synthetic_parquet(work_dir, spec.synthetic_images, spec.teacher_unet["sample_size"])
     else:
         # The same per-class split as part 2 (the parquet is sorted by label, so a tail slice would drop a class).
-        train_data, _ = stratified_slices(data, work_dir, VALIDATION_PER_CLASS)
-    # As in the paper's protocol, generated images are compared with (a fixed random subset of) the training set.
-    reference = train_data
+        train_data, heldout = stratified_slices(data, work_dir, VALIDATION_PER_CLASS)
 
     result = part_result("diffusion", budget, budget_settings=_settings(spec), status="running")
     commands: list[dict[str, Any]] = result["commands"]
@@ -325,7 +320,8 @@ def run(
     teacher_dir = work / "teacher"
     config_dir = _write_teacher_config(work, spec.teacher_unet)
     teacher_argv = python_argv(
-        TEACHER_SCRIPT, "--model_config_name_or_path", relative(config_dir), *_common_flags(spec, train_data, teacher_dir, spec.teacher_steps)
+        TEACHER_SCRIPT, "--model_config_name_or_path", relative(config_dir),
+        *_common_flags(spec, train_data, heldout, teacher_dir, spec.teacher_steps),
     )
     trained: dict[str, dict[str, Any]] = {}
     try:
@@ -334,34 +330,23 @@ def run(
         return not_run("diffusion", budget, f"teacher training failed: {error}", commands=commands)
     commands.append(trained["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if trained["teacher"]["reused"] else {}))
 
-    evaluator: _Evaluator | None = None
-    metrics: dict[str, dict[str, Any]] = {}
+    evaluator = _Evaluator(spec, heldout, output_dir, work)
+    metrics: dict[str, dict[str, Any]] = {"teacher": evaluator.evaluate("teacher", teacher_dir)}
     failures: list[str] = []
-    pending: list[tuple[str, Path]] = [("teacher", teacher_dir)]
-    missing: list[str] = []
-
-    def evaluate_pending(wait_s: float = 0.0) -> None:
-        """Score every trained, unscored model once the feature extractor (part 2's classifier) exists."""
-        nonlocal evaluator
-        if evaluator is None:
-            try:
-                evaluator = _Evaluator(spec, budget, work_dir, reference, output_dir, result, wait_s=wait_s)
-            except ComponentMissing as error:
-                missing[:] = [str(error)]
-                return
-        while pending:
-            label, folder = pending.pop(0)
-            metrics[label] = evaluator.evaluate(label, folder)
 
     def publish() -> None:
-        """Rows, table and plots so far: a run cut short still leaves every finished model in the report."""
-        rows = _rows(list(metrics.values()), trained)
+        """Rows, tables and plots so far: a run cut short still leaves every finished model in the report."""
+        rows = _rows(metrics, trained, spec)
         result["rows"] = rows
         result["markdown"] = _markdown(rows, result)
         result["summary"] = _summary(rows)
-        if metrics:
-            grid = _side_by_side(list(metrics.values()), output_dir / "results" / "diffusion_eval", output_dir / "results" / "diffusion_samples.png")
-            result["plots"] = [{"path": str(grid), "title": "Samples: teacher and every student (same seeds)"}]
+        plots = []
+        for regime in REGIMES:
+            grid = _side_by_side(rows, regime, evaluator.grid_dir, output_dir / "results" / f"diffusion_samples_{regime}.png")
+            if grid is not None:
+                plots.append({"path": str(grid), "title": f"Samples, {REGIMES[regime]} (same seeds; teacher first)"})
+        result["plots"] = plots
+        result["evaluation_seconds"] = round(evaluator.seconds, 1)
         if failures:
             result["reason"] = "; ".join(failures)
         write_json(output_dir / "results" / "diffusion.json", result)
@@ -372,41 +357,35 @@ def run(
         except Exception as error:  # the report is regenerated at the end anyway
             print(f"[benchmarks] report not rendered: {error}")
 
-    evaluate_pending()
     publish()
     for variant in spec.variants:
-        out = work / "students" / slug(variant.label)
+        out = work / "students" / slug(variant.key)
         extra = [x for key, value in variant.flags.items() for x in (f"--{key}", value)]
         argv = python_argv(
             STUDENT_SCRIPT,
             "--teacher_model_name_or_path", relative(teacher_dir),
             "--stem_stride", variant.stem_stride,
-            "--student_init", "teacher",
+            "--student_init", "random" if variant.regime == "scratch" else "teacher",
             "--distiller", variant.distiller,
             "--red_preset", "paper",
             "--distill_weight", 0.5,
             *extra,
-            *_common_flags(spec, train_data, out, variant.steps or spec.student_steps),
+            *_common_flags(spec, train_data, heldout, out, spec.steps_of(variant), seed=variant.seed),
         )
         try:
-            trained[variant.label] = _train(f"student {variant.label}", argv, out, log_dir, spec, reuse=reuse_runs) | {"dir": out}
-            commands.append(trained[variant.label]["command"] | ({"name": f"student {variant.label} (reused from an earlier identical run)"} if trained[variant.label]["reused"] else {}))
+            trained[variant.key] = _train(f"student {variant.key}", argv, out, log_dir, spec, reuse=reuse_runs) | {"dir": out, "variant": variant}
+            commands.append(trained[variant.key]["command"] | ({"name": f"student {variant.key} (reused from an earlier identical run)"} if trained[variant.key]["reused"] else {}))
         except CommandFailed as error:
             failures.append(str(error))
             publish()
             continue
-        pending.append((variant.label, out))
-        evaluate_pending()
+        metrics[variant.key] = evaluator.evaluate(variant.key, out)
         publish()
-    evaluate_pending(wait_s=3600.0)
-    if missing:
-        failures.append(f"evaluation not run: {missing[0]}")
     result["status"] = "ok" if not failures else "partial"
-    if evaluator is not None:
-        commands.append(
-            {"name": "evaluation (in-process: redistill_diffusion.evaluation.evaluate_pipelines, one call per model)",
-             "command": "see benchmarks/bench_diffusion.py::_Evaluator", "wall_s": round(evaluator.seconds, 1), "returncode": 0, "log": None}
-        )
+    commands.append(
+        {"name": "evaluation (in-process: held-out denoising loss, sample grid, peak memory; benchmarks/bench_diffusion.py::_Evaluator)",
+         "command": "see benchmarks/bench_diffusion.py::_Evaluator", "wall_s": round(evaluator.seconds, 1), "returncode": 0, "log": None}
+    )
     publish()
     return result
 
@@ -416,130 +395,151 @@ def _settings(spec: DiffusionBudget) -> dict[str, Any]:
         "teacher_unet": spec.teacher_unet,
         "train_batch_size": spec.train_batch_size,
         "teacher_steps": spec.teacher_steps,
-        "student_steps": spec.student_steps,
+        "scratch_steps": spec.teacher_steps,
+        "finetune_steps": spec.finetune_steps,
         "learning_rate": spec.learning_rate,
         "mixed_precision": spec.mixed_precision,
-        "num_samples": spec.num_samples,
+        "heldout_images": spec.heldout_images,
+        "heldout_timesteps": HELDOUT_TIMESTEPS,
         "ddim_steps": spec.ddim_steps,
-        "variants": [v.__dict__ for v in spec.variants],
+        "variants": [{k: v for k, v in vars(variant).items()} | {"key": variant.key} for variant in spec.variants],
     }
 
 
 class _Evaluator:
-    """Scores one pipeline at a time (same seeds, same reference statistics, cached), so results land as runs finish."""
+    """Scores one saved pipeline at a time, so results land as runs finish: the held-out denoising loss (fp32,
+    EMA weights, fixed timesteps and noise), a sample grid (fixed seed), sampling images/s and peak memory."""
 
-    def __init__(self, spec: DiffusionBudget, budget: str, work_dir: Path, reference: Path, output_dir: Path, result: dict[str, Any], wait_s: float = 0.0):
+    def __init__(self, spec: DiffusionBudget, heldout: Path, output_dir: Path, work: Path):
         import torch
 
-        try:
-            from redistill_diffusion.evaluation import evaluate_pipelines, resolve_feature_extractor
-        except ImportError as error:
-            raise ComponentMissing(f"redistill_diffusion.evaluation unavailable ({error})") from error
         torch.set_num_threads(spec.threads)
-        self.evaluate_pipelines = evaluate_pipelines
-        self.spec, self.reference, self.work_dir = spec, reference, work_dir
-        self.eval_dir = output_dir / "results" / "diffusion_eval"
-        model, weights = _feature_extractor(work_dir, budget, wait_s)
-        self.extractor = resolve_feature_extractor(model)
-        self.inception = _inception_weights()
+        self.spec, self.heldout_path = spec, heldout
+        self.grid_dir = output_dir / "results" / "diffusion_eval"
+        self.cache = work / "eval_cache"
+        self.images = None
         self.seconds = 0.0
-        result["feature_extractor"] = relative(weights) if weights else "random-weight timm resnet10t (smoke only)"
-        if self.inception is None:
-            result["notes"].append(
-                "FID (Inception) not computed: torch-fidelity's Inception weights are not on this machine and it "
-                "has no internet. FD is the Frechet distance on the penultimate features of the part-2 CIFAR-10 "
-                "teacher classifier, IS the Inception-Score formula on its 10-class softmax (it measures how confidently "
-                "and evenly samples fall into CIFAR-10 classes; max 10), KD the kernel (KID) distance on the same features. "
-                "Same formulas as FID/IS/KID, different features: not comparable with published numbers."
-            )
-        if budget == "smoke":
-            result["notes"].append("Smoke budget: synthetic shapes, tiny models and a few steps; the numbers only prove the harness runs.")
 
     def evaluate(self, label: str, folder: Path) -> dict[str, Any]:
         import time
 
-        spec = self.spec
+        from diffusers import DDPMPipeline
+
+        from redistill_diffusion.evaluation import denoiser_peak_memory, sample_images, save_sample_grid
+        from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
+
+        cached = self.cache / f"{slug(label)}.json"
+        stamp = (folder / "benchmark_run.json").stat().st_mtime if (folder / "benchmark_run.json").exists() else None
+        if cached.is_file():
+            saved = json.loads(cached.read_text())
+            if saved.get("stamp") == stamp and (self.grid_dir / saved.get("sample_grid", "")).is_file():
+                return saved
         start = time.perf_counter()
-        common = dict(
-            reference=str(self.reference), num_samples=spec.num_samples, sampler="ddim", num_inference_steps=spec.ddim_steps,
-            batch_size=spec.eval_batch_size, seed=0, cache_root=str(self.work_dir / "fidelity_cache"), device="cpu",
-            reference_max_images=REFERENCE_IMAGES,
-            mixed_precision=spec.mixed_precision, progress=False,
+        spec = self.spec
+        pipeline = DDPMPipeline.from_pretrained(str(folder))
+        unet = pipeline.unet.eval().float()
+        size = int(unet.config.sample_size)
+        if self.images is None:
+            self.images = load_heldout_images(str(self.heldout_path), size, unet.config.in_channels, spec.heldout_images)
+        row: dict[str, Any] = {"model": label, "stamp": stamp}
+        row.update(denoising_loss(unet, pipeline.scheduler, self.images, num_timesteps=HELDOUT_TIMESTEPS, batch_size=spec.eval_batch_size))
+        sampled = sample_images(
+            pipeline, GRID_IMAGES, sampler="ddim", num_inference_steps=spec.ddim_steps, batch_size=GRID_IMAGES,
+            seed=0, device="cpu", progress=False,
         )
-        (row,) = self.evaluate_pipelines(
-            {label: str(folder)}, metrics=("fid", "isc", "kid"), feature_extractor=self.extractor,
-            kid_subset_size=min(spec.num_samples, 100), output_dir=str(self.eval_dir), **common,
-        )
-        # One call per model: its metrics.json / metrics.md would hold only the latest model (diffusion.json has them all).
-        for stale in ("metrics.json", "metrics.md"):
-            (self.eval_dir / stale).unlink(missing_ok=True)
-        if self.inception is not None:
-            (extra,) = self.evaluate_pipelines(
-                {label: str(folder)}, metrics=("fid",), feature_extractor="inception-v3-compat",
-                feature_extractor_weights_path=self.inception, **common,
-            )
-            row["fid_inception"] = extra.get("fid")
-        self.seconds += time.perf_counter() - start
+        self.grid_dir.mkdir(parents=True, exist_ok=True)
+        row["sample_grid"] = f"samples_{slug(label)}.png"
+        save_sample_grid(sampled.images, self.grid_dir / row["sample_grid"])
+        row["images_per_second"] = sampled.images_per_second
+        row.update(denoiser_peak_memory(unet, (size, size)))
+        row["evaluation_seconds"] = round(time.perf_counter() - start, 1)
+        self.seconds += row["evaluation_seconds"]
+        self.cache.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(row, indent=2) + "\n")
         return row
 
 
-def _key(metrics: dict[str, Any], prefix: str) -> Any:
-    for key, value in metrics.items():
-        if key == prefix or (key.startswith(prefix) and not key.endswith("_std")):
-            return value
-    return None
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return mean, std
 
 
-def _rows(metrics: list[dict[str, Any]], trained: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    by_name = {m["pipeline"]: m for m in metrics}
-    teacher = by_name.get("teacher", {})
-    vanilla_step = trained.get("vanilla", {}).get("seconds_per_step")
-    rows = []
-    for label, info in trained.items():
-        m = by_name.get(label, {})
-        fd_key = next((k for k in m if k.startswith("fd_") and not k.endswith("_std")), "fid")
-        is_key = next((k for k in m if (k.startswith("is_") and k.endswith("_mean")) or k == "isc_mean"), None)
+def _rows(metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]], spec: DiffusionBudget) -> list[dict[str, Any]]:
+    """One row per (regime, label), aggregated over seeds; the paired difference to vanilla per seed."""
+    teacher = metrics.get("teacher", {})
+    rows = [{
+        "regime": "teacher", "model": "teacher", "seeds": [0], "steps": spec.teacher_steps,
+        "denoise_loss": teacher.get("denoise_loss"), "denoise_loss_std": None,
+        **{band: teacher.get(band) for band in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")},
+        "peak_bytes": teacher.get("peak_bytes"), "peak_bytes_paper": teacher.get("peak_bytes_paper"),
+        "images_per_second": teacher.get("images_per_second"),
+        "seconds_per_step": trained.get("teacher", {}).get("seconds_per_step"),
+        "train_wall_s": (trained.get("teacher", {}).get("command") or {}).get("wall_s"),
+        "sample_grid": teacher.get("sample_grid"),
+    }]
+    groups: dict[tuple[str, str], list[tuple[Variant, dict[str, Any], dict[str, Any]]]] = {}
+    for key, info in trained.items():
+        if key == "teacher" or key not in metrics:
+            continue
+        variant = info["variant"]
+        groups.setdefault((variant.regime, variant.label), []).append((variant, metrics[key], info))
+    for (regime, label), runs in groups.items():
+        losses = [m.get("denoise_loss") for _, m, _ in runs]
+        mean, std = _mean_std(losses)
+        first_variant, first, _ = runs[0]
         row = {
-            "model": label,
-            "fd_key": fd_key,
-            "fd": m.get(fd_key),
-            "is_mean": m.get(is_key) if is_key else None,
-            "is_std": m.get(is_key.replace("mean", "std")) if is_key and "mean" in is_key else None,
-            "kid_mean": _key(m, "kd_") if _key(m, "kd_") is not None else m.get("kid_mean"),
-            "fid_inception": m.get("fid_inception"),
-            "peak_bytes": m.get("peak_bytes"),
-            "peak_bytes_paper": m.get("peak_bytes_paper"),
-            "images_per_second": m.get("images_per_second"),
-            "seconds_per_step": info.get("seconds_per_step"),
-            "train_wall_s": (info.get("command") or {}).get("wall_s"),
-            "raw_metrics": m,
+            "regime": regime, "model": label, "distiller": first_variant.distiller, "flags": first_variant.flags,
+            "seeds": [v.seed for v, _, _ in runs], "steps": spec.steps_of(first_variant),
+            "denoise_loss": mean, "denoise_loss_std": std,
+            "denoise_loss_per_seed": {v.seed: m.get("denoise_loss") for v, m, _ in runs},
+            **{band: _mean_std([m.get(band) for _, m, _ in runs])[0] for band in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")},
+            "peak_bytes": first.get("peak_bytes"), "peak_bytes_paper": first.get("peak_bytes_paper"),
+            "images_per_second": _mean_std([m.get("images_per_second") for _, m, _ in runs])[0],
+            "seconds_per_step": _mean_std([i.get("seconds_per_step") for _, _, i in runs])[0],
+            "train_wall_s": sum((i.get("command") or {}).get("wall_s") or 0 for _, _, i in runs) or None,
+            "sample_grid": next((m.get("sample_grid") for v, m, _ in runs if v.seed == 0), first.get("sample_grid")),
         }
         if teacher.get("peak_bytes") and row["peak_bytes"]:
             row["memory_ratio_teacher_over_model"] = teacher["peak_bytes"] / row["peak_bytes"]
         if teacher.get("images_per_second") and row["images_per_second"]:
             row["throughput_vs_teacher"] = row["images_per_second"] / teacher["images_per_second"]
-        if vanilla_step and row["seconds_per_step"] and label != "teacher":
-            row["step_time_vs_vanilla"] = row["seconds_per_step"] / vanilla_step
         rows.append(row)
+    for row in rows:  # paired per-seed difference to the plain student of the same regime
+        vanilla = next((r for r in rows if r["regime"] == row["regime"] and r["model"] == "vanilla"), None)
+        if vanilla is None or row is vanilla or row["regime"] == "teacher":
+            continue
+        diffs = [row["denoise_loss_per_seed"][s] - vanilla["denoise_loss_per_seed"][s]
+                 for s in row["denoise_loss_per_seed"] if s in vanilla["denoise_loss_per_seed"]]
+        row["diff_vs_vanilla"], row["diff_vs_vanilla_std"] = _mean_std(diffs)
+        row["paired_seeds"] = len(diffs)
+        if vanilla.get("seconds_per_step") and row.get("seconds_per_step"):
+            row["step_time_vs_vanilla"] = row["seconds_per_step"] / vanilla["seconds_per_step"]
     return rows
 
 
-def _side_by_side(metrics: list[dict[str, Any]], eval_dir: Path, out: Path) -> Path:
+def _side_by_side(rows: list[dict[str, Any]], regime: str, grid_dir: Path, out: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    panels = [(m["pipeline"], eval_dir / m["sample_grid"]) for m in metrics if m.get("sample_grid")]
-    cols = min(4, len(panels))
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    chosen = [r for r in rows if r["regime"] in ("teacher", regime) and r.get("sample_grid")]
+    if len(chosen) < 2:
+        return None
+    cols = min(4, len(chosen))
+    nrows = (len(chosen) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.5 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (name, path) in zip(axes.flat, panels):
-        ax.imshow(Image.open(path))
-        ax.set_title(name, fontsize=10)
+    for ax, row in zip(axes.flat, chosen):
+        ax.imshow(Image.open(grid_dir / row["sample_grid"]))
+        loss = row.get("denoise_loss")
+        ax.set_title(f"{row['model']}" + (f"\nheld-out loss {loss:.4f}" if loss is not None else ""), fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -547,68 +547,72 @@ def _side_by_side(metrics: list[dict[str, Any]], eval_dir: Path, out: Path) -> P
     return out
 
 
+def _fmt_pm(mean: float | None, std: float | None, digits: int = 4) -> str | None:
+    if mean is None:
+        return None
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
 def _markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     settings = result["budget_settings"]
-    fd_name = next((r["fd_key"] for r in rows if r.get("fd_key")), "fd")
-    header = [
-        "model", fd_name.upper().replace("_", "-") + " (lower is better)", "IS (classifier)", "KD/KID",
-        "peak memory (exact)", "teacher / model", "peak memory (paper conv.)", "images/s (DDIM)", "vs teacher",
-        "train s/step", "vs vanilla",
-    ]
-    table = []
-    for r in rows:
-        table.append([
-            r["model"], r["fd"], None if r["is_mean"] is None else f"{r['is_mean']:.3f}", r["kid_mean"],
-            fmt_bytes(r["peak_bytes"]), None if r.get("memory_ratio_teacher_over_model") is None else f"{r['memory_ratio_teacher_over_model']:.3f}x",
-            fmt_bytes(r["peak_bytes_paper"]), r["images_per_second"],
-            None if r.get("throughput_vs_teacher") is None else f"{r['throughput_vs_teacher']:.2f}x",
-            r["seconds_per_step"], None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
-        ])
     unet = settings["teacher_unet"]
+    header = [
+        "model", "seeds", "steps", "held-out denoising loss (lower is better)", "vs vanilla (paired)", "low / mid / high noise",
+        "peak memory (exact)", "teacher / model", "peak (paper conv.)", "images/s (DDIM)", "train s/step", "vs vanilla",
+    ]
+    teacher = next((r for r in rows if r["regime"] == "teacher"), None)
     text = [
         f"Teacher: UNet2DModel {unet['block_out_channels']} ({unet['layers_per_block']} layer/block), trained "
-        f"{settings['teacher_steps']} steps at batch {settings['train_batch_size']}; every student (unless its row says "
-        f"otherwise): stem stride 2, initialised from the teacher, {settings['student_steps']} steps, same data order and "
-        "seed, distill weight 0.5, RED at the paper placement (stem output and output-head input), PyTorch-default RED init. "
-        f"Evaluation: {settings['num_samples']} samples, DDIM {settings['ddim_steps']} steps, seed 0, against a fixed random "
-        f"subset of {REFERENCE_IMAGES} training images (the paper's protocol compares with the training set). Training data: "
-        f"the shared CIFAR-10 parquet minus the {VALIDATION_PER_CLASS} images per class that part 2 holds out.",
-        "",
-        markdown_table(header, table),
+        f"{settings['teacher_steps']} steps at batch {settings['train_batch_size']} (AdamW lr {settings['learning_rate']}, "
+        f"cosine, EMA, {settings['mixed_precision']}). Students: stem stride 2, distill weight 0.5, RED at the paper "
+        "placement (stem output and the input of the tail's GroupNorm), BatchNorm RED blocks unless a row says GroupNorm, "
+        "teacher in eval mode, same data order per seed. Held-out denoising loss: epsilon-prediction MSE of the EMA "
+        f"weights (fp32) on {settings['heldout_images']} held-out images (a fixed random subset of the 500-per-class "
+        f"held-out slice) at {settings['heldout_timesteps']} evenly spaced timesteps with a fixed noise draw; low / mid / "
+        "high = the three thirds of the schedule. 'vs vanilla (paired)': mean (± s.d.) over seeds of the per-seed "
+        "difference to the plain student of the same regime (negative = better than vanilla).",
     ]
+    for regime, title in REGIMES.items():
+        chosen = [r for r in rows if r["regime"] == regime]
+        if not chosen:
+            continue
+        steps = settings["scratch_steps"] if regime == "scratch" else settings["finetune_steps"]
+        table = []
+        for r in ([teacher] if teacher else []) + chosen:
+            bands = [r.get(b) for b in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")]
+            table.append([
+                r["model"], len(r["seeds"]) if r["regime"] != "teacher" else "-", r["steps"],
+                _fmt_pm(r.get("denoise_loss"), r.get("denoise_loss_std")),
+                _fmt_pm(r.get("diff_vs_vanilla"), r.get("diff_vs_vanilla_std")),
+                " / ".join("-" if b is None else f"{b:.4f}" for b in bands),
+                fmt_bytes(r.get("peak_bytes")),
+                None if r.get("memory_ratio_teacher_over_model") is None else f"{r['memory_ratio_teacher_over_model']:.3f}x",
+                fmt_bytes(r.get("peak_bytes_paper")), r.get("images_per_second"), r.get("seconds_per_step"),
+                None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
+            ])
+        text += ["", f"#### {title} ({steps} steps)", "", markdown_table(header, table)]
     return "\n".join(text)
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
-    by = {r["model"]: r for r in rows}
-    red = by.get("red")
-    if red is None or red.get("fd") is None:
-        return "Diffusion: RED was not evaluated."
-    baselines = {m: r for m, r in by.items() if m in DISTILLERS and not m.startswith("red") and r.get("fd") is not None}
-    better = [m for m, r in baselines.items() if red["fd"] < r["fd"]]
-    worse = [m for m, r in baselines.items() if red["fd"] >= r["fd"]]
-    variants = [f"{m} {r['fd']:.3g}" for m, r in by.items() if m.startswith("red") and m != "red" and r.get("fd") is not None]
-    ratio = red.get("memory_ratio_teacher_over_model")
-    return (
-        f"Diffusion (CIFAR-10, stem-stride-2 student, {f'{ratio:.3f}x' if ratio else '?'} lower exact peak memory than the teacher): "
-        f"RED's FD {red['fd']:.3g} is lower than {', '.join(better) or 'no baseline'}"
-        + (f" and not lower than {', '.join(worse)}" if worse else "")
-        + (f" (teacher {by['teacher']['fd']:.3g})" if by.get("teacher", {}).get("fd") is not None else "")
-        + (f"; other RED variants: {', '.join(variants)}" if variants else "")
-        + _stride4_sentence(by)
-        + "."
-    )
-
-
-def _stride4_sentence(by: dict[str, dict[str, Any]]) -> str:
-    red, vanilla = by.get("red (stem stride 4)"), by.get("vanilla (stem stride 4)")
-    if not red or not vanilla or red.get("fd") is None or vanilla.get("fd") is None:
-        return ""
-    ratio = red.get("memory_ratio_teacher_over_model")
-    return (
-        f"; at stem stride 4 ({f'{ratio:.2f}x' if ratio else '?'} lower exact peak) RED {red['fd']:.3g} vs vanilla "
-        f"{vanilla['fd']:.3g}"
-    )
+    parts = []
+    for regime, title in REGIMES.items():
+        chosen = [r for r in rows if r["regime"] == regime and r.get("denoise_loss") is not None]
+        if not chosen:
+            continue
+        best = min(chosen, key=lambda r: r["denoise_loss"])
+        red = [r for r in chosen if r["distiller"].startswith("red")]
+        best_red = min(red, key=lambda r: r["denoise_loss"]) if red else None
+        vanilla = next((r for r in chosen if r["model"] == "vanilla"), None)
+        ratio = best.get("memory_ratio_teacher_over_model")
+        text = (
+            f"{title}: best student {best['model']} (held-out denoising loss {best['denoise_loss']:.4f}"
+            + (f", {ratio:.3f}x lower exact peak memory" if ratio else "") + ")"
+        )
+        if vanilla is not None and best_red is not None:
+            text += f"; best RED row {best_red['model']} {best_red['denoise_loss']:.4f} vs vanilla {vanilla['denoise_loss']:.4f}"
+        parts.append(text)
+    return "Diffusion: " + ("; ".join(parts) if parts else "no student evaluated yet") + "."
 
 
 def paper_commands(output_dir: Path, work_dir: Path, dry_run: bool = False) -> dict[str, Any]:

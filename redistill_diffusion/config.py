@@ -161,6 +161,17 @@ class DDPMArguments:
     measure_memory: bool = field(
         default=True, metadata={"help": "Put teacher/student peak memory in the model card."}
     )
+    heldout_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out images (same sources as --dataset_name): the held-out denoising loss is logged "
+            "at every evaluation (fixed timesteps and noise, EMA weights)."
+        },
+    )
+    heldout_num_images: int = field(default=500, metadata={"help": "Images of --heldout_data used."})
+    heldout_timesteps: int = field(
+        default=10, metadata={"help": "Evenly spaced timesteps at which the held-out loss is measured."}
+    )
 
 
 @dataclass
@@ -183,11 +194,27 @@ class StudentArguments:
         default=None, metadata={"help": "Hub id or local folder of a DDPM pipeline or of a UNet2DModel."}
     )
     stem_stride: int = field(default=2, metadata={"help": "Stride of the student's first conv (2, 4, 8)."})
-    student_init: Literal["teacher", "random"] = "teacher"
-    output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
-    student_head_init: Literal["random", "teacher"] = field(
+    student_init: Literal["random", "teacher"] = field(
         default="random",
-        metadata={"help": "'teacher': start the upsampling head as the teacher's conv_out (ICNR-style)."},
+        metadata={
+            "help": "random: train the student from scratch (the paper's regime); teacher: copy every "
+            "same-shape teacher weight (fine-tune regime, much faster to usable samples)."
+        },
+    )
+    output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
+    student_head_init: Literal["paper", "random", "teacher"] = field(
+        default="paper",
+        metadata={
+            "help": "paper: xavier gain 1e-5 (the reference code; predicts ~0 at the start); random: PyTorch's "
+            "default; teacher: start the upsampling head as the teacher's conv_out (ICNR-style)."
+        },
+    )
+    teacher_mode: Literal["eval", "train"] = field(
+        default="eval",
+        metadata={
+            "help": "eval: the frozen teacher without dropout (its sampling behaviour); train: as the reference "
+            "code, dropout active (both under no_grad)."
+        },
     )
     distiller: str = field(
         default="red",
@@ -204,6 +231,10 @@ class StudentArguments:
     red_distance: Literal["cosine", "mse"] | None = None
     red_kernel_size: int = 3
     red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
+    red_norm: Literal["batch", "group"] = field(
+        default="batch",
+        metadata={"help": "Normalisation in the RED blocks: batch (the paper) or group (per-sample, for denoisers)."},
+    )
     red_init: Literal["paper", "identity"] = field(
         default="paper",
         metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."},
@@ -234,8 +265,15 @@ def build_parser(dataclass_types: Sequence[type], **kwargs) -> HfArgumentParser:
     return parser
 
 
-def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = None, **parser_kwargs) -> tuple:
+def parse_args(
+    dataclass_types: Sequence[type],
+    args: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    **parser_kwargs,
+) -> tuple:
     """Parse ``args`` (default: sys.argv) into one instance per dataclass, recipe values as defaults.
+
+    ``defaults`` overrides dataclass defaults for one task (a recipe and the flags override both).
 
     Returns the dataclass instances in order; the recipe path is not returned (its values are in them).
     """
@@ -244,6 +282,8 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = Non
     pre.add_argument("--recipe", type=str, default=None)
     known, _ = pre.parse_known_args(args)
     parser = build_parser(dataclass_types, **parser_kwargs)
+    if defaults:
+        parser.set_defaults(**defaults)
     if known.recipe:
         recipe = load_recipe(known.recipe)
         valid = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype)}

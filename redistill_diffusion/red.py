@@ -7,10 +7,15 @@ Shared by the diffusion and classification sides. See method.md section 3:
     y = x * g + r
 
 The loss compares channel-mean maps, so student and teacher may have different widths.
+
+``norm="group"`` swaps both BatchNorms for GroupNorm: a denoiser's batch mixes every noise level, and
+eval-mode BatchNorm statistics (an average over all timesteps) normalise each timestep's features
+differently from training; GroupNorm normalises each sample on its own (see docs/red_norm.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -20,6 +25,17 @@ from torch import nn
 RED_VARIANTS = ("full", "no_gate", "no_residual", "no_shortcut")
 RED_DISTANCES = ("cosine", "mse")
 RED_INITS = ("paper", "identity")
+RED_NORMS = ("batch", "group")
+RED_GROUPS = 8  # GroupNorm groups (fewer when the channel count is not a multiple of 8)
+
+
+def red_norm_layer(norm: str, channels: int) -> nn.Module:
+    """The normalisation inside both RED branches: the paper's BatchNorm or per-sample GroupNorm."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(RED_GROUPS, channels), channels)
+    raise ValueError(f"Unknown RED norm {norm!r}; choose one of {', '.join(RED_NORMS)}.")
 
 
 class REDBlock(nn.Module):
@@ -27,9 +43,10 @@ class REDBlock(nn.Module):
 
     Variants (the paper's ablations): ``full`` (y = x*g + r), ``no_gate`` (y = x + r),
     ``no_residual`` (y = x*g), ``no_shortcut`` (y = r(g(x)), the encoder applied to the gated map).
+    ``norm``: ``batch`` (the paper) or ``group`` (per-sample statistics, for denoisers).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, variant: str = "full"):
+    def __init__(self, channels: int, kernel_size: int = 3, variant: str = "full", norm: str = "batch"):
         super().__init__()
         if variant not in RED_VARIANTS:
             raise ValueError(f"Unknown RED variant {variant!r}; choose one of {', '.join(RED_VARIANTS)}.")
@@ -37,16 +54,19 @@ class REDBlock(nn.Module):
             raise ValueError(f"RED kernel_size must be an odd positive integer, got {kernel_size}.")
         if channels < 1:
             raise ValueError(f"RED block needs a positive channel count, got {channels}.")
+        if norm not in RED_NORMS:
+            raise ValueError(f"Unknown RED norm {norm!r}; choose one of {', '.join(RED_NORMS)}.")
         self.channels = channels
         self.variant = variant
+        self.norm = norm
         if variant != "no_gate":
             self.gate = nn.Sequential(
-                nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid()
+                nn.Conv2d(channels, channels, 1), red_norm_layer(norm, channels), nn.Sigmoid()
             )
         if variant != "no_residual":
             self.residual = nn.Sequential(
                 nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2),
-                nn.BatchNorm2d(channels),
+                red_norm_layer(norm, channels),
                 nn.ReLU6(),
             )
 
@@ -136,6 +156,7 @@ def attach_red_blocks(
     specs: Iterable[Mapping],
     kernel_size: int = 3,
     variant: str = "full",
+    norm: str = "batch",
 ) -> nn.ModuleDict:
     """Create one REDBlock per spec ``{"tap": "module:where", "channels": C}`` and hook it in.
 
@@ -152,7 +173,7 @@ def attach_red_blocks(
         key = tap_to_key(tap)
         if key in blocks:
             raise ValueError(f"RED block placement {tap!r} is listed twice.")
-        block = REDBlock(int(spec["channels"]), kernel_size=kernel_size, variant=variant)
+        block = REDBlock(int(spec["channels"]), kernel_size=kernel_size, variant=variant, norm=norm)
         if where == "output":
             modules[name].register_forward_hook(block._replace_output)
         else:

@@ -331,3 +331,38 @@ def test_memory_report_measures_a_copy_free_of_autocast_wrappers(tiny_teacher):
     unet.forward = torch.autocast("cpu", dtype=torch.bfloat16)(unet.forward)
     assert measure_peak_memory(unet, shape).peak_bytes != clean_bytes  # what the wrapper would report
     assert measure_peak_memory(_clean_copy(unet), shape).peak_bytes == clean_bytes
+
+
+def test_heldout_denoising_loss_is_logged_and_matches_the_eval_api(tmp_path, tiny_teacher):
+    """--heldout_data: the final evaluation logs the held-out denoising loss of the saved (EMA) weights, the
+    same number `denoising_loss` gives for the saved pipeline; --teacher_mode train and red_norm group run."""
+    from diffusers import DDPMPipeline
+
+    from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
+
+    heldout = tmp_path / "heldout.parquet"
+    _shapes_parquet(heldout, 12)
+    out = tmp_path / "run"
+    result = run_redistill(
+        fast_args(out, steps=2)
+        + ["--teacher_model_name_or_path", str(tiny_teacher), "--distiller", "red", "--red_norm", "group"]
+        + ["--teacher_mode", "train", "--heldout_data", str(heldout), "--heldout_num_images", "8"]
+        + ["--heldout_timesteps", "3", "--use_ema", "false"]
+    )
+    assert {"denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"} <= set(result.metrics)
+    pipeline = DDPMPipeline.from_pretrained(str(out))
+    assert pipeline.unet.config.red_norm == "group"
+    images = load_heldout_images(str(heldout), 16, 3, 8)
+    again = denoising_loss(pipeline.unet.eval(), pipeline.scheduler, images, num_timesteps=3)
+    assert again["denoise_loss"] == pytest.approx(result.metrics["denoise_loss"], abs=1e-5)
+
+
+def _shapes_parquet(path: Path, count: int) -> None:
+    import datasets
+    from PIL import Image
+
+    from redistill_diffusion.data import make_shapes
+
+    images, labels = make_shapes(num_images=count, resolution=16, seed=1)
+    rows = {"image": [Image.fromarray(a) for a in images], "label": [int(x) for x in labels]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(path))

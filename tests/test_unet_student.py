@@ -126,6 +126,8 @@ def test_shipped_configs(name, stem_stride, resolution, tmp_path):
         ({"stem_stride": 8}, "downsamplers to give back"),
         ({"output_head": "bilinear"}, "output_head"),
         ({"red_variant": "nope"}, "red_variant"),
+        ({"red_norm": "layer"}, "red_norm"),
+        ({"stem_stride": True}, "power of two"),  # a bool is an int: it must not build a stride-1 student
     ],
 )
 def test_invalid_student_configs(kwargs, message):
@@ -152,7 +154,7 @@ def test_red_presets_pair_by_resolution(preset, expected):
     assert len(pairs) == expected == len(student.red_blocks)
     assert pairs[:2] == [
         ("conv_in:output", "down_blocks.0.downsamplers.0:output"),
-        ("conv_out:input", "up_blocks.1.upsamplers.0:input"),
+        ("conv_norm_out:input", "up_blocks.1.upsamplers.0:input"),  # the reference: before the tail norm
     ]
     x, y = forward(student, 16)
     assert y.shape == x.shape
@@ -183,8 +185,9 @@ def test_identity_red_init_keeps_the_student_output_and_its_gradients():
 
     torch.manual_seed(0)
     teacher = tiny_teacher()
-    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2)
-    with_blocks = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, red_preset="paper")
+    # PyTorch's head init: the near-zero paper head would hide what the blocks do to the features.
+    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="random")
+    with_blocks = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, red_preset="paper", head_init="random")
     with_blocks.load_state_dict(plain.state_dict(), strict=False)  # same head, so only the blocks differ
     x, t = torch.randn(4, 3, 16, 16), torch.tensor([10, 200, 500, 900])
     with torch.no_grad():
@@ -264,5 +267,62 @@ def test_head_init_from_teacher_reproduces_teacher_on_constant_features(output_h
 def test_from_config_keeps_red_placement_added_after_construction():
     student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper")
     clone = ReDistillUNet2DModel.from_config(student.config)
-    assert [s["tap"] for s in clone.config.red_placement] == ["conv_in:output", "conv_out:input"]
+    assert [s["tap"] for s in clone.config.red_placement] == ["conv_in:output", "conv_norm_out:input"]
     assert len(clone.red_blocks) == 2
+
+
+@pytest.mark.parametrize("red_norm,norm_type", [("batch", torch.nn.BatchNorm2d), ("group", torch.nn.GroupNorm)])
+def test_red_norm_round_trips_and_trains(red_norm, norm_type, tmp_path):
+    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper", red_norm=red_norm)
+    norms = [m for m in student.red_blocks.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    assert norms and all(isinstance(m, norm_type) for m in norms)
+    # One training step moves every RED parameter.
+    before = {k: v.clone() for k, v in student.red_blocks.state_dict().items() if v.is_floating_point()}
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    x, y = forward(student, 16)
+    y.square().mean().backward()
+    optimizer.step()
+    moved = [k for k, v in student.red_blocks.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert any(k.endswith("weight") for k in moved)
+    student.save_pretrained(tmp_path)
+    reloaded = ReDistillUNet2DModel.from_pretrained(tmp_path)
+    assert reloaded.config.red_norm == red_norm
+    assert all(
+        isinstance(m, norm_type)
+        for m in reloaded.red_blocks.modules()
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))
+    )
+    student.eval(), reloaded.eval()
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([5, 900])
+    with torch.no_grad():
+        assert torch.allclose(student(x, t).sample, reloaded(x, t).sample, atol=1e-6)
+
+
+def test_group_norm_red_block_normalises_each_sample_on_its_own():
+    """GroupNorm: a sample's output does not depend on what else is in the batch (BatchNorm's does in training)."""
+    from redistill_diffusion.red import REDBlock
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8)
+    for norm, independent in (("group", True), ("batch", False)):
+        block = REDBlock(16, norm=norm).train()
+        alone = block(x[:1])
+        together = block(torch.cat([x[:1], 10 * x[1:]]))[:1]
+        assert torch.allclose(alone, together, atol=1e-5) is independent
+
+
+def test_from_scratch_student_head_predicts_about_zero():
+    """The reference code's tail init (xavier gain 1e-5): a from-scratch student starts near eps_hat = 0."""
+    teacher = tiny_teacher()
+    for head in ("transposed_conv", "pixel_shuffle"):
+        student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, init="random", output_head=head)
+        with torch.no_grad():
+            _, y = forward(student, 16)
+        assert y.abs().max() < 1e-3
+        default = ReDistillUNet2DModel.from_teacher(
+            teacher, stem_stride=2, init="random", output_head=head, head_init="random"
+        )
+        with torch.no_grad():
+            _, y_default = forward(default, 16)
+        assert y_default.abs().max() > 1e-2

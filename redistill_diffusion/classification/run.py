@@ -55,12 +55,14 @@ class ClassifierArguments:
     stem_stride: int = field(default=8, metadata={"help": "Student's total stem stride (conv x pool); the teacher's ImageNet ResNet stem has 4."})
     stage_strides: list[int] = field(default_factory=list, metadata={"help": "Student stage strides (default: the deepest stride-2 stages give back the extra stem stride)."})
     strides: str | None = field(default=None, metadata={"help": "Student strides in the paper's notation (8-11221); overrides --stem_stride/--stage_strides."})
-    student_init: Literal["teacher", "random"] = "teacher"
+    student_init: Literal["random", "teacher"] = field(default="random", metadata={"help": "random: train the student from scratch (the paper's regime); teacher: copy the teacher's weights (fine-tune regime)."})
+    teacher_mode: Literal["eval", "train"] = field(default="eval", metadata={"help": "eval: the frozen teacher with its BatchNorm running statistics; train: batch statistics, as the reference code (both under no_grad)."})
     distiller: str = field(default="red", metadata={"help": "none (plain training), vanilla, student_plus, kd, fitnet, at, dkd, red, red+kd, ..."})
     red_alpha: float | None = field(default=None, metadata={"help": "RED loss weight per pair (paper: 1 on ImageNet, 50 on STL10)."})
     red_distance: Literal["cosine", "mse"] | None = None
     red_kernel_size: int = 3
     red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
+    red_norm: Literal["batch", "group"] = field(default="batch", metadata={"help": "Normalisation in the RED blocks: batch (the paper) or group."})
     red_init: Literal["paper", "identity"] = field(default="paper", metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."})
     kd_temperature: float | None = None
     kd_weight: float | None = None
@@ -86,6 +88,9 @@ class ClassifierArguments:
 
 
 CLASSIFIER_ARGUMENTS = (TrainingArguments, DataArguments, ClassifierArguments)
+# Where classification's defaults differ from the shared TrainingArguments: the reference code never clips
+# gradients in classification (with RED alpha 50 a clipping budget would mostly go to the RED gradient).
+CLASSIFIER_DEFAULTS = {"max_grad_norm": None}
 
 
 def _timm_args(text: str | dict | None) -> dict[str, Any]:
@@ -130,7 +135,7 @@ def _validate(args: ClassifierArguments, training_args: TrainingArguments) -> No
     if not plain and args.model_name_or_path:
         raise ValueError("With a teacher the student is derived from it; drop --model_name_or_path.")
     if training_args.use_ema:
-        logger.warning("EMA tracks parameters only, not BatchNorm statistics; classification recipes use --use_ema False.")
+        logger.info("EMA averages parameters and BatchNorm statistics with the same decay.")
 
 
 def _options(args: ClassifierArguments) -> dict[str, Any]:
@@ -176,7 +181,7 @@ def build_classification_task(
         student = create_student(
             teacher, stem_stride=args.stem_stride, stage_strides=args.stage_strides or None, strides=args.strides,
             init=args.student_init, red_placement="paper" if uses_red_blocks(args.distiller) else None,
-            red_kernel_size=args.red_kernel_size, red_variant=args.red_variant,
+            red_kernel_size=args.red_kernel_size, red_variant=args.red_variant, red_norm=args.red_norm,
         )
         spec_of(student).input_size = input_size
         init_red_blocks(student, args.red_init)
@@ -210,6 +215,7 @@ def build_classification_task(
         student,
         as_tensor_dataset(data.train, train_transform, seed=training_args.seed),
         teacher=teacher,
+        teacher_mode=args.teacher_mode,
         distiller=distiller,
         distiller_name=args.distiller,
         eval_dataset=as_tensor_dataset(data.eval, eval_transform) if data.eval is not None else None,
@@ -228,7 +234,7 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
     """Parse flags (+ ``--recipe``), create the Trainer first (seed, output_dir checks), build the task, train."""
     from ..training.trainer import Trainer
 
-    training_args, data_args, cls_args = parse_args(CLASSIFIER_ARGUMENTS, argv)
+    training_args, data_args, cls_args = parse_args(CLASSIFIER_ARGUMENTS, argv, defaults=CLASSIFIER_DEFAULTS)
     _validate(cls_args, training_args)
     config = to_dict(training_args, data_args, cls_args)
     trainer = Trainer(training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api)

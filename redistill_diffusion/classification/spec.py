@@ -33,6 +33,7 @@ class ClassifierSpec:
     red_blocks: list[dict[str, Any]] = field(default_factory=list)
     red_kernel_size: int = 3
     red_variant: str = "full"
+    red_norm: str = "batch"
     input_size: tuple[int, int, int] | None = None
     teacher: dict[str, Any] | None = None
     distillation_pairs: list[tuple[str, str]] = field(default_factory=list)
@@ -92,7 +93,9 @@ def build_classifier(spec: ClassifierSpec, pretrained: bool = False) -> nn.Modul
     if spec.stride_plan is not None and spec.stride_plan != read_stride_plan(model):
         apply_stride_plan(model, spec.stride_plan, keep_final_resolution=False)
     if spec.red_blocks:
-        model.red_blocks = attach_red_blocks(model, spec.red_blocks, spec.red_kernel_size, spec.red_variant)
+        model.red_blocks = attach_red_blocks(
+            model, spec.red_blocks, spec.red_kernel_size, spec.red_variant, norm=spec.red_norm
+        )
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model
 

@@ -113,6 +113,7 @@ def create_student(
     strides: str | None = None,
     red_kernel_size: int = 3,
     red_variant: str = "full",
+    red_norm: str = "batch",
     pretrained: bool = False,
     input_size: Sequence[int] | None = None,
     **model_args: Any,
@@ -176,6 +177,7 @@ def create_student(
         red_blocks=[],
         red_kernel_size=int(red_kernel_size),
         red_variant=red_variant,
+        red_norm=red_norm,
         teacher={
             "architecture": teacher_spec.architecture,
             "stride_plan": teacher_plan.to_dict(),
@@ -188,7 +190,7 @@ def create_student(
         student.load_state_dict(_without_red(teacher.state_dict()))
     if red_placement is not None:
         taps = downsampling_taps(student) if isinstance(red_placement, str) else list(red_placement)
-        attach_red(student, red_block_specs(student, taps), red_kernel_size, red_variant)
+        attach_red(student, red_block_specs(student, taps), red_kernel_size, red_variant, red_norm)
     return student
 
 
@@ -203,16 +205,18 @@ def _without_red(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith("red_blocks.")}
 
 
-def attach_red(model: nn.Module, specs: list[dict], kernel_size: int = 3, variant: str = "full") -> nn.Module:
+def attach_red(
+    model: nn.Module, specs: list[dict], kernel_size: int = 3, variant: str = "full", norm: str = "batch"
+) -> nn.Module:
     """Attach RED blocks (shared `red.attach_red_blocks`) and record them in the model's spec."""
     from ..red import attach_red_blocks
 
     if getattr(model, "red_blocks", None) is not None and len(model.red_blocks):
         raise ValueError("This model already carries RED blocks; build a fresh student to place them differently.")
     spec = spec_of(model)
-    model.red_blocks = attach_red_blocks(model, specs, kernel_size, variant)
+    model.red_blocks = attach_red_blocks(model, specs, kernel_size, variant, norm=norm)
     spec.red_blocks = [{"tap": s["tap"], "channels": int(s["channels"])} for s in specs]
-    spec.red_kernel_size, spec.red_variant = int(kernel_size), variant
+    spec.red_kernel_size, spec.red_variant, spec.red_norm = int(kernel_size), variant, norm
     return model
 
 

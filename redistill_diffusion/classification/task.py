@@ -133,6 +133,7 @@ class ClassificationTask:
         dataset_description: str | None = None,
         measure_memory: bool = True,
         resume_step: int | None = None,
+        teacher_mode: str = "eval",
     ):
         if distiller is not None and distiller.requires_teacher and teacher is None:
             raise ValueError(f"Distiller {distiller.name!r} needs a teacher.")
@@ -156,8 +157,11 @@ class ClassificationTask:
         self.best_top1: float | None = None
         self.resume_step = resume_step  # step of the checkpoint this run resumes from (None: a fresh run)
         self._teacher_metrics: dict[str, float] | None = None
+        if teacher_mode not in ("eval", "train"):
+            raise ValueError(f"teacher_mode must be 'eval' or 'train', got {teacher_mode!r}.")
+        self.teacher_mode = teacher_mode
         if teacher is not None:
-            teacher.eval().requires_grad_(False)
+            teacher.train(teacher_mode == "train").requires_grad_(False)
 
     # -- the contract of the training loop -----------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -171,7 +175,7 @@ class ClassificationTask:
 
     def setup(self, accelerator) -> None:
         if self.teacher is not None:
-            self.teacher.to(accelerator.device).eval()
+            self.teacher.to(accelerator.device).train(self.teacher_mode == "train")
         if self.distiller is not None and "distiller" not in self.trainable_modules():
             self.distiller.to(accelerator.device)
 

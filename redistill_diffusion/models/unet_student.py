@@ -27,13 +27,20 @@ from diffusers.models.downsampling import Downsample2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from ..red import RED_VARIANTS, attach_red_blocks, parse_tap
+from ..red import RED_NORMS, RED_VARIANTS, attach_red_blocks, parse_tap
 from ..taps import match_by_resolution, normalize_tap, probe_shapes
 
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
 OUTPUT_HEADS = ("transposed_conv", "pixel_shuffle")
 RED_PRESETS = ("paper", "full")
+HEAD_INITS = ("paper", "random", "teacher")
+
+
+def tail_tap(model: UNet2DModel) -> str:
+    """The student tap of the paper preset's tail block: the input of the tail (GroupNorm -> SiLU -> head),
+    as in the reference code, so the block's output is renormalised before the head sees it."""
+    return "conv_norm_out:input" if getattr(model, "conv_norm_out", None) is not None else "conv_out:input"
 
 
 def _spatial_size(sample_size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -54,9 +61,10 @@ def validate_student_config(
     downsample_type: str = "conv",
     upsample_type: str = "conv",
     red_variant: str = "full",
+    red_norm: str = "batch",
 ) -> None:
     """Raise one clear ValueError for a student that cannot be built (before any weights exist)."""
-    if not isinstance(stem_stride, int) or stem_stride < 1 or stem_stride & (stem_stride - 1):
+    if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1 or stem_stride & (stem_stride - 1):
         raise ValueError(f"stem_stride must be a power of two (1, 2, 4, 8, ...), got {stem_stride!r}.")
     for kind, types, supported in (
         ("down", down_block_types, SUPPORTED_DOWN_BLOCKS),
@@ -83,6 +91,8 @@ def validate_student_config(
         raise ValueError(f"Unknown output_head {output_head!r}; choose one of {', '.join(OUTPUT_HEADS)}.")
     if red_variant not in RED_VARIANTS:
         raise ValueError(f"Unknown red_variant {red_variant!r}; choose one of {', '.join(RED_VARIANTS)}.")
+    if red_norm not in RED_NORMS:
+        raise ValueError(f"Unknown red_norm {red_norm!r}; choose one of {', '.join(RED_NORMS)}.")
     size = _spatial_size(sample_size)
     total_stride = 2**num_downsamplers
     if size is not None and any(s % total_stride for s in size):
@@ -98,7 +108,8 @@ class ReDistillUNet2DModel(UNet2DModel):
     Extra config: ``stem_stride`` (power of two), ``output_head`` (``"transposed_conv"``: the
     paper's ConvTranspose2d with kernel = stride = stem_stride; ``"pixel_shuffle"``: 3x3 conv to
     out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
-    ``red_kernel_size`` and ``red_variant``. Everything else is UNet2DModel's config.
+    ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``).
+    Everything else is UNet2DModel's config.
     """
 
     @register_to_config
@@ -142,6 +153,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_placement: list[dict[str, Any]] | None = None,
         red_kernel_size: int = 3,
         red_variant: str = "full",
+        red_norm: str = "batch",
     ):
         validate_student_config(
             stem_stride=stem_stride,
@@ -152,6 +164,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             downsample_type=downsample_type,
             upsample_type=upsample_type,
             red_variant=red_variant,
+            red_norm=red_norm,
         )
         super().__init__(
             sample_size=sample_size,
@@ -185,7 +198,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         )
         self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
         self.red_blocks = attach_red_blocks(
-            self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant
+            self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
         )
 
     def _move_strides(
@@ -229,13 +242,17 @@ class ReDistillUNet2DModel(UNet2DModel):
         kernel_size = kernel_size or self.config.red_kernel_size
         variant = variant or self.config.red_variant
         specs = [{"tap": normalize_tap(s["tap"]), "channels": int(s["channels"])} for s in specs]
-        self.red_blocks = attach_red_blocks(self, specs, kernel_size=kernel_size, variant=variant)
-        self.register_to_config(red_placement=specs, red_kernel_size=kernel_size, red_variant=variant)
+        norm = self.config.red_norm
+        self.red_blocks = attach_red_blocks(self, specs, kernel_size=kernel_size, variant=variant, norm=norm)
+        self.register_to_config(
+            red_placement=specs, red_kernel_size=kernel_size, red_variant=variant, red_norm=norm
+        )
         # diffusers lists keys left at their defaults in `_use_default_values`, and from_config drops
         # them; these are no longer defaults, so `type(m).from_config(m.config)` must keep them.
         defaults = self.config.get("_use_default_values")
         if defaults:
-            kept = [k for k in defaults if k not in ("red_placement", "red_kernel_size", "red_variant")]
+            red_keys = ("red_placement", "red_kernel_size", "red_variant", "red_norm")
+            kept = [k for k in defaults if k not in red_keys]
             self.register_to_config(_use_default_values=kept)
 
     @classmethod
@@ -248,12 +265,15 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_preset: str | None = None,
         red_kernel_size: int = 3,
         red_variant: str = "full",
-        head_init: str = "random",
+        head_init: str = "paper",
+        red_norm: str = "batch",
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
 
-        The output head has a new shape, so it starts random; ``head_init="teacher"`` instead makes
-        every one of its s x s sub-pixels start as the teacher's ``conv_out`` (ICNR-style), so the
+        The output head has a new shape, so it never comes from the teacher as is. ``head_init``:
+        ``"paper"`` (default) xavier-uniform with gain 1e-5 (and a zero bias unless the bias comes from
+        the teacher), as the reference code does, so a from-scratch student predicts ~0 at the start; ``"random"`` PyTorch's default init; ``"teacher"``
+        every one of its s x s sub-pixels starts as the teacher's ``conv_out`` (ICNR-style), so the
         head begins free of the transposed conv's checkerboard.
 
         ``red_preset`` ("paper" or "full") places RED blocks at the student taps of
@@ -264,7 +284,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         if init not in ("teacher", "random"):
             raise ValueError(f"init must be 'teacher' or 'random', got {init!r}.")
         config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
-        for key in ("stem_stride", "output_head", "red_placement", "red_kernel_size", "red_variant"):
+        for key in ("stem_stride", "output_head", "red_placement", "red_kernel_size", "red_variant", "red_norm"):
             config.pop(key, None)
         student = cls(
             **config,
@@ -272,13 +292,17 @@ class ReDistillUNet2DModel(UNet2DModel):
             output_head=output_head,
             red_kernel_size=red_kernel_size,
             red_variant=red_variant,
+            red_norm=red_norm,
         )
-        if head_init not in ("random", "teacher"):
-            raise ValueError(f"head_init must be 'random' or 'teacher', got {head_init!r}.")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}.")
         if init == "teacher":
             copy_matching_weights(teacher, student)
         if head_init == "teacher" and stem_stride > 1:
             init_head_from_teacher(student.conv_out, teacher.conv_out, stem_stride)
+        elif head_init == "paper" and stem_stride > 1:
+            # A teacher-initialised head keeps the teacher's bias (same shape): the mean colour it predicts.
+            init_head_near_zero(student.conv_out, zero_bias=init != "teacher")
         if (teacher.device, teacher.dtype) != (student.device, student.dtype):
             student.to(device=teacher.device, dtype=teacher.dtype)
         if red_preset is not None:
@@ -299,6 +323,17 @@ def _make_resolution_preserving_downsampler(downsampler: nn.Module) -> None:
     # pad symmetrically to keep the size (and the skip tensors aligned with the up path).
     conv.padding = (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
     downsampler.padding = conv.padding[0]
+
+
+@torch.no_grad()
+def init_head_near_zero(head: nn.Module, gain: float = 1e-5, zero_bias: bool = True) -> None:
+    """The reference code's tail init: xavier-uniform weights with a tiny gain (and a zero bias), so a
+    from-scratch student predicts ~0 at the start."""
+    for module in head.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(module.weight, gain=gain)
+            if zero_bias and module.bias is not None:
+                module.bias.zero_()
 
 
 @torch.no_grad()
@@ -380,8 +415,9 @@ def unet_tap_pairs(
 ) -> list[tuple[str, str]]:
     """(student_tap, teacher_tap) pairs of a RED placement preset, matched by resolution.
 
-    ``paper``: stem output <-> the teacher's downsampler output at that resolution; output-head
-    input <-> the teacher's upsampler input at that resolution (the TMLR placement).
+    ``paper``: stem output <-> the teacher's downsampler output at that resolution; the input of the
+    student's tail (``conv_norm_out``, before GroupNorm -> SiLU -> head, as in the reference code) <->
+    the teacher's upsampler input at that resolution (the TMLR placement).
     ``full``: also the inputs/outputs of the student's remaining (still resampling) layers, each
     paired with the next unused teacher resampling tap of the same size.
     """
@@ -393,7 +429,8 @@ def unet_tap_pairs(
     teacher_down, teacher_up = _resampler_taps(teacher)
     teacher_shapes = probe_unet_shapes(teacher, teacher_down + teacher_up)
     student_down, student_up = _resampler_taps(student)
-    student_taps = ["conv_in:output", "conv_out:input"] + student_down + student_up
+    tail = tail_tap(student)
+    student_taps = ["conv_in:output", tail] + student_down + student_up
     student_shapes = probe_unet_shapes(student, student_taps)
     # Only resamplers that still change the resolution are placement points in the student.
     active_down = [t for t in student_down if _changes_resolution(t, student_shapes)]
@@ -405,7 +442,7 @@ def unet_tap_pairs(
         {t: teacher_shapes[t] for t in teacher_down if t.endswith(":output")},
     )
     up_inputs = {t: teacher_shapes[t] for t in reversed(teacher_up) if t.endswith(":input")}
-    pairs += match_by_resolution({"conv_out:input": student_shapes["conv_out:input"]}, up_inputs)
+    pairs += match_by_resolution({tail: student_shapes[tail]}, up_inputs)
     if preset == "full":
         used = {t for _, t in pairs}
         pairs += match_by_resolution(

@@ -75,6 +75,8 @@ class DiffusionTask:
         distiller: nn.Module | None = None,
         random_flip: bool = False,
         card: dict[str, Any] | None = None,
+        teacher_mode: str = "eval",
+        heldout_images: torch.Tensor | None = None,
     ):
         self.main_module_name = main_module_name
         self.model = model
@@ -86,8 +88,12 @@ class DiffusionTask:
         self.random_flip = random_flip
         self.card = dict(card or {})
         self.last_grid: str | None = None
+        self.heldout_images = heldout_images
+        if teacher_mode not in ("eval", "train"):
+            raise ValueError(f"teacher_mode must be 'eval' or 'train', got {teacher_mode!r}.")
+        self.teacher_mode = teacher_mode
         if teacher is not None:
-            teacher.requires_grad_(False).eval()
+            teacher.requires_grad_(False).train(teacher_mode == "train")
 
     # -- contract -------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -171,7 +177,8 @@ class DiffusionTask:
         return DDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        """Save a sample grid (EMA weights in place, fixed seed) as samples/step_<N>.png and samples/latest.png."""
+        """Held-out denoising loss (with --heldout_data) and a sample grid (EMA weights in place, fixed
+        seed) as samples/step_<N>.png and samples/latest.png."""
         import numpy as np
 
         from ..pipelines import sample_images, save_image_grid
@@ -179,7 +186,25 @@ class DiffusionTask:
         unet = ctx.modules[self.main_module_name]
         was_training = unet.training
         unet.eval()
+        metrics: dict[str, float] = {}
         try:
+            if self.heldout_images is not None:
+                from ..evaluation.denoising import denoising_loss
+
+                scores = denoising_loss(
+                    unet,
+                    self.noise_scheduler,
+                    self.heldout_images,
+                    num_timesteps=self.ddpm_args.heldout_timesteps,
+                    device=ctx.device,
+                )
+                metrics = {k: v for k, v in scores.items() if not k.startswith("denoise_loss_t")}
+                logger.info(
+                    "step %d: held-out denoising loss %.5f (%s)",
+                    ctx.global_step,
+                    metrics["denoise_loss"],
+                    ", ".join(f"{k[13:]} {v:.5f}" for k, v in metrics.items() if k != "denoise_loss"),
+                )
             images = sample_images(
                 self._sampling_pipeline(unet),
                 self.ddpm_args.eval_batch_size,
@@ -196,7 +221,7 @@ class DiffusionTask:
             if tracker.name == "tensorboard":
                 array = np.stack([np.asarray(image.convert("RGB")) for image in images])
                 tracker.writer.add_images("samples", array, ctx.global_step, dataformats="NHWC")
-        return {}
+        return metrics
 
     def _memory_report(self, unet, output_dir: Path) -> dict[str, Any] | None:
         """Teacher vs student peak memory (json + png) when there is a teacher and the memory module is there."""
@@ -293,6 +318,17 @@ def _image_dataset(data_args: DataArguments, resolution: int, channels: int):
     )
 
 
+def _heldout_images(ddpm_args: DDPMArguments, resolution: int, channels: int) -> torch.Tensor | None:
+    """The fixed held-out set of the denoising loss (--heldout_data), loaded once before training."""
+    if not ddpm_args.heldout_data:
+        return None
+    from ..evaluation.denoising import load_heldout_images
+
+    if ddpm_args.heldout_num_images < 1 or ddpm_args.heldout_timesteps < 1:
+        raise ValueError("--heldout_num_images and --heldout_timesteps must be positive.")
+    return load_heldout_images(ddpm_args.heldout_data, resolution, channels, ddpm_args.heldout_num_images)
+
+
 def _check_resolution(resolution: int, unet) -> None:
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % factor:
@@ -348,6 +384,7 @@ def build_redistill_task(
             red_preset=preset if wants_red_blocks and not explicit_pairs else None,
             red_kernel_size=student_args.red_kernel_size,
             red_variant=student_args.red_variant,
+            red_norm=student_args.red_norm,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
@@ -386,6 +423,7 @@ def build_redistill_task(
     resolution = data_args.resolution or _sample_size(teacher)
     _check_resolution(resolution, student)
     dataset = _image_dataset(data_args, resolution, teacher.config.in_channels)
+    heldout = _heldout_images(ddpm_args, resolution, teacher.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, teacher_scheduler.config if teacher_scheduler is not None else None
     )
@@ -400,6 +438,9 @@ def build_redistill_task(
             "RED placement": preset or ("explicit pairs" if explicit_pairs else "-"),
             "distillation pairs": len(pairs),
             "student init": student_args.student_init,
+            "head init": student_args.student_head_init,
+            "RED norm": student_args.red_norm if wants_red_blocks else "-",
+            "teacher mode": student_args.teacher_mode,
             "distill weight": training_args.distill_weight if training_args else "-",
             "dataset": data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files),
         },
@@ -418,6 +459,8 @@ def build_redistill_task(
         distiller=distiller,
         random_flip=data_args.random_flip,
         card=card,
+        teacher_mode=student_args.teacher_mode,
+        heldout_images=heldout,
     )
 
 
@@ -448,6 +491,7 @@ def build_teacher_task(
     resolution = _sample_size(unet)
     _check_resolution(resolution, unet)
     dataset = _image_dataset(data_args, resolution, unet.config.in_channels)
+    heldout = _heldout_images(ddpm_args, resolution, unet.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)
     )
@@ -469,4 +513,5 @@ def build_teacher_task(
         main_module_name="unet",
         random_flip=data_args.random_flip,
         card=card,
+        heldout_images=heldout,
     )
