@@ -1,8 +1,18 @@
 """Part 2: classification on CIFAR-10. One teacher, one aggressively downsampled student, every distiller.
 
-Every run is `examples/train_classifier_redistill.py` (a logged subprocess) with the same data, budget
-and seed(s); the numbers come from the ``results.json`` each run writes (top-1 on the held-out slice
-or ``--eval_data``, peak memory from `redistill_diffusion.memory`, parameters, seconds per step).
+Protocol v2 (issue 11), two regimes in separate tables:
+
+(a) paper regime: every student, vanilla included, trained from scratch (``--student_init random``, as
+    the reference code does) with the teacher's own recipe and the same number of steps as the teacher;
+(b) fine-tune regime, what a user with a trained teacher does: students initialised from the teacher
+    (``--student_init teacher``; RED rows and student_plus with identity-initialised RED blocks) at a
+    stated, smaller budget.
+
+Every run is `examples/train_classifier_redistill.py` (a logged subprocess) with the same data and data
+order per seed; the numbers come from the ``results.json`` each run writes (final and best top-1 on the
+held-out slice or ``--eval_data``, peak memory from `redistill_diffusion.memory`, parameters, seconds per
+step). Rows give mean ± s.d. over seeds and the per-seed paired difference to the vanilla student of
+the same regime.
 """
 
 from __future__ import annotations
@@ -33,9 +43,36 @@ from common import (
 )
 
 SCRIPT = REPO_ROOT / "examples/train_classifier_redistill.py"
-# Run order: the method and the plain student first, so a budget cut short still answers the question.
+# The paper budget's arms (one run per distiller with the shipped ImageNet recipe).
 DISTILLERS = ("vanilla", "red", "red+kd", "kd", "dkd", "fitnet", "at", "student_plus")
+REGIMES = {
+    "scratch": "(a) paper regime: students from scratch, the teacher's recipe and number of steps",
+    "finetune": "(b) fine-tune regime: students initialised from the teacher",
+}
 VALIDATION_PER_CLASS = 500  # 5,000 held-out images, 500 per CIFAR-10 class
+# Runs written before protocol v2 trained with the library's old defaults (students from the teacher's
+# weights, gradients clipped at 1.0) under commands that can look the same: never reuse them.
+PROTOCOL = 2
+# The reference code's RED alpha for the closest setting to small CIFAR-10 data (STL10); alpha 1
+# (ImageNet, and the library default) is a variant row.
+RED_ALPHA = 50.0
+EVALUATIONS = 4  # evaluations per run (every steps / 4 and at the end): top-1 final and best
+
+
+@dataclass
+class Variant:
+    """One student run: a label for the table, the distiller, its regime and seed, and any extra flags."""
+
+    label: str
+    distiller: str
+    regime: str = "scratch"
+    flags: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """Unique run name: regime, label and seed."""
+        return f"{self.regime} {self.label} seed {self.seed}"
 
 
 @dataclass
@@ -44,18 +81,64 @@ class ClassificationBudget:
     timm_model_args: dict[str, Any]
     stem_stride: int
     train_batch_size: int
-    teacher_epochs: float  # fractional epochs become max_train_steps
-    student_epochs: float
+    teacher_steps: int  # also the steps of every regime (a) student
+    finetune_steps: int  # regime (b)
     learning_rate: float
-    seeds: tuple[int, ...]
+    seeds: dict[str, tuple[int, ...]]  # per regime
+    arms: dict[str, list[Variant]]  # per regime, in run order, seed-less (the seeds multiply them)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     mixed_precision: str = "bf16"
     threads: int = 2
-    red_alpha: float | None = None
-    distillers: tuple[str, ...] = DISTILLERS
     synthetic: bool = False
-    extra_variants: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    synthetic_images: int = 256
+    note: str = ""  # why these steps and seeds, for the table text
+
+    def steps_of(self, variant: Variant) -> int:
+        return self.teacher_steps if variant.regime == "scratch" else self.finetune_steps
+
+    def variants(self, seeds: tuple[int, ...] | None = None) -> list[Variant]:
+        """Every run in order: seeds outermost, so a run cut short has every arm of both regimes at the first
+        seed; within a seed, regime (a) then (b). ``seeds`` (``--seeds``) replaces both regimes' seeds."""
+        per_regime = {r: tuple(seeds) if seeds else self.seeds.get(r, ()) for r in REGIMES}
+        order = sorted(set().union(*per_regime.values()))
+        return [
+            Variant(arm.label, arm.distiller, regime, dict(arm.flags), seed)
+            for seed in order for regime in REGIMES if seed in per_regime[regime] for arm in self.arms.get(regime, [])
+        ]
+
+
+RED = {"red_alpha": RED_ALPHA}
+IDENTITY = {"red_init": "identity"}
+
+
+def _arms() -> dict[str, list[Variant]]:
+    """Protocol v2 arms. Run order: the method and the plain student first, so a budget cut short still
+    answers the question; regime (a) adds the alpha-1 and GroupNorm (issue 16) RED variants."""
+    scratch = [
+        Variant("vanilla", "vanilla"),
+        Variant("red", "red", flags=RED),
+        Variant("red+kd", "red+kd", flags=RED),
+        Variant("kd", "kd"),
+        Variant("dkd", "dkd"),
+        Variant("fitnet", "fitnet"),
+        Variant("at", "at"),
+        Variant("student_plus", "student_plus"),
+        Variant("red (alpha 1)", "red", flags={"red_alpha": 1.0}),
+        Variant("red (GroupNorm)", "red", flags={**RED, "red_norm": "group"}),
+    ]
+    finetune = [
+        Variant("vanilla", "vanilla", "finetune"),
+        Variant("red (identity init)", "red", "finetune", flags={**RED, **IDENTITY}),
+        Variant("red+kd (identity init)", "red+kd", "finetune", flags={**RED, **IDENTITY}),
+        Variant("kd", "kd", "finetune"),
+        Variant("dkd", "dkd", "finetune"),
+        Variant("fitnet", "fitnet", "finetune"),
+        Variant("at", "at", "finetune"),
+        # The same identity-initialised blocks as the RED rows, without the RED loss.
+        Variant("student_plus (identity init)", "student_plus", "finetune", flags=IDENTITY),
+    ]
+    return {"scratch": scratch, "finetune": finetune}
 
 
 BUDGETS: dict[str, ClassificationBudget] = {
@@ -64,39 +147,54 @@ BUDGETS: dict[str, ClassificationBudget] = {
         timm_model_args={"channels": [8, 16, 16, 16], "stem_width": 8, "layers": [1, 1, 1, 1]},
         stem_stride=4,
         train_batch_size=16,
-        teacher_epochs=0.25,
-        student_epochs=0.125,
+        teacher_steps=4,
+        finetune_steps=2,
         learning_rate=0.05,
-        seeds=(0,),
+        seeds={"scratch": (0,), "finetune": (0,)},
+        arms={
+            "scratch": [Variant("vanilla", "vanilla"), Variant("red+kd", "red+kd", flags=RED)],
+            "finetune": [Variant("red (GroupNorm, identity init)", "red", "finetune", flags={**RED, "red_norm": "group", **IDENTITY})],
+        },
         mixed_precision="no",
-        distillers=("red+kd",),
         synthetic=True,
+        note="Smoke budget: synthetic shapes, a few steps, one seed; it checks the harness, not the method.",
     ),
     "cpu": ClassificationBudget(
-        # Sized for this 2-core machine when idle (~0.2 s per teacher step, ~0.15 s per student step).
+        # Sized to about 100 min on this 2-core machine when idle. Measured there (batch 64, bf16): teacher
+        # 0.215 s/step (0.27 s/step of wall time with data and evaluation), students 0.09 s/step (vanilla,
+        # student_plus ~0.10) and ~0.14 s/step with a teacher forward (every distiller), ~0.11 and ~0.155 s
+        # of wall time per step, plus ~23 s per run (start-up, teacher top-1, 4 evaluations, peak memory).
+        # Estimate: teacher 1,200 x 0.27 + 20 = 344 s; (a) 10 arms x 2 seeds x 1,200 steps:
+        # 2 x (1,200 x (0.107 + 0.116 + 8 x 0.155) + 230) = 3,971 s; (b) 8 arms x 2 seeds x 500 steps:
+        # 2 x (500 x (0.107 + 0.116 + 6 x 0.155) + 184) = 1,522 s; total 5,837 s = 97 min.
+        # The old budget (3,000-step teacher, 600-step students) cannot hold from-scratch students at the
+        # teacher's steps: 3,000-step students alone would take ~4 h. 1,200 steps (1.7 epochs) is the
+        # longest teacher/student length that leaves room for (b) with every arm at two seeds; three seeds
+        # would need ~45 min more, so both regimes use two (the minimum the protocol allows).
         architecture="resnet18",
         timm_model_args={"channels": [32, 64, 128, 256], "stem_width": 32, "layers": [1, 1, 1, 1]},
         stem_stride=4,
         train_batch_size=64,
-        teacher_epochs=3000 * 64 / 45000,  # 3,000 steps
-        student_epochs=600 * 64 / 45000,  # 600 steps
+        teacher_steps=1200,
+        finetune_steps=500,
         learning_rate=0.05,
-        seeds=(0, 1),
-        extra_variants=[
-            ("red (alpha 50)", "red", {"red_alpha": 50}),
-            ("red (identity init)", "red", {"red_init": "identity"}),
-        ],
+        seeds={"scratch": (0, 1), "finetune": (0, 1)},
+        arms=_arms(),
+        note=(
+            "The budget is sized for about 100 minutes on 2 idle CPU cores: regime (a) needs students as long as "
+            "the teacher, so the teacher trains 1,200 steps (1.7 epochs; the earlier tables used 3,000) and both "
+            "regimes use two seeds, the protocol's minimum (three would need ~45 min more; the comment of "
+            "`BUDGETS['cpu']` in benchmarks/bench_classification.py gives the arithmetic)."
+        ),
     ),
 }
 
 PAPER_RECIPE = "recipes/cls_imagenet_resnet18_red.yaml"
 
 
-def _steps(epochs: float, num_train: int, batch: int) -> int:
-    return max(1, int(round(epochs * num_train / batch)))
-
-
 def _common_flags(spec: ClassificationBudget, train_data: Path, eval_data: Path, out: Path, steps: int, seed: int) -> list[Any]:
+    """The teacher's recipe, which regime (a) students share (no gradient clipping: the library's
+    classification default, as in the reference code)."""
     flags: list[Any] = [
         "--dataset_name", relative(train_data),
         "--eval_data", relative(eval_data),
@@ -112,6 +210,7 @@ def _common_flags(spec: ClassificationBudget, train_data: Path, eval_data: Path,
         "--use_ema", "False",
         "--mixed_precision", spec.mixed_precision,
         "--checkpointing_steps", 0,
+        "--validation_steps", max(1, steps // EVALUATIONS),
         "--logger", "none",
         "--train_crop_scale_min", 0.35,
         "--color_jitter", 0,
@@ -142,11 +241,13 @@ def _num_rows(path: Path) -> int:
 
 
 def _reusable(out: Path, argv: list[str]) -> dict[str, Any] | None:
+    """The record of a finished run of exactly this command under this protocol, if there is one."""
     stamp = out / "benchmark_run.json"
     if not (out / "results.json").is_file() or not stamp.is_file():
         return None
     saved = json.loads(stamp.read_text())
-    return saved if saved.get("argv") == [str(a) for a in argv[1:]] else None
+    same = saved.get("argv") == [str(a) for a in argv[1:]] and saved.get("protocol") == PROTOCOL
+    return saved if same else None
 
 
 def _train(name: str, argv: list[str], out: Path, log_dir: Path, spec: ClassificationBudget, reuse: bool) -> dict[str, Any]:
@@ -155,7 +256,7 @@ def _train(name: str, argv: list[str], out: Path, log_dir: Path, spec: Classific
         return previous | {"reused": True, "results": _read_results(out)}
     record = CommandRecord(name=name, argv=argv)
     run_logged(record, log_dir / f"classification_{slug(name)}.log", threads=spec.threads)
-    info = {"argv": [str(a) for a in argv[1:]], "command": record.to_dict()}
+    info = {"argv": [str(a) for a in argv[1:]], "protocol": PROTOCOL, "command": record.to_dict()}
     (out / "benchmark_run.json").write_text(json.dumps(info, indent=2) + "\n")
     return info | {"reused": False, "results": _read_results(out)}
 
@@ -180,23 +281,26 @@ def run(
     if spec.synthetic:
         from bench_diffusion import synthetic_parquet
 
-        train_data, held_out = synthetic_parquet(work_dir, 256, 32)
+        train_data, held_out = synthetic_parquet(work_dir, spec.synthetic_images, 32)
     else:
         train_data, held_out = stratified_slices(data, work_dir, VALIDATION_PER_CLASS)
     evaluation = eval_data or held_out
-    seeds = tuple(seeds) if seeds else spec.seeds
+    variants = spec.variants(tuple(seeds) if seeds else None)
     num_train = _num_rows(train_data) if spec.max_train_samples is None else min(spec.max_train_samples, _num_rows(train_data))
-    teacher_steps = _steps(spec.teacher_epochs, num_train, spec.train_batch_size)
-    student_steps = _steps(spec.student_epochs, num_train, spec.train_batch_size)
     work = work_dir / "classification"
     log_dir = output_dir / "logs"
     result = part_result(
         "classification", budget, status="running",
         budget_settings={
+            "protocol": PROTOCOL,
             "architecture": spec.architecture, "timm_model_args": spec.timm_model_args, "stem_stride": spec.stem_stride,
-            "train_batch_size": spec.train_batch_size, "teacher_steps": teacher_steps, "student_steps": student_steps,
-            "train_images": num_train, "eval_data": relative(evaluation), "seeds": list(seeds),
-            "mixed_precision": spec.mixed_precision, "learning_rate": spec.learning_rate,
+            "train_batch_size": spec.train_batch_size, "teacher_steps": spec.teacher_steps,
+            "scratch_steps": spec.teacher_steps, "finetune_steps": spec.finetune_steps,
+            "train_images": num_train, "eval_data": relative(evaluation),
+            "seeds": {r: sorted({v.seed for v in variants if v.regime == r}) for r in REGIMES},
+            "mixed_precision": spec.mixed_precision, "learning_rate": spec.learning_rate, "red_alpha": RED_ALPHA,
+            "evaluations_per_run": EVALUATIONS, "max_grad_norm": None, "teacher_mode": "eval",
+            "variants": [vars(v) | {"key": v.key} for v in variants], "note": spec.note,
         },
     )
     commands = result["commands"]
@@ -204,7 +308,8 @@ def run(
     teacher_dir = work / "teacher"
     teacher_argv = python_argv(
         SCRIPT, "--model_name_or_path", spec.architecture, "--cifar_stem", "--timm_model_args", json.dumps(spec.timm_model_args, separators=(",", ":")),
-        "--distiller", "none", *_common_flags(spec, train_data, evaluation, teacher_dir, teacher_steps, seeds[0]),
+        # One teacher (seed 0) for every seed and both regimes: --seeds varies the students only.
+        "--distiller", "none", *_common_flags(spec, train_data, evaluation, teacher_dir, spec.teacher_steps, 0),
     )
     try:
         teacher = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs)
@@ -212,35 +317,33 @@ def run(
         return not_run("classification", budget, f"teacher training failed: {error}", commands=commands)
     commands.append(teacher["command"] | ({"name": "teacher (reused from an earlier identical run)"} if teacher["reused"] else {}))
 
-    variants = [(d, d, {}) for d in spec.distillers] + list(spec.extra_variants)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    failures = []
-    # Seeds outermost: a run cut short still has every distiller at the first seed.
-    for seed in seeds:
-        for label, distiller, flags in variants:
-            out = work / "students" / f"{slug(label)}_seed{seed}"
-            argv = python_argv(
-                SCRIPT, "--teacher_model_name_or_path", relative(teacher_dir), "--stem_stride", spec.stem_stride,
-                "--student_init", "teacher", "--distiller", distiller, "--distill_weight", 0.5,
-                *[x for k, v in flags.items() for x in (f"--{k}", v)],
-                *(["--red_alpha", spec.red_alpha] if spec.red_alpha is not None and "red" in distiller else []),
-                *_common_flags(spec, train_data, evaluation, out, student_steps, seed),
-            )
-            try:
-                info = _train(f"{label} seed {seed}", argv, out, log_dir, spec, reuse=reuse_runs)
-                commands.append(info["command"] | ({"name": f"{label} seed {seed} (reused from an earlier identical run)"} if info["reused"] else {}))
-                runs.setdefault(label, []).append(info)
-            except CommandFailed as error:
-                failures.append(str(error))
-            _publish(result, teacher, runs, student_steps, spec, num_train, failures, output_dir)
+    runs: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    for variant in variants:
+        out = work / "students" / slug(variant.key)
+        argv = python_argv(
+            SCRIPT, "--teacher_model_name_or_path", relative(teacher_dir), "--stem_stride", spec.stem_stride,
+            "--student_init", "random" if variant.regime == "scratch" else "teacher",
+            "--teacher_mode", "eval",
+            "--distiller", variant.distiller, "--distill_weight", 0.5,
+            *[x for k, v in variant.flags.items() for x in (f"--{k}", v)],
+            *_common_flags(spec, train_data, evaluation, out, spec.steps_of(variant), variant.seed),
+        )
+        try:
+            info = _train(f"student {variant.key}", argv, out, log_dir, spec, reuse=reuse_runs)
+            commands.append(info["command"] | ({"name": f"student {variant.key} (reused from an earlier identical run)"} if info["reused"] else {}))
+            runs[variant.key] = info | {"variant": variant}
+        except CommandFailed as error:
+            failures.append(str(error))
+        _publish(result, teacher, runs, spec, num_train, failures, output_dir)
     result["status"] = "ok" if not failures else ("partial" if runs else "not run")
-    _publish(result, teacher, runs, student_steps, spec, num_train, failures, output_dir)
+    _publish(result, teacher, runs, spec, num_train, failures, output_dir)
     return result
 
 
-def _publish(result, teacher, runs, student_steps, spec, num_train, failures, output_dir: Path) -> None:
-    """Rows and table so far, written after every run: a run cut short still reports what finished."""
-    rows = _rows(teacher, runs, student_steps, spec.train_batch_size, num_train)
+def _publish(result, teacher, runs, spec, num_train, failures, output_dir: Path) -> None:
+    """Rows and tables so far, written after every run: a run cut short still reports what finished."""
+    rows = _rows(teacher, runs, spec, num_train)
     result["rows"] = rows
     result["markdown"] = _markdown(rows, result["budget_settings"])
     result["summary"] = _summary(rows)
@@ -261,19 +364,35 @@ def _metric(results: dict[str, Any], key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def _row(label: str, infos: list[dict[str, Any]], steps: int, batch: int, num_train: int) -> dict[str, Any]:
-    top1 = [_metric(i["results"], "top1") for i in infos]
-    top1 = [t for t in top1 if t is not None]
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _row(regime: str, label: str, infos: list[dict[str, Any]], steps: int, batch: int, num_train: int) -> dict[str, Any]:
+    final = {i["variant"].seed: _metric(i["results"], "top1") for i in infos}
+    best = {i["variant"].seed: _metric(i["results"], "best_top1") for i in infos}
     memory = infos[0]["results"].get("peak_memory") or {}
     sps = [i["results"].get("seconds_per_step") for i in infos if i["results"].get("seconds_per_step")]
     walls = [(i.get("command") or {}).get("wall_s") for i in infos if (i.get("command") or {}).get("wall_s")]
-    steps_per_epoch = num_train / batch
+    first = infos[0]["variant"]
+    top1_mean, top1_std = _mean_std(list(final.values()))
+    best_mean, best_std = _mean_std(list(best.values()))
     return {
+        "regime": regime,
         "model": label,
-        "seeds": len(infos),
-        "top1_mean": statistics.mean(top1) if top1 else None,
-        "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
-        "top1_all": top1,
+        "distiller": first.distiller,
+        "flags": first.flags,
+        "seeds": sorted(final),
+        "steps": steps,
+        "top1_mean": top1_mean,
+        "top1_std": top1_std,
+        "top1_per_seed": final,
+        "best_top1_mean": best_mean,
+        "best_top1_std": best_std,
+        "best_top1_per_seed": best,
         "params": infos[0]["results"].get("params"),
         "peak_bytes_exact": (memory.get("exact") or {}).get("student_peak_bytes"),
         "peak_bytes_paper": (memory.get("paper") or {}).get("student_peak_bytes"),
@@ -281,99 +400,155 @@ def _row(label: str, infos: list[dict[str, Any]], steps: int, batch: int, num_tr
         "teacher_peak_bytes_paper": (memory.get("paper") or {}).get("teacher_peak_bytes"),
         "ratio_exact": (memory.get("exact") or {}).get("ratio"),
         "seconds_per_step": statistics.mean(sps) if sps else None,
-        "seconds_per_epoch": statistics.mean(sps) * steps_per_epoch if sps else None,
+        "seconds_per_epoch": statistics.mean(sps) * num_train / batch if sps else None,
         "wall_s": statistics.mean(walls) if walls else None,
-        "steps": steps,
     }
 
 
-def _rows(teacher: dict[str, Any], runs: dict[str, list[dict[str, Any]]], steps: int, batch: int, num_train: int) -> list[dict[str, Any]]:
+def _rows(teacher: dict[str, Any], runs: dict[str, dict[str, Any]], spec: ClassificationBudget, num_train: int) -> list[dict[str, Any]]:
+    """The teacher, then one row per (regime, label) aggregated over seeds, with the paired per-seed
+    difference to the vanilla student of the same regime."""
     t = teacher["results"]
+    batch = spec.train_batch_size
     teacher_row = {
+        "regime": "teacher",
         "model": "teacher",
-        "seeds": 1,
+        "seeds": [0],
         "top1_mean": _metric(t, "top1"),
         "top1_std": None,
-        "top1_all": [_metric(t, "top1")],
+        "best_top1_mean": _metric(t, "best_top1"),
+        "best_top1_std": None,
         "params": t.get("params"),
         "seconds_per_step": t.get("seconds_per_step"),
         "seconds_per_epoch": t["seconds_per_step"] * num_train / batch if t.get("seconds_per_step") else None,
         "wall_s": (teacher.get("command") or {}).get("wall_s"),
         "steps": t.get("global_step"),
     }
-    rows = [teacher_row] + [_row(label, infos, steps, batch, num_train) for label, infos in runs.items()]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for info in runs.values():
+        variant = info["variant"]
+        groups.setdefault((variant.regime, variant.label), []).append(info)
+    rows = [teacher_row] + [
+        _row(regime, label, infos, spec.steps_of(infos[0]["variant"]), batch, num_train) for (regime, label), infos in groups.items()
+    ]
     # The teacher's peak memory is measured by every student run (compare(teacher, student)).
     for row in rows[1:]:
         if row.get("teacher_peak_bytes_exact"):
             teacher_row["peak_bytes_exact"] = row["teacher_peak_bytes_exact"]
             teacher_row["peak_bytes_paper"] = row["teacher_peak_bytes_paper"]
             break
+    for row in rows[1:]:
+        vanilla = next((r for r in rows if r["regime"] == row["regime"] and r["model"] == "vanilla"), None)
+        if vanilla is None or row is vanilla:
+            continue
+        for key in ("top1", "best_top1"):
+            mine, theirs = row[f"{key}_per_seed"], vanilla[f"{key}_per_seed"]
+            diffs = {s: mine[s] - theirs[s] for s in mine if s in theirs and mine[s] is not None and theirs[s] is not None}
+            row[f"{key}_diff_per_seed"] = diffs
+            row[f"{key}_diff_mean"], row[f"{key}_diff_std"] = _mean_std(list(diffs.values()))
+        if vanilla.get("seconds_per_step") and row.get("seconds_per_step"):
+            row["step_time_vs_vanilla"] = row["seconds_per_step"] / vanilla["seconds_per_step"]
     return rows
 
 
-def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    def top1(row):
-        if row["top1_mean"] is None:
-            return "-"
-        text = f"{100 * row['top1_mean']:.2f}"
-        if row.get("top1_std") is not None:
-            text += f" ± {100 * row['top1_std']:.2f}"
-        return text
+def _pct(mean: float | None, std: float | None, signed: bool = False) -> str:
+    if mean is None:
+        return "-"
+    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
+    return text + (f" ± {100 * std:.2f}" if std is not None else "")
 
-    teacher_peak = rows[0].get("peak_bytes_exact")
-    table = [
-        [
-            r["model"], top1(r), fmt_bytes(r.get("peak_bytes_exact")),
-            f"{teacher_peak / r['peak_bytes_exact']:.2f}x" if teacher_peak and r.get("peak_bytes_exact") else "-",
-            fmt_bytes(r.get("peak_bytes_paper")),
-            f"{r['params'] / 1e6:.3f} M" if r.get("params") else "-",
-            None if r.get("seconds_per_epoch") is None else round(r["seconds_per_epoch"], 1),
-            None if r.get("seconds_per_step") is None else round(r["seconds_per_step"], 3),
-        ]
-        for r in rows
+
+def _paired(row: dict[str, Any], key: str = "top1") -> str:
+    """Mean ± s.d. of the per-seed differences to vanilla, then each seed's difference."""
+    diffs = row.get(f"{key}_diff_per_seed")
+    if not diffs:
+        return "-"
+    each = ", ".join(f"{100 * d:+.2f}" for _, d in sorted(diffs.items()))
+    return f"{_pct(row[f'{key}_diff_mean'], row[f'{key}_diff_std'], signed=True)} ({each})"
+
+
+def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    teacher = next((r for r in rows if r["regime"] == "teacher"), None)
+    teacher_peak = (teacher or {}).get("peak_bytes_exact")
+    header = [
+        "model", "seeds", "steps", "top-1 % final (mean ± s.d.)", "final vs vanilla (paired; per seed)",
+        "top-1 % best", "best vs vanilla (paired)", "peak memory (exact)", "teacher / model", "peak (paper conv.)",
+        "params", "s / step", "s / step vs vanilla",
     ]
     args = settings["timm_model_args"]
+    seeds = settings["seeds"]
     text = [
         f"Teacher: timm {settings['architecture']} with a CIFAR stem (3x3 stride 1, no max-pool), channels "
-        f"{args.get('channels')}, blocks {args.get('layers')}, trained {settings['teacher_steps']} steps. Student: the same "
-        f"network with stem stride {settings['stem_stride']} (the deepest stride-2 stages give the stride back), initialised "
-        f"from the teacher, {settings['student_steps']} steps for every distiller, batch {settings['train_batch_size']}, "
-        f"SGD lr {settings['learning_rate']} cosine, {settings['mixed_precision']} autocast, seeds {settings['seeds']}; "
-        f"{settings['train_images']} training images; top-1 on {settings['eval_data']}. Objective 0.5 CE + 0.5 distillation.",
+        f"{args.get('channels')}, blocks {args.get('layers')}, trained from scratch for {settings['teacher_steps']} steps "
+        f"at batch {settings['train_batch_size']} (SGD nesterov lr {settings['learning_rate']}, cosine with 5% warm-up, "
+        f"weight decay 5e-4, {settings['mixed_precision']} autocast, no gradient clipping) on {settings['train_images']} "
+        f"training images; top-1 on {settings['eval_data']}. Students: the same network with stem stride "
+        f"{settings['stem_stride']} (the deepest stride-2 stages give the stride back), the teacher's recipe, objective "
+        "0.5 CE + 0.5 distillation, no gradient clipping (the reference never clips in classification), the teacher "
+        "frozen in eval mode (BatchNorm running statistics; the library default, `--teacher_mode eval`), RED blocks at "
+        f"the paper placement with BatchNorm and the reference's alpha {settings['red_alpha']:g} (its STL10 setting, the "
+        "closest to small data) unless a row says otherwise; the same data order per seed across arms. Top-1 final: "
+        f"at the last step; best: the best of {settings['evaluations_per_run']} evaluations (every quarter of the run). "
+        "'vs vanilla (paired)': mean ± s.d. over seeds of the per-seed difference to the vanilla student of the same "
+        "regime, in points (positive = better than vanilla), then each seed's difference.",
         "",
-        markdown_table(
-            ["model", "top-1 % (mean ± s.d. over seeds)", "peak memory (exact)", "teacher / model", "peak memory (paper conv.)", "params", "s / epoch", "s / step"],
-            table,
-        ),
+        f"Regime (a) is the paper's: every student from scratch (`--student_init random`, as the reference code), "
+        f"{settings['scratch_steps']} steps like the teacher, seeds {seeds.get('scratch')}. Regime (b) is what a user "
+        f"with a trained teacher does, not the paper's experiment: students initialised from the teacher's weights "
+        f"(`--student_init teacher`; RED rows and student_plus with identity-initialised RED blocks, `--red_init "
+        f"identity`) for {settings['finetune_steps']} steps, seeds {seeds.get('finetune')}. {settings.get('note', '')}",
     ]
+    for regime, title in REGIMES.items():
+        chosen = [r for r in rows if r["regime"] == regime]
+        if not chosen:
+            continue
+        steps = settings["scratch_steps"] if regime == "scratch" else settings["finetune_steps"]
+        table = []
+        for r in ([teacher] if teacher else []) + chosen:
+            table.append([
+                r["model"], len(r["seeds"]) if r["regime"] != "teacher" else "-", r.get("steps"),
+                _pct(r.get("top1_mean"), r.get("top1_std")), _paired(r),
+                _pct(r.get("best_top1_mean"), r.get("best_top1_std")), _paired(r, "best_top1"),
+                fmt_bytes(r.get("peak_bytes_exact")),
+                f"{teacher_peak / r['peak_bytes_exact']:.2f}x" if teacher_peak and r.get("peak_bytes_exact") else "-",
+                fmt_bytes(r.get("peak_bytes_paper")),
+                f"{r['params'] / 1e6:.3f} M" if r.get("params") else "-",
+                None if r.get("seconds_per_step") is None else round(r["seconds_per_step"], 3),
+                None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
+            ])
+        text += ["", f"#### {title} ({steps} steps)", "", markdown_table(header, table)]
     return "\n".join(text)
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
-    by = {r["model"]: r for r in rows}
-    teacher = by.get("teacher", {})
-    lines = []
-    for red_name in ("red", "red+kd"):
-        red = by.get(red_name)
-        if red is None or red.get("top1_mean") is None:
+    teacher = next((r for r in rows if r["regime"] == "teacher"), {})
+    parts = []
+    for regime, title in REGIMES.items():
+        chosen = [r for r in rows if r["regime"] == regime and r.get("top1_mean") is not None]
+        if not chosen:
             continue
-        others = {m: r for m, r in by.items() if m in DISTILLERS and not m.startswith("red") and r.get("top1_mean") is not None}
-        best = max(others.items(), key=lambda kv: kv[1]["top1_mean"], default=(None, None))
-        beaten = [m for m, r in others.items() if red["top1_mean"] > r["top1_mean"]]
-        lines.append(
-            f"{red_name}: {100 * red['top1_mean']:.2f}% top-1 (teacher {100 * (teacher.get('top1_mean') or 0):.2f}%), "
-            f"above {', '.join(beaten) or 'no other method'}"
-            + (f"; best baseline {best[0]} at {100 * best[1]['top1_mean']:.2f}%" if best[0] else "")
-        )
-    ablations = [f"{m} {100 * r['top1_mean']:.2f}%" for m, r in by.items() if m.startswith("red (") and r.get("top1_mean") is not None]
-    if ablations:
-        lines.append("RED variants tried: " + ", ".join(ablations))
-    ratios = sorted({round(r["ratio_exact"], 2) for r in rows if r["model"] != "teacher" and r.get("ratio_exact")})
+        best = max(chosen, key=lambda r: r["top1_mean"])
+        text = f"{title}: best student {best['model']} at {100 * best['top1_mean']:.2f}% top-1"
+        red = [r for r in chosen if r["distiller"].startswith("red")]
+        others = [r for r in chosen if not r["distiller"].startswith("red") and r["model"] != "vanilla"]
+        if red:
+            best_red = max(red, key=lambda r: r["top1_mean"])
+            text += f"; best RED row {best_red['model']} {100 * best_red['top1_mean']:.2f}%"
+            if best_red.get("top1_diff_mean") is not None:
+                text += f", {_paired(best_red)} points vs vanilla (paired)"
+            if others:
+                beaten = [r["model"] for r in others if best_red["top1_mean"] > r["top1_mean"]]
+                top = max(others, key=lambda r: r["top1_mean"])
+                text += (f", above {', '.join(beaten) or 'no other baseline'}; best other baseline {top['model']} "
+                         f"{100 * top['top1_mean']:.2f}%")
+        parts.append(text)
+    ratios = sorted({round(r["ratio_exact"], 2) for r in rows if r["regime"] != "teacher" and r.get("ratio_exact")})
     memory = ""
     if ratios:
         span = f"{ratios[0]:.1f}x" if len(ratios) == 1 else f"{ratios[0]:.1f}x (with RED blocks) to {ratios[-1]:.1f}x"
-        memory = f" (student exact peak memory {span} below the teacher's)"
-    return "Classification" + memory + ": " + "; ".join(lines) + "." if lines else "Classification: RED was not evaluated."
+        memory = f" (student exact peak memory {span} below the teacher's"
+        memory += f"; teacher {100 * teacher['top1_mean']:.2f}% top-1)" if teacher.get("top1_mean") is not None else ")"
+    return "Classification" + memory + ": " + "; ".join(parts) + "." if parts else "Classification: no student evaluated yet."
 
 
 def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
