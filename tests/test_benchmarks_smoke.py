@@ -102,3 +102,70 @@ def test_report_merges_every_part_present(tmp_path):
     assert "Not run yet: no `results/memory.json`" in text
     assert "`python x.py`" in text
     assert json.loads((results / "classification.json").read_text())["machine"]["logical_cores"] >= 1
+
+
+# -- classification protocol v2 (issue 11): the plan of runs and the paired rows, without training --------
+def test_classification_cpu_budget_follows_protocol_v2():
+    import bench_classification as cls
+
+    spec = cls.BUDGETS["cpu"]
+    variants = spec.variants()
+    for regime in cls.REGIMES:
+        chosen = [v for v in variants if v.regime == regime]
+        assert {v.distiller for v in chosen} >= {"vanilla", "student_plus", "red", "kd", "fitnet", "at", "dkd", "red+kd"}
+        assert len({v.seed for v in chosen}) >= 2
+        # RED rows use the reference's small-data alpha unless the row says "alpha 1".
+        for v in chosen:
+            if v.distiller.startswith("red"):
+                assert v.flags["red_alpha"] == (1.0 if "alpha 1" in v.label else cls.RED_ALPHA)
+    assert any(v.flags.get("red_norm") == "group" for v in variants)  # issue 16
+    assert all(spec.steps_of(v) == spec.teacher_steps for v in variants if v.regime == "scratch")
+    with_blocks = ("red", "red+kd", "student_plus")  # the arms whose student carries RED blocks
+    assert all(v.flags.get("red_init") == "identity" for v in variants if v.regime == "finetune" and v.distiller in with_blocks)
+    assert len({v.key for v in variants}) == len(variants)
+    # --seeds replaces both regimes' seeds; seeds stay outermost.
+    override = spec.variants((7,))
+    assert {v.seed for v in override} == {7} and len(override) == len(variants) // 2
+
+
+def test_classification_rows_pair_each_seed_with_vanilla():
+    import bench_classification as cls
+
+    spec = cls.BUDGETS["cpu"]
+
+    def info(label, distiller, seed, top1, best):
+        variant = cls.Variant(label, distiller, "scratch", seed=seed)
+        return {"variant": variant, "results": {"metrics": {"top1": top1, "best_top1": best}, "seconds_per_step": 0.1}}
+
+    runs = [info("vanilla", "vanilla", 0, 0.50, 0.51), info("vanilla", "vanilla", 1, 0.40, 0.40),
+            info("red", "red", 0, 0.52, 0.52), info("red", "red", 1, 0.41, 0.45)]
+    teacher = {"results": {"metrics": {"top1": 0.6, "best_top1": 0.6}, "global_step": 1200}}
+    rows = cls._rows(teacher, {r["variant"].key: r for r in runs}, spec, num_train=45000)
+    red = next(r for r in rows if r["model"] == "red")
+    assert red["top1_diff_per_seed"] == pytest.approx({0: 0.02, 1: 0.01})
+    assert red["top1_diff_mean"] == pytest.approx(0.015)
+    assert red["best_top1_diff_per_seed"] == pytest.approx({0: 0.01, 1: 0.05})
+    assert red["top1_mean"] == pytest.approx(0.465)
+    text = cls._markdown(rows, {**_classification_settings(spec), "seeds": {"scratch": [0, 1], "finetune": []}})
+    assert "+1.50 ± 0.71 (+2.00, +1.00)" in text and "teacher frozen in eval mode" in text
+    assert "no gradient clipping" in text and "fine-tuning setting" not in text
+
+
+def _classification_settings(spec):
+    return {
+        "architecture": spec.architecture, "timm_model_args": spec.timm_model_args, "stem_stride": spec.stem_stride,
+        "train_batch_size": spec.train_batch_size, "teacher_steps": spec.teacher_steps, "scratch_steps": spec.teacher_steps,
+        "finetune_steps": spec.finetune_steps, "train_images": 45000, "eval_data": "x.parquet", "mixed_precision": "bf16",
+        "learning_rate": spec.learning_rate, "red_alpha": 50.0, "evaluations_per_run": 4, "note": spec.note,
+    }
+
+
+def test_classification_never_reuses_a_run_from_before_protocol_v2(tmp_path):
+    import bench_classification as cls
+
+    argv = ["python", "examples/train_classifier_redistill.py", "--distiller", "red"]
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "benchmark_run.json").write_text(json.dumps({"argv": argv[1:]}))
+    assert cls._reusable(tmp_path, argv) is None
+    (tmp_path / "benchmark_run.json").write_text(json.dumps({"argv": argv[1:], "protocol": cls.PROTOCOL}))
+    assert cls._reusable(tmp_path, argv) is not None
