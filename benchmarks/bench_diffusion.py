@@ -116,18 +116,22 @@ IDENTITY = {"red_init": "identity"}
 
 
 def _cpu_variants() -> list[Variant]:
-    """Protocol v2. Run order: seed 0 of every (a) arm, then (b), then the second seeds."""
-    scratch = [Variant(d, d) for d in ("vanilla", "red")] + [Variant("red (GroupNorm)", "red", flags=GROUP)]
+    """Protocol v2, in run order (a budget cut short still answers the main question first): regime (a)'s
+    plain student and RED (BatchNorm and GroupNorm) with their second seeds, then the other (a) arms, then
+    regime (b), then the remaining second seeds."""
+    scratch = [Variant("vanilla", "vanilla"), Variant("red", "red"), Variant("red (GroupNorm)", "red", flags=GROUP)]
+    scratch += [Variant("vanilla", "vanilla", seed=1), Variant("red", "red", seed=1)]
     scratch += [Variant(d, d) for d in ("output_mse", "fitnet", "student_plus", "red+output_mse")]
-    finetune = [Variant(d, d, "finetune") for d in ("vanilla", "output_mse", "fitnet", "student_plus")]
+    finetune = [Variant("vanilla", "vanilla", "finetune")]
     finetune += [
         Variant("red (identity init)", "red", "finetune", flags=IDENTITY),
         Variant("red (GroupNorm, identity init)", "red", "finetune", flags={**GROUP, **IDENTITY}),
-        Variant("red+output_mse (identity init)", "red+output_mse", "finetune", flags=IDENTITY),
     ]
-    seeds = [Variant("vanilla", "vanilla", seed=1), Variant("red", "red", seed=1)]
-    seeds += [Variant("red (GroupNorm)", "red", flags=GROUP, seed=1)]
-    seeds += [Variant("vanilla", "vanilla", "finetune", seed=1), Variant("red (identity init)", "red", "finetune", flags=IDENTITY, seed=1)]
+    finetune += [Variant(d, d, "finetune") for d in ("output_mse", "fitnet", "student_plus")]
+    finetune += [Variant("red+output_mse (identity init)", "red+output_mse", "finetune", flags=IDENTITY)]
+    seeds = [Variant("red (GroupNorm)", "red", flags=GROUP, seed=1)]
+    seeds += [Variant("vanilla", "vanilla", "finetune", seed=1)]
+    seeds += [Variant("red (identity init)", "red", "finetune", flags=IDENTITY, seed=1)]
     return scratch + finetune + seeds
 
 

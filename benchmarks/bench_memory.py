@@ -32,6 +32,7 @@ from redistill_diffusion.memory import (
     plot_memory_per_layer,
 )
 from redistill_diffusion.memory.models import SHIPPED_UNET_CONFIGS, build_unet_pair, load_unet_config
+from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
 BUDGETS = ("smoke", "cpu", "paper")
 BENCH_DIR = Path(__file__).resolve().parent
@@ -50,11 +51,20 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
-def _unet_row(hub_id: str, resolution: int, stem_stride: int, budgets, published=None) -> Row:
-    def build():
-        return build_unet_pair(load_unet_config(SHIPPED_UNET_CONFIGS[hub_id]).config, stem_stride)
+def _unet_row(hub_id: str, resolution: int, stem_stride: int, budgets, published=None, red_norm=None) -> Row:
+    """A DDPM teacher and its student; with ``red_norm`` the student carries RED blocks at the paper placement
+    (they stay in the deployed model, so their cost belongs in the table)."""
 
-    return Row(f"DDPM UNet ({hub_id})", resolution, stem_stride, build, budgets, published)
+    def build():
+        teacher, student = build_unet_pair(load_unet_config(SHIPPED_UNET_CONFIGS[hub_id]).config, stem_stride)
+        if red_norm is not None:
+            student = ReDistillUNet2DModel.from_teacher(
+                teacher, stem_stride=stem_stride, init="random", red_preset="paper", red_norm=red_norm
+            ).eval()
+        return teacher, student
+
+    label = f"DDPM UNet ({hub_id})" + (f" + RED blocks ({red_norm.capitalize()}Norm)" if red_norm else "")
+    return Row(label, resolution, stem_stride, build, budgets, published)
 
 
 def _timm_row(name: str, resolution: int, stem_stride: int, teacher_stem: int | None, published=None) -> Row:
@@ -79,6 +89,8 @@ def table_rows() -> list[Row]:
     heavy = ("cpu", "paper")
     return [
         _unet_row("google/ddpm-cifar10-32", 32, 2, BUDGETS, published=(3.50, 0.875)),
+        _unet_row("google/ddpm-cifar10-32", 32, 2, heavy, red_norm="batch"),
+        _unet_row("google/ddpm-cifar10-32", 32, 2, heavy, red_norm="group"),
         _unet_row("google/ddpm-cifar10-32", 32, 4, BUDGETS),
         _unet_row("google/ddpm-cat-256", 256, 2, heavy),
         _unet_row("google/ddpm-cat-256", 256, 4, heavy),

@@ -32,16 +32,18 @@ in `benchmarks/results/`). `--budget paper` runs the paper's recipes (GPUs).
 
 CPU_CAVEATS = """## How far these numbers go
 
-- The `cpu` budget is a sanity-scale reproduction, not the paper's experiment: models of 0.1-0.3 M
-  parameters, a few hundred optimizer steps, one seed (no spread can be given), 500 generated samples.
-  Differences of a few tenths of a percent (classification) or small FD differences are within the
-  noise of a single seed at this scale.
-- The 2-core machine was shared with other jobs while these ran (load average 7-10 on 2 cores), so
-  wall times, seconds per step and images/s are inflated and noisy; compare them only within a table
-  (the runs of a table ran under similar load), never with other machines.
-- FD and IS use the part-2 CIFAR-10 teacher classifier as feature extractor (no Inception weights
-  offline): the formulas of FID / IS, other features, so the values are not comparable with published
-  FID / IS.
+- The `cpu` budget is a sanity-scale reproduction, not the paper's experiment: models of 0.1-1.3 M
+  parameters trained for 1-3 thousand optimizer steps (about two CIFAR-10 epochs), where the paper
+  trains for hundreds of epochs. Regime (a) follows the paper's protocol at that scale (students from
+  scratch, the teacher's recipe and number of steps); regime (b) is what a user with a trained teacher
+  does. Spreads are over 2 seeds where a row says so; a difference smaller than the spread is noise.
+- Diffusion quality is judged by the held-out denoising loss (the quantity the models are trained on,
+  on images they never saw, at fixed timesteps and noise: deterministic and cheap) and by the sample
+  grids; a student whose grid shows no images has not learnt to generate at this budget, whatever its
+  numbers. FID/KID with the real TF-FID Inception appear where the table says so; at a few hundred
+  samples FID is strongly biased (compare it only within a table, next to KID and the real-data floor).
+- Wall times, seconds per step and images/s are from this 2-core machine and were measured while other
+  jobs ran at a much lower scheduling priority; compare them only within a table.
 - Peak memory is a property of the architecture (batch 1, fp32, weights excluded) and does not depend
   on the budget: those figures hold as they are.
 """
