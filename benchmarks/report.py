@@ -16,6 +16,7 @@ TITLES = {
     "memory": "1. Peak activation memory: teacher vs student",
     "classification": "2. Classification on CIFAR-10: one aggressively downsampled student, every distiller",
     "diffusion": "3. Diffusion on CIFAR-10: the stem-stride-2 DDPM student, every distiller",
+    "cuda": "4. On a GPU: torch.cuda.max_memory_allocated, teacher vs student",
 }
 
 INTRO = """# ReDistill benchmarks

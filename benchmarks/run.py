@@ -1,4 +1,4 @@
-"""One entry point for the benchmarks: memory, classification and diffusion, at three budgets.
+"""One entry point for the benchmarks: memory, classification, diffusion (and cuda, on a GPU), at three budgets.
 
     python benchmarks/run.py --budget smoke --output_dir /tmp/redistill-smoke   # < 3 min, CI, synthetic data
     python benchmarks/run.py --budget cpu                                       # the committed tables (2 CPU cores)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         result["budget"] = args.budget
         result["entry_command"] = entry
         result["total_wall_s"] = round(time.perf_counter() - start, 1)
-        if result.get("status") not in ("ok", "dry run"):
+        if result.get("status") not in ("ok", "dry run", "skipped"):
             failures.append(f"{part}: {result.get('status')}: {result.get('reason')}")
         write_json(output_dir / "results" / f"{part}.json", result)
         print(f"[benchmarks] {part}: {result.get('status')} in {result['total_wall_s']:.0f} s", flush=True)

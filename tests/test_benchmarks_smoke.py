@@ -169,3 +169,13 @@ def test_classification_never_reuses_a_run_from_before_protocol_v2(tmp_path):
     assert cls._reusable(tmp_path, argv) is None
     (tmp_path / "benchmark_run.json").write_text(json.dumps({"argv": argv[1:], "protocol": cls.PROTOCOL}))
     assert cls._reusable(tmp_path, argv) is not None
+
+
+def test_cuda_part_is_skipped_in_one_line_without_a_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the cuda part would run")
+    assert bench_run.main(["--budget", "smoke", "--only", "cuda", "--output_dir", str(tmp_path)]) == 0
+    cuda = json.loads((tmp_path / "results" / "cuda.json").read_text())
+    assert (cuda["status"], cuda["reason"]) == ("skipped", "no CUDA GPU on this machine")
+    assert "**Status: skipped.** no CUDA GPU on this machine" in (tmp_path / "RESULTS.md").read_text()
