@@ -116,23 +116,27 @@ IDENTITY = {"red_init": "identity"}
 
 
 def _cpu_variants() -> list[Variant]:
-    """Protocol v2, in run order (a budget cut short still answers the main question first): regime (a)'s
-    plain student and RED (BatchNorm and GroupNorm) with their second seeds, then the other (a) arms, then
-    regime (b), then the remaining second seeds."""
-    scratch = [Variant("vanilla", "vanilla"), Variant("red", "red"), Variant("red (GroupNorm)", "red", flags=GROUP)]
-    scratch += [Variant("vanilla", "vanilla", seed=1), Variant("red", "red", seed=1)]
-    scratch += [Variant(d, d) for d in ("output_mse", "fitnet", "student_plus", "red+output_mse")]
-    finetune = [Variant("vanilla", "vanilla", "finetune")]
-    finetune += [
+    """Protocol v2, in run order, so a budget cut short still answers the main questions first: regime (a)'s
+    plain student and RED (BatchNorm, GroupNorm) with second seeds of vanilla and RED; regime (b)'s plain
+    student and RED; then the other distillers of both regimes; then the remaining second seeds."""
+    scratch_core = [Variant("vanilla", "vanilla"), Variant("red", "red"), Variant("red (GroupNorm)", "red", flags=GROUP)]
+    scratch_core += [Variant("vanilla", "vanilla", seed=1), Variant("red", "red", seed=1)]
+    finetune_core = [
+        Variant("vanilla", "vanilla", "finetune"),
         Variant("red (identity init)", "red", "finetune", flags=IDENTITY),
         Variant("red (GroupNorm, identity init)", "red", "finetune", flags={**GROUP, **IDENTITY}),
     ]
-    finetune += [Variant(d, d, "finetune") for d in ("output_mse", "fitnet", "student_plus")]
-    finetune += [Variant("red+output_mse (identity init)", "red+output_mse", "finetune", flags=IDENTITY)]
+    others = []
+    for distiller in ("output_mse", "fitnet", "student_plus"):
+        others += [Variant(distiller, distiller), Variant(distiller, distiller, "finetune")]
+    others += [
+        Variant("red+output_mse", "red+output_mse"),
+        Variant("red+output_mse (identity init)", "red+output_mse", "finetune", flags=IDENTITY),
+    ]
     seeds = [Variant("red (GroupNorm)", "red", flags=GROUP, seed=1)]
     seeds += [Variant("vanilla", "vanilla", "finetune", seed=1)]
     seeds += [Variant("red (identity init)", "red", "finetune", flags=IDENTITY, seed=1)]
-    return scratch + finetune + seeds
+    return scratch_core + finetune_core + others + seeds
 
 
 BUDGETS: dict[str, DiffusionBudget] = {

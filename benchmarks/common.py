@@ -83,11 +83,18 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+# run.py --no_new_runs: report what has finished; a run that would have to train is reported as not run.
+ALLOW_NEW_RUNS = True
+
+
 def run_logged(record: CommandRecord, log_path: Path, threads: int | None = None, timeout_s: float | None = None) -> CommandRecord:
     """Run ``record.argv`` from the repository root, stdout+stderr to ``log_path``; fill wall time and rc.
 
-    Raises `CommandFailed` (naming the log and its last line) when the command fails.
+    Raises `CommandFailed` (naming the log and its last line) when the command fails, or without running it
+    under ``--no_new_runs``.
     """
+    if not ALLOW_NEW_RUNS:
+        raise CommandFailed(f"{record.name}: not run (--no_new_runs and no finished identical run to reuse)")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")

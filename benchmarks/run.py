@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from common import (  # noqa: E402
     BUDGETS,
     CIFAR10_PARQUET,
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_data", type=str, default=None, help="Another parquet to report classification top-1 on (default: the held-out slice of --data).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Classification seeds (default: the budget's).")
     parser.add_argument("--reuse_runs", action=argparse.BooleanOptionalAction, default=True, help="Reuse a finished run found in work_dir (the same command) instead of training it again.")
+    parser.add_argument("--no_new_runs", action="store_true", help="Report finished runs (and evaluate them) but train nothing new: runs without a finished identical run are listed as not run.")
     parser.add_argument("--report_only", action="store_true", help="Only regenerate RESULTS.md from the JSON in <output_dir>/results.")
     parser.add_argument("--dry_run", action="store_true", help="--budget paper only: list the paper's commands in RESULTS.md instead of running them.")
     args = parser.parse_args(argv)
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(f"[benchmarks] wrote {relative(render(output_dir))}")
         return 0
+    common.ALLOW_NEW_RUNS = not args.no_new_runs
     entry = " ".join(shlex.quote(a) for a in ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
     parts = args.only or list(PARTS)
     failures = []
