@@ -89,7 +89,9 @@ def load_network(path: Path, device: torch.device, optimize: bool = True) -> tor
                     network = torch.jit.load(str(path), map_location=device).eval()
                 except Exception as error:
                     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                    raise ValueError(f"TF-FID Inception weights {path} could not be loaded: {first}") from error
+                    raise ValueError(
+                        f"TF-FID Inception weights {path} could not be loaded: {first}"
+                    ) from error
                 if optimize and device.type == "cpu":
                     network = torch.jit.optimize_for_inference(torch.jit.freeze(network))
             _MODULES[key] = network
@@ -151,7 +153,9 @@ def register_tf_inception(weights_path: str | Path | None = None) -> str:
     path = check_weights(weights_path)
     registered = FEATURE_EXTRACTORS_REGISTRY.get(TF_INCEPTION)
     if registered is None or registered.weights_path != path:
-        extractor_class = type("FeatureExtractorTFInception_", (FeatureExtractorTFInception,), {"weights_path": path})
+        extractor_class = type(
+            "FeatureExtractorTFInception_", (FeatureExtractorTFInception,), {"weights_path": path}
+        )
         FEATURE_EXTRACTORS_REGISTRY.pop(TF_INCEPTION, None)
         register_feature_extractor(TF_INCEPTION, extractor_class)
     load_network(path, torch.device("cpu"))  # a file that is not TorchScript fails here, before any work
