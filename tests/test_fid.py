@@ -194,6 +194,7 @@ def test_bad_eval_inputs_exit_2_in_one_line_and_write_nothing(classifier_weights
     corrupt.write_bytes(b"junk")
     classifier = ["--feature_extractor", CLASSIFIER, "--feature_extractor_weights_path", classifier_weights]
     out = tmp_path / "out"
+    capsys.readouterr()  # drop the progress output of writing the files above
     cases = [
         (["--reference", reference, "--feature_extractor", TF_INCEPTION, "--feature_extractor_weights_path",
           str(corrupt)], "corrupt"),
