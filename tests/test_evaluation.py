@@ -330,7 +330,7 @@ def test_bad_inputs_fail_in_one_line_before_any_sampling(pipeline_folders, class
         (FileNotFoundError, "does not exist", dict(reference=str(tmp_path / "missing.parquet"))),
         (ValueError, "no image column", dict(reference=str(no_image))),
         (ValueError, "could not be read", dict(reference=str(corrupt))),
-        (ValueError, "IS needs class logits", dict(feature_extractor=nn.Conv2d(3, 4, 3))),
+        (ValueError, "IS needs class logits", dict(feature_extractor=nn.Conv2d(3, 4, 3), metrics=("fid", "isc"))),
         (ValueError, "metrics must be chosen", dict(metrics=("fid", "lpips"))),
         (ValueError, "sampler must be", dict(sampler="euler")),
         (ValueError, "at least 2", dict(num_samples=1)),
@@ -366,7 +366,7 @@ def test_redistill_eval_end_to_end(pipeline_folders, classifier_weights, tmp_pat
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"reference: {reference}\nnum_samples: 4\nsampler: ddpm\nnum_inference_steps: 1000\n"
-        "metrics: [fid, isc, kid]\nkid_subset_size: 1000\n"
+        "metrics: [fid, isc, kid]\n"
     )
     output = tmp_path / "out"
     argv = [
@@ -376,7 +376,7 @@ def test_redistill_eval_end_to_end(pipeline_folders, classifier_weights, tmp_pat
         "--cache_root", str(tmp_path / "cache"), "--output_dir", str(output),
     ]  # fmt: skip
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the recipe's KID subset of 1000 is lowered to 8, with a warning
+        warnings.simplefilter("ignore")  # the default KID subset of 1000 is lowered to 8, with a warning
         assert cli_main(argv) == 0
 
     results = json.loads((output / "metrics.json").read_text())["results"]

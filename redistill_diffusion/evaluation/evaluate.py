@@ -15,17 +15,19 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from .extractors import INCEPTION, FeatureExtractorChoice, resolve_feature_extractor
+from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
 from .metrics import (
     BINARY_METRICS,
     DEFAULT_ISC_SPLITS,
-    DEFAULT_KID_SUBSET_SIZE,
     DEFAULT_KID_SUBSETS,
     check_metrics,
+    check_stats_fit,
+    default_metrics,
     plan_metrics,
+    prepare_reference,
     score_images,
 )
-from .reference import ImageTensorDataset, load_reference
+from .reference import ImageTensorDataset, ReferenceImages
 from .report import save_sample_grid, write_report
 from .sampling import (
     DEFAULT_STEPS,
@@ -36,6 +38,7 @@ from .sampling import (
     sample_images,
     sample_resolution,
 )
+from .stats_file import ReferenceStats, check_stats_output
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +102,16 @@ def evaluate_pipelines(
     num_inference_steps: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
-    metrics: Sequence[str] = ("fid", "isc", "kid"),
-    feature_extractor: str | FeatureExtractorChoice | torch.nn.Module = INCEPTION,
+    metrics: Sequence[str] | None = None,
+    feature_extractor: str | FeatureExtractorChoice | torch.nn.Module = AUTO,
     feature_extractor_weights_path: str | os.PathLike | None = None,
-    kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
+    kid_subset_size: int | None = None,
     kid_subsets: int = DEFAULT_KID_SUBSETS,
     isc_splits: int = DEFAULT_ISC_SPLITS,
     reference_max_images: int | None = None,
     reference_split: str = "train",
+    reference_stats: str | os.PathLike | ReferenceStats | None = None,
+    save_reference_stats_to: str | os.PathLike | None = None,
     cache_root: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -117,13 +122,16 @@ def evaluate_pipelines(
     """Sample every pipeline with the same seeds and score it against ``reference``.
 
     ``pipelines``: Hub ids, local folders or loaded pipelines (a mapping gives them names).
-    ``reference``: see ``load_reference``. Returns one dict per pipeline (keys as in metrics.json:
+    ``reference``: see ``load_reference``; or ``reference_stats``, a pytorch-fid .npz (FID only);
+    ``save_reference_stats_to`` writes the reference's statistics as one. ``metrics=None``: FID and KID (+ IS
+    when the extractor has logits). Returns one dict per pipeline (keys as in metrics.json:
     ``pipeline``, the metrics, ``num_samples``, ``sampler``, ``num_inference_steps``,
     ``images_per_second``, ``peak_bytes``, ``feature_extractor``, ...). With ``output_dir``, writes
     ``metrics.json``, ``metrics.md`` and ``samples_<name>.png``.
     """
     # ---- validation: nothing is sampled until every input has been checked ----
-    metrics = check_metrics(metrics)
+    extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
+    metrics = check_metrics(metrics) if metrics is not None else default_metrics(extractor)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     steps = DEFAULT_STEPS[sampler] if num_inference_steps is None else int(num_inference_steps)
@@ -136,24 +144,30 @@ def evaluate_pipelines(
         if not isinstance(source, DiffusionPipeline):
             check_pipeline_source(source)
     needs_reference = any(m in BINARY_METRICS for m in metrics)
-    if needs_reference and reference is None:
-        raise ValueError("FID / KID / precision-recall need a --reference")
+    if needs_reference and reference is None and reference_stats is None:
+        raise ValueError("FID / KID / precision-recall need a --reference (or --reference_stats)")
     base_reference = (
-        load_reference(reference, split=reference_split, max_images=reference_max_images)
+        prepare_reference(reference, reference_stats, split=reference_split, max_images=reference_max_images)
         if needs_reference
         else None
     )
-    extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
-    loaded = [(name, load_pipeline(source)) for name, source in named]
+    if save_reference_stats_to is not None:
+        save_reference_stats_to = check_stats_output(save_reference_stats_to)
+        if "fid" not in metrics:
+            raise ValueError("--save_reference_stats needs fid among the metrics")
     settings = plan_metrics(
         metrics,
         num_samples=num_samples,
-        num_reference=len(base_reference) if base_reference is not None else None,
+        num_reference=len(base_reference) if isinstance(base_reference, ReferenceImages) else None,
         extractor=extractor,
         kid_subset_size=kid_subset_size,
         kid_subsets=kid_subsets,
         isc_splits=isc_splits,
+        reference_is_stats=isinstance(base_reference, ReferenceStats),
     )
+    if isinstance(base_reference, ReferenceStats):
+        check_stats_fit(base_reference, extractor)
+    loaded = [(name, load_pipeline(source)) for name, source in named]
     device = torch.device(device) if device is not None else default_device()
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -179,7 +193,9 @@ def evaluate_pipelines(
         result: dict = {"pipeline": name}
         scores = score_images(
             ImageTensorDataset(sampled.images),
-            base_reference.at_resolution(resolution) if base_reference is not None else None,
+            base_reference.at_resolution(resolution)
+            if isinstance(base_reference, ReferenceImages)
+            else base_reference,
             extractor,
             settings,
             batch_size=batch_size,
@@ -187,9 +203,11 @@ def evaluate_pipelines(
             seed=seed,
             device=device,
             progress=progress,
+            save_reference_stats_to=save_reference_stats_to if not results else None,
         )
+        context = ("feature_extractor", "num_samples", "kid_subset_size")
         result.update(
-            {k: v for k, v in scores.items() if not k.startswith("reference_") and k != "kid_subset_size"}
+            {k: v for k, v in scores.items() if not k.startswith("reference_") and k not in context}
         )
         result.update(
             num_samples=num_samples,

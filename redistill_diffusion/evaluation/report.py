@@ -34,7 +34,9 @@ def _mean_std(result: dict, mean_key: str, std_key: str, digits: int) -> str:
 
 def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorChoice) -> str:
     """One markdown row per pipeline: FID (or FD-<extractor>), IS, KID, samples, sampler, throughput,
-    peak activation memory of the denoiser (MB = 2^20 bytes, batch 1)."""
+    peak activation memory of the denoiser (MB = 2^20 bytes, batch 1). Rows of image sets (``images``
+    instead of ``pipeline``) have the metric and image-count columns only."""
+    pipelines = all("pipeline" in r for r in results)
     keys = extractor.metric_keys()
     titles = extractor.display_names()
     fid_key = keys["frechet_inception_distance"]
@@ -45,7 +47,7 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
         for key in (fid_key, isc_mean, kid_mean, "precision", "peak_bytes_paper")
     }
 
-    header = ["Pipeline"]
+    header = ["Pipeline" if pipelines else "Images"]
     if has[fid_key]:
         header.append(f"{titles['fid']} ↓")
     if has[isc_mean]:
@@ -54,13 +56,13 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
         header.append(f"{titles['kid']} ↓")
     if has["precision"]:
         header += ["Precision", "Recall"]
-    header += ["Samples", "Sampler", "Images/s", "Peak act. memory (MB)"]
+    header += ["Samples", "Sampler", "Images/s", "Peak act. memory (MB)"] if pipelines else ["Images"]
     if has["peak_bytes_paper"]:
         header.append("Peak, paper conv. (MB)")
 
     rows = []
     for r in results:
-        row = [f"`{r['pipeline']}`"]
+        row = [f"`{r['pipeline'] if pipelines else r.get('images', r.get('pipeline'))}`"]
         if has[fid_key]:
             row.append(f"{r[fid_key]:.2f}" if fid_key in r else "-")
         if has[isc_mean]:
@@ -72,6 +74,9 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
                 f"{r['precision']:.3f}" if "precision" in r else "-",
                 f"{r['recall']:.3f}" if "recall" in r else "-",
             ]
+        if not pipelines:
+            rows.append(row + [str(r["num_samples"])])
+            continue
         row += [
             str(r["num_samples"]),
             f"{r['sampler'].upper()} {r['num_inference_steps']}",
@@ -94,9 +99,12 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
             else f" (a Frechet distance on its features: FD-{extractor.label}, not FID)"
         )
         + f". Reference: `{first.get('reference')}` ({first.get('reference_num_images', '-')} images).",
-        f"Throughput measured on `{first.get('device', '?')}`; peak memory: one denoiser forward at batch 1,"
-        " weights excluded (`redistill_diffusion.memory`, exact liveness count).",
     ]
+    if pipelines:
+        notes.append(
+            f"Throughput measured on `{first.get('device', '?')}`; peak memory: one denoiser forward at batch 1,"
+            " weights excluded (`redistill_diffusion.memory`, exact liveness count)."
+        )
     return "\n".join(lines + notes) + "\n"
 
 
