@@ -76,3 +76,57 @@ def test_a_perfect_predictor_scores_zero_and_a_zero_predictor_scores_one():
 def test_bad_images_are_one_clear_error():
     with pytest.raises(ValueError, match="N x C x H x W"):
         denoising_loss(tiny_unet(), DDPMScheduler(), torch.zeros(3, 16, 16))
+
+
+def test_redistill_eval_denoise_matches_the_api(tmp_path, capsys):
+    """`redistill eval --metrics denoise` gives the API's number for the same pipeline and held-out images;
+    without --heldout_data it is a one-line error before any work."""
+    import datasets
+    from diffusers import DDPMPipeline
+    from PIL import Image
+
+    from redistill_diffusion.cli import main as cli_main
+    from redistill_diffusion.data import make_shapes
+    from redistill_diffusion.evaluation.denoising import load_heldout_images
+
+    folder = tmp_path / "pipe"
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(
+        str(folder)
+    )
+    images, labels = make_shapes(num_images=10, resolution=16, seed=3)
+    heldout = tmp_path / "heldout.parquet"
+    datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in images]}).to_parquet(str(heldout))
+    out = tmp_path / "eval"
+    argv = ["eval", "--pipelines", str(folder), "--metrics", "denoise", "--heldout_data", str(heldout)]
+    argv += [
+        "--heldout_num_images",
+        "6",
+        "--heldout_timesteps",
+        "4",
+        "--num_samples",
+        "2",
+        "--sampler",
+        "ddim",
+    ]
+    argv += ["--num_inference_steps", "2", "--output_dir", str(out)]
+    assert cli_main(argv) == 0
+    (row,) = json.loads((out / "metrics.json").read_text())["results"]
+    expected = denoising_loss(
+        tiny_unet(),
+        DDPMScheduler(num_train_timesteps=1000),
+        load_heldout_images(str(heldout), 16, 3, 6),
+        num_timesteps=4,
+    )
+    assert abs(row["denoise_loss"] - expected["denoise_loss"]) < 1e-6
+    assert len(row["denoise_loss_per_timestep"]) == 4
+    assert "Held-out denoising loss" in (out / "metrics.md").read_text()
+    capsys.readouterr()
+    assert (
+        cli_main(
+            ["eval", "--pipelines", str(folder), "--metrics", "denoise", "--output_dir", str(tmp_path / "x")]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--heldout_data" in err[0]
+    assert not (tmp_path / "x").exists()

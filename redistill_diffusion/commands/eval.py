@@ -43,6 +43,9 @@ DEFAULTS = {
     "output_dir": "eval_results",
     "device": None,
     "mixed_precision": "no",
+    "heldout_data": None,
+    "heldout_num_images": 500,
+    "heldout_timesteps": 10,
 }
 
 
@@ -110,9 +113,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser,
         "metrics",
         nargs="+",
-        choices=("fid", "isc", "kid", "prc"),
-        help="default: fid kid, plus isc when the extractor has class logits",
+        choices=("fid", "isc", "kid", "prc", "denoise"),
+        help="default: fid kid, plus isc when the extractor has class logits; denoise: the held-out denoising "
+        "loss (needs --heldout_data)",
     )
+    _flag(
+        parser,
+        "heldout_data",
+        metavar="IMAGES",
+        help="held-out images for --metrics denoise (a parquet file, image folder, saved or Hub dataset)",
+    )
+    _flag(parser, "heldout_num_images", type=int, help="held-out images used by denoise (default 500)")
+    _flag(parser, "heldout_timesteps", type=int, help="evenly spaced timesteps of denoise (default 10)")
     _flag(
         parser,
         "feature_extractor",
@@ -234,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         device=settings["device"],
     )
     if settings["images"]:
+        if "denoise" in (settings["metrics"] or []):
+            raise ValueError("--metrics denoise scores denoisers: use it with --pipelines, not --images")
         evaluate_images(
             settings["images"], settings["reference"], max_images=settings["max_images"], **common
         )
@@ -245,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
             sampler=settings["sampler"],
             num_inference_steps=settings["num_inference_steps"],
             mixed_precision=settings["mixed_precision"],
+            heldout_data=settings["heldout_data"],
+            heldout_num_images=settings["heldout_num_images"],
+            heldout_timesteps=settings["heldout_timesteps"],
             **common,
         )
     print((output_dir / "metrics.md").read_text())

@@ -64,6 +64,32 @@ def denoiser_peak_memory(unet: torch.nn.Module, resolution: tuple[int, int]) -> 
     return out
 
 
+def _denoise_scores(
+    pipeline, resolution, cache: dict, source, num_images: int, timesteps: int, device
+) -> dict:
+    """Held-out denoising loss of the pipeline's denoiser (fp32, eval mode); the held-out images are loaded
+    once per resolution."""
+    from .denoising import denoising_loss, load_heldout_images
+
+    unet = pipeline.unet
+    key = (int(resolution[0]), int(unet.config.in_channels))
+    if key not in cache:
+        logger.info("loading %d held-out images from %s", num_images, source)
+        cache[key] = load_heldout_images(str(source), key[0], key[1], num_images)
+    was_training, dtype = unet.training, unet.dtype
+    unet.eval().float().to(device)
+    try:
+        scores = denoising_loss(unet, pipeline.scheduler, cache[key], num_timesteps=timesteps, device=device)
+    finally:
+        unet.train(was_training).to(dtype)
+    per_step = {k[len("denoise_loss_t") :]: v for k, v in scores.items() if k.startswith("denoise_loss_t")}
+    return {
+        **{k: v for k, v in scores.items() if not k.startswith("denoise_loss_t")},
+        "denoise_loss_per_timestep": per_step,
+        "heldout_num_images": int(cache[key].shape[0]),
+    }
+
+
 def _pipeline_names(pipelines) -> list[tuple[str, PipelineSource]]:
     if isinstance(pipelines, Mapping):
         return [(str(name), source) for name, source in pipelines.items()]
@@ -118,8 +144,15 @@ def evaluate_pipelines(
     mixed_precision: str = "no",
     measure_memory: bool = True,
     progress: bool = True,
+    heldout_data: str | os.PathLike | None = None,
+    heldout_num_images: int = 500,
+    heldout_timesteps: int = 10,
 ) -> list[dict]:
     """Sample every pipeline with the same seeds and score it against ``reference``.
+
+    ``"denoise"`` among the metrics adds the held-out denoising loss (``evaluation.denoising``) of each
+    denoiser on ``heldout_num_images`` images of ``heldout_data`` (images it was not trained on), at
+    ``heldout_timesteps`` fixed timesteps: ``denoise_loss`` and its low/mid/high noise bands.
 
     ``pipelines``: Hub ids, local folders or loaded pipelines (a mapping gives them names).
     ``reference``: see ``load_reference``; or ``reference_stats``, a pytorch-fid .npz (FID only);
@@ -131,7 +164,20 @@ def evaluate_pipelines(
     """
     # ---- validation: nothing is sampled until every input has been checked ----
     extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
-    metrics = check_metrics(metrics) if metrics is not None else default_metrics(extractor)
+    wants_denoise = metrics is not None and "denoise" in [m.lower() for m in metrics]
+    if wants_denoise:
+        if not heldout_data:
+            raise ValueError(
+                "the denoise metric needs --heldout_data: held-out images the models were not trained on"
+            )
+        if heldout_num_images < 1 or heldout_timesteps < 1:
+            raise ValueError("--heldout_num_images and --heldout_timesteps must be positive")
+        metrics = [m for m in metrics if m.lower() != "denoise"]
+    metrics = (
+        (check_metrics(metrics) if metrics else ()) if metrics is not None else default_metrics(extractor)
+    )
+    if not metrics and not wants_denoise:
+        raise ValueError("give at least one metric")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     steps = DEFAULT_STEPS[sampler] if num_inference_steps is None else int(num_inference_steps)
@@ -155,19 +201,24 @@ def evaluate_pipelines(
         save_reference_stats_to = check_stats_output(save_reference_stats_to)
         if "fid" not in metrics:
             raise ValueError("--save_reference_stats needs fid among the metrics")
-    settings = plan_metrics(
-        metrics,
-        num_samples=num_samples,
-        num_reference=len(base_reference) if isinstance(base_reference, ReferenceImages) else None,
-        extractor=extractor,
-        kid_subset_size=kid_subset_size,
-        kid_subsets=kid_subsets,
-        isc_splits=isc_splits,
-        reference_is_stats=isinstance(base_reference, ReferenceStats),
+    settings = (
+        None
+        if not metrics
+        else plan_metrics(
+            metrics,
+            num_samples=num_samples,
+            num_reference=len(base_reference) if isinstance(base_reference, ReferenceImages) else None,
+            extractor=extractor,
+            kid_subset_size=kid_subset_size,
+            kid_subsets=kid_subsets,
+            isc_splits=isc_splits,
+            reference_is_stats=isinstance(base_reference, ReferenceStats),
+        )
     )
     if isinstance(base_reference, ReferenceStats):
         check_stats_fit(base_reference, extractor)
     loaded = [(name, load_pipeline(source)) for name, source in named]
+    heldout_images: dict[tuple[int, int], torch.Tensor] = {}
     device = torch.device(device) if device is not None else default_device()
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -178,6 +229,19 @@ def evaluate_pipelines(
     results = []
     for (name, pipeline), grid_file in zip(loaded, grid_files):
         resolution = sample_resolution(pipeline)
+        result: dict = {"pipeline": name}
+        if wants_denoise:
+            result.update(
+                _denoise_scores(
+                    pipeline,
+                    resolution,
+                    heldout_images,
+                    heldout_data,
+                    heldout_num_images,
+                    heldout_timesteps,
+                    device,
+                )
+            )
         sampled = sample_images(
             pipeline,
             num_samples,
@@ -190,20 +254,23 @@ def evaluate_pipelines(
             progress=progress,
             description=f"sampling {name}",
         )
-        result: dict = {"pipeline": name}
-        scores = score_images(
-            ImageTensorDataset(sampled.images),
-            base_reference.at_resolution(resolution)
-            if isinstance(base_reference, ReferenceImages)
-            else base_reference,
-            extractor,
-            settings,
-            batch_size=batch_size,
-            cache_root=None if cache_root is None else str(cache_root),
-            seed=seed,
-            device=device,
-            progress=progress,
-            save_reference_stats_to=save_reference_stats_to if not results else None,
+        scores = (
+            {}
+            if settings is None
+            else score_images(
+                ImageTensorDataset(sampled.images),
+                base_reference.at_resolution(resolution)
+                if isinstance(base_reference, ReferenceImages)
+                else base_reference,
+                extractor,
+                settings,
+                batch_size=batch_size,
+                cache_root=None if cache_root is None else str(cache_root),
+                seed=seed,
+                device=device,
+                progress=progress,
+                save_reference_stats_to=save_reference_stats_to if not results else None,
+            )
         )
         context = ("feature_extractor", "num_samples", "kid_subset_size")
         result.update(

@@ -44,7 +44,7 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
     kid_mean, kid_std = keys["kernel_inception_distance_mean"], keys["kernel_inception_distance_std"]
     has = {
         key: any(key in r for r in results)
-        for key in (fid_key, isc_mean, kid_mean, "precision", "peak_bytes_paper")
+        for key in (fid_key, isc_mean, kid_mean, "precision", "peak_bytes_paper", "denoise_loss")
     }
 
     header = ["Pipeline" if pipelines else "Images"]
@@ -56,6 +56,8 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
         header.append(f"{titles['kid']} ↓")
     if has["precision"]:
         header += ["Precision", "Recall"]
+    if has["denoise_loss"]:
+        header.append("Held-out denoising loss ↓ (low / mid / high noise)")
     header += ["Samples", "Sampler", "Images/s", "Peak act. memory (MB)"] if pipelines else ["Images"]
     if has["peak_bytes_paper"]:
         header.append("Peak, paper conv. (MB)")
@@ -74,6 +76,11 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
                 f"{r['precision']:.3f}" if "precision" in r else "-",
                 f"{r['recall']:.3f}" if "recall" in r else "-",
             ]
+        if has["denoise_loss"]:
+            bands = " / ".join(
+                f"{r[f'denoise_loss_{b}']:.4f}" for b in ("low", "mid", "high") if f"denoise_loss_{b}" in r
+            )
+            row.append(f"{r['denoise_loss']:.5f} ({bands})" if "denoise_loss" in r else "-")
         if not pipelines:
             rows.append(row + [str(r["num_samples"])])
             continue
