@@ -139,7 +139,10 @@ class DataArguments:
         default=True, metadata={"help": "Centre crop after resizing (else a random crop)."}
     )
     random_flip: bool = False
-    max_train_samples: int | None = None
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on a random subset of this many images, drawn with --seed (same seed, same subset)."},
+    )
     builtin_num_images: int = field(default=2048, metadata={"help": "Size of the redistill:shapes dataset."})
 
 

@@ -161,6 +161,7 @@ def build_classification_task(
         validation_split_size=args.validation_split_size, validation_split_seed=args.validation_split_seed,
         eval_data=args.eval_data, eval_split=args.eval_split, max_eval_samples=args.max_eval_samples,
         builtin_num_images=data_args.builtin_num_images, builtin_resolution=data_args.resolution or 32,
+        seed=training_args.seed,
     )
     num_classes = args.num_classes or data.num_classes
     if num_classes < data.num_classes:
