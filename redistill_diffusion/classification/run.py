@@ -232,13 +232,13 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
     training_args, data_args, cls_args = parse_args(CLASSIFIER_ARGUMENTS, argv)
     _validate(cls_args, training_args)
     config = to_dict(training_args, data_args, cls_args)
-    trainer = Trainer(training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("redistill_diffusion").setLevel(
-        logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
-    )
-    task = build_classification_task(cls_args, data_args, training_args)
-    result = trainer.train(task)
+    with Trainer(training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api) as trainer:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+        logging.getLogger("redistill_diffusion").setLevel(
+            logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
+        )
+        task = build_classification_task(cls_args, data_args, training_args)
+        result = trainer.train(task)
     if trainer.accelerator.is_main_process:
         results_path = Path(training_args.output_dir) / "results.json"
         if results_path.is_file():

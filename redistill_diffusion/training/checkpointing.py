@@ -17,6 +17,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TMP_SUFFIX = ".tmp"
 STATE_FILE = "training_state.json"  # written last inside a checkpoint; marks it complete
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+_LEFTOVER_RE = re.compile(rf"^{CHECKPOINT_PREFIX}\d+({re.escape(TMP_SUFFIX)}|\.old)$")  # a save's temporaries
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -58,12 +59,17 @@ def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwr
     """Refuse to mix two runs in one folder, before any work starts.
 
     An existing non-empty ``output_dir`` is allowed only when resuming or with ``--overwrite_output_dir``
-    (which removes its old checkpoints, so ``latest`` can never pick up the other run's state).
+    (which removes what the previous run wrote, see `outputs.remove_previous_run`, so ``latest`` can
+    never pick up the other run's state). A path that cannot be a folder is refused here too.
     """
+    from ..files import ensure_output_dir
+    from .outputs import BOOKKEEPING
+
     root = Path(output_dir)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"output_dir {output_dir!r} is a file; pass a folder.")
-    if not root.is_dir() or not any(root.iterdir()) or resume_from_checkpoint:
+    if not root.is_dir():
+        ensure_output_dir(output_dir)  # a file, a path under a file, a read-only place: one line now
+        return
+    if not any(c.name not in BOOKKEEPING for c in root.iterdir()) or resume_from_checkpoint:
         return
     if not overwrite_output_dir:
         raise ValueError(
@@ -73,13 +79,20 @@ def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwr
 
 
 def clear_old_checkpoints(output_dir: str) -> None:
-    """With --overwrite_output_dir: drop the previous run's checkpoints (main process only)."""
+    """With --overwrite_output_dir: drop the previous run's checkpoints (main process only).
+
+    Only folders a run of ours wrote: ``checkpoint-<step>`` holding our completion marker and a
+    save's ``checkpoint-<step>.tmp``/``.old``; a user's ``checkpoint-notes/`` stays.
+    """
+    for path in [*list_checkpoints(output_dir), *_leftovers(output_dir)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _leftovers(output_dir: str) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
-        return
-    for child in root.iterdir():
-        if child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX):
-            shutil.rmtree(child, ignore_errors=True)
+        return []
+    return [child for child in root.iterdir() if child.is_dir() and _LEFTOVER_RE.match(child.name)]
 
 
 def temporary_checkpoint_dir(output_dir: str, step: int) -> Path:
@@ -91,11 +104,10 @@ def final_checkpoint_dir(output_dir: str, step: int) -> Path:
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-    root = Path(output_dir)
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith(CHECKPOINT_PREFIX) and child.name.endswith(TMP_SUFFIX):
-                shutil.rmtree(child, ignore_errors=True)
+    """Drop the ``checkpoint-<step>.tmp`` folders of a killed save (the run lock makes them ours)."""
+    for path in _leftovers(output_dir):
+        if path.name.endswith(TMP_SUFFIX):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_tree(path: Path) -> None:
