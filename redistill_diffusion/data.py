@@ -225,6 +225,7 @@ def load_image_dataset(
         dataset = dataset.rename_column(label_col, "label")
     if max_samples is not None:
         dataset = select_subset(dataset, max_samples, seed)
+    dataset = drop_unreadable_images(dataset)
     if len(dataset) == 0:
         raise ValueError(
             "The training dataset is empty; check --dataset_name / --train_data_dir / --max_train_samples."
@@ -245,6 +246,47 @@ def select_subset(dataset, max_samples: int | None, seed: int):
     if "label" in subset.column_names and len(subset):
         log_class_balance(subset, num_classes=_label_count(dataset))
     return subset
+
+
+def _unreadable(value: dict) -> str | None:
+    """Why an undecoded image (``{"bytes", "path"}``) cannot be opened, or None."""
+    import io
+
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        with Image.open(source) as image:
+            image.verify()  # headers and PNG chunk checksums; no pixel decoding
+    except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
+
+
+def drop_unreadable_images(dataset):
+    """Skip images PIL cannot open (corrupt or truncated files), with one warning naming them and a count.
+
+    Checked before training (PIL's ``verify``: cheaper than an epoch of decoding), so a bad file
+    does not stop a run midway; damage only a full decode can find is still reported with the
+    file's name by `ImageTensorDataset`.
+    """
+    import datasets
+
+    if not isinstance(dataset.features.get("image"), datasets.Image):
+        return dataset  # arrays or tensors, nothing to open
+    raw = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    bad: list[tuple[int, str]] = []
+    start = 0
+    for batch in raw.iter(batch_size=1000):
+        for offset, value in enumerate(batch["image"]):
+            problem = _unreadable(value)
+            if problem is not None:
+                bad.append((start + offset, f"{value.get('path') or f'row {start + offset}'} ({problem})"))
+        start += len(batch["image"])
+    if not bad:
+        return dataset
+    shown = "; ".join(text for _, text in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+    logger.warning("Skipping %d of %d images that cannot be read: %s", len(bad), len(dataset), shown)
+    skip = {index for index, _ in bad}
+    return dataset.select([i for i in range(len(dataset)) if i not in skip])
 
 
 def _label_count(dataset) -> int:
@@ -318,11 +360,24 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.dataset[int(index)]
-        item = {"images": self.transform(row["image"])}
+        try:
+            row = self.dataset[int(index)]
+            item = {"images": self.transform(row["image"])}
+        except (OSError, SyntaxError) as error:  # damage `drop_unreadable_images` could not see
+            raise ValueError(f"Image {self._describe(index)} cannot be decoded ({error}); remove it.") from error
         if self.with_labels:
             item["labels"] = int(row["label"])
         return item
+
+
+    def _describe(self, index: int) -> str:
+        import datasets
+
+        try:
+            raw = self.dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+            return f"{int(index)} ({raw[int(index)]['image'].get('path') or 'embedded bytes'})"
+        except Exception:  # noqa: BLE001 - only used to word an error
+            return str(int(index))
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):

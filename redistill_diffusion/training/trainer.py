@@ -483,7 +483,13 @@ class Trainer:
                     saved.get("num_processes"),
                     accelerator.num_processes,
                 )
-            accelerator.load_state(str(resume_path))
+            try:
+                accelerator.load_state(str(resume_path))
+            except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's weights
+                raise ValueError(
+                    f"Checkpoint {resume_path} does not fit this run ({' '.join(str(error).split())[:300]}); "
+                    "resume with the flags it was saved with, or start over with --overwrite_output_dir."
+                ) from error
             self.global_step = int(saved["global_step"])
         first_epoch = self.global_step // steps_per_epoch
         skip_batches = (self.global_step % steps_per_epoch) * args.gradient_accumulation_steps
