@@ -139,8 +139,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
-        validate_training_args(args)
-        ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        validate_training_args(args)  # output_dir is checked under its lock, in _claim_output_dir
         self.args = args
         self.project_name = project_name
         self.config = config or {}
