@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import USER_ERRORS, report
+
 SUBCOMMANDS = ("memory", "train", "quickstart", "eval")
 
 
@@ -35,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"redistill {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        return report(error, prefix=f"redistill {args.command}: error")
 
 
 if __name__ == "__main__":

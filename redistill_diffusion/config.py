@@ -10,6 +10,7 @@ diffusion scripts, the classification script and evaluation: each passes its own
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ class TrainingArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Allow an output_dir that holds another run's files (they are kept; checkpoints are ignored)."
+            "help": "Replace the previous run in output_dir: remove the checkpoints, samples, logs and model it wrote "
+            "(listed in its .redistill_outputs.json); other files are kept."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed for model init, data order, noise and timesteps."})
@@ -139,7 +141,10 @@ class DataArguments:
         default=True, metadata={"help": "Centre crop after resizing (else a random crop)."}
     )
     random_flip: bool = False
-    max_train_samples: int | None = None
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on a random subset of this many images, drawn with --seed (same seed, same subset)."},
+    )
     builtin_num_images: int = field(default=2048, metadata={"help": "Size of the redistill:shapes dataset."})
 
 
@@ -250,15 +255,55 @@ def load_recipe(path: str) -> dict[str, Any]:
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Recipe {path!r} not found.")
-    with open(path, encoding="utf-8") as handle:
-        recipe = yaml.safe_load(handle) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "not YAML"
+        raise ValueError(f"Recipe {path!r} is not valid YAML ({problem}{where}).") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"Recipe {path!r} is not a YAML text file.") from None
     if not isinstance(recipe, dict):
         raise ValueError(f"Recipe {path!r} must be a mapping of flag names to values.")
     return recipe
 
 
+class _OneLineErrors:
+    """argparse prints usage and exits on a bad flag; raise instead, so every entry point reports it in
+    one line like any other bad input (`redistill_diffusion.errors`)."""
+
+    def error(self, message: str):
+        raise ValueError(f"{message} (see --help).")
+
+
+class _PreParser(_OneLineErrors, argparse.ArgumentParser):
+    pass
+
+
+class _Parser(_OneLineErrors, HfArgumentParser):
+    pass
+
+
+# A negative number in scientific notation (-1e-3) looks like a flag to argparse, which only takes
+# -1 and -0.5 as values; `_attach_negative_numbers` rewrites ``--flag -1e-3`` to ``--flag=-1e-3``.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
+def _attach_negative_numbers(args: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for token in args:
+        previous = out[-1] if out else ""
+        if _NEGATIVE_NUMBER.match(token) and previous.startswith("--") and "=" not in previous:
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def build_parser(dataclass_types: Sequence[type], **kwargs) -> HfArgumentParser:
-    parser = HfArgumentParser(list(dataclass_types), **kwargs)
+    parser = _Parser(list(dataclass_types), **kwargs)
     parser.add_argument(
         "--recipe", type=str, default=None, help="YAML recipe whose values become defaults; flags override."
     )
@@ -277,8 +322,8 @@ def parse_args(
 
     Returns the dataclass instances in order; the recipe path is not returned (its values are in them).
     """
-    args = list(sys.argv[1:] if args is None else args)
-    pre = argparse.ArgumentParser(add_help=False)
+    args = _attach_negative_numbers(sys.argv[1:] if args is None else args)
+    pre = _PreParser(add_help=False)
     pre.add_argument("--recipe", type=str, default=None)
     known, _ = pre.parse_known_args(args)
     parser = build_parser(dataclass_types, **parser_kwargs)

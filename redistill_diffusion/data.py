@@ -9,6 +9,7 @@ draws deterministic coloured shapes, which is what the offline quickstart and th
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "pixel_values", "picture")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class")
@@ -101,7 +104,9 @@ def looks_like_path(spec: str) -> bool:
     )
 
 
-def open_dataset(spec: str, split: str = "train", cache_dir: str | None = None, config_name: str | None = None):
+def open_dataset(
+    spec: str, split: str = "train", cache_dir: str | None = None, config_name: str | None = None
+):
     """One split of the dataset ``spec`` names, as a `datasets.Dataset` with its original columns.
 
     ``spec``: a parquet/csv/json/arrow file, a folder (``save_to_disk`` output, parquet files or an
@@ -116,13 +121,19 @@ def open_dataset(spec: str, split: str = "train", cache_dir: str | None = None, 
             _builder_for_files([str(path)]), data_files={split: [str(path)]}, split=split, cache_dir=cache_dir
         )
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        if (
+            (path / "dataset_info.json").is_file()
+            or (path / "state.json").is_file()
+            or (path / "dataset_dict.json").is_file()
+        ):
             dataset = datasets.load_from_disk(str(path))
             return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
         # A folder of data files or of images: `datasets` infers the builder (parquet, imagefolder, ...).
         return datasets.load_dataset(str(path), config_name, split=split, cache_dir=cache_dir)
     if looks_like_path(spec):
-        raise FileNotFoundError(f"{spec} does not exist (and is not a Hub dataset id of the form owner/name).")
+        raise FileNotFoundError(
+            f"{spec} does not exist (and is not a Hub dataset id of the form owner/name)."
+        )
     return datasets.load_dataset(spec, config_name, split=split, cache_dir=cache_dir)
 
 
@@ -153,6 +164,7 @@ def load_image_dataset(
     require_labels: bool = False,
     builtin_num_images: int = 2048,
     builtin_resolution: int = 32,
+    seed: int = 0,
 ):
     """Load one split as a `datasets.Dataset` with columns ``image`` (PIL) and, if found, ``label``.
 
@@ -160,6 +172,7 @@ def load_image_dataset(
     ``"redistill:shapes"``), ``data_files`` (files of one format),
     ``train_data_dir`` (an ``imagefolder``). The image column is ``image_column`` or the first of
     ``image``/``img``/...; the label column likewise (optional unless ``require_labels``).
+    ``max_samples`` keeps a random subset drawn with ``seed`` (`select_subset`).
     Raises one clear error for a missing source, an empty split or a missing image column.
     """
     import datasets
@@ -169,7 +182,9 @@ def load_image_dataset(
     if dataset_name == BUILTIN_SHAPES:
         dataset = _shapes_dataset(builtin_num_images, builtin_resolution)
     elif dataset_name is not None:
-        dataset = open_dataset(dataset_name, split=split, cache_dir=cache_dir, config_name=dataset_config_name)
+        dataset = open_dataset(
+            dataset_name, split=split, cache_dir=cache_dir, config_name=dataset_config_name
+        )
     elif data_files:
         missing = [f for f in data_files if not any(ch in f for ch in "*?[") and not os.path.exists(f)]
         if missing:
@@ -209,12 +224,94 @@ def load_image_dataset(
     if label_col and label_col != "label":
         dataset = dataset.rename_column(label_col, "label")
     if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
+        dataset = select_subset(dataset, max_samples, seed)
+    dataset = drop_unreadable_images(dataset)
     if len(dataset) == 0:
         raise ValueError(
             "The training dataset is empty; check --dataset_name / --train_data_dir / --max_train_samples."
         )
     return dataset
+
+
+def select_subset(dataset, max_samples: int | None, seed: int):
+    """``max_samples`` rows drawn at random with ``seed`` (diffusers' ``shuffle(seed).select``).
+
+    Taking the first rows instead would train on a few classes of a file sorted by label. The
+    subset depends only on the data and the seed. When the data has labels, the classes it covers
+    are logged, with a warning when one class holds more than twice its share.
+    """
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    subset = dataset.shuffle(seed=seed).select(range(max(0, int(max_samples))))
+    if "label" in subset.column_names and len(subset):
+        log_class_balance(subset, num_classes=_label_count(dataset))
+    return subset
+
+
+def _unreadable(value: dict) -> str | None:
+    """Why an undecoded image (``{"bytes", "path"}``) cannot be opened, or None."""
+    import io
+
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        with Image.open(source) as image:
+            image.verify()  # headers and PNG chunk checksums; no pixel decoding
+    except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
+
+
+def drop_unreadable_images(dataset):
+    """Skip images PIL cannot open (corrupt or truncated files), with one warning naming them and a count.
+
+    Checked before training (PIL's ``verify``: cheaper than an epoch of decoding), so a bad file
+    does not stop a run midway; damage only a full decode can find is still reported with the
+    file's name by `ImageTensorDataset`.
+    """
+    import datasets
+
+    if not isinstance(dataset.features.get("image"), datasets.Image):
+        return dataset  # arrays or tensors, nothing to open
+    raw = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    bad: list[tuple[int, str]] = []
+    start = 0
+    for batch in raw.iter(batch_size=1000):
+        for offset, value in enumerate(batch["image"]):
+            problem = _unreadable(value)
+            if problem is not None:
+                bad.append((start + offset, f"{value.get('path') or f'row {start + offset}'} ({problem})"))
+        start += len(batch["image"])
+    if not bad:
+        return dataset
+    shown = "; ".join(text for _, text in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+    logger.warning("Skipping %d of %d images that cannot be read: %s", len(bad), len(dataset), shown)
+    skip = {index for index, _ in bad}
+    return dataset.select([i for i in range(len(dataset)) if i not in skip])
+
+
+def _label_count(dataset) -> int:
+    names = getattr(dataset.features.get("label"), "names", None)
+    return len(names) if names else len(set(dataset["label"]))
+
+
+def log_class_balance(dataset, num_classes: int) -> None:
+    """Log how many of ``num_classes`` classes ``dataset`` covers; warn when one is over-represented."""
+    from collections import Counter
+
+    counts = Counter(dataset["label"])
+    share = len(dataset) / max(1, num_classes)
+    label, most = counts.most_common(1)[0]
+    logger.info(
+        "Training subset: %d images covering %d of %d classes.", len(dataset), len(counts), num_classes
+    )
+    if num_classes > 1 and most > 2 * share:
+        logger.warning(
+            "Training subset is unbalanced: class %s holds %d of %d images (more than twice its share of %.0f).",
+            label,
+            most,
+            len(dataset),
+            share,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,11 +360,24 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.dataset[int(index)]
-        item = {"images": self.transform(row["image"])}
+        try:
+            row = self.dataset[int(index)]
+            item = {"images": self.transform(row["image"])}
+        except (OSError, SyntaxError) as error:  # damage `drop_unreadable_images` could not see
+            raise ValueError(f"Image {self._describe(index)} cannot be decoded ({error}); remove it.") from error
         if self.with_labels:
             item["labels"] = int(row["label"])
         return item
+
+
+    def _describe(self, index: int) -> str:
+        import datasets
+
+        try:
+            raw = self.dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+            return f"{int(index)} ({raw[int(index)]['image'].get('path') or 'embedded bytes'})"
+        except Exception:  # noqa: BLE001 - only used to word an error
+            return str(int(index))
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):

@@ -8,7 +8,6 @@ diffusers' model card utilities. ``DiffusionPipeline.from_pretrained(folder)`` l
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -26,8 +25,9 @@ HUB_IGNORE_PATTERNS = ("checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "*
 # Loading teachers
 # ---------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    from .files import read_json
+
+    return read_json(path)  # a broken file is named in the error
 
 
 def _unet_class(class_name: str | None):

@@ -135,3 +135,55 @@ def test_shared_cifar10_parquet_loads(cifar10_parquet):
     dataset = load_image_dataset(str(cifar10_parquet), max_samples=8)
     assert len(dataset) == 8 and dataset.column_names == ["image", "label"]
     assert build_image_transform(32, 3)(dataset[0]["image"]).shape == (3, 32, 32)
+
+
+def _label_sorted_parquet(path, per_class: int = 20, classes: int = 5):
+    """A parquet sorted by label, like ../shared CIFAR-10: the first rows are all class 0."""
+    import datasets
+
+    labels = [c for c in range(classes) for _ in range(per_class)]
+    images = [Image.new("RGB", (8, 8), (10 * c, 3 * i % 255, 0)) for i, c in enumerate(labels)]
+    datasets.Dataset.from_dict(
+        {"image": images, "label": labels},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    ).to_parquet(str(path))
+    return path
+
+
+def test_max_train_samples_is_a_seeded_random_subset_of_a_sorted_file(tmp_path, caplog):
+    """Issue 15: the first N rows of a label-sorted file would hold one class; a seeded shuffle holds all."""
+    import logging
+
+    from redistill_diffusion.classification.data import load_classification_data
+
+    path = str(_label_sorted_parquet(tmp_path / "sorted.parquet"))
+    with caplog.at_level(logging.INFO, logger="redistill_diffusion"):
+        diffusion = load_image_dataset(path, max_samples=20, seed=0)
+    assert set(diffusion["label"]) == set(range(5))  # the first 20 rows are all class 0
+    assert "covering 5 of 5 classes" in caplog.text
+    again = load_image_dataset(path, max_samples=20, seed=0)
+    other = load_image_dataset(path, max_samples=20, seed=1)
+    rows = lambda d: [image.tobytes() for image in d["image"]]  # noqa: E731
+    assert rows(again) == rows(diffusion) and rows(other) != rows(diffusion)
+
+    for split in (0.0, 10):  # with and without a held-out slice
+        data = load_classification_data(
+            dataset_name=path, max_train_samples=20, validation_split_size=split, seed=0
+        )
+        same = load_classification_data(
+            dataset_name=path, max_train_samples=20, validation_split_size=split, seed=0
+        )
+        assert len(data.train) == 20 and set(data.train["label"]) == set(range(5))
+        assert rows(data.train) == rows(same.train)
+
+
+def test_unbalanced_subset_is_warned_about(caplog):
+    import datasets
+
+    from redistill_diffusion.data import log_class_balance
+
+    skewed = datasets.Dataset.from_dict({"label": [0] * 8 + [1, 2]})
+    with caplog.at_level("INFO", logger="redistill_diffusion"):
+        log_class_balance(skewed, num_classes=4)
+    assert "covering 3 of 4 classes" in caplog.text
+    assert any(r.levelname == "WARNING" and "class 0 holds 8 of 10" in r.getMessage() for r in caplog.records)

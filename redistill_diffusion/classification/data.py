@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..data import ImageTensorDataset, load_image_dataset
+from ..data import ImageTensorDataset, load_image_dataset, select_subset
 
 
 @dataclass
@@ -69,9 +69,12 @@ def load_classification_data(
     max_eval_samples: int | None = None,
     builtin_num_images: int = 2048,
     builtin_resolution: int = 32,
+    seed: int = 0,
 ) -> ClassificationData:
     """Training and evaluation splits with labels; the validation slice is held out BEFORE
-    ``max_train_samples`` is applied, so it never depends on how much training data is used."""
+    ``max_train_samples`` is applied, so it never depends on how much training data is used.
+    ``max_train_samples`` draws a random subset with ``seed`` (the run's seed), with or without a
+    validation slice."""
     if eval_data and validation_split_size > 0:
         raise ValueError("Give either --eval_data or --validation_split_size, not both.")
     common = dict(image_column=image_column, label_column=label_column, cache_dir=cache_dir, require_labels=True)
@@ -83,8 +86,7 @@ def load_classification_data(
     train, held_out = split_validation(full, validation_split_size, validation_split_seed)
     if eval_data:
         held_out = load_image_dataset(dataset_name=eval_data, split=eval_split, **common)
-    if max_train_samples is not None:
-        train = train.select(range(min(int(max_train_samples), len(train))))
+    train = select_subset(train, max_train_samples, seed)
     if held_out is not None and max_eval_samples is not None:
         held_out = held_out.select(range(min(int(max_eval_samples), len(held_out))))
     num_classes, names = _num_classes(full)

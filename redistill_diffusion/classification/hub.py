@@ -12,7 +12,6 @@ card says so.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -79,8 +79,9 @@ def read_classifier_config(path: str | os.PathLike) -> dict[str, Any]:
     file = path / CONFIG_NAME if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; pass a folder written by save_classifier.")
-    with open(file, encoding="utf-8") as handle:
-        return json.load(handle)
+    from ..files import read_json
+
+    return read_json(file)  # a broken file is named in the error
 
 
 def spec_from_config(config: Mapping[str, Any]) -> ClassifierSpec:
@@ -116,7 +117,11 @@ def load_classifier(
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME} (only safetensors weights are loaded).")
     model = build_classifier(spec_from_config(config))
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as error:  # truncated or not safetensors at all
+        raise ValueError(f"{weights} is not a readable safetensors file ({error}).") from None
+    model.load_state_dict(state)
     if device is not None:
         model.to(device)
     return model.eval()

@@ -166,6 +166,7 @@ def build_classification_task(
         validation_split_size=args.validation_split_size, validation_split_seed=args.validation_split_seed,
         eval_data=args.eval_data, eval_split=args.eval_split, max_eval_samples=args.max_eval_samples,
         builtin_num_images=data_args.builtin_num_images, builtin_resolution=data_args.resolution or 32,
+        seed=training_args.seed,
     )
     num_classes = args.num_classes or data.num_classes
     if num_classes < data.num_classes:
@@ -237,13 +238,13 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
     training_args, data_args, cls_args = parse_args(CLASSIFIER_ARGUMENTS, argv, defaults=CLASSIFIER_DEFAULTS)
     _validate(cls_args, training_args)
     config = to_dict(training_args, data_args, cls_args)
-    trainer = Trainer(training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("redistill_diffusion").setLevel(
-        logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
-    )
-    task = build_classification_task(cls_args, data_args, training_args)
-    result = trainer.train(task)
+    with Trainer(training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api) as trainer:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+        logging.getLogger("redistill_diffusion").setLevel(
+            logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
+        )
+        task = build_classification_task(cls_args, data_args, training_args)
+        result = trainer.train(task)
     if trainer.accelerator.is_main_process:
         results_path = Path(training_args.output_dir) / "results.json"
         if results_path.is_file():

@@ -87,6 +87,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     if args.plot_path and not args.plot_path.lower().endswith(".png"):
         raise ValueError(f"--plot writes a PNG; give a path ending in .png, got {args.plot_path}.")
+    from ..files import check_output_file
+
+    for flag, path in (("--json", args.json_path), ("--plot", args.plot_path)):
+        if path:
+            check_output_file(path, flag)  # a folder that is a file: one line now, not after measuring
 
 
 def _build_pair(args: argparse.Namespace):

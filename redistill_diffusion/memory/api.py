@@ -43,6 +43,13 @@ def default_inputs(
         raise ValueError(
             f"input_shape must be (C, H, W) or (B, C, H, W) with positive sizes, got {tuple(input_shape)}."
         )
+    if _is_unet2d(model):  # the CLI checks this before building; the API must too
+        stride = 2 ** (len(model.config.down_block_types) - 1)
+        if shape[2] % stride or shape[3] % stride:
+            raise ValueError(
+                f"input_shape {tuple(input_shape)}: height and width must be multiples of {stride}, the total "
+                f"stride of this {type(model).__name__}."
+            )
     reference = _reference_tensor(model)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -92,6 +99,8 @@ def measure_peak_memory(
     per-sample formula registered for the model's family (see ``register_paper_convention``).
     The model is put in eval mode for the measurement and restored afterwards.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if convention not in CONVENTIONS:
         raise ValueError(f"Unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
     if (input_shape is None) == (inputs is None):

@@ -64,7 +64,9 @@ def validate_student_config(
     red_norm: str = "batch",
 ) -> None:
     """Raise one clear ValueError for a student that cannot be built (before any weights exist)."""
-    if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1 or stem_stride & (stem_stride - 1):
+    # bool is an int: stem_stride=True would silently build a stride-1 student.
+    bad_type = isinstance(stem_stride, bool) or not isinstance(stem_stride, int)
+    if bad_type or stem_stride < 1 or stem_stride & (stem_stride - 1):
         raise ValueError(f"stem_stride must be a power of two (1, 2, 4, 8, ...), got {stem_stride!r}.")
     for kind, types, supported in (
         ("down", down_block_types, SUPPORTED_DOWN_BLOCKS),

@@ -8,15 +8,19 @@ ignores and the next save removes: ``--resume_from_checkpoint latest`` always fi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_SUFFIX = ".tmp"
 STATE_FILE = "training_state.json"  # written last inside a checkpoint; marks it complete
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+_LEFTOVER_RE = re.compile(rf"^{CHECKPOINT_PREFIX}\d+({re.escape(TMP_SUFFIX)}|\.old)$")  # a save's temporaries
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -37,12 +41,72 @@ def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def inspect_checkpoint(path: Path) -> tuple[str | None, list[str]]:
+    """(why ``path`` cannot be resumed from, or None; warnings), reading every file it holds without
+    loading anything into a model: JSON parses, safetensors headers cover their files, accelerate's
+    ``.bin``/``.pkl`` files load with accelerate's own safe loader (``weights_only``: no pickle runs).
+    An unreadable ``random_states_*.pkl`` only warns: the run resumes, but not bit-identically."""
+    from accelerate.utils.other import load as accelerate_load
+    from safetensors import safe_open
+
+    from ..files import read_json
+
+    try:
+        state = read_json(path / STATE_FILE)
+        int(state["global_step"])
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        return f"{path / STATE_FILE}: {_short(error) if not isinstance(error, KeyError) else 'no global_step'}", []
+    warnings = []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt"):
+                    pass
+            elif file.suffix == ".json":
+                read_json(file)
+            elif file.suffix in (".bin", ".pkl"):
+                accelerate_load(str(file), map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - any failure to read means the file is damaged
+            if file.name.startswith("random_states_"):
+                warnings.append(
+                    f"{file} is unreadable ({_short(error)}); resuming without its random state, so the run "
+                    "will not match an uninterrupted one exactly"
+                )
+                continue
+            return f"{file}: {_short(error)}", warnings
+    return None, warnings
+
+
 def resolve_resume_path(output_dir: str, resume_from_checkpoint: str | None) -> Path | None:
-    """``latest`` -> newest complete checkpoint (None when there is none yet); a path -> that folder."""
+    """``latest`` -> newest intact checkpoint (None when there is none yet); a path -> that folder.
+
+    ``latest`` skips damaged checkpoints with a warning naming the file, falling back to the newest
+    intact one; a damaged checkpoint named explicitly is an error naming the file.
+    """
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
-        return find_latest_checkpoint(output_dir)
+        candidates = list_checkpoints(output_dir)
+        newest_problem = None
+        for path in reversed(candidates):
+            problem, warnings = inspect_checkpoint(path)
+            for warning in warnings:
+                logger.warning("%s", warning)
+            if problem is None:
+                return path
+            newest_problem = newest_problem or problem
+            logger.warning("Skipping damaged checkpoint %s (%s); trying an older one.", path.name, problem)
+        if candidates:
+            raise ValueError(
+                f"Every checkpoint in {output_dir} is damaged (newest: {newest_problem}); pass --overwrite_output_dir "
+                "without --resume_from_checkpoint to start over."
+            )
+        return None
     path = Path(resume_from_checkpoint)
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / resume_from_checkpoint
@@ -51,6 +115,14 @@ def resolve_resume_path(output_dir: str, resume_from_checkpoint: str | None) -> 
             f"Checkpoint {resume_from_checkpoint!r} not found (or incomplete: no {STATE_FILE}); "
             "pass --resume_from_checkpoint latest or an existing checkpoint-<step> folder."
         )
+    problem, warnings = inspect_checkpoint(path)
+    if problem is not None:
+        raise ValueError(
+            f"Checkpoint {resume_from_checkpoint} is damaged: {problem}; pass --resume_from_checkpoint latest to "
+            "use the newest intact one."
+        )
+    for warning in warnings:
+        logger.warning("%s", warning)
     return path
 
 
@@ -58,12 +130,17 @@ def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwr
     """Refuse to mix two runs in one folder, before any work starts.
 
     An existing non-empty ``output_dir`` is allowed only when resuming or with ``--overwrite_output_dir``
-    (which removes its old checkpoints, so ``latest`` can never pick up the other run's state).
+    (which removes what the previous run wrote, see `outputs.remove_previous_run`, so ``latest`` can
+    never pick up the other run's state). A path that cannot be a folder is refused here too.
     """
+    from ..files import ensure_output_dir
+    from .outputs import BOOKKEEPING
+
     root = Path(output_dir)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"output_dir {output_dir!r} is a file; pass a folder.")
-    if not root.is_dir() or not any(root.iterdir()) or resume_from_checkpoint:
+    if not root.is_dir():
+        ensure_output_dir(output_dir)  # a file, a path under a file, a read-only place: one line now
+        return
+    if not any(c.name not in BOOKKEEPING for c in root.iterdir()) or resume_from_checkpoint:
         return
     if not overwrite_output_dir:
         raise ValueError(
@@ -73,13 +150,20 @@ def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwr
 
 
 def clear_old_checkpoints(output_dir: str) -> None:
-    """With --overwrite_output_dir: drop the previous run's checkpoints (main process only)."""
+    """With --overwrite_output_dir: drop the previous run's checkpoints (main process only).
+
+    Only folders a run of ours wrote: ``checkpoint-<step>`` holding our completion marker and a
+    save's ``checkpoint-<step>.tmp``/``.old``; a user's ``checkpoint-notes/`` stays.
+    """
+    for path in [*list_checkpoints(output_dir), *_leftovers(output_dir)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _leftovers(output_dir: str) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
-        return
-    for child in root.iterdir():
-        if child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX):
-            shutil.rmtree(child, ignore_errors=True)
+        return []
+    return [child for child in root.iterdir() if child.is_dir() and _LEFTOVER_RE.match(child.name)]
 
 
 def temporary_checkpoint_dir(output_dir: str, step: int) -> Path:
@@ -91,11 +175,10 @@ def final_checkpoint_dir(output_dir: str, step: int) -> Path:
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-    root = Path(output_dir)
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith(CHECKPOINT_PREFIX) and child.name.endswith(TMP_SUFFIX):
-                shutil.rmtree(child, ignore_errors=True)
+    """Drop the ``checkpoint-<step>.tmp`` folders of a killed save (the run lock makes them ours)."""
+    for path in _leftovers(output_dir):
+        if path.name.endswith(TMP_SUFFIX):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_tree(path: Path) -> None:

@@ -301,7 +301,7 @@ class DiffusionTask:
 # -------------------------------------------------------------------------------------------------
 # Building tasks from arguments (all checks happen here, before training)
 # -------------------------------------------------------------------------------------------------
-def _image_dataset(data_args: DataArguments, resolution: int, channels: int):
+def _image_dataset(data_args: DataArguments, resolution: int, channels: int, seed: int):
     dataset = load_image_dataset(
         dataset_name=data_args.dataset_name,
         train_data_dir=data_args.train_data_dir,
@@ -312,6 +312,7 @@ def _image_dataset(data_args: DataArguments, resolution: int, channels: int):
         dataset_config_name=data_args.dataset_config_name,
         builtin_num_images=data_args.builtin_num_images,
         builtin_resolution=resolution,
+        seed=seed,  # --max_train_samples draws a seeded random subset
     )
     return ImageTensorDataset(
         dataset, build_image_transform(resolution, channels, center_crop=data_args.center_crop)
@@ -422,7 +423,7 @@ def build_redistill_task(
 
     resolution = data_args.resolution or _sample_size(teacher)
     _check_resolution(resolution, student)
-    dataset = _image_dataset(data_args, resolution, teacher.config.in_channels)
+    dataset = _image_dataset(data_args, resolution, teacher.config.in_channels, training_args.seed if training_args else 0)
     heldout = _heldout_images(ddpm_args, resolution, teacher.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, teacher_scheduler.config if teacher_scheduler is not None else None
@@ -490,7 +491,7 @@ def build_teacher_task(
         ) from error
     resolution = _sample_size(unet)
     _check_resolution(resolution, unet)
-    dataset = _image_dataset(data_args, resolution, unet.config.in_channels)
+    dataset = _image_dataset(data_args, resolution, unet.config.in_channels, training_args.seed if training_args else 0)
     heldout = _heldout_images(ddpm_args, resolution, unet.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)

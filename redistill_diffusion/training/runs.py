@@ -8,7 +8,6 @@ task (all input checks) and trains. Run them under ``accelerate launch`` for sev
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,10 +45,10 @@ def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> Tra
     if not student_args.teacher_model_name_or_path:
         raise ValueError("Pass --teacher_model_name_or_path (a DDPM pipeline or UNet2DModel folder/Hub id).")
     config = to_dict(training_args, data_args, ddpm_args, student_args)
-    trainer = Trainer(training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api)
-    _setup_logging(trainer)
-    task = build_redistill_task(student_args, data_args, ddpm_args, training_args)
-    return trainer.train(task)
+    with Trainer(training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api) as trainer:
+        _setup_logging(trainer)
+        task = build_redistill_task(student_args, data_args, ddpm_args, training_args)
+        return trainer.train(task)
 
 
 def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> TrainResult:
@@ -58,20 +57,19 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
 
     training_args, data_args, ddpm_args, model_args = parse_args(TEACHER_ARGUMENTS, argv)
     config = to_dict(training_args, data_args, ddpm_args, model_args)
-    trainer = Trainer(training_args, project_name="train_ddpm_teacher", config=config, hub_api=hub_api)
-    _setup_logging(trainer)
-    task = build_teacher_task(model_args, data_args, ddpm_args, training_args)
-    return trainer.train(task)
+    with Trainer(training_args, project_name="train_ddpm_teacher", config=config, hub_api=hub_api) as trainer:
+        _setup_logging(trainer)
+        task = build_teacher_task(model_args, data_args, ddpm_args, training_args)
+        return trainer.train(task)
 
 
 def script_main(run, argv: Sequence[str] | None = None) -> int:
-    """Entry point of the example scripts: bad input -> one line on stderr and exit status 2."""
-    from .losses import NonFiniteLossError
+    """Entry point of the example scripts: bad input -> one line on stderr and exit status 2, as `redistill`."""
+    from ..errors import USER_ERRORS, report
 
     try:
         result = run(argv)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        return report(error)
     print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")
     return 0

@@ -30,7 +30,9 @@ from torch import nn
 
 from ..config import TrainingArguments
 from ..data import EpochSeededSampler
+from ..files import ensure_output_dir
 from . import checkpointing as ckpt
+from . import outputs
 from .losses import check_finite, combine_losses
 from .task import EvalContext, StepContext
 
@@ -137,8 +139,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
-        validate_training_args(args)
-        ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        validate_training_args(args)  # output_dir is checked under its lock, in _claim_output_dir
         self.args = args
         self.project_name = project_name
         self.config = config or {}
@@ -153,17 +154,8 @@ class Trainer:
             log_with=None if args.logger == "none" else args.logger,
             project_config=project_config,
         )
-        if self.accelerator.is_main_process:
-            if args.overwrite_output_dir and not args.resume_from_checkpoint:
-                ckpt.clear_old_checkpoints(args.output_dir)
-            os.makedirs(args.output_dir, exist_ok=True)
-            if args.push_to_hub:  # fail on credentials / names now, not after hours of training
-                from ..pipelines import create_hub_repo
-
-                self.hub_repo_id = create_hub_repo(
-                    self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
-                )
-        self.accelerator.wait_for_everyone()
+        self._lock = None
+        self._claim_output_dir()
         set_seed(args.seed)
         self.generator = torch.Generator(device=self.accelerator.device)
         self.generator.manual_seed(args.seed * 1009 + self.accelerator.process_index)
@@ -174,6 +166,52 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.last_logs: dict[str, float] = {}
         self._names: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ output_dir
+    def _claim_output_dir(self) -> None:
+        """Main process: lock output_dir, check it again under the lock (two runs started at once),
+        clear the previous run for --overwrite_output_dir and create the Hub repo. A failure reaches
+        every process as the same error, so none is left waiting for the others."""
+        from accelerate.utils import broadcast_object_list
+
+        from ..errors import USER_ERRORS, one_line
+
+        args, accelerator = self.args, self.accelerator
+        error = None
+        if accelerator.is_main_process:
+            try:
+                ensure_output_dir(args.output_dir)
+                self._lock = outputs.lock_output_dir(args.output_dir)
+                ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+                if args.overwrite_output_dir and not args.resume_from_checkpoint:
+                    outputs.remove_previous_run(args.output_dir)
+                if args.push_to_hub:  # fail on credentials / names now, not after hours of training
+                    from ..pipelines import create_hub_repo
+
+                    self.hub_repo_id = create_hub_repo(
+                        self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
+                    )
+            except USER_ERRORS as caught:
+                self.release_output_dir()
+                error = caught
+        message = [one_line(error) if error is not None else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(message)
+        if error is not None:
+            raise error
+        if message[0] is not None:
+            raise ValueError(message[0])
+        accelerator.wait_for_everyone()
+
+    def release_output_dir(self) -> None:
+        """Give up the output_dir lock (also released by the OS when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _recording(self):
+        """Files written inside this block are recorded as this run's outputs (main process)."""
+        return outputs.recording(self.args.output_dir, enabled=self.accelerator.is_main_process)
 
     # ------------------------------------------------------------------ checkpoint hooks
     def _save_hook(self, models, weights, output_dir):
@@ -325,7 +363,7 @@ class Trainer:
         accelerator = self.accelerator
         if hasattr(task, "evaluate") and accelerator.is_main_process:
             # fork_rng: evaluation must not move the training RNG streams (exact resume).
-            with torch.random.fork_rng(devices=[]), self.ema_weights(), torch.no_grad():
+            with torch.random.fork_rng(devices=[]), self.ema_weights(), torch.no_grad(), self._recording():
                 metrics = task.evaluate(self._eval_context()) or {}
             self.metrics.update(metrics)
             if metrics:
@@ -336,6 +374,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self, task) -> TrainResult:
+        """Train ``task``; the output_dir lock is released at the end, also on failure."""
+        try:
+            return self._train(task)
+        finally:
+            self.release_output_dir()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release_output_dir()
+
+    def _train(self, task) -> TrainResult:
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
         from tqdm.auto import tqdm
@@ -416,7 +467,8 @@ class Trainer:
         accelerator.register_load_state_pre_hook(self._load_hook)
 
         if accelerator.is_main_process and args.logger != "none":
-            accelerator.init_trackers(self.project_name, config=_flat_config(self.config))
+            with self._recording():
+                accelerator.init_trackers(self.project_name, config=_flat_config(self.config))
 
         resume_path = ckpt.resolve_resume_path(args.output_dir, args.resume_from_checkpoint)
         if args.resume_from_checkpoint and resume_path is None:
@@ -430,7 +482,13 @@ class Trainer:
                     saved.get("num_processes"),
                     accelerator.num_processes,
                 )
-            accelerator.load_state(str(resume_path))
+            try:
+                accelerator.load_state(str(resume_path))
+            except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's weights
+                raise ValueError(
+                    f"Checkpoint {resume_path} does not fit this run ({' '.join(str(error).split())[:300]}); "
+                    "resume with the flags it was saved with, or start over with --overwrite_output_dir."
+                ) from error
             self.global_step = int(saved["global_step"])
         first_epoch = self.global_step // steps_per_epoch
         skip_batches = (self.global_step % steps_per_epoch) * args.gradient_accumulation_steps
@@ -523,19 +581,26 @@ class Trainer:
         accelerator.wait_for_everyone()
         self._evaluate(task)
         if accelerator.is_main_process:
-            with self.ema_weights():
+            with self.ema_weights(), self._recording():
                 task.save_final(args.output_dir, self._eval_context())
             if args.push_to_hub:
                 from ..pipelines import push_folder_to_hub
 
-                push_folder_to_hub(
-                    args.output_dir,
-                    self.hub_repo_id,
-                    token=args.hub_token,
-                    private=args.hub_private_repo,
-                    commit_message=f"End of training (step {self.global_step})",
-                    api=self.hub_api,
-                )
+                try:
+                    push_folder_to_hub(
+                        args.output_dir,
+                        self.hub_repo_id,
+                        token=args.hub_token,
+                        private=args.hub_private_repo,
+                        commit_message=f"End of training (step {self.global_step})",
+                        api=self.hub_api,
+                    )
+                except OSError as error:  # requests/huggingface_hub errors; the trained model is safe
+                    raise OSError(
+                        f"Training finished and the model is saved in {args.output_dir}, but --push_to_hub to "
+                        f"{self.hub_repo_id} failed ({' '.join(str(error).split())}); upload it later with "
+                        f"`huggingface-cli upload {self.hub_repo_id} {args.output_dir}`."
+                    ) from error
         accelerator.wait_for_everyone()
         accelerator.end_training()
         # The first step includes warm-up work (allocations); report the median of the rest.
