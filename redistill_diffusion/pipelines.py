@@ -121,11 +121,18 @@ def load_teacher(name_or_path: str, cache_dir: str | None = None, revision: str 
 # Saving
 # ---------------------------------------------------------------------------------------------
 def save_ddpm_pipeline(unet, scheduler, output_dir: str | os.PathLike):
-    """Save ``unet`` + ``scheduler`` as a DDPMPipeline folder (safetensors) and return the pipeline."""
+    """Save ``unet`` + ``scheduler`` as a DDPMPipeline folder (safetensors) and return the pipeline.
+
+    A student's folder also gets its component file (`models.remote_code`), so it loads with
+    ``trust_remote_code=True`` where this package is not installed.
+    """
     from diffusers import DDPMPipeline
+
+    from .models.remote_code import make_pipeline_self_contained
 
     pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.save_pretrained(str(output_dir), safe_serialization=True)
+    make_pipeline_self_contained(output_dir)
     return pipeline
 
 
