@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .progress import announce
+
 logger = logging.getLogger(__name__)
 
 HUB_IGNORE_PATTERNS = ("checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "*.tmp/**")
@@ -317,7 +319,7 @@ def push_folder_to_hub(
 
         api = HfApi(token=token)
     repo_id = create_hub_repo(repo_id, private=private, api=api)
-    logger.info("Uploading %s to the Hub repo %s", folder, repo_id)
+    announce(f"Uploading {folder} to the Hub repo {repo_id}")
     return api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
@@ -327,12 +329,25 @@ def push_folder_to_hub(
     )
 
 
-def sample_images(pipeline, num_images: int, seed: int = 0, num_inference_steps: int = 1000, device=None):
-    """Generate ``num_images`` PIL images with a fixed seed (deterministic for a given pipeline)."""
+def sample_images(
+    pipeline,
+    num_images: int,
+    seed: int = 0,
+    num_inference_steps: int = 1000,
+    device=None,
+    progress: str | None = None,
+):
+    """Generate ``num_images`` PIL images with a fixed seed (deterministic for a given pipeline).
+
+    ``progress``: a label for diffusers' denoising-step bar; ``None`` keeps it off.
+    """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if device is not None:
         pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
+    if progress:
+        pipeline.set_progress_bar_config(disable=False, desc=progress, leave=False)
+    else:
+        pipeline.set_progress_bar_config(disable=True)
     return pipeline(
         batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps
     ).images

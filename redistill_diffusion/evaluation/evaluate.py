@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
+from ..progress import announce
 from .extractors import INCEPTION, FeatureExtractorChoice, resolve_feature_extractor
 from .metrics import (
     BINARY_METRICS,
@@ -144,7 +145,11 @@ def evaluate_pipelines(
         else None
     )
     extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
-    loaded = [(name, load_pipeline(source)) for name, source in named]
+    loaded = []
+    for name, source in named:
+        if progress:
+            announce(f"loading pipeline {name}")
+        loaded.append((name, load_pipeline(source)))
     settings = plan_metrics(
         metrics,
         num_samples=num_samples,
@@ -199,6 +204,8 @@ def evaluate_pipelines(
             sampling_seconds=sampled.seconds,
         )
         if measure_memory:
+            if progress:
+                announce(f"peak memory of {name}'s denoiser (exact and paper conventions)")
             result.update(denoiser_peak_memory(pipeline.unet, resolution))
         result.update(
             feature_extractor=extractor.description,
