@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from .model_cards import CARD_TAGS, memory_markdown
 from .progress import announce
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_TAG = "unconditional-image-generation"
 HUB_IGNORE_PATTERNS = ("checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "*.tmp/**")
 
 
@@ -171,6 +173,7 @@ def model_card_description(
     metrics: Mapping[str, float] | None = None,
     sample_grid: str | None = None,
     details: Mapping[str, Any] | None = None,
+    command: str | None = None,
 ) -> str:
     """The markdown body of the card: what the model is, how much memory it saves, how to use it."""
     lines = [f"# {title}", ""]
@@ -191,7 +194,17 @@ def model_card_description(
     ]
     rows += list((details or {}).items())
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows] + [""]
-    if memory:
+    if memory and memory.get("all"):
+        lines += [
+            "## Peak activation memory (batch 1, weights excluded)",
+            "",
+            memory_markdown(memory["all"]),
+            "",
+            "Measured with `redistill_diffusion.memory` (`redistill memory`): *exact* follows every tensor alive "
+            "during a real forward pass, *paper* is the ReDistill paper's estimator.",
+            "",
+        ]
+    elif memory:
         lines += [
             "## Peak activation memory (batch 1, weights excluded)",
             "",
@@ -219,13 +232,16 @@ def model_card_description(
         lines.append("")
     if sample_grid:
         lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
+    if command:
+        lines += ["## Training command", "", "```bash", command, "```", ""]
     return "\n".join(lines)
 
 
-USAGE_SNIPPET = """import redistill_diffusion  # makes ReDistillUNet2DModel known to diffusers
-from diffusers import DiffusionPipeline
+USAGE_SNIPPET = """from diffusers import DiffusionPipeline
 
-pipeline = DiffusionPipeline.from_pretrained("{name}")
+# The student's code ships in unet/redistill_unet.py (a diffusers community component); with
+# redistill-diffusion installed and imported, trust_remote_code is not needed.
+pipeline = DiffusionPipeline.from_pretrained("{name}", trust_remote_code=True)
 images = pipeline(batch_size=4, num_inference_steps=1000).images"""
 
 LIMITATIONS = (
@@ -267,14 +283,18 @@ def write_model_card(
 
         card = ModelCard.from_template(
             card_data=ModelCardData(
-                license="apache-2.0", library_name="diffusers", inference=True, base_model=base_model
+                license="apache-2.0",
+                library_name="diffusers",
+                pipeline_tag=PIPELINE_TAG,
+                inference=True,
+                base_model=base_model,
             ),
             template_path=MODEL_CARD_TEMPLATE_PATH,
             model_description=description,
         )
-    card = populate_model_card(
-        card, tags=["redistill", "peak-memory", "diffusers", "unconditional-image-generation", *tags]
-    )
+    card = populate_model_card(card, tags=[*CARD_TAGS, "diffusers", PIPELINE_TAG, *tags])
+    card.data.pipeline_tag = PIPELINE_TAG
+    card.data.tags = list(dict.fromkeys(card.data.tags))  # a reused Hub card already has ours
     # Fill the template's placeholders with what we know.
     card.text = (
         card.text.replace(
@@ -294,8 +314,20 @@ def write_model_card(
 # ---------------------------------------------------------------------------------------------
 # Hub
 # ---------------------------------------------------------------------------------------------
+def check_repo_id(repo_id: str) -> str:
+    """One-line ValueError for a malformed Hub repo id (huggingface_hub's own rules), before any upload."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"malformed Hub repo id {repo_id!r}: {str(error).splitlines()[0]}") from None
+    return repo_id
+
+
 def create_hub_repo(repo_id: str, token: str | None = None, private: bool = False, api=None) -> str:
     """Create (or reuse) the model repo; returns its id. ``api``: a huggingface_hub.HfApi or stand-in."""
+    check_repo_id(repo_id)
     if api is None:
         from huggingface_hub import HfApi
 
@@ -313,7 +345,15 @@ def push_folder_to_hub(
     api=None,
     ignore_patterns: Sequence[str] = HUB_IGNORE_PATTERNS,
 ):
-    """Create the repo and upload ``folder`` (checkpoints and logs left out). The token is never logged."""
+    """Create the repo and upload ``folder`` (checkpoints and logs left out). The token is never logged.
+
+    A malformed repo id or a folder that is no saved pipeline/model is a one-line ValueError, before
+    anything is created or uploaded.
+    """
+    from .model_cards import check_card_folder
+
+    check_repo_id(repo_id)
+    check_card_folder(folder, needs_card=False)
     if api is None:
         from huggingface_hub import HfApi
 

@@ -12,4 +12,3 @@ import sys
 def announce(message: str) -> None:
     """Print one line saying what runs now."""
     print(message, file=sys.stderr, flush=True)
-

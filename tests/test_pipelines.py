@@ -154,7 +154,7 @@ def test_model_card_names_teacher_method_stride_memory_and_grid(trained_student)
     card = (out / "README.md").read_text()
     assert card.startswith("---") and "library_name: diffusers" in card
     assert str(teacher) in card and "**red**" in card and "stem stride | 2" in card
-    assert "Peak activation memory" in card and "| teacher |" in card and "| student |" in card
+    assert "Peak activation memory" in card and "| exact (" in card and "| paper (" in card
     assert "![samples](samples/latest.png)" in card and (out / "samples" / "latest.png").is_file()
     assert "TODO" not in card
     assert (out / "memory_report.json").is_file() and (out / "memory_report.png").is_file()
@@ -259,6 +259,7 @@ def test_push_folder_to_hub_creates_repo_first(tmp_path):
     (folder / "checkpoint-5").mkdir(parents=True)
     (folder / "checkpoint-5" / "optimizer.bin").write_bytes(b"x")
     (folder / "README.md").write_text("card")
+    (folder / "model_index.json").write_text("{}")
     hub = LocalHub(tmp_path / "hub")
     push_folder_to_hub(folder, "org/name", api=hub)
-    assert hub.created and hub.uploads[0]["files"] == ["README.md"]
+    assert hub.created and sorted(hub.uploads[0]["files"]) == ["README.md", "model_index.json"]

@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(
         parser, "mixed_precision", choices=("no", "bf16", "fp16"), help="autocast while sampling (default no)"
     )
+    _flag(
+        parser,
+        "update_card",
+        action="store_true",
+        help="write the metrics into each pipeline folder's model card (model-index); push the folder again "
+        "to update the Hub card",
+    )
     return parser
 
 
@@ -161,7 +168,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = resolve_settings(args)
     output_dir = Path(settings["output_dir"])
-    evaluate_pipelines(
+    if getattr(args, "update_card", None):  # checked before any sampling: nothing is half-written
+        from redistill_diffusion.model_cards import check_card_folder
+
+        for pipeline in settings["pipelines"]:
+            check_card_folder(pipeline)
+    results = evaluate_pipelines(
         settings["pipelines"],
         settings["reference"],
         num_samples=settings["num_samples"],
@@ -181,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
         device=settings["device"],
         mixed_precision=settings["mixed_precision"],
     )
+    if getattr(args, "update_card", None):
+        from redistill_diffusion.model_cards import update_model_card
+
+        for pipeline, result in zip(settings["pipelines"], results):
+            print(f"updated the model card {update_model_card(pipeline, result)}")
     print((output_dir / "metrics.md").read_text())
     print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'metrics.md'} and samples_<pipeline>.png")
     return 0

@@ -278,6 +278,7 @@ class DiffusionTask:
             metrics={**ctx.metrics, **card.get("metrics", {})},
             sample_grid=self.last_grid,
             details={**card.get("details", {}), "training steps": ctx.global_step},
+            command=card.get("command"),
         )
         write_model_card(
             root,
