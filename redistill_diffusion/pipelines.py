@@ -2,8 +2,9 @@
 
 A trained student is saved exactly as diffusers saves a DDPM: a ``DDPMPipeline`` folder
 (``model_index.json``, ``unet/`` with safetensors, ``scheduler/``) plus a ``README.md`` built with
-diffusers' model card utilities. ``DiffusionPipeline.from_pretrained(folder)`` loads it back once
-``redistill_diffusion`` is importable (model_index.json names it as the unet's library).
+diffusers' model card utilities, and the student's code as a community component
+(`models.remote_code`): ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it
+anywhere, and without ``trust_remote_code`` in a process that imported ``redistill_diffusion``.
 """
 
 from __future__ import annotations
