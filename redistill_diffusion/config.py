@@ -162,6 +162,13 @@ class DDPMArguments:
         default=1000, metadata={"help": "Denoising steps for sample grids."}
     )
     eval_batch_size: int = field(default=16, metadata={"help": "Images in a sample grid."})
+    final_samples: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample a grid at the end of training (eval_batch_size images x ddpm_num_inference_steps "
+            "steps: minutes on a CPU with the defaults); --no_final_samples skips it."
+        },
+    )
     sample_seed: int = field(default=0, metadata={"help": "Fixed seed of sample grids."})
     measure_memory: bool = field(
         default=True, metadata={"help": "Put teacher/student peak memory in the model card."}

@@ -2,8 +2,9 @@
 
 A trained student is saved exactly as diffusers saves a DDPM: a ``DDPMPipeline`` folder
 (``model_index.json``, ``unet/`` with safetensors, ``scheduler/``) plus a ``README.md`` built with
-diffusers' model card utilities. ``DiffusionPipeline.from_pretrained(folder)`` loads it back once
-``redistill_diffusion`` is importable (model_index.json names it as the unet's library).
+diffusers' model card utilities, and the student's code as a community component
+(`models.remote_code`): ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it
+anywhere, and without ``trust_remote_code`` in a process that imported ``redistill_diffusion``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from typing import Any
 
 import torch
 
+from .model_cards import CARD_TAGS, memory_markdown
+from .progress import announce
+
 logger = logging.getLogger(__name__)
 
+PIPELINE_TAG = "unconditional-image-generation"
 HUB_IGNORE_PATTERNS = ("checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "*.tmp/**")
 
 
@@ -121,11 +126,23 @@ def load_teacher(name_or_path: str, cache_dir: str | None = None, revision: str 
 # Saving
 # ---------------------------------------------------------------------------------------------
 def save_ddpm_pipeline(unet, scheduler, output_dir: str | os.PathLike):
-    """Save ``unet`` + ``scheduler`` as a DDPMPipeline folder (safetensors) and return the pipeline."""
+    """Save ``unet`` + ``scheduler`` as a DDPMPipeline folder (safetensors) and return the pipeline.
+
+    A student's folder also gets its component file (`models.remote_code`), so it loads with
+    ``trust_remote_code=True`` where this package is not installed.
+    """
     from diffusers import DDPMPipeline
+
+    from .models.remote_code import make_pipeline_self_contained
 
     pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.save_pretrained(str(output_dir), safe_serialization=True)
+    try:
+        make_pipeline_self_contained(output_dir)
+    except ValueError as error:  # the weights are saved; the folder still loads with the package imported
+        logger.warning(
+            "Student saved without its component file (load it with redistill_diffusion imported): %s", error
+        )
     return pipeline
 
 
@@ -162,6 +179,7 @@ def model_card_description(
     metrics: Mapping[str, float] | None = None,
     sample_grid: str | None = None,
     details: Mapping[str, Any] | None = None,
+    command: str | None = None,
 ) -> str:
     """The markdown body of the card: what the model is, how much memory it saves, how to use it."""
     lines = [f"# {title}", ""]
@@ -182,7 +200,17 @@ def model_card_description(
     ]
     rows += list((details or {}).items())
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows] + [""]
-    if memory:
+    if memory and memory.get("all"):
+        lines += [
+            "## Peak activation memory (batch 1, weights excluded)",
+            "",
+            memory_markdown(memory["all"]),
+            "",
+            "Measured with `redistill_diffusion.memory` (`redistill memory`): *exact* follows every tensor alive "
+            "during a real forward pass, *paper* is the ReDistill paper's estimator.",
+            "",
+        ]
+    elif memory:
         lines += [
             "## Peak activation memory (batch 1, weights excluded)",
             "",
@@ -210,13 +238,16 @@ def model_card_description(
         lines.append("")
     if sample_grid:
         lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
+    if command:
+        lines += ["## Training command", "", "```bash", command, "```", ""]
     return "\n".join(lines)
 
 
-USAGE_SNIPPET = """import redistill_diffusion  # makes ReDistillUNet2DModel known to diffusers
-from diffusers import DiffusionPipeline
+USAGE_SNIPPET = """from diffusers import DiffusionPipeline
 
-pipeline = DiffusionPipeline.from_pretrained("{name}")
+# The student's code ships in unet/redistill_unet.py (a diffusers community component); with
+# redistill-diffusion installed and imported, trust_remote_code is not needed.
+pipeline = DiffusionPipeline.from_pretrained("{name}", trust_remote_code=True)
 images = pipeline(batch_size=4, num_inference_steps=1000).images"""
 
 LIMITATIONS = (
@@ -258,14 +289,18 @@ def write_model_card(
 
         card = ModelCard.from_template(
             card_data=ModelCardData(
-                license="apache-2.0", library_name="diffusers", inference=True, base_model=base_model
+                license="apache-2.0",
+                library_name="diffusers",
+                pipeline_tag=PIPELINE_TAG,
+                inference=True,
+                base_model=base_model,
             ),
             template_path=MODEL_CARD_TEMPLATE_PATH,
             model_description=description,
         )
-    card = populate_model_card(
-        card, tags=["redistill", "peak-memory", "diffusers", "unconditional-image-generation", *tags]
-    )
+    card = populate_model_card(card, tags=[*CARD_TAGS, "diffusers", PIPELINE_TAG, *tags])
+    card.data.pipeline_tag = PIPELINE_TAG
+    card.data.tags = list(dict.fromkeys(card.data.tags))  # a reused Hub card already has ours
     # Fill the template's placeholders with what we know.
     card.text = (
         card.text.replace(
@@ -285,8 +320,20 @@ def write_model_card(
 # ---------------------------------------------------------------------------------------------
 # Hub
 # ---------------------------------------------------------------------------------------------
+def check_repo_id(repo_id: str) -> str:
+    """One-line ValueError for a malformed Hub repo id (huggingface_hub's own rules), before any upload."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"malformed Hub repo id {repo_id!r}: {str(error).splitlines()[0]}") from None
+    return repo_id
+
+
 def create_hub_repo(repo_id: str, token: str | None = None, private: bool = False, api=None) -> str:
     """Create (or reuse) the model repo; returns its id. ``api``: a huggingface_hub.HfApi or stand-in."""
+    check_repo_id(repo_id)
     if api is None:
         from huggingface_hub import HfApi
 
@@ -304,13 +351,21 @@ def push_folder_to_hub(
     api=None,
     ignore_patterns: Sequence[str] = HUB_IGNORE_PATTERNS,
 ):
-    """Create the repo and upload ``folder`` (checkpoints and logs left out). The token is never logged."""
+    """Create the repo and upload ``folder`` (checkpoints and logs left out). The token is never logged.
+
+    A malformed repo id or a folder that is no saved pipeline/model is a one-line ValueError, before
+    anything is created or uploaded.
+    """
+    from .model_cards import check_card_folder
+
+    check_repo_id(repo_id)
+    check_card_folder(folder, needs_card=False)
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
     repo_id = create_hub_repo(repo_id, private=private, api=api)
-    logger.info("Uploading %s to the Hub repo %s", folder, repo_id)
+    announce(f"Uploading {folder} to the Hub repo {repo_id}")
     return api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
@@ -320,12 +375,25 @@ def push_folder_to_hub(
     )
 
 
-def sample_images(pipeline, num_images: int, seed: int = 0, num_inference_steps: int = 1000, device=None):
-    """Generate ``num_images`` PIL images with a fixed seed (deterministic for a given pipeline)."""
+def sample_images(
+    pipeline,
+    num_images: int,
+    seed: int = 0,
+    num_inference_steps: int = 1000,
+    device=None,
+    progress: str | None = None,
+):
+    """Generate ``num_images`` PIL images with a fixed seed (deterministic for a given pipeline).
+
+    ``progress``: a label for diffusers' denoising-step bar; ``None`` keeps it off.
+    """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if device is not None:
         pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
+    if progress:
+        pipeline.set_progress_bar_config(disable=False, desc=progress, leave=False)
+    else:
+        pipeline.set_progress_bar_config(disable=True)
     return pipeline(
         batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps
     ).images

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,60 @@ from redistill_diffusion.pipelines import load_teacher, push_folder_to_hub
 from redistill_diffusion.training.runs import run_redistill
 
 SECRET = "hf_do_not_print_this_token_123"
+
+# Runs in a fresh interpreter where `import redistill_diffusion` fails, whatever PYTHONPATH says: the
+# folder (or cached Hub repo) must bring its own code. Prints the sampled images' path.
+BLOCKED_LOAD = """
+import sys
+sys.modules["redistill_diffusion"] = None
+try:
+    import redistill_diffusion
+    raise SystemExit("redistill_diffusion is importable; the test would prove nothing")
+except ImportError:
+    pass
+import numpy, torch
+from diffusers import AutoModel, DiffusionPipeline
+source, out = sys.argv[1], sys.argv[2]
+try:
+    DiffusionPipeline.from_pretrained(source)
+    raise SystemExit("loaded custom code without trust_remote_code")
+except ValueError as error:
+    assert "trust_remote_code" in str(error), error
+pipeline = DiffusionPipeline.from_pretrained(source, trust_remote_code=True)
+assert type(pipeline.unet).__name__ == "ReDistillUNet2DModel" and len(pipeline.unet.red_blocks) == 2
+assert not type(pipeline.unet).__module__.startswith("redistill_diffusion")
+# A local unet folder loads alone via its config's auto_map (AutoModel reads a repo's model_index.json first).
+unet = AutoModel.from_pretrained(source + "/unet", trust_remote_code=True) if len(sys.argv) < 4 else None
+assert unet is None or type(unet).__name__ == "ReDistillUNet2DModel"
+pipeline.set_progress_bar_config(disable=True)
+images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="np").images
+numpy.save(out, images)
+"""
+
+
+def _load_without_package(source: str, out: Path, env: dict | None = None, auto_model: bool = True):
+    """Load + sample ``source`` in a subprocess that cannot import redistill_diffusion; the images."""
+    import numpy as np
+
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(out.parent / "modules"),
+        **(env or {}),
+    }
+    argv = [sys.executable, "-c", BLOCKED_LOAD, source, str(out)] + ([] if auto_model else ["no-auto-model"])
+    result = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(out)
+
+
+def _package_images(source: str):
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(source)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(7)
+    return pipeline(batch_size=2, num_inference_steps=3, generator=generator, output_type="np").images
 
 
 class LocalHub:
@@ -45,6 +102,15 @@ class LocalHub:
             shutil.copy2(folder / relative, target)
         self.uploads.append({"repo_id": repo_id, "files": kept, "commit_message": commit_message})
         return f"local://{repo_id}"
+
+    def as_hub_cache(self, cache: Path, repo_id: str) -> Path:
+        """Lay the repo out as huggingface_hub's cache does after a download (refs/main -> snapshot)."""
+        commit = "0" * 40
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(self.root / repo_id, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        return cache
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +154,28 @@ def test_model_card_names_teacher_method_stride_memory_and_grid(trained_student)
     card = (out / "README.md").read_text()
     assert card.startswith("---") and "library_name: diffusers" in card
     assert str(teacher) in card and "**red**" in card and "stem stride | 2" in card
-    assert "Peak activation memory" in card and "| teacher |" in card and "| student |" in card
+    assert "Peak activation memory" in card and "| exact (" in card and "| paper (" in card
     assert "![samples](samples/latest.png)" in card and (out / "samples" / "latest.png").is_file()
     assert "TODO" not in card
     assert (out / "memory_report.json").is_file() and (out / "memory_report.png").is_file()
     report = json.loads((out / "memory_report.json").read_text())
     assert set(report) == {"exact", "paper"} and all(v["ratio"] > 1.5 for v in report.values())
+
+
+def test_saved_student_loads_without_the_package_and_samples_the_same_images(trained_student, tmp_path):
+    import numpy as np
+
+    from redistill_diffusion.models.remote_code import component_source
+
+    _, out = trained_student
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["unet"] == ["redistill_unet", "ReDistillUNet2DModel"]
+    assert (out / "unet" / "redistill_unet.py").read_text() == component_source()
+    assert json.loads((out / "unet" / "config.json").read_text())["auto_map"] == {
+        "AutoModel": "redistill_unet.ReDistillUNet2DModel"
+    }
+    remote = _load_without_package(str(out), tmp_path / "images.npy")
+    np.testing.assert_allclose(remote, _package_images(str(out)), atol=1e-6)
 
 
 def test_teacher_loading_accepts_pipeline_and_unet_folders(trained_student, tmp_path):
@@ -105,7 +187,6 @@ def test_teacher_loading_accepts_pipeline_and_unet_folders(trained_student, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_teacher(str(tmp_path / "empty"))
-
 
 
 def test_unet_and_scheduler_configs_resolve_from_shipped_names_ids_and_folders(tmp_path):
@@ -152,8 +233,18 @@ def test_push_to_hub_uploads_a_loadable_pipeline_without_leaking_the_token(tmp_p
     files = hub.uploads[-1]["files"]
     assert "README.md" in files and "model_index.json" in files and "samples/latest.png" in files
     assert not any(f.startswith(("checkpoint-", "logs/")) for f in files)
+    assert "unet/redistill_unet.py" in files
     pipeline = DiffusionPipeline.from_pretrained(str(uploaded))
     assert type(pipeline.unet).__name__ == "ReDistillUNet2DModel"
+    # The pushed repo, as a Hub download leaves it in the cache, loads by its id without the package.
+    cache = hub.as_hub_cache(tmp_path / "hf_cache", "me/tiny-redistill")
+    remote = _load_without_package(
+        "me/tiny-redistill", tmp_path / "hub_images.npy", env={"HF_HUB_CACHE": str(cache)}, auto_model=False
+    )
+    assert remote.shape == (2, 16, 16, 3)
+    import numpy as np
+
+    np.testing.assert_allclose(remote, _package_images(str(uploaded)), atol=1e-6)
     assert "me/tiny-redistill" in (uploaded / "README.md").read_text()
 
     captured = capsys.readouterr()
@@ -168,6 +259,7 @@ def test_push_folder_to_hub_creates_repo_first(tmp_path):
     (folder / "checkpoint-5").mkdir(parents=True)
     (folder / "checkpoint-5" / "optimizer.bin").write_bytes(b"x")
     (folder / "README.md").write_text("card")
+    (folder / "model_index.json").write_text("{}")
     hub = LocalHub(tmp_path / "hub")
     push_folder_to_hub(folder, "org/name", api=hub)
-    assert hub.created and hub.uploads[0]["files"] == ["README.md"]
+    assert hub.created and sorted(hub.uploads[0]["files"]) == ["README.md", "model_index.json"]

@@ -23,12 +23,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..model_cards import CARD_TAGS as SHARED_CARD_TAGS
 from .spec import ClassifierSpec, build_classifier, spec_of
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_KEY = "redistill"
-CARD_TAGS = ("image-classification", "timm", "redistill", "peak-memory")
+CARD_TAGS = ("image-classification", "timm", *SHARED_CARD_TAGS)
 
 
 def _data_config(model: nn.Module, spec: ClassifierSpec, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -142,8 +143,14 @@ def card_for(
     dataset: str | None = None,
     metrics: Mapping[str, float] | None = None,
     memory: Mapping[str, Any] | None = None,
+    command: str | None = None,
+    base_model: str | None = None,
 ) -> dict[str, Any]:
-    """A timm-style model card dict (``details``, ``usage``, ...) describing a saved classifier."""
+    """A timm-style model card dict (``details``, ``usage``, ...) describing a saved classifier.
+
+    ``command`` (the training command) and ``base_model`` (the teacher's Hub id, when it has one) go
+    into the card; ``metrics`` also into its ``model-index`` block.
+    """
     spec = spec_of(model)
     is_student = spec.teacher is not None
     details: dict[str, Any] = {
@@ -188,9 +195,14 @@ def card_for(
         if is_student
         else "A timm classifier trained with redistill-diffusion (a teacher for ReDistill students)."
     )
+    if command:
+        usage += f"\n### Training command\n\n```bash\n{command}\n```\n"
     return {
         "description": description,
         "details": details,
+        "metrics": dict(metrics or {}),
+        "dataset": dataset,
+        "base_model": base_model,
         "usage": usage,
         "tags": list(CARD_TAGS),
         "library_name": "redistill-diffusion" if is_student else "timm",
@@ -208,7 +220,25 @@ def classifier_model_card(card: Mapping[str, Any], model_name: str) -> str:
     text = generate_readme({**card, "details": details}, model_name, task_name="image-classification")
     if dataset:  # timm lower-cases dataset names into the front matter; keep ours out of it (paths are not Hub ids)
         text = text.replace("\n## Model Details\n", f"\n## Model Details\n- **Dataset:** {dataset}\n", 1)
-    return text
+    return _with_hub_metadata(text, card, model_name)
+
+
+def _with_hub_metadata(text: str, card: Mapping[str, Any], model_name: str) -> str:
+    """timm's card plus what timm's generator has no field for: base_model and a model-index block."""
+    from huggingface_hub import ModelCard
+
+    from ..model_cards import eval_results
+
+    model_card = ModelCard(text)
+    if card.get("base_model"):
+        model_card.data.base_model = card["base_model"]
+    results = eval_results(
+        card.get("metrics") or {}, task_type="image-classification", dataset_name=card.get("dataset")
+    )
+    if results:
+        model_card.data.eval_results = results
+        model_card.data.model_name = model_name
+    return str(model_card)
 
 
 def push_classifier_to_hub(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,9 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
             logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
         )
         task = build_classification_task(cls_args, data_args, training_args)
+        from ..model_cards import training_command
+
+        task.command = training_command(sys.argv[1:] if argv is None else argv, "redistill train classifier")
         result = trainer.train(task)
     if trainer.accelerator.is_main_process:
         results_path = Path(training_args.output_dir) / "results.json"

@@ -310,7 +310,8 @@ class ClassificationTask:
         student.eval()
         memory = self._memory(student) if self.measure_memory else {}
         metrics = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
-        card = card_for(student, distiller=self.distiller_name, dataset=self.dataset_description, metrics=metrics, memory=memory)
+        card = card_for(student, distiller=self.distiller_name, dataset=self.dataset_description, metrics=metrics, memory=memory,
+                        command=getattr(self, "command", None))
         save_classifier(student, output_dir, label_names=self.label_names, data_config=self.data_config, model_card=card)
         results = {
             "distiller": self.distiller_name,

@@ -165,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(
         parser, "mixed_precision", choices=("no", "bf16", "fp16"), help="autocast while sampling (default no)"
     )
+    _flag(
+        parser,
+        "update_card",
+        action="store_true",
+        help="write the metrics into each pipeline folder's model card (model-index); push the folder again "
+        "to update the Hub card",
+    )
     return parser
 
 
@@ -229,6 +236,13 @@ def run(args: argparse.Namespace) -> int:
     if settings["num_threads"] is not None:
         torch.set_num_threads(settings["num_threads"])
     output_dir = Path(settings["output_dir"])
+    if getattr(args, "update_card", None):  # checked before any sampling: nothing is half-written
+        if settings["images"]:
+            raise ValueError("--update_card updates pipeline folders: use it with --pipelines, not --images")
+        from redistill_diffusion.model_cards import check_card_folder
+
+        for pipeline in settings["pipelines"]:
+            check_card_folder(pipeline)
     common = dict(
         batch_size=settings["batch_size"],
         seed=settings["seed"],
@@ -252,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
             settings["images"], settings["reference"], max_images=settings["max_images"], **common
         )
     else:
-        evaluate_pipelines(
+        results = evaluate_pipelines(
             settings["pipelines"],
             settings["reference"],
             num_samples=settings["num_samples"],
@@ -264,6 +278,11 @@ def run(args: argparse.Namespace) -> int:
             heldout_timesteps=settings["heldout_timesteps"],
             **common,
         )
+        if getattr(args, "update_card", None):
+            from redistill_diffusion.model_cards import update_model_card
+
+            for pipeline, result in zip(settings["pipelines"], results):
+                print(f"updated the model card {update_model_card(pipeline, result)}")
     print((output_dir / "metrics.md").read_text())
     grids = "" if settings["images"] else " and samples_<pipeline>.png"
     print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'metrics.md'}{grids}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
+from ..progress import announce
 from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
 from .metrics import (
     BINARY_METRICS,
@@ -217,7 +218,11 @@ def evaluate_pipelines(
     )
     if isinstance(base_reference, ReferenceStats):
         check_stats_fit(base_reference, extractor)
-    loaded = [(name, load_pipeline(source)) for name, source in named]
+    loaded = []
+    for name, source in named:
+        if progress:
+            announce(f"loading pipeline {name}")
+        loaded.append((name, load_pipeline(source)))
     heldout_images: dict[tuple[int, int], torch.Tensor] = {}
     device = torch.device(device) if device is not None else default_device()
     if output_dir is not None:
@@ -284,6 +289,8 @@ def evaluate_pipelines(
             sampling_seconds=sampled.seconds,
         )
         if measure_memory:
+            if progress:
+                announce(f"peak memory of {name}'s denoiser (exact and paper conventions)")
             result.update(denoiser_peak_memory(pipeline.unet, resolution))
         result.update(
             feature_extractor=extractor.description,

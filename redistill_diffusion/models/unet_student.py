@@ -233,6 +233,13 @@ class ReDistillUNet2DModel(UNet2DModel):
                 nn.PixelShuffle(stem_stride),
             )
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # `auto_map` (AutoModel's pointer to the folder's component file) is no init argument; drop it
+        # here so that loading a saved student does not warn about it.
+        config_dict = {k: v for k, v in config_dict.items() if k != "auto_map"}
+        return super().extract_init_dict(config_dict, **kwargs)
+
     def add_red_blocks(
         self, specs: Sequence[dict[str, Any]], kernel_size: int | None = None, variant: str | None = None
     ) -> None:

@@ -169,6 +169,11 @@ class DiffusionTask:
         )
 
     # -- evaluation and the final artefact --------------------------------------------------------
+    @property
+    def final_samples(self) -> bool:
+        """Whether the trainer samples a grid after the last step (``--no_final_samples`` turns it off)."""
+        return bool(getattr(self.ddpm_args, "final_samples", True))
+
     def _sampling_pipeline(self, unet):
         from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline
 
@@ -182,11 +187,18 @@ class DiffusionTask:
         import numpy as np
 
         from ..pipelines import sample_images, save_image_grid
+        from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
         was_training = unet.training
         unet.eval()
         metrics: dict[str, float] = {}
+        args = self.ddpm_args
+        announce(
+            f"Sample grid at step {ctx.global_step}: {args.eval_batch_size} images x {args.ddpm_num_inference_steps} "
+            f"{args.sample_scheduler.upper()} steps (--eval_batch_size, --ddpm_num_inference_steps, --sample_scheduler; "
+            "--no_final_samples skips the end-of-training grid)"
+        )
         try:
             if self.heldout_images is not None:
                 from ..evaluation.denoising import denoising_loss
@@ -207,9 +219,10 @@ class DiffusionTask:
                 )
             images = sample_images(
                 self._sampling_pipeline(unet),
-                self.ddpm_args.eval_batch_size,
-                seed=self.ddpm_args.sample_seed,
-                num_inference_steps=self.ddpm_args.ddpm_num_inference_steps,
+                args.eval_batch_size,
+                seed=args.sample_seed,
+                num_inference_steps=args.ddpm_num_inference_steps,
+                progress=f"sample grid (step {ctx.global_step})",
             )
         finally:
             unet.train(was_training)
@@ -231,7 +244,12 @@ class DiffusionTask:
             from ..memory import comparison_dict, measure_peak_memory, plot_memory_per_layer
         except ImportError:  # the memory package is optional for training
             return None
+        from ..progress import announce
+
         shape = (unet.config.in_channels, _sample_size(unet), _sample_size(unet))
+        announce(
+            "Peak memory report: teacher and student, exact and paper conventions (--measure_memory false skips it)"
+        )
         # Measure fresh fp32 copies: under --mixed_precision accelerate wraps the trained model's forward
         # in autocast, whose bf16 casts would be counted as activations.
         unet = _clean_copy(unet)
@@ -268,9 +286,11 @@ class DiffusionTask:
     def save_final(self, output_dir: str, ctx: EvalContext) -> None:
         """DDPMPipeline folder (EMA weights) + memory report + README.md model card."""
         from ..pipelines import model_card_description, save_ddpm_pipeline, write_model_card
+        from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
         root = Path(output_dir)
+        announce(f"Saving the pipeline and its model card to {root}")
         save_ddpm_pipeline(unet, self.noise_scheduler, root)
         memory = self._memory_report(unet, root)
         card = self.card
@@ -283,6 +303,7 @@ class DiffusionTask:
             metrics={**ctx.metrics, **card.get("metrics", {})},
             sample_grid=self.last_grid,
             details={**card.get("details", {}), "training steps": ctx.global_step},
+            command=card.get("command"),
         )
         write_model_card(
             root,

@@ -8,6 +8,7 @@ task (all input checks) and trains. Run them under ``accelerate launch`` for sev
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,13 @@ def _setup_logging(trainer: Trainer) -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def _command(argv: Sequence[str] | None, program: str) -> str:
+    """The run's flags as an equivalent `redistill train` command, for the model card (no token)."""
+    from ..model_cards import training_command
+
+    return training_command(sys.argv[1:] if argv is None else argv, program)
+
+
 def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> TrainResult:
     """Distil a ReDistill student from a teacher (flags: see `config.StudentArguments` and friends)."""
     from .diffusion import build_redistill_task
@@ -48,6 +56,7 @@ def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> Tra
     with Trainer(training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api) as trainer:
         _setup_logging(trainer)
         task = build_redistill_task(student_args, data_args, ddpm_args, training_args)
+        task.card["command"] = _command(argv, "redistill train ddpm")
         return trainer.train(task)
 
 
@@ -60,6 +69,7 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
     with Trainer(training_args, project_name="train_ddpm_teacher", config=config, hub_api=hub_api) as trainer:
         _setup_logging(trainer)
         task = build_teacher_task(model_args, data_args, ddpm_args, training_args)
+        task.card["command"] = _command(argv, "redistill train ddpm-teacher")
         return trainer.train(task)
 
 

@@ -579,7 +579,8 @@ class Trainer:
         progress.close()
 
         accelerator.wait_for_everyone()
-        self._evaluate(task)
+        if getattr(task, "final_samples", True):  # --no_final_samples skips the end-of-training grid
+            self._evaluate(task)
         if accelerator.is_main_process:
             with self.ema_weights(), self._recording():
                 task.save_final(args.output_dir, self._eval_context())
