@@ -308,7 +308,7 @@ def test_script_main_prints_one_line_and_exits_2(capsys):
 def test_checkpoint_discovery_ignores_partial_folders(tmp_path):
     for step in (2, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / ckpt.STATE_FILE).write_text("{}")
+        (tmp_path / f"checkpoint-{step}" / ckpt.STATE_FILE).write_text(f'{{"global_step": {step}}}')
     (tmp_path / "checkpoint-12.tmp").mkdir()  # killed during a save
     (tmp_path / "checkpoint-11").mkdir()  # no completion marker
     assert ckpt.find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
