@@ -170,7 +170,7 @@ BUDGETS: dict[str, DiffusionBudget] = {
         ddim_steps=25,
         eval_batch_size=100,
         variants=_cpu_variants(),
-        fid_samples=500,
+        fid_samples=300,
         fid_reference_images=1000,
     ),
 }

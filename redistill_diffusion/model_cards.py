@@ -59,8 +59,8 @@ def _metric_type(key: str) -> str | None:
     """The model-index metric type of a `redistill eval` result key, or None for non-metrics."""
     if key in ("fid", "precision", "recall", "accuracy", "top1", "top5") or key.startswith("fd_"):
         return key
-    if "denoising_loss" in key:
-        return key
+    if key in ("denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"):
+        return key  # the held-out denoising loss of `redistill eval --metrics denoise` and its noise bands
     if key.endswith(_MEAN_SUFFIX) and key.split("_")[0] in ("isc", "is", "kid", "kd"):
         return key[: -len(_MEAN_SUFFIX)]
     return None

@@ -164,3 +164,18 @@ def test_classification_card_in_timm_conventions_carries_metrics_as_model_index(
         "image-classification",
     )
     assert "redistill train classifier --seed 1" in parsed.text and "exact: teacher 1.000 MB" in parsed.text
+
+
+def test_held_out_denoising_loss_goes_into_the_model_index(trained):
+    """`redistill eval --metrics denoise` keys (overall and bands) become model-index metrics; the per-timestep
+    dictionary does not."""
+    _, out = trained
+    metrics = {
+        "pipeline": str(out), "denoise_loss": 0.0362, "denoise_loss_low": 0.1, "denoise_loss_mid": 0.012,
+        "denoise_loss_high": 0.0026, "denoise_loss_per_timestep": {"50": 0.19}, "num_samples": 4,
+    }  # fmt: skip
+    update_model_card(out, metrics)
+    card = ModelCard.load(out / "README.md")
+    types = {r.metric_type for r in card.data.eval_results}
+    assert {"denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"} <= types
+    assert "denoise_loss_per_timestep" not in types

@@ -60,7 +60,9 @@ def _load_without_package(source: str, out: Path, env: dict | None = None, auto_
         **(env or {}),
     }
     argv = [sys.executable, "-c", BLOCKED_LOAD, source, str(out)] + ([] if auto_model else ["no-auto-model"])
-    result = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        argv, env=environment, capture_output=True, text=True, timeout=1200
+    )  # a guard against hangs on a busy machine
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(out)
 

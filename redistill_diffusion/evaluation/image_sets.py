@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from .metrics import (
     DEFAULT_KID_SUBSETS,
     check_metrics,
     check_stats_fit,
+    check_stats_metrics,
     default_metrics,
     open_image_set,
     plan_metrics,
@@ -45,6 +47,21 @@ def _named(images) -> list[tuple[str, ImageSource]]:
         (str(source) if isinstance(source, (str, os.PathLike)) else f"images_{index}", source)
         for index, source in enumerate(images)
     ]
+
+
+@contextmanager
+def _quiet_datasets():
+    """datasets' progress bars off while inputs are opened and checked (restored afterwards): a wrong input
+    must fail in one line, not after split-generation bars."""
+    import datasets
+
+    enabled = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def evaluate_images(
@@ -77,21 +94,30 @@ def evaluate_images(
     named = _named(images)
     if not named:
         raise ValueError("give at least one image set (--images)")
-    sets = [
-        (name, open_image_set(source, split=reference_split, max_images=max_images)) for name, source in named
-    ]
     needs_reference = any(m in BINARY_METRICS for m in metrics)
     if needs_reference and reference is None and reference_stats is None:
         raise ValueError("FID / KID / precision-recall need a --reference (or --reference_stats)")
-    base_reference = (
-        prepare_reference(reference, reference_stats, split=reference_split, max_images=reference_max_images)
-        if needs_reference
-        else None
-    )
+    with _quiet_datasets():
+        base_reference = (
+            prepare_reference(
+                reference, reference_stats, split=reference_split, max_images=reference_max_images
+            )
+            if needs_reference
+            else None
+        )
     if save_reference_stats_to is not None:
         save_reference_stats_to = check_stats_output(save_reference_stats_to)
         if "fid" not in metrics:
             raise ValueError("--save_reference_stats needs fid among the metrics")
+    if isinstance(base_reference, ReferenceStats):
+        check_stats_metrics(metrics, reference_is_stats=True)
+        check_stats_fit(base_reference, extractor)
+    # Image sets are opened after the cheap checks of the reference and the output file.
+    with _quiet_datasets():
+        sets = [
+            (name, open_image_set(source, split=reference_split, max_images=max_images))
+            for name, source in named
+        ]
     plans = [
         plan_metrics(
             metrics,
@@ -105,8 +131,6 @@ def evaluate_images(
         )
         for _, dataset in sets
     ]
-    if isinstance(base_reference, ReferenceStats):
-        check_stats_fit(base_reference, extractor)
     device = torch.device(device) if device is not None else default_device()
     if output_dir is not None:
         output_dir = Path(output_dir)

@@ -63,6 +63,15 @@ class MetricSettings:
     isc_splits: int
 
 
+def check_stats_metrics(metrics: Sequence[str], reference_is_stats: bool) -> None:
+    """A pytorch-fid statistics file has a mean and covariance only: FID, not KID or precision/recall."""
+    if reference_is_stats and set(metrics) - {"fid", "isc"}:
+        raise ValueError(
+            "a statistics file (--reference_stats) gives FID only: KID and precision/recall need reference "
+            "images (--reference)"
+        )
+
+
 def plan_metrics(
     metrics: Sequence[str],
     *,
@@ -78,11 +87,7 @@ def plan_metrics(
     size given larger than a set is an error; the default (1000) is lowered to the smaller set with a
     warning. IS splits are lowered likewise. ``metrics=None``: ``default_metrics(extractor)``."""
     metrics = check_metrics(metrics) if metrics is not None else default_metrics(extractor)
-    if reference_is_stats and set(metrics) - {"fid", "isc"}:
-        raise ValueError(
-            "a statistics file (--reference_stats) gives FID only: KID and precision/recall need reference "
-            "images (--reference)"
-        )
+    check_stats_metrics(metrics, reference_is_stats)
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 for FID / IS / KID, got {num_samples}")
     if any(m in BINARY_METRICS for m in metrics) and num_reference is not None and num_reference < 2:
