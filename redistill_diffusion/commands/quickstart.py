@@ -52,6 +52,7 @@ QUICKSTART_STUDENT: dict[str, Any] = {
     **_COMMON,
     "stem_stride": 2,
     "student_init": "teacher",
+    "student_head_init": "random",  # the head the quickstart was measured with (PyTorch default init)
     "distiller": "red",
     "red_preset": "paper",
     "distill_weight": 0.5,
