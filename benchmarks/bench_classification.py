@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from common import (
     CommandFailed,
     CommandRecord,
     ComponentMissing,
+    Variant,
     fmt_bytes,
     markdown_table,
     not_run,
@@ -57,22 +58,6 @@ PROTOCOL = 2
 # (ImageNet, and the library default) is a variant row.
 RED_ALPHA = 50.0
 EVALUATIONS = 4  # evaluations per run (every steps / 4 and at the end): top-1 final and best
-
-
-@dataclass
-class Variant:
-    """One student run: a label for the table, the distiller, its regime and seed, and any extra flags."""
-
-    label: str
-    distiller: str
-    regime: str = "scratch"
-    flags: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-
-    @property
-    def key(self) -> str:
-        """Unique run name: regime, label and seed."""
-        return f"{self.regime} {self.label} seed {self.seed}"
 
 
 @dataclass

@@ -33,6 +33,9 @@ from common import (
     stratified_slices,
     write_json,
 )
+from common import (
+    Variant as BaseVariant,
+)
 
 TEACHER_SCRIPT = REPO_ROOT / "examples/train_ddpm_teacher.py"
 STUDENT_SCRIPT = REPO_ROOT / "examples/train_ddpm_redistill.py"
@@ -50,21 +53,11 @@ GRID_IMAGES = 64
 
 
 @dataclass
-class Variant:
-    """One student run: a label for the table, the distiller, its regime and seed, and any extra flags."""
+class Variant(BaseVariant):
+    """A diffusion student run; also its stem stride and, when it differs from its regime's budget, its steps."""
 
-    label: str
-    distiller: str
-    regime: str = "scratch"
-    flags: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
     stem_stride: int = 2
     steps: int | None = None  # default: the regime's budget (the row label must say when it differs)
-
-    @property
-    def key(self) -> str:
-        """Unique run name: regime, label and seed."""
-        return f"{self.regime} {self.label} seed {self.seed}"
 
 
 @dataclass

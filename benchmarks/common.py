@@ -83,6 +83,23 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+@dataclass
+class Variant:
+    """One student run of a benchmark part: a label for the table, the distiller, its regime and seed, and any
+    extra flags (ablations)."""
+
+    label: str
+    distiller: str
+    regime: str = "scratch"
+    flags: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """Unique run name: regime, label and seed."""
+        return f"{self.regime} {self.label} seed {self.seed}"
+
+
 # run.py --no_new_runs: report what has finished; a run that would have to train is reported as not run.
 ALLOW_NEW_RUNS = True
 
