@@ -104,13 +104,13 @@ def _arms() -> dict[str, list[Variant]]:
         Variant("vanilla", "vanilla"),
         Variant("red", "red", flags=RED),
         Variant("red+kd", "red+kd", flags=RED),
+        Variant("red (GroupNorm)", "red", flags={**RED, "red_norm": "group"}),
         Variant("kd", "kd"),
         Variant("dkd", "dkd"),
         Variant("fitnet", "fitnet"),
         Variant("at", "at"),
         Variant("student_plus", "student_plus"),
         Variant("red (alpha 1)", "red", flags={"red_alpha": 1.0}),
-        Variant("red (GroupNorm)", "red", flags={**RED, "red_norm": "group"}),
     ]
     finetune = [
         Variant("vanilla", "vanilla", "finetune"),

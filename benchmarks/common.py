@@ -116,6 +116,7 @@ def run_logged(record: CommandRecord, log_path: Path, threads: int | None = None
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = int(os.environ.get("REDISTILL_BENCH_THREADS", 0)) or threads  # two parts side by side: 1 thread each
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
         env["MKL_NUM_THREADS"] = str(threads)

@@ -5,6 +5,8 @@
     python benchmarks/run.py --budget cpu --only classification                 # one part; RESULTS.md merges all parts
     python benchmarks/run.py --budget paper                                     # the paper's recipes (needs CUDA GPUs)
     python benchmarks/run.py --budget paper --dry_run                           # ... only list those commands
+    REDISTILL_BENCH_THREADS=1 python benchmarks/run.py --budget cpu --only diffusion &  # two parts side by side,
+    REDISTILL_BENCH_THREADS=1 python benchmarks/run.py --budget cpu --only classification  # one core each
 
 Each part writes ``<output_dir>/results/<part>.json`` (+ PNGs); ``<output_dir>/RESULTS.md`` is
 regenerated from every part's JSON present. Models and data slices go to ``--work_dir``

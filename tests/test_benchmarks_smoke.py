@@ -179,3 +179,18 @@ def test_cuda_part_is_skipped_in_one_line_without_a_gpu(tmp_path):
     cuda = json.loads((tmp_path / "results" / "cuda.json").read_text())
     assert (cuda["status"], cuda["reason"]) == ("skipped", "no CUDA GPU on this machine")
     assert "**Status: skipped.** no CUDA GPU on this machine" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_diffusion_reuse_accepts_a_flag_only_when_the_saved_config_records_its_value(tmp_path):
+    from bench_diffusion import _same_run
+
+    saved = ["train.py", "--distiller", "red", "--seed", "0"]
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"red_norm": "batch"}))
+    named = ["train.py", "--distiller", "red", "--red_norm", "batch", "--seed", "0"]
+    assert _same_run(saved, saved, tmp_path)
+    assert _same_run(saved, named, tmp_path)  # trained with the then-default, which its config records
+    assert not _same_run(saved, [*named[:3], "--red_norm", "group", *named[5:]], tmp_path)
+    assert not _same_run(saved, [*named, "--extra", "1"], tmp_path)  # a flag the config does not record
+    assert not _same_run(saved, ["train.py", "--distiller", "red", "--red_norm", "batch", "--seed", "1"], tmp_path)
+    assert not _same_run(None, named, tmp_path)
