@@ -1,0 +1,46 @@
+"""The quickstart's teacher-vs-student summary: held-out shapes, pipeline losses, the side-by-side PNG."""
+
+import numpy as np
+import pytest
+from diffusers import DDPMPipeline, DDPMScheduler
+from PIL import Image
+from test_denoising_loss import tiny_unet
+
+from redistill_diffusion.data import make_shapes
+from redistill_diffusion.evaluation.comparison import (
+    heldout_shapes,
+    pipeline_denoising_loss,
+    write_side_by_side,
+)
+from redistill_diffusion.evaluation.denoising import denoising_loss
+
+
+def test_heldout_shapes_are_unseen_images_in_model_range():
+    images = heldout_shapes(num_images=8, resolution=16)
+    assert images.shape == (8, 3, 16, 16)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    trained, _ = make_shapes(num_images=8, resolution=16, seed=0)
+    assert not np.array_equal((images.add(1).mul(127.5).round().permute(0, 2, 3, 1).numpy()).astype(np.uint8), trained)
+
+
+def test_pipeline_loss_is_the_loss_of_its_unet(tmp_path):
+    unet = tiny_unet()
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path)
+    images = heldout_shapes(num_images=4, resolution=unet.config.sample_size)
+    expected = denoising_loss(unet.eval(), scheduler, images, num_timesteps=3)
+    assert pipeline_denoising_loss(tmp_path, images, num_timesteps=3) == pytest.approx(expected, rel=1e-6)
+
+
+def test_side_by_side_puts_every_panel_in_one_png(tmp_path):
+    paths = []
+    for index, size in enumerate([(64, 64), (64, 64), (128, 64)]):
+        path = tmp_path / f"panel{index}.png"
+        Image.fromarray(np.full((size[1], size[0], 3), 60 * index, dtype=np.uint8)).save(path)
+        paths.append(path)
+    out = write_side_by_side([(p, f"panel {i}") for i, p in enumerate(paths)], tmp_path / "out" / "both.png", title="t")
+    figure = Image.open(out)
+    assert figure.width > 2 * figure.height  # three panels across, the last twice as wide
+    with pytest.raises(FileNotFoundError, match="no image at"):
+        write_side_by_side([(tmp_path / "missing.png", "x")], tmp_path / "never.png")
+    assert not (tmp_path / "never.png").exists()
