@@ -83,14 +83,31 @@ class ClassificationBudget:
         return self.teacher_steps if variant.regime == "scratch" else self.finetune_steps
 
     def variants(self, seeds: tuple[int, ...] | None = None) -> list[Variant]:
-        """Every run in order: seeds outermost, so a run cut short has every arm of both regimes at the first
-        seed; within a seed, regime (a) then (b). ``seeds`` (``--seeds``) replaces both regimes' seeds."""
+        """Every run in order, so a run cut short still answers the main questions: regime (a)'s core arms
+        (the plain student, RED, RED+KD, RED-GroupNorm, KD: the first ``CORE_ARMS``) at every seed, then
+        regime (b)'s core arms at the first seed, then the other arms at the first seed, then the rest.
+        ``seeds`` (``--seeds``) replaces both regimes' seeds."""
         per_regime = {r: tuple(seeds) if seeds else self.seeds.get(r, ()) for r in REGIMES}
-        order = sorted(set().union(*per_regime.values()))
-        return [
-            Variant(arm.label, arm.distiller, regime, dict(arm.flags), seed)
-            for seed in order for regime in REGIMES if seed in per_regime[regime] for arm in self.arms.get(regime, [])
-        ]
+
+        def runs(regime: str, arms: list[Variant], seed_list) -> list[Variant]:
+            return [
+                Variant(arm.label, arm.distiller, regime, dict(arm.flags), seed)
+                for seed in seed_list if seed in per_regime[regime] for arm in arms
+            ]
+
+        core = {r: self.arms.get(r, [])[: CORE_ARMS[r]] for r in REGIMES}
+        rest = {r: self.arms.get(r, [])[CORE_ARMS[r] :] for r in REGIMES}
+        every = sorted(set().union(*per_regime.values()))
+        first, later = every[:1], every[1:]
+        ordered = runs("scratch", core["scratch"], every) + runs("finetune", core["finetune"], first)
+        ordered += runs("scratch", rest["scratch"], first) + runs("finetune", rest["finetune"], first)
+        ordered += runs("finetune", core["finetune"], later)
+        ordered += runs("scratch", rest["scratch"], later) + runs("finetune", rest["finetune"], later)
+        return ordered
+
+
+# The leading arms of each regime that run at every seed before the other arms run at all.
+CORE_ARMS = {"scratch": 5, "finetune": 3}
 
 
 RED = {"red_alpha": RED_ALPHA}

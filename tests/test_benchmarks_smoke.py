@@ -123,7 +123,11 @@ def test_classification_cpu_budget_follows_protocol_v2():
     with_blocks = ("red", "red+kd", "student_plus")  # the arms whose student carries RED blocks
     assert all(v.flags.get("red_init") == "identity" for v in variants if v.regime == "finetune" and v.distiller in with_blocks)
     assert len({v.key for v in variants}) == len(variants)
-    # --seeds replaces both regimes' seeds; seeds stay outermost.
+    # Regime (a)'s core arms run at every seed before any other arm, so a budget cut short still pairs them.
+    core = variants[: 2 * cls.CORE_ARMS["scratch"]]
+    assert all(v.regime == "scratch" for v in core) and {v.seed for v in core} == {0, 1}
+    assert {v.distiller for v in core} == {"vanilla", "red", "red+kd", "kd"}
+    # --seeds replaces both regimes' seeds.
     override = spec.variants((7,))
     assert {v.seed for v in override} == {7} and len(override) == len(variants) // 2
 
