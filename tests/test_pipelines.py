@@ -13,8 +13,9 @@ import pytest
 import torch
 from helpers_training import fast_args, make_tiny_teacher
 
+from redistill_diffusion.hub import push_folder_to_hub
 from redistill_diffusion.models.configs import load_scheduler_config, load_unet_config
-from redistill_diffusion.pipelines import load_teacher, push_folder_to_hub
+from redistill_diffusion.models.pipeline_folder import load_teacher
 from redistill_diffusion.training.runs import run_redistill
 
 SECRET = "hf_do_not_print_this_token_123"
