@@ -446,3 +446,22 @@ def test_eval_flags_recipe_lists_and_errors(tmp_path):
     recipe.write_text("pipelines: [p]\nnum_sample: 3\n")
     with pytest.raises(ValueError, match="unknown key.*num_sample"):
         parse_eval_args(["--recipe", str(recipe)])
+
+
+def test_pil_samples_are_the_uint8_samples(tmp_path):
+    """Training's sample grid and evaluation draw the same images for the same seed (one sampling path)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from redistill_diffusion.evaluation import sample_pil_images
+
+    unet = tiny_unet()
+    for pipeline, sampler in (
+        (DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)), "ddpm"),
+        (DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000)), "ddim"),
+    ):
+        pil = sample_pil_images(pipeline, 3, seed=5, num_inference_steps=2)
+        tensors = generate_samples(
+            pipeline, 3, sampler=sampler, num_inference_steps=2, seed=5, device="cpu", progress=False
+        )
+        assert [image.mode for image in pil] == ["RGB"] * 3
+        assert torch.equal(torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors)

@@ -253,7 +253,12 @@ def push_classifier_to_hub(
     api=None,
 ):
     """Save to a temporary folder (weights, config, card) and upload it with the shared
-    `pipelines.push_folder_to_hub`. ``api``: a ``huggingface_hub.HfApi`` or a stand-in."""
+    `hub.push_folder_to_hub`. ``api``: a ``huggingface_hub.HfApi`` or a stand-in.
+
+    The folder is timm's own (`save_classifier` calls ``timm.models.save_for_hf``); the upload is not
+    ``timm.models.push_to_hf_hub``, which writes a README only when the repo has none and from timm's
+    template alone (no ``base_model``, no model-index, no stride plan), also uploads pickled weights
+    by default, checks no repo id first, and builds its own ``HfApi``. The token is never printed."""
     from ..hub import push_folder_to_hub
 
     card = dict(model_card) if model_card is not None else card_for(model)
