@@ -74,7 +74,7 @@ def load_teacher(name_or_path: str, cache_dir: str | None = None, revision: str 
         raise ValueError(
             "No teacher given: pass --teacher_model_name_or_path (a DDPM pipeline or UNet2DModel folder/Hub id)."
         )
-    if Path(name_or_path).expanduser().exists() or not is_hub_id(name_or_path):
+    if not is_hub_id(name_or_path):  # an existing path, or anything written like one
         return _load_local_teacher(name_or_path)
 
     # A Hub id: a pipeline repo (unet/ subfolder) or a bare UNet repo, in UNET_SUBFOLDERS' order.
