@@ -9,7 +9,8 @@
 
 The flags are the fields of `EvalArguments`, parsed by `redistill_diffusion.config.parse_args` like
 the training scripts' flags: values in ``--recipe`` (a YAML mapping whose keys are the flag names) are
-defaults, flags given on the command line override them, an unknown key or flag is an error. Writes <output_dir>/metrics.json, metrics.md and samples_<name>.png.
+defaults, flags given on the command line override them, an unknown key or flag is an error.
+Writes <output_dir>/metrics.json, metrics.md and samples_<name>.png.
 """
 
 from __future__ import annotations
