@@ -59,8 +59,11 @@ def run(output_dir, work_dir, budget: str, **_: Any) -> dict[str, Any]:
         return part_result("cuda", budget, status="skipped", reason="no CUDA GPU on this machine")
     from diffusers import UNet2DModel
 
-    from redistill_diffusion.memory.models import SHIPPED_UNET_CONFIGS, load_unet_config
-    from redistill_diffusion.models.configs import load_scheduler_config
+    from redistill_diffusion.models.configs import (
+        SHIPPED_UNET_CONFIGS,
+        load_scheduler_config,
+        load_unet_config,
+    )
     from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
     hub_id = "google/ddpm-cifar10-32"

@@ -31,7 +31,8 @@ from redistill_diffusion.memory import (
     measure_peak_memory,
     plot_memory_per_layer,
 )
-from redistill_diffusion.memory.models import SHIPPED_UNET_CONFIGS, build_unet_pair, load_unet_config
+from redistill_diffusion.models.configs import SHIPPED_UNET_CONFIGS, load_unet_config
+from redistill_diffusion.models.pairs import build_unet_pair
 from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
 BUDGETS = ("smoke", "cpu", "paper")

@@ -95,13 +95,10 @@ def _builder_for_files(files: Sequence[str]) -> str:
 
 
 def looks_like_path(spec: str) -> bool:
-    """Hub dataset ids are ``name`` or ``owner/name``; anything else is meant as a local path."""
-    return (
-        spec.startswith((".", "/", "~"))
-        or spec.count("/") > 1
-        or Path(spec).suffix.lower() in _FILE_BUILDERS
-        or (os.sep != "/" and os.sep in spec)
-    )
+    """Anything that is not a Hub id (`hub.is_hub_id`: ``name`` or ``owner/name``) is meant as a local path."""
+    from .hub import is_hub_id
+
+    return not is_hub_id(spec)
 
 
 def open_dataset(
@@ -347,7 +344,11 @@ def build_image_transform(resolution: int, channels: int = 3, center_crop: bool 
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):
-    """Wrap a `datasets.Dataset` from `load_image_dataset`: item -> {"images": tensor[, "labels": int]}."""
+    """Wrap a `datasets.Dataset` from `load_image_dataset`: item -> {"images": tensor[, "labels": int]}.
+
+    The training side's dataset; images already in memory as a uint8 tensor (samples to score) are
+    `redistill_diffusion.evaluation.reference.UInt8ImageDataset`.
+    """
 
     def __init__(self, dataset, transform, with_labels: bool = False):
         if with_labels and "label" not in dataset.column_names:

@@ -286,3 +286,15 @@ def test_stl10_recipes_build_the_papers_models(teacher_recipe, student_recipe, s
     assert read_stride_plan(teacher).total_stride == read_stride_plan(student).total_stride == 16
     assert read_stride_plan(student).stem_stride == stem
     assert _features(student, data.resolution).shape[-2:] == (8, 8)
+
+
+def test_one_stride_notation_for_plans_and_cards():
+    """The card's strides are StridePlan.notation: a stride of 10 or more is bracketed, not run together."""
+    from redistill_diffusion.classification.hub import _format_plan
+    from redistill_diffusion.classification.surgery import StridePlan
+
+    plan = StridePlan(16, None, (1, 12, 2))
+    assert plan.notation() == "16-1(12)2"
+    assert _format_plan(plan.to_dict()) == "16-1(12)2"
+    assert _format_plan(StridePlan(2, 2, (1, 2, 2, 2)).to_dict()) == "2-21222"
+    assert _format_plan(None) == "-"

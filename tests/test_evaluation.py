@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from redistill_diffusion import ReDistillUNet2DModel
 from redistill_diffusion.cli import main as cli_main
 from redistill_diffusion.commands.eval import main as script_main
+from redistill_diffusion.commands.eval import parse_eval_args
 from redistill_diffusion.evaluation import (
     compute_metrics,
     evaluate_pipelines,
@@ -406,3 +407,61 @@ def test_standalone_script_reports_errors_in_one_line(capsys, tmp_path):
     assert script_main(["--pipelines", str(tmp_path / "missing"), "--reference", "x.parquet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluate_fid_is: error:") and "\n" not in err and "does not exist" in err
+
+
+# ---------------------------------------------------------------- `redistill eval` flags and recipes
+
+EVAL_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("eval_*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", EVAL_RECIPES, ids=lambda path: path.name)
+def test_shipped_eval_recipes_parse_through_the_training_parser(recipe):
+    import yaml
+
+    assert EVAL_RECIPES, "no recipes/eval_*.yaml found"
+    values = yaml.safe_load(recipe.read_text())
+    argv = ["--recipe", str(recipe), "--pipelines", "teacher/", "student/", "--num-inference-steps", "3"]
+    settings = parse_eval_args(argv)
+    assert settings.pipelines == ["teacher/", "student/"] and settings.num_inference_steps == 3  # flags win
+    for key, value in values.items():
+        if key not in ("pipelines", "num_inference_steps"):
+            assert getattr(settings, key) == value, key
+
+
+def test_eval_flags_recipe_lists_and_errors(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("images: a.parquet b/\nmetrics: fid kid\nsampler: ddpm\n")
+    settings = parse_eval_args(["--recipe", str(recipe), "--update_card", "--batch-size", "8"])
+    assert settings.images == ["a.parquet", "b/"] and settings.metrics == ["fid", "kid"]
+    assert settings.sampler == "ddpm" and settings.update_card and settings.batch_size == 8
+    assert parse_eval_args(["--pipelines", "p"]).num_samples == 1000  # the dataclass default
+    for argv, message in (
+        (["--recipe", str(recipe), "--pipelines", "p"], "either --pipelines or --images"),
+        (["--pipelines", "p", "--metrics", "fidd"], "invalid choice"),
+        (["--pipelines", "p", "--sampler", "euler"], "invalid choice"),
+        (["--pipelines", "p", "--num_threads", "0"], "num_threads"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_eval_args(argv)
+    recipe.write_text("pipelines: [p]\nnum_sample: 3\n")
+    with pytest.raises(ValueError, match="unknown key.*num_sample"):
+        parse_eval_args(["--recipe", str(recipe)])
+
+
+def test_pil_samples_are_the_uint8_samples(tmp_path):
+    """Training's sample grid and evaluation draw the same images for the same seed (one sampling path)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from redistill_diffusion.evaluation import sample_pil_images
+
+    unet = tiny_unet()
+    for pipeline, sampler in (
+        (DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)), "ddpm"),
+        (DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000)), "ddim"),
+    ):
+        pil = sample_pil_images(pipeline, 3, seed=5, num_inference_steps=2)
+        tensors = generate_samples(
+            pipeline, 3, sampler=sampler, num_inference_steps=2, seed=5, device="cpu", progress=False
+        )
+        assert [image.mode for image in pil] == ["RGB"] * 3
+        assert torch.equal(torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors)

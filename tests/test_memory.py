@@ -20,7 +20,7 @@ from redistill_diffusion.memory import (
     registered_paper_conventions,
     unregister_paper_convention,
 )
-from redistill_diffusion.memory.models import SHIPPED_UNET_CONFIGS, load_unet_config, timm_student_factory
+from redistill_diffusion.models.configs import SHIPPED_UNET_CONFIGS, load_unet_config
 from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
 CIFAR10_CONFIG = SHIPPED_UNET_CONFIGS["google/ddpm-cifar10-32"]
@@ -240,11 +240,8 @@ def test_cli_bad_input_is_one_line_error(argv, message, capsys):
 # ---------------------------------------------------------------------------------------- timm
 
 
-@pytest.mark.skipif(
-    timm_student_factory() is None, reason="redistill_diffusion.classification has no student factory"
-)
 def test_timm_resnet18_stem_stride_8_exact(capsys):
-    from redistill_diffusion.memory.models import build_timm_pair
+    from redistill_diffusion.classification.memory_convention import build_timm_pair
 
     teacher, student = build_timm_pair("resnet18", stem_stride=8, num_classes=10)
     result = compare(teacher, student, (3, 224, 224))
@@ -261,3 +258,57 @@ def test_cli_accepts_shipped_config_names_offline(tmp_path):
     result = json.loads(out.read_text())
     assert result["ratio"] >= 3.9
     assert main(["memory", "no-such-config", "--stem_stride", "2"]) == 2
+
+
+# --------------------------------------------------------------------------------- import graph
+
+
+def _package_imports(file: Path) -> list[str]:
+    """The redistill_diffusion modules ``file`` imports (relative imports resolved), anywhere in it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    module = ".".join(file.resolve().relative_to(root).with_suffix("").parts)
+    package = module.split(".")[:-1]  # the package a relative import starts from
+    names = []
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names.append(".".join(base + ([node.module] if node.module else [])))
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [name for name in names if name.startswith("redistill_diffusion")]
+
+
+def test_memory_is_a_leaf_of_the_import_graph():
+    """Both sides use the memory package; it imports neither (no cycle through the convention registry)."""
+    import redistill_diffusion
+
+    memory = Path(redistill_diffusion.__file__).parent / "memory"
+    outside = {
+        f"{file.name}: {name}"
+        for file in memory.glob("*.py")
+        for name in _package_imports(file)
+        if not name.startswith("redistill_diffusion.memory")
+    }
+    assert not outside
+
+
+def test_nothing_in_the_package_imports_by_string_but_the_cli():
+    import redistill_diffusion
+
+    root = Path(redistill_diffusion.__file__).parent
+    # The CLI loads subcommands lazily; remote_code reads its modules' source text to write the component file.
+    allowed = {root / "cli.py", root / "commands" / "train.py", root / "models" / "remote_code.py"}
+    offenders = [
+        str(file.relative_to(root))
+        for file in root.rglob("*.py")
+        if file not in allowed and ("import_module(" in file.read_text() or "__import__(" in file.read_text())
+    ]
+    assert not offenders
+
+
+def test_timm_conventions_are_registered_by_the_classification_side():
+    import redistill_diffusion.classification  # noqa: F401  (registers timm.ResNet / timm.MobileNet)
+
+    assert {"timm.ResNet", "timm.MobileNet", "diffusers.UNet2DModel"} <= set(registered_paper_conventions())

@@ -13,8 +13,9 @@ import pytest
 import torch
 from helpers_training import fast_args, make_tiny_teacher
 
+from redistill_diffusion.hub import push_folder_to_hub
 from redistill_diffusion.models.configs import load_scheduler_config, load_unet_config
-from redistill_diffusion.pipelines import load_teacher, push_folder_to_hub
+from redistill_diffusion.models.pipeline_folder import load_teacher
 from redistill_diffusion.training.runs import run_redistill
 
 SECRET = "hf_do_not_print_this_token_123"
@@ -265,3 +266,80 @@ def test_push_folder_to_hub_creates_repo_first(tmp_path):
     hub = LocalHub(tmp_path / "hub")
     push_folder_to_hub(folder, "org/name", api=hub)
     assert hub.created and sorted(hub.uploads[0]["files"]) == ["README.md", "model_index.json"]
+
+
+# ------------------------------------------------------------------ one Hub-id rule, one subfolder order
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("google/ddpm-cifar10-32", True),
+        ("uoft-cs/cifar10", True),
+        ("cifar10", True),  # bare names are Hub ids (datasets, legacy models); shipped names are checked first
+        ("runs/cifar/student", False),  # more than one slash: a path
+        ("./student", False),
+        ("/abs/student", False),
+        ("~/student", False),
+        ("runs\\student", False),
+        ("teacher/config.json", False),  # a file suffix: a path
+        ("data/train.parquet", False),
+        ("me/bad repo", False),  # huggingface_hub's own rules
+        ("", False),
+    ],
+)
+def test_is_hub_id(name, expected):
+    from redistill_diffusion.hub import is_hub_id
+
+    assert is_hub_id(name) is expected
+
+
+def test_an_existing_local_folder_named_like_a_hub_id_is_a_path(tmp_path, monkeypatch):
+    from redistill_diffusion.hub import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("owner/name")
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    assert not is_hub_id("owner/name") and not is_hub_id(tmp_path / "owner" / "name")
+
+
+def test_every_loader_takes_a_missing_nested_path_for_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    """'a/b/c' was a Hub id for some loaders and a path for others; now a missing path for all (no network)."""
+    from redistill_diffusion.classification import load_classifier
+    from redistill_diffusion.data import open_dataset
+    from redistill_diffusion.evaluation.sampling import check_pipeline_source
+
+    monkeypatch.chdir(tmp_path)
+    for load in (load_teacher, load_unet_config, open_dataset, load_classifier, check_pipeline_source):
+        with pytest.raises(FileNotFoundError):
+            load("runs/missing/student")
+
+
+def test_teacher_and_config_loaders_pick_the_same_unet_of_a_folder(tmp_path):
+    """A folder with a pipeline's unet/ and a stray root config.json: both loaders take unet/ (UNET_SUBFOLDERS)."""
+    from redistill_diffusion.hub import UNET_SUBFOLDERS, local_unet_folder
+
+    assert UNET_SUBFOLDERS[0] == "unet"
+    teacher = make_tiny_teacher(tmp_path / "teacher")
+    stray = json.loads((teacher / "unet" / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**stray, "sample_size": 8}))
+    assert local_unet_folder(teacher) == teacher / "unet"
+    unet, scheduler = load_teacher(str(teacher))
+    assert unet.config.sample_size == 16 and scheduler is not None
+    assert load_unet_config(str(teacher)).config["sample_size"] == 16
+
+
+def test_one_grid_writer_for_pil_images_and_uint8_tensors(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from redistill_diffusion.evaluation import save_sample_grid
+
+    images = (torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
+    from_tensor = np.array(Image.open(save_sample_grid(images, tmp_path / "t.png")))
+    from_pil = np.array(Image.open(save_sample_grid(pil, tmp_path / "nested" / "p.png")))
+    assert from_tensor.shape == (2 * 8 + 3 * 2, 3 * 8 + 4 * 2, 3)  # 5 images: 3 columns, 2 px padding
+    np.testing.assert_array_equal(from_tensor, from_pil)
+    with pytest.raises(ValueError, match="No images"):
+        save_sample_grid([], tmp_path / "empty.png")

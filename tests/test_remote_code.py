@@ -90,7 +90,7 @@ def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(
     from diffusers.utils import logging as diffusers_logging
 
     from redistill_diffusion import ReDistillUNet2DModel
-    from redistill_diffusion.pipelines import save_ddpm_pipeline
+    from redistill_diffusion.models.pipeline_folder import save_ddpm_pipeline
 
     save_ddpm_pipeline(_tiny_student(), DDPMScheduler(num_train_timesteps=10), tmp_path / "new")
     diffusers_logging.enable_propagation()

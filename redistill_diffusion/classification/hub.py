@@ -23,8 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..hub import is_hub_id
 from ..model_cards import CARD_TAGS as SHARED_CARD_TAGS
 from .spec import ClassifierSpec, build_classifier, spec_of
+from .surgery import StridePlan
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -101,8 +103,8 @@ def _local_folder(name_or_path: str | os.PathLike, revision: str | None = None) 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or str(name_or_path).count("/") != 1:
-        raise FileNotFoundError(f"{name_or_path} is not a classifier folder (nor a Hub id of the form owner/name).")
+    if path.exists() or not is_hub_id(name_or_path):
+        raise FileNotFoundError(f"{name_or_path} is not a classifier folder (nor a Hub id: name or owner/name).")
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
@@ -129,11 +131,8 @@ def load_classifier(
 
 
 def _format_plan(plan: Mapping[str, Any] | None) -> str:
-    if not plan:
-        return "-"
-    pool = plan.get("stem_pool_stride")
-    rest = ([] if pool is None else [pool]) + list(plan.get("stage_strides", []))
-    return f"{plan['stem_conv_stride']}-" + "".join(str(s) for s in rest)
+    """`StridePlan.notation` of a plan stored as a dict (a spec's or its teacher's), "-" for none."""
+    return StridePlan.from_dict(plan).notation() if plan else "-"
 
 
 def card_for(
@@ -254,8 +253,13 @@ def push_classifier_to_hub(
     api=None,
 ):
     """Save to a temporary folder (weights, config, card) and upload it with the shared
-    `pipelines.push_folder_to_hub`. ``api``: a ``huggingface_hub.HfApi`` or a stand-in."""
-    from ..pipelines import push_folder_to_hub
+    `hub.push_folder_to_hub`. ``api``: a ``huggingface_hub.HfApi`` or a stand-in.
+
+    The folder is timm's own (`save_classifier` calls ``timm.models.save_for_hf``); the upload is not
+    ``timm.models.push_to_hf_hub``, which writes a README only when the repo has none and from timm's
+    template alone (no ``base_model``, no model-index, no stride plan), also uploads pickled weights
+    by default, checks no repo id first, and builds its own ``HfApi``. The token is never printed."""
+    from ..hub import push_folder_to_hub
 
     card = dict(model_card) if model_card is not None else card_for(model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..memory import LayerMemory, ShapeProbe, register_paper_convention
-from ..memory.conventions import _red_block_bytes
+from ..memory import LayerMemory, ShapeProbe, red_block_bytes, register_paper_convention
 from .surgery import stage_names
 
 
@@ -48,7 +47,7 @@ def _red_layers(model: nn.Module, probe: ShapeProbe) -> list[LayerMemory]:
     if not isinstance(red_blocks, nn.ModuleDict):
         return []
     return [
-        LayerMemory(f"red_blocks.{key}", _red_block_bytes(probe, f"red_blocks.{key}"))
+        LayerMemory(f"red_blocks.{key}", red_block_bytes(probe, f"red_blocks.{key}"))
         for key in red_blocks
         if probe.ran(f"red_blocks.{key}")
     ]
@@ -109,4 +108,16 @@ def register() -> None:
 
 register()
 
-__all__ = ["mobilenet_paper_convention", "register", "resnet_paper_convention"]
+
+def build_timm_pair(name: str, stem_stride: int, num_classes: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """A timm teacher (random weights; the paper's names such as ``resnext18`` too) and its plain ReDistill
+    student (no RED blocks: the paper's figures are for the student network itself), for ``redistill memory``
+    and the benchmark. Memory depends on the architecture only, so nothing is trained or downloaded."""
+    from .students import create_student, create_teacher
+
+    teacher = create_teacher(name, **({} if num_classes is None else {"num_classes": num_classes}))
+    student = create_student(teacher, stem_stride=stem_stride, init="random", red_placement=None)
+    return teacher.eval(), student.eval()
+
+
+__all__ = ["build_timm_pair", "mobilenet_paper_convention", "register", "resnet_paper_convention"]

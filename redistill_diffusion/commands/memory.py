@@ -96,9 +96,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _build_pair(args: argparse.Namespace):
     """(teacher, student, input_shape, description); every check runs before a model is built."""
-    from ..memory.models import build_timm_pair, build_unet_pair, check_unet_student, load_unet_config
+    from ..models.configs import load_unet_config
+    from ..models.pairs import build_unet_pair, check_unet_student
 
     if args.timm is not None:
+        from ..classification.memory_convention import build_timm_pair  # also registers the timm conventions
+
         stem_stride = args.stem_stride or DEFAULT_TIMM_STEM_STRIDE
         resolution = args.resolution or DEFAULT_TIMM_RESOLUTION
         teacher, student = build_timm_pair(args.timm, stem_stride)

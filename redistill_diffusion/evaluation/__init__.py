@@ -19,9 +19,16 @@ from .extractors import (
 from .feature_cache import cache_features
 from .image_sets import evaluate_images
 from .metrics import METRICS, compute_metrics, default_metrics
-from .reference import ImageTensorDataset, ReferenceImages, load_reference
+from .reference import ReferenceImages, UInt8ImageDataset, load_reference
 from .report import format_metrics_table, save_sample_grid, write_report
-from .sampling import SAMPLERS, generate_samples, load_pipeline, sample_images
+from .sampling import (
+    SAMPLERS,
+    generate_samples,
+    load_pipeline,
+    sample_images,
+    sample_pil_images,
+    with_sampler,
+)
 from .stats_file import ReferenceStats, load_reference_stats, save_reference_stats
 from .tf_inception import TF_INCEPTION, FeatureExtractorTFInception, installed_weights_path
 
@@ -41,7 +48,7 @@ __all__ = [
     "SAMPLERS",
     "ClassifierFeatureExtractor",
     "FeatureExtractorChoice",
-    "ImageTensorDataset",
+    "UInt8ImageDataset",
     "ReferenceImages",
     "compute_metrics",
     "denoiser_peak_memory",
@@ -54,6 +61,8 @@ __all__ = [
     "register_classifier_feature_extractor",
     "resolve_feature_extractor",
     "sample_images",
+    "sample_pil_images",
     "save_sample_grid",
+    "with_sampler",
     "write_report",
 ]

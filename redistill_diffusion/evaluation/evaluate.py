@@ -28,7 +28,7 @@ from .metrics import (
     prepare_reference,
     score_images,
 )
-from .reference import ImageTensorDataset, ReferenceImages
+from .reference import ReferenceImages, UInt8ImageDataset
 from .report import save_sample_grid, write_report
 from .sampling import (
     DEFAULT_STEPS,
@@ -263,7 +263,7 @@ def evaluate_pipelines(
             {}
             if settings is None
             else score_images(
-                ImageTensorDataset(sampled.images),
+                UInt8ImageDataset(sampled.images),
                 base_reference.at_resolution(resolution)
                 if isinstance(base_reference, ReferenceImages)
                 else base_reference,

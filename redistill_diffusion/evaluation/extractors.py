@@ -239,14 +239,27 @@ def _read_local_config(weights_path: Path) -> dict:
     return {}
 
 
-def load_timm_classifier(model_name: str, weights_path: str | os.PathLike | None) -> nn.Module:
-    """A timm classifier built with ``timm.create_model(model_name, num_classes=..., pretrained=False)``,
-    weights from a local safetensors file (the head size is read from the weights; ``model_args`` and
-    ``num_classes`` from a timm-style ``config.json`` beside it if present), or from a folder in timm's
-    own format (``config.json`` + ``model.safetensors``, loaded via ``local-dir:``). Without weights,
-    timm's pretrained weights are downloaded."""
+def _head_size(path: Path, model_name: str, model_args: dict) -> int:
+    """Classes of a safetensors checkpoint: the rows of its classifier weight (read from the header only)."""
     import timm
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    headless = timm.create_model(model_name, pretrained=False, num_classes=0, **model_args)
+    head_name = headless.pretrained_cfg.get("classifier", "fc")
+    head_name = head_name[0] if isinstance(head_name, (list, tuple)) else head_name
+    with safe_open(str(path), framework="pt") as weights:
+        if f"{head_name}.weight" not in weights.keys():
+            return 0
+        return int(weights.get_slice(f"{head_name}.weight").get_shape()[0])
+
+
+def load_timm_classifier(model_name: str, weights_path: str | os.PathLike | None) -> nn.Module:
+    """A timm classifier: ``timm.create_model(model_name, num_classes=..., checkpoint_path=weights)`` with a
+    local safetensors file (the head size is read from the weights; ``model_args`` and ``num_classes`` from
+    a timm-style ``config.json`` beside it if present), or a folder in timm's own format (``config.json`` +
+    ``model.safetensors``, loaded via ``local-dir:``). Without weights, timm's pretrained weights are
+    downloaded."""
+    import timm
 
     if not timm.is_model(model_name):
         raise ValueError(f"unknown timm model {model_name!r} (see timm.list_models())")
@@ -261,20 +274,13 @@ def load_timm_classifier(model_name: str, weights_path: str | os.PathLike | None
         return timm.create_model(f"local-dir:{path}", pretrained=True)
     if path.suffix != ".safetensors":
         raise ValueError(f"feature extractor weights {path} must be a .safetensors file")
-    state_dict = load_file(str(path))
     config = _read_local_config(path)
     model_args = dict(config.get("model_args") or {})
-    if "num_classes" in config:
-        num_classes = int(config["num_classes"])
-    else:
-        headless = timm.create_model(model_name, pretrained=False, num_classes=0, **model_args)
-        head_name = headless.pretrained_cfg.get("classifier", "fc")
-        head_name = head_name[0] if isinstance(head_name, (list, tuple)) else head_name
-        head_weight = state_dict.get(f"{head_name}.weight")
-        num_classes = int(head_weight.shape[0]) if head_weight is not None else 0
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **model_args)
-    try:
-        model.load_state_dict(state_dict, strict=True)
+    num_classes = int(config["num_classes"]) if "num_classes" in config else _head_size(path, model_name, model_args)
+    try:  # timm's own loader: safetensors read by suffix, strict key and shape match
+        model = timm.create_model(
+            model_name, pretrained=False, num_classes=num_classes, checkpoint_path=str(path), **model_args
+        )
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise ValueError(f"weights {path} do not fit timm model {model_name}: {first}") from error

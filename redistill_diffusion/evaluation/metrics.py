@@ -23,7 +23,7 @@ from torch_fidelity.utils_torch import torch_atomic_save
 
 from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
 from .feature_cache import cache_features, cached_fid_statistics, metric_layers, stat_file
-from .reference import ImageTensorDataset, ReferenceImages, load_reference
+from .reference import ReferenceImages, UInt8ImageDataset, load_reference
 from .stats_file import ReferenceStats, check_stats_output, load_reference_stats, save_reference_stats
 
 METRICS = ("fid", "isc", "kid", "prc")
@@ -146,7 +146,7 @@ def open_image_set(
     """Images to score: a uint8 tensor or Dataset as given, or a path / Hub id opened like a reference
     (parquet, image folder, saved or Hub dataset; ``max_images`` keeps a fixed random subset)."""
     if isinstance(images, torch.Tensor):
-        return ImageTensorDataset(images)
+        return UInt8ImageDataset(images)
     if isinstance(images, Dataset) and not isinstance(images, ReferenceImages):
         return images
     return load_reference(images, split=split, max_images=max_images)

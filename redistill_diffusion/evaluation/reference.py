@@ -22,8 +22,10 @@ from torch.utils.data import Dataset
 REFERENCE_SUBSET_SEED = 0
 
 
-class ImageTensorDataset(Dataset):
-    """In-memory uint8 images (N x 3 x H x W) served one tensor at a time, as torch-fidelity expects."""
+class UInt8ImageDataset(Dataset):
+    """In-memory uint8 images (N x 3 x H x W), e.g. fresh samples, served one tensor at a time as
+    torch-fidelity expects. (Training data, decoded and transformed from a `datasets.Dataset`, is
+    `redistill_diffusion.data.ImageTensorDataset`.)"""
 
     def __init__(self, images: torch.Tensor):
         if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
@@ -193,7 +195,7 @@ def load_reference(
         result = reference
     elif isinstance(reference, torch.Tensor):
         result = ReferenceImages(
-            ImageTensorDataset(reference), description="tensor", source_identity=_tensor_identity(reference)
+            UInt8ImageDataset(reference), description="tensor", source_identity=_tensor_identity(reference)
         )
     elif isinstance(reference, Dataset):
         name = type(reference).__name__

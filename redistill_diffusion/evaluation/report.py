@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
@@ -16,12 +17,23 @@ from .extractors import FeatureExtractorChoice
 BYTES_PER_MB = 1024**2  # the paper's MB (method.md section 6)
 
 
-def save_sample_grid(images: torch.Tensor, path: str | Path, max_images: int = 64) -> Path:
-    """The first ``max_images`` samples (uint8 N x 3 x H x W) in a square-ish grid PNG."""
-    images = images[:max_images]
-    columns = max(1, math.ceil(math.sqrt(images.shape[0])))
+def save_sample_grid(
+    images: torch.Tensor | Sequence, path: str | Path, max_images: int | None = 64, columns: int | None = None
+) -> Path:
+    """The package's one grid writer: the first ``max_images`` images (a uint8 N x 3 x H x W tensor or PIL
+    images of one size) in a square-ish PNG grid (torchvision's ``make_grid``, 2 px white padding)."""
+    if not isinstance(images, torch.Tensor):
+        images = [torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1) for image in images]
+        if not images:
+            raise ValueError("No images to put in a grid.")
+        images = torch.stack(images)
+    images = images[:max_images] if max_images else images
+    if images.shape[0] == 0:
+        raise ValueError("No images to put in a grid.")
+    columns = columns or max(1, math.ceil(math.sqrt(images.shape[0])))
     grid = make_grid(images, nrow=columns, padding=2, pad_value=255)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path
 

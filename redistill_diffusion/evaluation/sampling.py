@@ -18,6 +18,8 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
 from tqdm.auto import tqdm
 
+from ..hub import is_hub_id
+
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50}
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -42,7 +44,7 @@ def check_pipeline_source(source: str | os.PathLike) -> None:
             raise ValueError(
                 f"pipeline folder {source} has no model_index.json (save it with pipeline.save_pretrained)"
             )
-    elif str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+    elif not is_hub_id(source):
         raise FileNotFoundError(f"pipeline folder {source} does not exist")
 
 
@@ -183,6 +185,43 @@ def generate_samples(
         mixed_precision=mixed_precision,
         progress=progress,
     ).images
+
+
+def sampler_of(pipeline: DiffusionPipeline) -> str:
+    """The `SAMPLERS` name of a pipeline's scheduler: ``"ddim"`` for a DDIMScheduler, else ``"ddpm"``."""
+    return "ddim" if isinstance(pipeline.scheduler, DDIMScheduler) else "ddpm"
+
+
+def sample_pil_images(
+    pipeline: DiffusionPipeline,
+    num_images: int,
+    seed: int = 0,
+    num_inference_steps: int = 1000,
+    device: str | torch.device | None = None,
+    progress: str | None = None,
+    *,
+    sampler: str | None = None,
+) -> list:
+    """`sample_images` as a list of RGB PIL images (training's sample grid and TensorBoard images).
+
+    The same per-sample seeds as every other sample in the package; ``sampler`` defaults to the
+    pipeline's own scheduler (`sampler_of`) and ``device`` to where its unet already is (a model being
+    trained stays on its accelerator). ``progress``: a label for the bar; ``None`` keeps it off.
+    """
+    from PIL import Image
+
+    result = sample_images(
+        pipeline,
+        num_images,
+        sampler=sampler or sampler_of(pipeline),
+        num_inference_steps=num_inference_steps,
+        batch_size=num_images,
+        seed=seed,
+        device=device if device is not None else pipeline.unet.device,
+        progress=bool(progress),
+        description=progress or "sampling",
+    )
+    return [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in result.images]
 
 
 def sample_resolution(pipeline: DiffusionPipeline) -> tuple[int, int]:

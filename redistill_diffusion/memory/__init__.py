@@ -11,6 +11,7 @@ from .api import CONVENTIONS, compare, default_inputs, measure_peak_memory
 from .conventions import (
     ShapeProbe,
     find_paper_convention,
+    red_block_bytes,
     register_paper_convention,
     registered_paper_conventions,
     unet2d_paper_convention,
@@ -35,6 +36,7 @@ __all__ = [
     "format_comparison",
     "measure_peak_memory",
     "plot_memory_per_layer",
+    "red_block_bytes",
     "register_paper_convention",
     "registered_paper_conventions",
     "to_mb",

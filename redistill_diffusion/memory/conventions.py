@@ -14,7 +14,6 @@ Other families plug in with :func:`register_paper_convention`::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,9 +23,6 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from .report import LayerMemory
-
-# Modules that register their families' conventions when imported; tried when nothing matches.
-CONVENTION_PROVIDERS = ("redistill_diffusion.classification",)
 
 
 def _first_tensor(value) -> torch.Tensor | None:
@@ -150,21 +146,19 @@ def registered_paper_conventions() -> list[str]:
 
 
 def find_paper_convention(model: nn.Module) -> _RegisteredConvention:
-    """The convention for ``model``; imports the known providers once if none matches yet."""
-    for attempt in range(2):
-        for entry in reversed(_REGISTRY):
-            if entry.predicate(model):
-                return entry
-        if attempt == 0:
-            for provider in CONVENTION_PROVIDERS:
-                try:
-                    importlib.import_module(provider)
-                except ImportError:
-                    continue
+    """The convention for ``model``: the most recent registration whose predicate accepts it.
+
+    This package imports no model family: each side registers its own (diffusers UNets below,
+    timm classifiers when ``redistill_diffusion.classification`` is imported).
+    """
+    for entry in reversed(_REGISTRY):
+        if entry.predicate(model):
+            return entry
     raise ValueError(
         f"No paper convention is registered for {type(model).__name__} (known: "
         f"{', '.join(registered_paper_conventions()) or 'none'}); use convention='exact' or register one with "
-        "redistill_diffusion.memory.register_paper_convention."
+        "redistill_diffusion.memory.register_paper_convention (timm classifiers: import "
+        "redistill_diffusion.classification, which registers theirs)."
     )
 
 
@@ -180,7 +174,7 @@ def _unet_resnet_bytes(probe: ShapeProbe, name: str) -> int:
     ) + probe.input_bytes(name)
 
 
-def _red_block_bytes(probe: ShapeProbe, name: str) -> int:
+def red_block_bytes(probe: ShapeProbe, name: str) -> int:
     """RED block, as the reference estimator counts it: max(gate conv in+out + block input, residual conv in+out)."""
     candidates = []
     if probe.ran(f"{name}.gate.0"):
@@ -255,7 +249,7 @@ def unet2d_paper_convention(model: nn.Module, probe: ShapeProbe) -> list[LayerMe
         for key in red_blocks:
             name = f"red_blocks.{key}"
             if probe.ran(name):
-                layers.append(LayerMemory(name, _red_block_bytes(probe, name)))
+                layers.append(LayerMemory(name, red_block_bytes(probe, name)))
     return layers
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hub import UNET_SUBFOLDERS, is_hub_id, local_unet_folder
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Hub ids whose pipeline configs (no weights) ship with the package, for machines without internet.
 SHIPPED_HUB_IDS = {
@@ -44,9 +46,10 @@ def _load_local(path: Path) -> LoadedConfig:
 
     if path.is_file():
         return LoadedConfig(UNet2DModel.load_config(str(path)), f"config file {path}")
-    for candidate in (path / "config.json", path / "unet" / "config.json"):
-        if candidate.is_file():
-            return LoadedConfig(UNet2DModel.load_config(str(candidate)), f"config {candidate}")
+    folder = local_unet_folder(path)  # a pipeline's unet/ first, then the folder itself: as load_teacher
+    if folder is not None:
+        candidate = folder / "config.json"
+        return LoadedConfig(UNet2DModel.load_config(str(candidate)), f"config {candidate}")
     raise FileNotFoundError(f"{path} has neither config.json (model folder) nor unet/config.json (pipeline folder).")
 
 
@@ -54,7 +57,7 @@ def _load_from_hub(repo_id: str) -> LoadedConfig:
     from diffusers import UNet2DModel
 
     errors = []
-    for subfolder in (None, "unet"):
+    for subfolder in UNET_SUBFOLDERS:
         try:
             with warnings.catch_warnings():  # diffusers passes a deprecated hf_hub_download argument
                 warnings.simplefilter("ignore", UserWarning)
@@ -87,10 +90,10 @@ def load_unet_config(spec: str | os.PathLike) -> LoadedConfig:
     shipped_dir = CONFIG_DIR / spec
     if path.exists():
         loaded = _load_local(path)
-    elif "/" not in spec and (shipped_dir / "unet" / "config.json").is_file():
+    elif "/" not in spec and (shipped_dir / "unet" / "config.json").is_file():  # a shipped name beats the Hub
         loaded = _load_local(shipped_dir)
         loaded.source = f"the {spec} config shipped with redistill-diffusion"
-    elif spec.endswith(".json") or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    elif not is_hub_id(spec):
         raise FileNotFoundError(
             f"No such file or folder: {spec} (and it is not a Hub id of the form owner/name, nor a shipped "
             f"config: {', '.join(shipped_names())})."

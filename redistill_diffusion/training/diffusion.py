@@ -186,7 +186,8 @@ class DiffusionTask:
         seed) as samples/step_<N>.png and samples/latest.png."""
         import numpy as np
 
-        from ..pipelines import sample_images, save_image_grid
+        from ..evaluation import sample_pil_images as sample_images
+        from ..evaluation import save_sample_grid as save_image_grid
         from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
@@ -285,7 +286,8 @@ class DiffusionTask:
 
     def save_final(self, output_dir: str, ctx: EvalContext) -> None:
         """DDPMPipeline folder (EMA weights) + memory report + README.md model card."""
-        from ..pipelines import model_card_description, save_ddpm_pipeline, write_model_card
+        from ..model_cards import model_card_description, write_model_card
+        from ..models.pipeline_folder import save_ddpm_pipeline
         from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
@@ -384,8 +386,8 @@ def build_redistill_task(
 ) -> DiffusionTask:
     """Teacher -> student (+ RED blocks) -> tap pairs -> distiller -> dataset; every check before training."""
     from ..distillers import build_distiller, distiller_options
+    from ..models.pipeline_folder import load_teacher
     from ..models.unet_student import ReDistillUNet2DModel, probe_unet_shapes, unet_tap_pairs
-    from ..pipelines import load_teacher
     from ..red import init_red_blocks
 
     distiller_options(student_args.distiller)  # unknown method -> clear error before loading anything

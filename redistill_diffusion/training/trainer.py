@@ -186,7 +186,7 @@ class Trainer:
                 if args.overwrite_output_dir and not args.resume_from_checkpoint:
                     outputs.remove_previous_run(args.output_dir)
                 if args.push_to_hub:  # fail on credentials / names now, not after hours of training
-                    from ..pipelines import create_hub_repo
+                    from ..hub import create_hub_repo
 
                     self.hub_repo_id = create_hub_repo(
                         self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
@@ -585,7 +585,7 @@ class Trainer:
             with self.ema_weights(), self._recording():
                 task.save_final(args.output_dir, self._eval_context())
             if args.push_to_hub:
-                from ..pipelines import push_folder_to_hub
+                from ..hub import push_folder_to_hub
 
                 try:
                     push_folder_to_hub(
