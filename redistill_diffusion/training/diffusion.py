@@ -421,7 +421,7 @@ def build_redistill_task(
         "method": student_args.distiller,
         "stem_stride": student_args.stem_stride,
         "details": {
-            "RED placement": preset or ("explicit pairs" if explicit_pairs else "-"),
+            "RED placement": "explicit pairs" if explicit_pairs else (preset or "-"),
             "distillation pairs": len(pairs),
             "student init": student_args.student_init,
             "head init": student_args.student_head_init,
