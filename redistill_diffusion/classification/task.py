@@ -25,7 +25,7 @@ from torch import nn
 
 from ..distillers import Distiller, build_model_distiller, parse_distiller
 from ..training import EvalContext, StepContext, TaskLosses
-from ..training.task import distillation_forward
+from ..training.task import distillation_forward, freeze_teacher
 from .hub import card_for, save_classifier
 from .placement import classifier_example_inputs, paper_pairs
 from .spec import build_classifier, spec_of
@@ -135,11 +135,7 @@ class ClassificationTask:
         self.best_top1: float | None = None
         self.resume_step = resume_step  # step of the checkpoint this run resumes from (None: a fresh run)
         self._teacher_metrics: dict[str, float] | None = None
-        if teacher_mode not in ("eval", "train"):
-            raise ValueError(f"teacher_mode must be 'eval' or 'train', got {teacher_mode!r}.")
-        self.teacher_mode = teacher_mode
-        if teacher is not None:
-            teacher.train(teacher_mode == "train").requires_grad_(False)
+        self.teacher_mode = freeze_teacher(teacher, teacher_mode)
 
     # -- the contract of the training loop -----------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:

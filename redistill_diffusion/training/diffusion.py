@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import DataArguments, DDPMArguments, StudentArguments, TeacherModelArguments, TrainingArguments
 from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
-from .task import EvalContext, StepContext, TaskLosses, distillation_forward
+from .task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +93,7 @@ class DiffusionTask:
         self.card = dict(card or {})
         self.last_grid: str | None = None
         self.heldout_images = heldout_images
-        if teacher_mode not in ("eval", "train"):
-            raise ValueError(f"teacher_mode must be 'eval' or 'train', got {teacher_mode!r}.")
-        self.teacher_mode = teacher_mode
-        if teacher is not None:
-            teacher.requires_grad_(False).train(teacher_mode == "train")
+        self.teacher_mode = freeze_teacher(teacher, teacher_mode)
 
     # -- contract -------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -147,6 +143,7 @@ class DiffusionTask:
             distiller=ctx.modules.get("distiller") if self.distiller is not None else None,
             target=target,
             output=_sample,
+            accelerator=ctx.accelerator,
         )
         return TaskLosses(task=F.mse_loss(prediction.float(), target.float()), distillation=distillation)
 

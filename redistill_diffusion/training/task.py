@@ -108,6 +108,20 @@ def unwrap_module(module: nn.Module, accelerator: Any = None) -> nn.Module:
     return getattr(module, "module", module)
 
 
+TEACHER_MODES = ("eval", "train")
+
+
+def freeze_teacher(teacher: nn.Module | None, mode: str = "eval") -> str:
+    """Freeze a distillation teacher (no gradients) in ``mode``: ``eval`` (its inference behaviour:
+    no dropout, BatchNorm running statistics) or ``train`` (the reference code's: dropout and batch
+    statistics, still under no_grad). Returns the checked mode."""
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"teacher_mode must be 'eval' or 'train', got {mode!r}.")
+    if teacher is not None:
+        teacher.requires_grad_(False).train(mode == "train")
+    return mode
+
+
 def _as_is(output: Any) -> Any:
     return output
 
