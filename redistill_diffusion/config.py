@@ -86,7 +86,7 @@ class TrainingArguments:
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
     distill_weight: float = field(
-        default=0.5, metadata={"help": "a in (1 - a) * task + a * distillation (method.md section 5)."}
+        default=0.5, metadata={"help": "a in (1 - a) * task + a * distillation (docs/architecture.md, Distiller interface)."}
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         default="no", metadata={"help": "bf16 is ~1.7x faster on recent CPUs."}
@@ -199,12 +199,14 @@ class TeacherModelArguments:
 
 
 @dataclass
-class StudentArguments:
-    """How the student is derived from the teacher and distilled."""
+class DistillationArguments:
+    """The distillation flags shared by both tasks (diffusion's `StudentArguments`, classification's
+    `ClassifierArguments` inherit them): how the student starts, the method and its options, the RED
+    blocks. The method options (``red_alpha``, ``kd_temperature``, ...) are the keyword arguments of
+    the distillers' ``__init__`` (`distillers.all_distiller_options`, checked by a test); ``None``
+    leaves the method's own default. A task overrides a field only where its meaning differs
+    (``stem_stride``)."""
 
-    teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of a DDPM pipeline or of a UNet2DModel."}
-    )
     stem_stride: int = field(default=2, metadata={"help": "Stride of the student's first conv (2, 4, 8)."})
     student_init: Literal["random", "teacher"] = field(
         default="random",
@@ -213,33 +215,23 @@ class StudentArguments:
             "same-shape teacher weight (fine-tune regime, much faster to usable samples)."
         },
     )
-    output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
-    student_head_init: Literal["paper", "random", "teacher"] = field(
-        default="paper",
-        metadata={
-            "help": "paper: xavier gain 1e-5 (the reference code; predicts ~0 at the start); random: PyTorch's "
-            "default; teacher: start the upsampling head as the teacher's conv_out (ICNR-style)."
-        },
-    )
     teacher_mode: Literal["eval", "train"] = field(
         default="eval",
         metadata={
-            "help": "eval: the frozen teacher without dropout (its sampling behaviour); train: as the reference "
-            "code, dropout active (both under no_grad)."
+            "help": "eval: the frozen teacher in eval mode (no dropout, BatchNorm running statistics); train: as "
+            "the reference code, dropout and batch statistics active (both under no_grad)."
         },
     )
     distiller: str = field(
         default="red",
-        metadata={"help": "vanilla, student_plus, output_mse, fitnet, at, red, red+output_mse, ..."},
+        metadata={
+            "help": "vanilla, student_plus, output_mse, kd, dkd, fitnet, at, red, or a composite such as "
+            "red+output_mse or red+kd (classification also takes none: plain training)."
+        },
     )
-    red_preset: Literal["paper", "full", "none"] = field(
-        default="paper", metadata={"help": "Where RED blocks / feature pairs go."}
+    red_alpha: float | None = field(
+        default=None, metadata={"help": "RED loss weight per pair (default 1; the paper: 1 on ImageNet, 50 on STL10)."}
     )
-    distill_pairs: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Explicit pairs 'student_tap=teacher_tap' (replace the preset)."},
-    )
-    red_alpha: float | None = None
     red_distance: Literal["cosine", "mse"] | None = None
     red_kernel_size: int = 3
     red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
@@ -252,8 +244,38 @@ class StudentArguments:
         metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."},
     )
     output_mse_weight: float | None = None
+    kd_temperature: float | None = None
+    kd_weight: float | None = None
+    dkd_alpha: float | None = None
+    dkd_beta: float | None = None
+    dkd_temperature: float | None = None
     fitnet_weight: float | None = None
     at_weight: float | None = None
+    at_p: float | None = None
+
+
+@dataclass
+class StudentArguments(DistillationArguments):
+    """How the UNet student is derived from the teacher and distilled (plus the shared distillation flags)."""
+
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of a DDPM pipeline or of a UNet2DModel."}
+    )
+    output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
+    student_head_init: Literal["paper", "random", "teacher"] = field(
+        default="paper",
+        metadata={
+            "help": "paper: xavier gain 1e-5 (the reference code; predicts ~0 at the start); random: PyTorch's "
+            "default; teacher: start the upsampling head as the teacher's conv_out (ICNR-style)."
+        },
+    )
+    red_preset: Literal["paper", "full", "none"] = field(
+        default="paper", metadata={"help": "Where RED blocks / feature pairs go."}
+    )
+    distill_pairs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Explicit pairs 'student_tap=teacher_tap' (replace the preset)."},
+    )
 
 
 def load_recipe(path: str) -> dict[str, Any]:

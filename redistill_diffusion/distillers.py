@@ -8,20 +8,28 @@ classification; feature dicts are keyed by normalised taps (``"module:output"`` 
 
 Methods (``build_distiller(name, ...)``): ``vanilla``, ``student_plus``, ``output_mse``, ``fitnet``,
 ``at``, ``red``, ``kd``, ``dkd``, and composites such as ``red+output_mse`` or ``red+kd`` whose
-term is the average of their components (method.md section 5).
+term is the average of their components (docs/architecture.md, "Distiller interface").
+
+A method's options are the keyword arguments of its ``__init__`` (after ``pairs``, ``student_shapes``
+and ``teacher_shapes``), with their defaults: `distiller_options` reads them from there, and the
+builders pass a method only the options it takes, so the CLI flags, the builder and the methods
+cannot disagree. `build_model_distiller` is the one path from (name, student, teacher, pairs,
+options) to a distiller that both tasks use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .red import RED_DISTANCES, red_distance, tap_to_key
-from .taps import normalize_tap
+from .red import RED_BLOCKS_ATTRIBUTE, RED_DISTANCES, red_distance, red_loss_pairs
+from .taps import check_pairs, normalize_tap, probe_shapes, tap_to_key
 
 Pair = tuple[str, str]
 Shapes = Mapping[str, Sequence[int]]
@@ -33,7 +41,8 @@ def register_distiller(cls: type[Distiller]) -> type[Distiller]:
     """Class decorator: make a Distiller subclass available to :func:`build_distiller` under ``cls.name``.
 
     The builder calls ``cls(pairs=..., student_shapes=..., teacher_shapes=..., **options)`` with only
-    the options listed in ``cls.option_defaults`` (prefix them with the method name: ``kd_temperature``).
+    the options its ``__init__`` declares (keyword arguments with defaults, prefixed with the method
+    name: ``kd_temperature``).
     """
     if not cls.name or "+" in cls.name:
         raise ValueError(f"Distiller {cls.__name__} needs a name without '+'.")
@@ -52,14 +61,15 @@ class Distiller(nn.Module):
     Subclasses set ``name``, ``requires_teacher`` (False: the trainer need not run the teacher),
     ``requires_target`` (True: ``forward`` needs the ground-truth labels), ``uses_pairs`` (True:
     the method compares tapped features and needs at least one (student_tap, teacher_tap) pair)
-    and ``option_defaults`` (the keyword options it accepts, with their defaults).
+    and ``uses_red_blocks`` (True: the student carries RED blocks for this method). Their options
+    are the keyword arguments of ``__init__`` after ``pairs``, ``student_shapes``, ``teacher_shapes``.
     """
 
     name: ClassVar[str] = ""
     requires_teacher: bool = True
     requires_target: bool = False
     uses_pairs: ClassVar[bool] = False
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    uses_red_blocks: ClassVar[bool] = False
 
     def __init__(self, pairs: Iterable[Pair] = ()):
         super().__init__()
@@ -112,32 +122,6 @@ class Distiller(nn.Module):
 
 def _normalize_shapes(shapes: Shapes | None) -> dict[str, tuple[int, ...]] | None:
     return None if shapes is None else {normalize_tap(k): tuple(v) for k, v in shapes.items()}
-
-
-def _check_pair_shapes(
-    name: str,
-    pairs: Sequence[Pair],
-    student_shapes: dict[str, tuple[int, ...]] | None,
-    teacher_shapes: dict[str, tuple[int, ...]] | None,
-    same_resolution: bool,
-) -> None:
-    """Validate pairs against probed shapes before training starts (only the shapes that were given)."""
-    for s_tap, t_tap in pairs:
-        if student_shapes is not None and s_tap not in student_shapes:
-            raise ValueError(
-                f"{name}: unknown student tap {s_tap!r}; probed taps are {sorted(student_shapes)}."
-            )
-        if teacher_shapes is not None and t_tap not in teacher_shapes:
-            raise ValueError(
-                f"{name}: unknown teacher tap {t_tap!r}; probed taps are {sorted(teacher_shapes)}."
-            )
-        if same_resolution and student_shapes is not None and teacher_shapes is not None:
-            s_hw, t_hw = student_shapes[s_tap][-2:], teacher_shapes[t_tap][-2:]
-            if s_hw != t_hw:
-                raise ValueError(
-                    f"{name}: pair {s_tap} <-> {t_tap} has different spatial sizes ({s_hw} vs {t_hw}); "
-                    "pair features of the same resolution."
-                )
 
 
 def _positive(name: str, value: Any) -> float:
@@ -194,6 +178,7 @@ class StudentPlusDistiller(VanillaDistiller):
     """
 
     name = "student_plus"
+    uses_red_blocks = True
 
 
 # --- response (output) methods --------------------------------------------------------------------
@@ -204,7 +189,6 @@ class OutputMSEDistiller(Distiller):
     """Response distillation: mse between student and teacher outputs (noise predictions for DDPM)."""
 
     name = "output_mse"
-    option_defaults = {"output_mse_weight": 1.0}
 
     def __init__(
         self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, output_mse_weight=1.0
@@ -233,12 +217,10 @@ def _check_logits(name: str, student: torch.Tensor, teacher: torch.Tensor) -> No
 class KDDistiller(Distiller):
     """Hinton knowledge distillation: KL(p_t || p_s) on temperature-softened logits, times T^2.
 
-    p = softmax(z / T); mean over the batch (``batchmean``), as in Hinton et al. 2015 and method.md
-    section 5 (T = 2).
+    p = softmax(z / T); mean over the batch (``batchmean``), as in Hinton et al. 2015 (default T = 2).
     """
 
     name = "kd"
-    option_defaults = {"kd_temperature": 2.0, "kd_weight": 1.0}
 
     def __init__(
         self,
@@ -288,7 +270,6 @@ class DKDDistiller(Distiller):
 
     name = "dkd"
     requires_target = True
-    option_defaults = {"dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0}
 
     def __init__(
         self,
@@ -336,16 +317,18 @@ class DKDDistiller(Distiller):
 
 @register_distiller
 class REDDistiller(Distiller):
-    """The ReDistill loss (method.md section 3): mean over pairs of alpha_i * red_distance(s_i, t_i).
+    """The ReDistill loss (the paper's RED loss; `red.red_distance`): mean over pairs of
+    alpha_i * red_distance(s_i, t_i).
 
-    Student taps are the features after the RED blocks (e.g. ``"red_blocks.<key>:output"``); the
+    Student taps are the features after the RED blocks (``"red_blocks.<key>:output"``,
+    `red.red_feature_tap`); the
     distance compares channel-mean maps, so channel counts may differ, spatial sizes may not.
     ``red_alpha`` is one float for every pair or one float per pair.
     """
 
     name = "red"
     uses_pairs = True
-    option_defaults = {"red_alpha": 1.0, "red_distance": "cosine"}
+    uses_red_blocks = True
 
     def __init__(
         self,
@@ -356,9 +339,7 @@ class REDDistiller(Distiller):
         red_distance="cosine",
     ):
         super().__init__(pairs)
-        _check_pair_shapes(
-            self.name, self.pairs, _normalize_shapes(student_shapes), _normalize_shapes(teacher_shapes), True
-        )
+        check_pairs(self.pairs, student_shapes, teacher_shapes, same_resolution=True, name=self.name)
         if red_distance not in RED_DISTANCES:
             raise ValueError(
                 f"Unknown red_distance {red_distance!r}; choose one of {', '.join(RED_DISTANCES)}."
@@ -399,7 +380,6 @@ class FitNetDistiller(Distiller):
 
     name = "fitnet"
     uses_pairs = True
-    option_defaults = {"fitnet_weight": 1.0}
 
     def __init__(
         self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, fitnet_weight=1.0
@@ -411,7 +391,7 @@ class FitNetDistiller(Distiller):
                 "fitnet builds its regressors from feature shapes: pass student_shapes and teacher_shapes "
                 "(taps.probe_shapes on the student and the teacher)."
             )
-        _check_pair_shapes(self.name, self.pairs, student_shapes, teacher_shapes, True)
+        check_pairs(self.pairs, student_shapes, teacher_shapes, same_resolution=True, name=self.name)
         self.weight = _non_negative("fitnet_weight", fitnet_weight)
         self.regressors = nn.ModuleDict()
         for s_tap, t_tap in self.pairs:
@@ -455,15 +435,12 @@ class ATDistiller(Distiller):
 
     name = "at"
     uses_pairs = True
-    option_defaults = {"at_weight": 1000.0, "at_p": 2.0}
 
     def __init__(
         self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, at_weight=1000.0, at_p=2.0
     ):
         super().__init__(pairs)
-        _check_pair_shapes(
-            self.name, self.pairs, _normalize_shapes(student_shapes), _normalize_shapes(teacher_shapes), False
-        )
+        check_pairs(self.pairs, student_shapes, teacher_shapes, same_resolution=False, name=self.name)
         self.weight = _non_negative("at_weight", at_weight)
         self.p = _positive("at_p", at_p)
 
@@ -519,8 +496,65 @@ class CompositeDistiller(Distiller):
         return ""
 
 
-def _parse_method(name: str) -> list[str]:
-    parts = [p.strip().lower() for p in str(name).split("+")]
+_BUILDER_ARGUMENTS = ("self", "pairs", "student_shapes", "teacher_shapes")
+
+
+def _own_options(cls: type[Distiller]) -> dict[str, Any]:
+    """The options a method takes: the keyword arguments of its ``__init__`` with their defaults."""
+    options = {}
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name in _BUILDER_ARGUMENTS or parameter.kind in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
+            continue
+        if parameter.default is parameter.empty:
+            raise TypeError(f"{cls.__name__}.__init__ option {parameter.name!r} needs a default.")
+        options[parameter.name] = parameter.default
+    return options
+
+
+@dataclass(frozen=True)
+class DistillerSpec:
+    """A parsed distiller name: its components and what they need, read from the method classes."""
+
+    name: str  # normalised: lower case, components joined by '+'
+    parts: tuple[str, ...]
+
+    @property
+    def classes(self) -> tuple[type[Distiller], ...]:
+        return tuple(_DISTILLERS[p] for p in self.parts)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every option the components take, with its default."""
+        merged: dict[str, Any] = {}
+        for cls in self.classes:
+            merged.update(_own_options(cls))
+        return merged
+
+    @property
+    def requires_teacher(self) -> bool:
+        return any(c.requires_teacher for c in self.classes)
+
+    @property
+    def uses_pairs(self) -> bool:
+        """Some component compares tapped features (needs (student tap, teacher tap) pairs)."""
+        return any(c.uses_pairs for c in self.classes)
+
+    @property
+    def uses_red_blocks(self) -> bool:
+        """The student carries RED blocks for this method (red itself, and student_plus)."""
+        return any(c.uses_red_blocks for c in self.classes)
+
+
+def parse_distiller(name: str) -> DistillerSpec:
+    """The one parser of distiller names: ``"red"``, ``"kd"``, composites such as ``"red+output_mse"``.
+
+    Case and spaces around '+' do not matter. Unknown components, a component listed twice and a
+    teacherless method (vanilla, student_plus) in a composite raise one clear error.
+    """
+    parts = tuple(p.strip().lower() for p in str(name).split("+"))
     for part in parts:
         if part not in _DISTILLERS:
             raise ValueError(
@@ -534,15 +568,20 @@ def _parse_method(name: str) -> list[str]:
             raise ValueError(
                 f"Distiller {name!r}: {', '.join(teacherless)} has no distillation term and cannot be combined."
             )
-    return parts
+    return DistillerSpec("+".join(parts), parts)
 
 
 def distiller_options(name: str) -> dict[str, Any]:
     """The keyword options a method (or composite) accepts, with their defaults."""
-    options: dict[str, Any] = {}
-    for part in _parse_method(name):
-        options.update(_DISTILLERS[part].option_defaults)
-    return options
+    return parse_distiller(name).options
+
+
+def all_distiller_options() -> dict[str, Any]:
+    """Every option of every registered method, with its default (the distillation CLI flags)."""
+    merged: dict[str, Any] = {}
+    for cls in _DISTILLERS.values():
+        merged.update(_own_options(cls))
+    return merged
 
 
 def build_distiller(
@@ -560,42 +599,120 @@ def build_distiller(
     before training and let fitnet build its regressors now. ``options`` are method options by name
     (``red_alpha``, ``red_distance``, ``kd_temperature``, ``fitnet_weight``, ...); an option set to
     ``None`` counts as not given, so unset CLI flags may be passed through. An option no component
-    accepts raises.
+    accepts raises one line naming it and the accepted ones.
     """
-    parts = _parse_method(name)
+    spec = parse_distiller(name)
     given = {k: v for k, v in options.items() if v is not None}
-    accepted = {opt for part in parts for opt in _DISTILLERS[part].option_defaults}
-    unknown = sorted(set(given) - accepted)
-    if unknown:
-        hint = ", ".join(sorted(accepted)) or "none"
-        raise ValueError(
-            f"Distiller {name!r} does not take option(s) {', '.join(unknown)}; it accepts: {hint}."
-        )
+    _reject_options_not_taken(name, given, spec.options)
     pairs = list(pairs)
     components = []
-    for part in parts:
-        cls = _DISTILLERS[part]
-        own = {k: v for k, v in given.items() if k in cls.option_defaults}
+    for cls in spec.classes:
+        own = {k: v for k, v in given.items() if k in _own_options(cls)}
         components.append(
             cls(pairs=pairs, student_shapes=student_shapes, teacher_shapes=teacher_shapes, **own)
         )
     return components[0] if len(components) == 1 else CompositeDistiller(components)
 
 
+def _reject_options_not_taken(name: str, given: Mapping[str, Any], accepted: Mapping[str, Any]) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        hint = ", ".join(sorted(accepted)) or "none"
+        raise ValueError(f"Distiller {name!r} does not take option(s) {', '.join(unknown)}; it accepts: {hint}.")
+
+
+def distillation_options(name: str, values: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The options for ``name`` out of ``values`` (a mapping, or an object such as the parsed
+    `config.DistillationArguments` whose attributes are read): the one routing of option flags.
+
+    Every registered method option is read; ``None`` means unset. An option the method does not
+    take raises one line naming it and the accepted ones (as `build_distiller` does), unless it is
+    at its own method's default: a recipe written for one method may state that method's defaults
+    (the paper recipe's ``red_alpha: 1.0``) and still run with ``--distiller output_mse``. Call it
+    before loading models to fail early; the result goes to `build_distiller` / `build_model_distiller`.
+    """
+    accepted = distiller_options(name)
+    defaults = all_distiller_options()
+    if isinstance(values, Mapping):
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"Unknown distillation option(s) {', '.join(unknown)}; options are: {', '.join(sorted(defaults))}."
+            )
+        read = dict(values)
+    else:
+        read = {k: getattr(values, k) for k in defaults if hasattr(values, k)}
+    given = {k: v for k, v in read.items() if v is not None and (k in accepted or v != defaults[k])}
+    _reject_options_not_taken(name, given, accepted)
+    return given
+
+
+def build_model_distiller(
+    name: str,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    pairs: Sequence[Pair],
+    example_inputs: Callable[[nn.Module], tuple[tuple, dict]],
+    options: Mapping[str, Any] | None = None,
+) -> Distiller:
+    """The one builder of both tasks: (name, student, teacher, pairs, options) -> a checked distiller.
+
+    ``pairs`` are (student tap, teacher tap) in module terms (``"conv_in:output"``); a student tap
+    that carries a RED block is read at the block's output (`red.red_loss_pairs`). The pairs are
+    probed once on both models (``example_inputs(model) -> (args, kwargs)`` for one forward pass)
+    so unknown taps, mismatched sizes and FitNet's regressor shapes fail here, before training.
+    Checks, each in one line: the method exists; its options (see `build_distiller`); a method that
+    uses RED blocks finds them in the student; a method that needs a teacher has one; a feature
+    method has pairs.
+    """
+    spec = parse_distiller(name)
+    if spec.uses_red_blocks and not len(getattr(student, RED_BLOCKS_ATTRIBUTE, None) or ()):
+        raise ValueError(
+            f"Distiller {name!r} needs RED blocks in the student: place them (a UNet student: --red_preset "
+            "paper|full or --distill_pairs; a classifier: create_student(..., red_placement='paper'))."
+        )
+    if spec.requires_teacher and teacher is None:
+        raise ValueError(f"Distiller {name!r} needs a teacher: pass --teacher_model_name_or_path.")
+    loss_pairs: list[Pair] = []
+    student_shapes = teacher_shapes = None
+    if spec.uses_pairs:
+        if not pairs:
+            raise ValueError(
+                f"Distiller {name!r} compares features and needs (student tap, teacher tap) pairs: a RED "
+                "placement preset or explicit pairs."
+            )
+        loss_pairs = red_loss_pairs(student, pairs)
+        args, kwargs = example_inputs(student)
+        student_shapes = probe_shapes(student, [s for s, _ in loss_pairs], *args, **kwargs)
+        args, kwargs = example_inputs(teacher)
+        teacher_shapes = probe_shapes(teacher, [t for _, t in loss_pairs], *args, **kwargs)
+    return build_distiller(
+        spec.name,
+        pairs=loss_pairs,
+        student_shapes=student_shapes,
+        teacher_shapes=teacher_shapes,
+        **dict(options or {}),
+    )
+
 __all__ = [
     "ATDistiller",
     "CompositeDistiller",
     "DKDDistiller",
     "Distiller",
+    "DistillerSpec",
     "FitNetDistiller",
     "KDDistiller",
     "OutputMSEDistiller",
     "REDDistiller",
     "StudentPlusDistiller",
     "VanillaDistiller",
+    "all_distiller_options",
     "attention_map",
     "available_distillers",
     "build_distiller",
+    "build_model_distiller",
+    "distillation_options",
     "distiller_options",
+    "parse_distiller",
     "register_distiller",
 ]

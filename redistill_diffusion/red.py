@@ -1,6 +1,6 @@
 """Residual Encoded Distillation (RED): the block that replaces a student feature, and its loss.
 
-Shared by the diffusion and classification sides. See method.md section 3:
+Shared by the diffusion and classification sides (the paper's RED block; docs/architecture.md):
 
     gate     g = sigmoid(BN(conv1x1(x)))
     residual r = relu6(BN(convKxK(x)))
@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .taps import normalize_tap, parse_tap, probe_shapes, tap_to_key
+
 RED_VARIANTS = ("full", "no_gate", "no_residual", "no_shortcut")
 RED_DISTANCES = ("cosine", "mse")
 RED_INITS = ("paper", "identity")
 RED_NORMS = ("batch", "group")
+RED_BLOCKS_ATTRIBUTE = "red_blocks"  # where a student keeps its RED blocks (an nn.ModuleDict keyed by tap_to_key)
 RED_GROUPS = 8  # GroupNorm groups (fewer when the channel count is not a multiple of 8)
 
 
@@ -137,20 +140,6 @@ def red_distance(student: torch.Tensor, teacher: torch.Tensor, distance: str = "
     raise ValueError(f"Unknown RED distance {distance!r}; choose one of {', '.join(RED_DISTANCES)}.")
 
 
-def parse_tap(tap: str) -> tuple[str, str]:
-    """'module:where' -> (module, where); where defaults to 'output'."""
-    module, _, where = tap.rpartition(":") if ":" in tap else (tap, ":", "output")
-    if where not in ("input", "output"):
-        raise ValueError(f"Tap {tap!r} must end in ':input' or ':output'.")
-    return module, where
-
-
-def tap_to_key(tap: str) -> str:
-    """A tap as a valid nn.ModuleDict key ('.' and ':' are not allowed there)."""
-    module, where = parse_tap(tap)
-    return f"{module.replace('.', '_')}__{where}"
-
-
 def attach_red_blocks(
     model: nn.Module,
     specs: Iterable[Mapping],
@@ -180,3 +169,53 @@ def attach_red_blocks(
             modules[name].register_forward_pre_hook(block._replace_input, with_kwargs=True)
         blocks[key] = block
     return blocks
+
+
+
+def install_red_blocks(
+    model: nn.Module,
+    specs: Iterable[Mapping],
+    kernel_size: int = 3,
+    variant: str = "full",
+    norm: str = "batch",
+) -> list[dict]:
+    """Hook RED blocks into ``model`` once and store them as ``model.red_blocks``.
+
+    The one place both students (the UNet and the timm classifier) get their blocks. Returns the
+    placement as it must be recorded in the model's saved config (``[{"tap", "channels"}]`` with
+    normalised taps); each model records it under its own, unchanged, config keys (the UNet's
+    ``red_placement``, the classifier spec's ``red_blocks``). Raises if the model already carries blocks.
+    """
+    existing = getattr(model, RED_BLOCKS_ATTRIBUTE, None)
+    if existing is not None and len(existing):
+        raise ValueError("This model already carries RED blocks; build a new student to place them differently.")
+    placement = [{"tap": normalize_tap(s["tap"]), "channels": int(s["channels"])} for s in specs]
+    setattr(
+        model,
+        RED_BLOCKS_ATTRIBUTE,
+        attach_red_blocks(model, placement, kernel_size=int(kernel_size), variant=variant, norm=norm),
+    )
+    return placement
+
+
+def red_block_specs_at(model: nn.Module, taps: Iterable[str], *args, **kwargs) -> list[dict]:
+    """`install_red_blocks` specs for ``taps``: each tap with the channel count one probe forward
+    ``model(*args, **kwargs)`` sees there (`taps.probe_shapes`)."""
+    shapes = probe_shapes(model, taps, *args, **kwargs)
+    return [{"tap": tap, "channels": int(shape[1])} for tap, shape in shapes.items()]
+
+
+def red_feature_tap(tap: str) -> str:
+    """The tap on a RED block's own output: the student feature of the RED loss.
+
+    The one convention of both tasks. It names the block, not the module it sits on, so it does not
+    depend on the order in which hooks were registered.
+    """
+    return f"{RED_BLOCKS_ATTRIBUTE}.{tap_to_key(tap)}:output"
+
+
+def red_loss_pairs(model: nn.Module, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(student tap, teacher tap) pairs with every student tap that carries a RED block of ``model``
+    replaced by that block's output tap (`red_feature_tap`); other pairs are kept as given."""
+    blocks = getattr(model, RED_BLOCKS_ATTRIBUTE, None) or {}
+    return [(red_feature_tap(s) if tap_to_key(s) in blocks else normalize_tap(s), normalize_tap(t)) for s, t in pairs]

@@ -1,13 +1,35 @@
-"""Capture named-module inputs/outputs with hooks, and pair student/teacher taps by resolution."""
+"""Tap names, feature capture by hooks, the one shape probe, and pairing student/teacher taps.
+
+A tap is ``"<module name>:<input|output>"`` (``":output"`` when the suffix is omitted); see
+docs/architecture.md. This module depends on nothing else in the package: `red`, `distillers`,
+the UNet student and the classifiers all name features through it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .red import parse_tap
+
+def parse_tap(tap: str) -> tuple[str, str]:
+    """'module:where' -> (module, where); where defaults to 'output'."""
+    module, _, where = tap.rpartition(":") if ":" in tap else (tap, ":", "output")
+    if where not in ("input", "output"):
+        raise ValueError(f"Tap {tap!r} must end in ':input' or ':output'.")
+    return module, where
+
+
+def tap_to_key(tap: str) -> str:
+    """A tap as a valid nn.ModuleDict key ('.' and ':' are not allowed there)."""
+    module, where = parse_tap(tap)
+    return f"{module.replace('.', '_')}__{where}"
+
+
+def normalize_tap(tap: str) -> str:
+    module, where = parse_tap(tap)
+    return f"{module}:{where}"
 
 
 def _first_tensor(value):
@@ -17,11 +39,6 @@ def _first_tensor(value):
         return value[0]
     sample = getattr(value, "sample", None)  # diffusers output dataclasses
     return sample if isinstance(sample, torch.Tensor) else None
-
-
-def normalize_tap(tap: str) -> str:
-    module, where = parse_tap(tap)
-    return f"{module}:{where}"
 
 
 class FeatureTaps:
@@ -74,14 +91,32 @@ class FeatureTaps:
 
 
 @torch.no_grad()
-def probe_shapes(model: nn.Module, taps: Iterable[str], *args, **kwargs) -> dict[str, torch.Size]:
-    """Run one forward pass and return the shape seen at each tap."""
-    with FeatureTaps(model, taps, detach=True) as recorder:
-        model(*args, **kwargs)
+def probe_shapes(
+    model: nn.Module,
+    taps: Iterable[str],
+    *args,
+    forward: Callable | None = None,
+    allow_missing: bool = False,
+    **kwargs,
+) -> dict[str, torch.Size]:
+    """The shape seen at each tap in one forward pass ``(forward or model)(*args, **kwargs)``.
+
+    The model runs in eval mode (BatchNorm statistics untouched, no dropout) and is put back in the
+    mode it was in. A tap the pass never reaches raises, unless ``allow_missing`` (then it is absent
+    from the result). This is the one shape probe of the package: the UNet student, the classifiers'
+    RED placement and pairing, the distiller builder and timm's ``feature_info`` refresh all use it.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with FeatureTaps(model, taps, detach=True) as recorder:
+            (forward or model)(*args, **kwargs)
+    finally:
+        model.train(was_training)
     missing = [t for t in recorder.taps if t not in recorder.features]
-    if missing:
+    if missing and not allow_missing:
         raise ValueError(f"Taps {missing} were never reached in a forward pass of {type(model).__name__}.")
-    return {tap: recorder.features[tap].shape for tap in recorder.taps}
+    return {tap: recorder.features[tap].shape for tap in recorder.taps if tap in recorder.features}
 
 
 def match_by_resolution(
@@ -114,18 +149,26 @@ def match_by_resolution(
 
 def check_pairs(
     pairs: Iterable[tuple[str, str]],
-    student_shapes: dict[str, Sequence[int]],
-    teacher_shapes: dict[str, Sequence[int]],
+    student_shapes: Mapping[str, Sequence[int]] | None,
+    teacher_shapes: Mapping[str, Sequence[int]] | None,
+    same_resolution: bool = True,
+    name: str = "Distillation pair",
 ) -> None:
-    """Raise one clear error if an explicit pair names an unknown tap or mismatched sizes."""
+    """Raise one clear error if a pair names a tap that was not probed or, with ``same_resolution``,
+    pairs features of different spatial sizes. Only the shapes that are given are checked; ``name``
+    (a distiller's name) starts the message."""
+    student_shapes = None if student_shapes is None else {normalize_tap(k): v for k, v in student_shapes.items()}
+    teacher_shapes = None if teacher_shapes is None else {normalize_tap(k): v for k, v in teacher_shapes.items()}
     for s_tap, t_tap in pairs:
         s_tap, t_tap = normalize_tap(s_tap), normalize_tap(t_tap)
-        if s_tap not in student_shapes:
-            raise ValueError(f"Distillation pair: unknown student tap {s_tap!r}.")
-        if t_tap not in teacher_shapes:
-            raise ValueError(f"Distillation pair: unknown teacher tap {t_tap!r}.")
-        if tuple(student_shapes[s_tap][-2:]) != tuple(teacher_shapes[t_tap][-2:]):
-            raise ValueError(
-                f"Distillation pair {s_tap} <-> {t_tap}: spatial sizes differ "
-                f"({tuple(student_shapes[s_tap][-2:])} vs {tuple(teacher_shapes[t_tap][-2:])})."
-            )
+        if student_shapes is not None and s_tap not in student_shapes:
+            raise ValueError(f"{name}: unknown student tap {s_tap!r}; probed taps are {sorted(student_shapes)}.")
+        if teacher_shapes is not None and t_tap not in teacher_shapes:
+            raise ValueError(f"{name}: unknown teacher tap {t_tap!r}; probed taps are {sorted(teacher_shapes)}.")
+        if same_resolution and student_shapes is not None and teacher_shapes is not None:
+            s_hw, t_hw = tuple(student_shapes[s_tap][-2:]), tuple(teacher_shapes[t_tap][-2:])
+            if s_hw != t_hw:
+                raise ValueError(
+                    f"{name}: pair {s_tap} <-> {t_tap} has different spatial sizes ({s_hw} vs {t_hw}); "
+                    "pair features of the same resolution."
+                )

@@ -266,10 +266,14 @@ STL10_PAIRS = [
 def test_classification_recipes_parse(recipe):
     from redistill_diffusion.classification.run import CLASSIFIER_ARGUMENTS
     from redistill_diffusion.config import parse_args
+    from redistill_diffusion.distillers import distillation_options
 
     training, data, cls = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(recipe)])
     assert cls.distiller in ("none", "red") and not training.use_ema
     assert (cls.distiller == "none") == (cls.teacher_model_name_or_path is None)
+    if cls.distiller != "none":  # the recipe's options reach its method, and the documented --distiller red+kd
+        for name in (cls.distiller, "red+kd"):
+            assert set(distillation_options(name, cls)) <= {"red_alpha", "red_distance"}
 
 
 @pytest.mark.parametrize("teacher_recipe,student_recipe,stem", STL10_PAIRS, ids=[p[1] for p in STL10_PAIRS])

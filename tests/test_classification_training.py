@@ -10,11 +10,8 @@ from redistill_diffusion.classification import create_student, create_teacher
 from redistill_diffusion.classification.data import load_classification_data, split_validation
 from redistill_diffusion.classification.hub import load_classifier
 from redistill_diffusion.classification.run import run_classifier
-from redistill_diffusion.classification.task import (
-    ClassificationTask,
-    build_classification_distiller,
-    uses_red_blocks,
-)
+from redistill_diffusion.classification.task import ClassificationTask, build_classification_distiller
+from redistill_diffusion.distillers import parse_distiller
 from redistill_diffusion.training import StepContext
 
 TINY = dict(channels=(8, 16, 16, 32), stem_type="deep", stem_width=4)
@@ -38,7 +35,7 @@ class RandomImages(torch.utils.data.Dataset):
 def test_training_steps_for_every_distiller(name):
     torch.manual_seed(0)
     teacher = create_teacher("resnet18", num_classes=4, cifar_stem=True, **TINY)
-    student = create_student(teacher, stem_stride=4, red_placement="paper" if uses_red_blocks(name) else None)
+    student = create_student(teacher, stem_stride=4, red_placement="paper" if parse_distiller(name).uses_red_blocks else None)
     distiller = build_classification_distiller(name, student, teacher, (3, 32, 32))
     task = ClassificationTask(student, RandomImages(), teacher=teacher, distiller=distiller, distiller_name=name)
     modules = task.trainable_modules()
@@ -64,7 +61,7 @@ def test_training_steps_for_every_distiller(name):
     assert not torch.equal(before["layer1.0.conv1.weight"], student.state_dict()["layer1.0.conv1.weight"])
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())  # frozen, BN stats too
     assert ("distiller" in modules) == (name == "fitnet")  # FitNet regressors train with the student
-    if uses_red_blocks(name):
+    if parse_distiller(name).uses_red_blocks:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.red_blocks.parameters())
 
 

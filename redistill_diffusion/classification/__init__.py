@@ -5,9 +5,10 @@
     student = create_student(teacher, stem_stride=8)   # the paper's ImageNet student, RED blocks attached
 """
 
+from ..red import red_feature_tap
 from . import memory_convention  # noqa: F401  (registers the paper convention for timm families)
 from .hub import card_for, load_classifier, push_classifier_to_hub, save_classifier
-from .placement import downsampling_taps, paper_pairs, red_block_specs, red_feature_tap
+from .placement import downsampling_taps, paper_pairs, red_block_specs
 from .spec import ClassifierSpec, build_classifier, spec_of
 from .students import PAPER_ARCHITECTURES, attach_red, create_student, create_teacher
 from .surgery import (

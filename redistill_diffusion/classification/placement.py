@@ -1,6 +1,6 @@
 """Where RED blocks go on a classifier, and which teacher feature each one learns from.
 
-method.md section 4: one block on the stem output and one on the input and on the output of every
+The paper's placement (README "Classifiers (timm)"): one block on the stem output and one on the input and on the output of every
 later student layer that still downsamples; each is paired with the first teacher feature (in
 forward order) of the same spatial size, found among the teacher's own stem output and
 downsampling-layer inputs/outputs. For an ImageNet ResNet18 with a stride-8 stem this gives the
@@ -8,7 +8,7 @@ paper's pairs: conv1 out <-> layer2.0 out, layer2.0 in/out <-> layer3.0 in/out, 
 layer4.0 in/out. On ResNets the site is the downsampling block; on MobileNets it is the block's
 strided depthwise conv, as in the reference configs.
 
-The pairing uses the shared `taps.probe_shapes` / `taps.match_by_resolution`.
+Shapes come from the one probe, `taps.probe_shapes`; the pairing is `taps.match_by_resolution`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..red import tap_to_key
+from ..red import red_block_specs_at
 from ..taps import match_by_resolution, normalize_tap, probe_shapes
 from .surgery import model_family, read_stride_plan, stage_head_names, stride_conv_name
 
@@ -41,27 +41,21 @@ def _probe_input(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
     return torch.zeros(1, channels, height, width, device=parameter.device, dtype=parameter.dtype)
 
 
-def probe_tap_shapes(model: nn.Module, taps: Sequence[str], input_size: Sequence[int]) -> dict[str, torch.Size]:
-    """Shapes at ``taps`` for one (C, H, W) or (H, W) input, in eval mode (BN statistics untouched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return probe_shapes(model, taps, _probe_input(model, input_size))
-    finally:
-        model.train(was_training)
+def classifier_example_inputs(input_size: Sequence[int]):
+    """``model -> (args, kwargs)`` of one forward pass at ``input_size`` (C, H, W) or (H, W): the
+    example inputs `distillers.build_model_distiller` probes pairs with."""
+
+    def example(model: nn.Module) -> tuple[tuple, dict]:
+        return (_probe_input(model, input_size),), {}
+
+    return example
 
 
 def red_block_specs(model: nn.Module, taps: Sequence[str] | None = None) -> list[dict]:
-    """``attach_red_blocks`` specs (tap + channel count) for ``taps`` (default: the paper's placement)."""
+    """``install_red_blocks`` specs (tap + channel count) for ``taps`` (default: the paper's placement)."""
     taps = [normalize_tap(t) for t in (taps if taps is not None else downsampling_taps(model))]
     total = read_stride_plan(model).total_stride
-    shapes = probe_tap_shapes(model, taps, (2 * total, 2 * total))
-    return [{"tap": tap, "channels": int(shapes[tap][1])} for tap in taps]
-
-
-def red_feature_tap(tap: str) -> str:
-    """The tap that sees a RED block's output (the student feature of the RED loss)."""
-    return f"red_blocks.{tap_to_key(tap)}:output"
+    return red_block_specs_at(model, taps, _probe_input(model, (2 * total, 2 * total)))
 
 
 def paper_pairs(
@@ -77,9 +71,9 @@ def paper_pairs(
     """
     s_taps = [normalize_tap(t) for t in (student_taps if student_taps is not None else downsampling_taps(student))]
     t_taps = downsampling_taps(teacher)
-    s_shapes = probe_tap_shapes(student, s_taps, input_size)
-    t_shapes = probe_tap_shapes(teacher, t_taps, input_size)
+    s_shapes = probe_shapes(student, s_taps, _probe_input(student, input_size))
+    t_shapes = probe_shapes(teacher, t_taps, _probe_input(teacher, input_size))
     return match_by_resolution(s_shapes, t_shapes)
 
 
-__all__ = ["downsampling_taps", "paper_pairs", "probe_tap_shapes", "red_block_specs", "red_feature_tap"]
+__all__ = ["classifier_example_inputs", "downsampling_taps", "paper_pairs", "red_block_specs"]

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ..config import DataArguments, TrainingArguments, parse_args, to_dict
-from ..distillers import distiller_options
+from ..config import DataArguments, DistillationArguments, TrainingArguments, parse_args, to_dict
+from ..distillers import distillation_options, parse_distiller
 from ..red import init_red_blocks
 from ..training.checkpointing import STATE_FILE, resolve_resume_path
 from .data import (
@@ -31,20 +31,15 @@ from .data import (
 from .hub import load_classifier
 from .spec import spec_of
 from .students import create_student, create_teacher
-from .task import (
-    PLAIN_TRAINING,
-    ClassificationTask,
-    build_classification_distiller,
-    distiller_parts,
-    uses_red_blocks,
-)
+from .task import PLAIN_TRAINING, ClassificationTask, build_classification_distiller
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ClassifierArguments:
-    """Models, stride plan, distillation and classification-specific data handling."""
+class ClassifierArguments(DistillationArguments):
+    """Models, stride plan and classification-specific data handling, plus the shared distillation
+    flags (`config.DistillationArguments`)."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Model to train without a teacher (--distiller none): a timm name (resnet18), a paper name (resnext18, mobilenetv2, mobilenetv3_small), optionally with strides (resnext18-1-21222), or a saved folder."})
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Teacher to distil from: a folder written by a teacher run / save_classifier, or a timm/paper name."})
@@ -53,25 +48,10 @@ class ClassifierArguments:
     cifar_stem: bool = field(default=False, metadata={"help": "3x3 stride-1 stem without max-pool (32x32 inputs) for a model built from a name."})
     timm_model_args: str | None = field(default=None, metadata={"help": "JSON of extra timm.create_model arguments, e.g. '{\"channels\": [16, 32, 64, 128]}'."})
     model_strides: str | None = field(default=None, metadata={"help": "Paper stride notation for a model built from a name, e.g. 1-21222 (the STL10 ResNeXt18 teacher)."})
+    # A classifier's stem is conv x pool: the flag means the total stem stride here, with the paper's default.
     stem_stride: int = field(default=8, metadata={"help": "Student's total stem stride (conv x pool); the teacher's ImageNet ResNet stem has 4."})
     stage_strides: list[int] = field(default_factory=list, metadata={"help": "Student stage strides (default: the deepest stride-2 stages give back the extra stem stride)."})
     strides: str | None = field(default=None, metadata={"help": "Student strides in the paper's notation (8-11221); overrides --stem_stride/--stage_strides."})
-    student_init: Literal["random", "teacher"] = field(default="random", metadata={"help": "random: train the student from scratch (the paper's regime); teacher: copy the teacher's weights (fine-tune regime)."})
-    teacher_mode: Literal["eval", "train"] = field(default="eval", metadata={"help": "eval: the frozen teacher with its BatchNorm running statistics; train: batch statistics, as the reference code (both under no_grad)."})
-    distiller: str = field(default="red", metadata={"help": "none (plain training), vanilla, student_plus, kd, fitnet, at, dkd, red, red+kd, ..."})
-    red_alpha: float | None = field(default=None, metadata={"help": "RED loss weight per pair (paper: 1 on ImageNet, 50 on STL10)."})
-    red_distance: Literal["cosine", "mse"] | None = None
-    red_kernel_size: int = 3
-    red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
-    red_norm: Literal["batch", "group"] = field(default="batch", metadata={"help": "Normalisation in the RED blocks: batch (the paper) or group."})
-    red_init: Literal["paper", "identity"] = field(default="paper", metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."})
-    kd_temperature: float | None = None
-    kd_weight: float | None = None
-    fitnet_weight: float | None = None
-    at_weight: float | None = None
-    dkd_alpha: float | None = None
-    dkd_beta: float | None = None
-    dkd_temperature: float | None = None
     validation_split_size: float = field(default=0.0, metadata={"help": "Hold out this fraction (< 1) or number (>= 1) of training images for evaluation."})
     validation_split_seed: int = field(default=0, metadata={"help": "Seed of the held-out slice (fixed across runs so they compare on the same images)."})
     eval_data: str | None = field(default=None, metadata={"help": "Evaluation data instead of a held-out slice: a parquet file, dataset folder or Hub id."})
@@ -124,11 +104,15 @@ def _load_or_create(name: str, args: ClassifierArguments, num_classes: int, inpu
     )
 
 
-def _validate(args: ClassifierArguments, training_args: TrainingArguments) -> None:
-    parts = distiller_parts(args.distiller)
-    if args.distiller != PLAIN_TRAINING:
-        distiller_options(args.distiller)  # unknown names raise here
-    plain = args.distiller == PLAIN_TRAINING or (parts == ["vanilla"] and not args.teacher_model_name_or_path)
+def _validate(args: ClassifierArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    """Check the flags before anything is loaded; returns the distiller's options (the one routing of
+    the option flags, `distillers.distillation_options`: an option the method does not take stops here)."""
+    options: dict[str, Any] = {}
+    plain = args.distiller == PLAIN_TRAINING
+    if not plain:
+        method = parse_distiller(args.distiller)  # unknown names raise here
+        options = distillation_options(args.distiller, args)
+        plain = method.parts == ("vanilla",) and not args.teacher_model_name_or_path
     if plain and not args.model_name_or_path:
         raise ValueError("Plain training (--distiller none) needs --model_name_or_path.")
     if not plain and not args.teacher_model_name_or_path:
@@ -136,19 +120,11 @@ def _validate(args: ClassifierArguments, training_args: TrainingArguments) -> No
     if not plain and args.model_name_or_path:
         raise ValueError("With a teacher the student is derived from it; drop --model_name_or_path.")
     if training_args.use_ema:
-        logger.info("EMA averages parameters and BatchNorm statistics with the same decay.")
-
-
-def _options(args: ClassifierArguments) -> dict[str, Any]:
-    names = ("red_alpha", "red_distance", "kd_temperature", "kd_weight", "fitnet_weight", "at_weight", "dkd_alpha", "dkd_beta", "dkd_temperature")
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if args.distiller == PLAIN_TRAINING:
-        return {}
-    accepted = distiller_options(args.distiller)
-    ignored = sorted(set(given) - set(accepted))
-    if ignored:
-        logger.warning("Options %s do not apply to --distiller %s; ignored.", ", ".join(ignored), args.distiller)
-    return {k: v for k, v in given.items() if k in accepted}
+        logger.info(
+            "EMA averages the student's parameters and its float buffers (BatchNorm running statistics, in RED "
+            "blocks too) with the same decay."
+        )
+    return options
 
 
 def build_classification_task(
@@ -157,7 +133,7 @@ def build_classification_task(
     """Data, models, distiller and task, with every check done before training."""
     import timm.data
 
-    _validate(args, training_args)
+    options = _validate(args, training_args)
     if data_args.resolution is not None and data_args.resolution < 8:
         raise ValueError(f"--resolution must be at least 8, got {data_args.resolution}.")
     data = load_classification_data(
@@ -182,7 +158,7 @@ def build_classification_task(
             logger.warning("The teacher %s has random weights (not a trained folder, no --pretrained).", args.teacher_model_name_or_path)
         student = create_student(
             teacher, stem_stride=args.stem_stride, stage_strides=args.stage_strides or None, strides=args.strides,
-            init=args.student_init, red_placement="paper" if uses_red_blocks(args.distiller) else None,
+            init=args.student_init, red_placement="paper" if parse_distiller(args.distiller).uses_red_blocks else None,
             red_kernel_size=args.red_kernel_size, red_variant=args.red_variant, red_norm=args.red_norm,
         )
         spec_of(student).input_size = input_size
@@ -192,7 +168,7 @@ def build_classification_task(
         spec_of(student).input_size = input_size
     in_chans = student.in_chans
     input_size = (in_chans, resolution, resolution)
-    distiller = build_classification_distiller(args.distiller, student, teacher, input_size, **_options(args))
+    distiller = build_classification_distiller(args.distiller, student, teacher, input_size, **options)
 
     model_data = timm.data.resolve_model_data_config(student)
     mean, std = model_data["mean"], model_data["std"]

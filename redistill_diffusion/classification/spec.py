@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..red import attach_red_blocks
+from ..red import install_red_blocks
 from .surgery import StridePlan, apply_cifar_stem, apply_stride_plan, read_stride_plan
 
 SPEC_ATTRIBUTE = "redistill_spec"
@@ -93,9 +93,7 @@ def build_classifier(spec: ClassifierSpec, pretrained: bool = False) -> nn.Modul
     if spec.stride_plan is not None and spec.stride_plan != read_stride_plan(model):
         apply_stride_plan(model, spec.stride_plan, keep_final_resolution=False)
     if spec.red_blocks:
-        model.red_blocks = attach_red_blocks(
-            model, spec.red_blocks, spec.red_kernel_size, spec.red_variant, norm=spec.red_norm
-        )
+        install_red_blocks(model, spec.red_blocks, spec.red_kernel_size, spec.red_variant, norm=spec.red_norm)
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model
 

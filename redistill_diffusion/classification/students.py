@@ -208,14 +208,12 @@ def _without_red(state: dict) -> dict:
 def attach_red(
     model: nn.Module, specs: list[dict], kernel_size: int = 3, variant: str = "full", norm: str = "batch"
 ) -> nn.Module:
-    """Attach RED blocks (shared `red.attach_red_blocks`) and record them in the model's spec."""
-    from ..red import attach_red_blocks
+    """Attach RED blocks (`red.install_red_blocks`, shared with the UNet student) and record them in
+    the model's spec under its unchanged keys (``red_blocks``, ``red_kernel_size``, ...)."""
+    from ..red import install_red_blocks
 
-    if getattr(model, "red_blocks", None) is not None and len(model.red_blocks):
-        raise ValueError("This model already carries RED blocks; build a fresh student to place them differently.")
     spec = spec_of(model)
-    model.red_blocks = attach_red_blocks(model, specs, kernel_size, variant, norm=norm)
-    spec.red_blocks = [{"tap": s["tap"], "channels": int(s["channels"])} for s in specs]
+    spec.red_blocks = install_red_blocks(model, specs, kernel_size, variant, norm=norm)
     spec.red_kernel_size, spec.red_variant, spec.red_norm = int(kernel_size), variant, norm
     return model
 

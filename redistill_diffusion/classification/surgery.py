@@ -1,6 +1,7 @@
 """Stride surgery on timm classifiers: move downsampling into the stem, keep every weight shape.
 
-ReDistill derives its student from the teacher by changing strides only (method.md section 2):
+ReDistill derives its student from the teacher by changing strides only (the paper's student;
+README "Classifiers (timm)"):
 the stem downsamples harder (``stem_stride`` 4 or 8 instead of 2 or 4) and as many later stride-2
 stages become stride 1, so the deepest feature map, the head and every weight keep their shapes
 and the teacher's weights can be copied into the student.
@@ -375,37 +376,25 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
 
 
 def refresh_feature_info(model: nn.Module) -> None:
-    """Make ``model.feature_info`` reductions truthful by measuring them in one small forward pass."""
+    """Make ``model.feature_info`` reductions truthful by measuring them in one small forward pass
+    (`taps.probe_shapes` on ``forward_features``)."""
+    from ..taps import probe_shapes
+
     info = getattr(model, "feature_info", None)
     if not info:
         return
     entries = info.get_dicts() if hasattr(info, "get_dicts") else info
     plan = read_stride_plan(model)
     size = plan.total_stride * max(2, math.ceil(64 / plan.total_stride))
-    modules = dict(model.named_modules())
-    seen: dict[int, int] = {}
-    handles = []
-    for index, entry in enumerate(entries):
-        module = modules[entry["module"]]
-        if entry.get("hook_type") == "forward_pre":
-            handles.append(module.register_forward_pre_hook(lambda m, a, i=index: seen.__setitem__(i, a[0].shape[-1])))
-        else:
-            handles.append(module.register_forward_hook(lambda m, a, o, i=index: seen.__setitem__(i, o.shape[-1])))
+    taps = [
+        f"{entry['module']}:{'input' if entry.get('hook_type') == 'forward_pre' else 'output'}" for entry in entries
+    ]
     parameter = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model.forward_features(
-                torch.zeros(1, model.in_chans, size, size, device=parameter.device, dtype=parameter.dtype)
-            )
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    for index, entry in enumerate(entries):
-        if index in seen:
-            entry["reduction"] = size // seen[index]
+    example = torch.zeros(1, model.in_chans, size, size, device=parameter.device, dtype=parameter.dtype)
+    shapes = probe_shapes(model, taps, example, forward=model.forward_features, allow_missing=True)
+    for entry, tap in zip(entries, taps):
+        if tap in shapes:
+            entry["reduction"] = size // shapes[tap][-1]
 
 
 __all__ = [

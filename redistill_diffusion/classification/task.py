@@ -1,8 +1,9 @@
 """`ClassificationTask`: timm classifiers in the one training loop (`redistill_diffusion.training.Trainer`).
 
-One batch: (optional mixup/cutmix) -> student forward with its taps recorded -> frozen teacher
-forward under no_grad with its taps -> cross-entropy + the distiller's named losses. The loop
-weights them ``(1 - a) * CE + a * distillation`` (a = 0.5, method.md section 5). The same task
+One batch: (optional mixup/cutmix) -> `training.task.distillation_forward` (student forward with its
+taps recorded, frozen teacher forward under no_grad with its taps, the distiller's named losses; the
+same call as the diffusion task) -> cross-entropy + those losses. The loop weights them
+``(1 - a) * CE + a * distillation`` (``--distill_weight`` a, default 0.5; docs/architecture.md). The same task
 trains a plain classifier (a teacher): no teacher, no distiller.
 
 Evaluation (every epoch with ``--validation_epochs 1``) reports top-1/top-5 and keeps the best
@@ -22,28 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distillers import Distiller, build_distiller
-from ..taps import FeatureTaps
+from ..distillers import Distiller, build_model_distiller, parse_distiller
 from ..training import EvalContext, StepContext, TaskLosses
+from ..training.task import distillation_forward, freeze_teacher
 from .hub import card_for, save_classifier
-from .placement import paper_pairs, probe_tap_shapes, red_feature_tap
+from .placement import classifier_example_inputs, paper_pairs
 from .spec import build_classifier, spec_of
 
 logger = logging.getLogger(__name__)
 
 PLAIN_TRAINING = "none"
-FEATURE_METHODS = ("red", "fitnet", "at")
 BEST_DIR = "best_model"
 RESULTS_FILE = "results.json"
-
-
-def distiller_parts(name: str) -> list[str]:
-    return [part.strip().lower() for part in str(name).split("+") if part.strip()]
-
-
-def uses_red_blocks(name: str) -> bool:
-    """RED blocks belong in the student for RED itself and for 'student+' (blocks without the loss)."""
-    return any(part in ("red", "student_plus") for part in distiller_parts(name))
 
 
 def build_classification_distiller(
@@ -54,36 +45,25 @@ def build_classification_distiller(
     pairs: Sequence[tuple[str, str]] | None = None,
     **options: Any,
 ) -> Distiller | None:
-    """The shared distiller ``name`` wired to a classifier pair; None for plain training.
+    """The shared distiller ``name`` wired to a classifier pair (`distillers.build_model_distiller`,
+    the builder of the diffusion task too); None for plain training.
 
     Feature methods (red, fitnet, at) compare the paper's placement by default: the student's RED
     sites (or, without RED blocks, its stem output and downsampling-layer inputs/outputs) paired by
     resolution with the teacher. With RED blocks, the student side of every pair is the block's
-    output (``red_blocks.<key>:output``). The raw pairs are recorded in the student's spec.
+    output (`red.red_feature_tap`). The raw pairs are recorded in the student's spec.
     """
     if name == PLAIN_TRAINING:
         return None
-    parts = distiller_parts(name)
-    needs_features = any(part in FEATURE_METHODS for part in parts)
+    method = parse_distiller(name)
     spec = spec_of(student)
-    if "red" in parts and not spec.red_blocks:
-        raise ValueError(f"Distiller {name!r} needs RED blocks in the student; build it with red_placement='paper'.")
-    if teacher is None and parts not in (["vanilla"], ["student_plus"]):
-        raise ValueError(f"Distiller {name!r} needs a teacher: pass --teacher_model_name_or_path.")
-    student_pairs: list[tuple[str, str]] = []
-    student_shapes = teacher_shapes = None
-    if needs_features:
+    if method.uses_pairs and teacher is not None:
         if pairs is None:
             sites = [block["tap"] for block in spec.red_blocks] or None
             pairs = paper_pairs(student, teacher, input_size, student_taps=sites)
-        pairs = [tuple(p) for p in pairs]
-        spec.distillation_pairs = list(pairs)
-        red_sites = {block["tap"] for block in spec.red_blocks}
-        student_pairs = [(red_feature_tap(s) if s in red_sites else s, t) for s, t in pairs]
-        student_shapes = probe_tap_shapes(student, [s for s, _ in student_pairs], input_size)
-        teacher_shapes = probe_tap_shapes(teacher, [t for _, t in student_pairs], input_size)
-    return build_distiller(
-        name, pairs=student_pairs, student_shapes=student_shapes, teacher_shapes=teacher_shapes, **options
+        spec.distillation_pairs = [tuple(p) for p in pairs]
+    return build_model_distiller(
+        method.name, student, teacher, [tuple(p) for p in pairs or ()], classifier_example_inputs(input_size), options
     )
 
 
@@ -152,16 +132,10 @@ class ClassificationTask:
         self.data_config = dict(data_config or {})
         self.dataset_description = dataset_description
         self.measure_memory = measure_memory
-        self.student_taps = distiller.student_taps() if distiller is not None else []
-        self.teacher_taps = distiller.teacher_taps() if distiller is not None else []
         self.best_top1: float | None = None
         self.resume_step = resume_step  # step of the checkpoint this run resumes from (None: a fresh run)
         self._teacher_metrics: dict[str, float] | None = None
-        if teacher_mode not in ("eval", "train"):
-            raise ValueError(f"teacher_mode must be 'eval' or 'train', got {teacher_mode!r}.")
-        self.teacher_mode = teacher_mode
-        if teacher is not None:
-            teacher.train(teacher_mode == "train").requires_grad_(False)
+        self.teacher_mode = freeze_teacher(teacher, teacher_mode)
 
     # -- the contract of the training loop -----------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -179,10 +153,6 @@ class ClassificationTask:
         if self.distiller is not None and "distiller" not in self.trainable_modules():
             self.distiller.to(accelerator.device)
 
-    @property
-    def _needs_teacher(self) -> bool:
-        return self.distiller is not None and self.distiller.requires_teacher
-
     def compute_losses(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> TaskLosses:
         images = batch["images"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
@@ -191,34 +161,22 @@ class ClassificationTask:
             with _seeded_numpy(ctx.generator):
                 images, targets = self.mixup(images, labels)
 
-        student = ctx.modules["student"]
-        inner = ctx.accelerator.unwrap_model(student) if ctx.accelerator is not None else student
-        with FeatureTaps(inner, self.student_taps) as student_features:
-            logits = student(images)
-        teacher_logits, teacher_features = None, {}
-        if self._needs_teacher:
-            with torch.no_grad(), FeatureTaps(self.teacher, self.teacher_taps, detach=True) as recorded:
-                teacher_logits = self.teacher(images)
-            teacher_features = recorded.features
-
+        logits, distillation = distillation_forward(
+            ctx.modules["student"],
+            (images,),
+            teacher=self.teacher,
+            distiller=ctx.modules.get("distiller", self.distiller) if self.distiller is not None else None,
+            target=labels,
+            accelerator=ctx.accelerator,
+        )
         if targets is not None:
             task_loss = soft_cross_entropy(logits, targets)
         else:
             task_loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        distillation: dict[str, torch.Tensor] = {}
-        if self.distiller is not None:
-            distiller = ctx.modules.get("distiller", self.distiller)
-            distillation = distiller(
-                student_output=logits,
-                teacher_output=teacher_logits,
-                student_features=student_features.features,
-                teacher_features=teacher_features,
-                target=labels,
-            )
         logs = {}
         if targets is None:
             logs["train_top1"] = (logits.detach().argmax(dim=1) == labels).float().mean().item()
-        return TaskLosses(task=task_loss, distillation=dict(distillation), logs=logs)
+        return TaskLosses(task=task_loss, distillation=distillation, logs=logs)
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -329,7 +287,5 @@ class ClassificationTask:
 __all__ = [
     "ClassificationTask",
     "build_classification_distiller",
-    "distiller_parts",
     "soft_cross_entropy",
-    "uses_red_blocks",
 ]

@@ -26,8 +26,8 @@ COMPONENT_MODULE = "redistill_unet"
 COMPONENT_CLASS = "ReDistillUNet2DModel"
 # In dependency order: each module may use names defined by the ones before it.
 SOURCE_MODULES = (
-    "redistill_diffusion.red",
     "redistill_diffusion.taps",
+    "redistill_diffusion.red",
     "redistill_diffusion.models.unet_student",
 )
 # What the generated file may import: the standard library, torch and diffusers.

@@ -1,6 +1,7 @@
 """`ReDistillUNet2DModel`: a diffusers `UNet2DModel` that downsamples hard at the stem.
 
-The student keeps every block and width of its teacher; only strides change (method.md section 2):
+The student keeps every block and width of its teacher; only strides change (the paper's
+student; README "The student: `ReDistillUNet2DModel`"):
 ``conv_in`` gets stride ``stem_stride``, the last log2(stem_stride) ``Downsample2D`` layers get
 stride 1, the matching ``Upsample2D`` layers skip their interpolation, and the output head
 restores full resolution. The deepest feature map keeps the teacher's size, so every weight but
@@ -27,8 +28,8 @@ from diffusers.models.downsampling import Downsample2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from ..red import RED_NORMS, RED_VARIANTS, attach_red_blocks, parse_tap
-from ..taps import match_by_resolution, normalize_tap, probe_shapes
+from ..red import RED_NORMS, RED_VARIANTS, install_red_blocks, red_block_specs_at
+from ..taps import match_by_resolution, parse_tap, probe_shapes
 
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
@@ -199,9 +200,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             num_train_timesteps=num_train_timesteps,
         )
         self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
-        self.red_blocks = attach_red_blocks(
-            self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
-        )
+        install_red_blocks(self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm)
 
     def _move_strides(
         self, stem_stride: int, output_head: str, stem_channels: int, out_channels: int
@@ -243,16 +242,12 @@ class ReDistillUNet2DModel(UNet2DModel):
     def add_red_blocks(
         self, specs: Sequence[dict[str, Any]], kernel_size: int | None = None, variant: str | None = None
     ) -> None:
-        """Hook RED blocks in after construction and record them in the config (so they are saved)."""
-        if len(self.red_blocks):
-            raise ValueError(
-                "This student already has RED blocks; build a new student to change the placement."
-            )
+        """Hook RED blocks in after construction (`red.install_red_blocks`, shared with the classifiers)
+        and record them in the config under the keys ``__init__`` reads back (so they are saved)."""
         kernel_size = kernel_size or self.config.red_kernel_size
         variant = variant or self.config.red_variant
-        specs = [{"tap": normalize_tap(s["tap"]), "channels": int(s["channels"])} for s in specs]
         norm = self.config.red_norm
-        self.red_blocks = attach_red_blocks(self, specs, kernel_size=kernel_size, variant=variant, norm=norm)
+        specs = install_red_blocks(self, specs, kernel_size=kernel_size, variant=variant, norm=norm)
         self.register_to_config(
             red_placement=specs, red_kernel_size=kernel_size, red_variant=variant, red_norm=norm
         )
@@ -315,9 +310,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         if (teacher.device, teacher.dtype) != (student.device, student.dtype):
             student.to(device=teacher.device, dtype=teacher.dtype)
         if red_preset is not None:
-            pairs = unet_tap_pairs(student, teacher, red_preset)
-            shapes = probe_unet_shapes(student, [s for s, _ in pairs])
-            student.add_red_blocks([{"tap": s, "channels": shapes[s][1]} for s, _ in pairs])
+            student.add_red_blocks(red_specs(student, [s for s, _ in unet_tap_pairs(student, teacher, red_preset)]))
         return student
 
 
@@ -382,7 +375,11 @@ def copy_matching_weights(source: nn.Module, target: nn.Module) -> list[str]:
     return sorted(set(target_state) - set(matched))
 
 
-def _dummy_inputs(model: UNet2DModel, batch_size: int = 1, resolution: int | None = None):
+def unet_example_inputs(
+    model: UNet2DModel, batch_size: int = 1, resolution: int | None = None
+) -> tuple[tuple, dict[str, Any]]:
+    """(args, kwargs) of one forward pass at the model's sample size: zero images, timestep 0 (and
+    class 0 for a class-conditional UNet), on the model's device and dtype. The shape probes use it."""
     size = _spatial_size(resolution or model.config.sample_size)
     if size is None:
         raise ValueError("The UNet config has no sample_size; pass a resolution.")
@@ -391,20 +388,18 @@ def _dummy_inputs(model: UNet2DModel, batch_size: int = 1, resolution: int | Non
     kwargs = {}
     if model.class_embedding is not None:
         kwargs["class_labels"] = torch.zeros(batch_size, dtype=torch.long, device=param.device)
-    return sample, torch.zeros(batch_size, dtype=torch.long, device=param.device), kwargs
+    return (sample, torch.zeros(batch_size, dtype=torch.long, device=param.device)), kwargs
 
 
-def probe_unet_shapes(
-    model: UNet2DModel, taps: Sequence[str], resolution: int | None = None
-) -> dict[str, torch.Size]:
-    """Shapes at the given taps for one batch-1 forward pass at the model's sample size."""
-    sample, timestep, kwargs = _dummy_inputs(model, resolution=resolution)
-    was_training = model.training
-    model.eval()
-    try:
-        return probe_shapes(model, taps, sample, timestep, **kwargs)
-    finally:
-        model.train(was_training)
+def _probe(model: UNet2DModel, taps: Sequence[str]) -> dict[str, torch.Size]:
+    args, kwargs = unet_example_inputs(model)
+    return probe_shapes(model, taps, *args, **kwargs)
+
+
+def red_specs(model: UNet2DModel, taps: Sequence[str]) -> list[dict[str, Any]]:
+    """RED block specs (tap + the channel count found there) for ``taps`` of a UNet."""
+    args, kwargs = unet_example_inputs(model)
+    return red_block_specs_at(model, taps, *args, **kwargs)
 
 
 def _resampler_taps(model: UNet2DModel) -> tuple[list[str], list[str]]:
@@ -436,11 +431,11 @@ def unet_tap_pairs(
     if stride == 1:
         raise ValueError("RED presets pair the aggressive resampling layers; this student has stem_stride=1.")
     teacher_down, teacher_up = _resampler_taps(teacher)
-    teacher_shapes = probe_unet_shapes(teacher, teacher_down + teacher_up)
+    teacher_shapes = _probe(teacher, teacher_down + teacher_up)
     student_down, student_up = _resampler_taps(student)
     tail = tail_tap(student)
     student_taps = ["conv_in:output", tail] + student_down + student_up
-    student_shapes = probe_unet_shapes(student, student_taps)
+    student_shapes = _probe(student, student_taps)
     # Only resamplers that still change the resolution are placement points in the student.
     active_down = [t for t in student_down if _changes_resolution(t, student_shapes)]
     active_up = [t for t in student_up if _changes_resolution(t, student_shapes)]

@@ -1,8 +1,8 @@
 """Diffusion tasks for the one training loop: plain DDPM training (a teacher) and ReDistill distillation.
 
 `DiffusionTask.compute_losses`: clean images -> noise + timesteps (from the checkpointed generator)
--> student prediction (features tapped) -> teacher prediction under no_grad (only when the distiller
-needs it) -> task MSE + the distiller's named losses. Building a task (`build_redistill_task`,
+-> `task.distillation_forward` (student prediction with features tapped, teacher prediction under
+no_grad only when the distiller needs it, the distiller's named losses) -> task MSE + those losses. Building a task (`build_redistill_task`,
 `build_teacher_task`) checks every input first (teacher, student derivation, tap pairs, data) and
 raises one clear error before any training step.
 """
@@ -21,8 +21,7 @@ from torch import nn
 
 from ..config import DataArguments, DDPMArguments, StudentArguments, TeacherModelArguments, TrainingArguments
 from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
-from ..taps import FeatureTaps
-from .task import EvalContext, StepContext, TaskLosses
+from .task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +52,11 @@ def _clean_copy(unet):
         {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in state.items()}
     )
     return copy.eval()
+
+
+def _sample(output) -> torch.Tensor:
+    """The prediction in a diffusers UNet's output."""
+    return output.sample
 
 
 def _sample_size(unet) -> int:
@@ -89,11 +93,7 @@ class DiffusionTask:
         self.card = dict(card or {})
         self.last_grid: str | None = None
         self.heldout_images = heldout_images
-        if teacher_mode not in ("eval", "train"):
-            raise ValueError(f"teacher_mode must be 'eval' or 'train', got {teacher_mode!r}.")
-        self.teacher_mode = teacher_mode
-        if teacher is not None:
-            teacher.requires_grad_(False).train(teacher_mode == "train")
+        self.teacher_mode = freeze_teacher(teacher, teacher_mode)
 
     # -- contract -------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -108,10 +108,6 @@ class DiffusionTask:
     def setup(self, accelerator) -> None:
         if self.teacher is not None:
             self.teacher.to(accelerator.device)
-
-    @property
-    def _needs_teacher(self) -> bool:
-        return self.distiller is not None and getattr(self.distiller, "requires_teacher", False)
 
     def compute_losses(self, batch, ctx: StepContext) -> TaskLosses:
         images = batch["images"].to(ctx.device)
@@ -140,33 +136,16 @@ class DiffusionTask:
             target = self.noise_scheduler.get_velocity(images, noise, timesteps)
 
         model = ctx.modules[self.main_module_name]
-        if self.distiller is None:
-            prediction = model(noisy, timesteps).sample
-            return TaskLosses(task=F.mse_loss(prediction.float(), target.float()))
-
-        distiller = ctx.modules["distiller"]
-        raw_distiller = distiller.module if hasattr(distiller, "module") else distiller
-        unwrapped = model.module if hasattr(model, "module") else model
-        with FeatureTaps(unwrapped, raw_distiller.student_taps()) as student_taps:
-            prediction = model(noisy, timesteps).sample
-        teacher_output, teacher_features = None, {}
-        if self._needs_teacher:
-            with (
-                torch.no_grad(),
-                FeatureTaps(self.teacher, raw_distiller.teacher_taps(), detach=True) as teacher_taps,
-            ):
-                teacher_output = self.teacher(noisy, timesteps).sample
-            teacher_features = teacher_taps.features
-        distillation = distiller(
-            student_output=prediction,
-            teacher_output=teacher_output,
-            student_features=student_taps.features,
-            teacher_features=teacher_features,
+        prediction, distillation = distillation_forward(
+            model,
+            (noisy, timesteps),
+            teacher=self.teacher,
+            distiller=ctx.modules.get("distiller") if self.distiller is not None else None,
             target=target,
+            output=_sample,
+            accelerator=ctx.accelerator,
         )
-        return TaskLosses(
-            task=F.mse_loss(prediction.float(), target.float()), distillation=dict(distillation)
-        )
+        return TaskLosses(task=F.mse_loss(prediction.float(), target.float()), distillation=distillation)
 
     # -- evaluation and the final artefact --------------------------------------------------------
     @property
@@ -174,20 +153,13 @@ class DiffusionTask:
         """Whether the trainer samples a grid after the last step (``--no_final_samples`` turns it off)."""
         return bool(getattr(self.ddpm_args, "final_samples", True))
 
-    def _sampling_pipeline(self, unet):
-        from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline
-
-        if self.ddpm_args.sample_scheduler == "ddim":
-            return DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.noise_scheduler.config))
-        return DDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
-
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         """Held-out denoising loss (with --heldout_data) and a sample grid (EMA weights in place, fixed
         seed) as samples/step_<N>.png and samples/latest.png."""
         import numpy as np
+        from diffusers import DDPMPipeline
 
-        from ..evaluation import sample_pil_images as sample_images
-        from ..evaluation import save_sample_grid as save_image_grid
+        from ..evaluation import sample_pil_images, save_sample_grid
         from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
@@ -218,9 +190,10 @@ class DiffusionTask:
                     metrics["denoise_loss"],
                     ", ".join(f"{k[13:]} {v:.5f}" for k, v in metrics.items() if k != "denoise_loss"),
                 )
-            images = sample_images(
-                self._sampling_pipeline(unet),
+            images = sample_pil_images(
+                DDPMPipeline(unet=unet, scheduler=self.noise_scheduler),
                 args.eval_batch_size,
+                sampler=args.sample_scheduler,
                 seed=args.sample_seed,
                 num_inference_steps=args.ddpm_num_inference_steps,
                 progress=f"sample grid (step {ctx.global_step})",
@@ -228,8 +201,8 @@ class DiffusionTask:
         finally:
             unet.train(was_training)
         root = Path(ctx.output_dir)
-        save_image_grid(images, root / SAMPLES_DIR / f"step_{ctx.global_step:07d}.png")
-        save_image_grid(images, root / LATEST_GRID)
+        save_sample_grid(images, root / SAMPLES_DIR / f"step_{ctx.global_step:07d}.png")
+        save_sample_grid(images, root / LATEST_GRID)
         self.last_grid = LATEST_GRID
         for tracker in getattr(ctx.accelerator, "trackers", []):
             if tracker.name == "tensorboard":
@@ -374,29 +347,30 @@ def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _distiller_parts(name: str) -> list[str]:
-    return [part.strip().lower() for part in name.split("+")]
-
-
 def build_redistill_task(
     student_args: StudentArguments,
     data_args: DataArguments,
     ddpm_args: DDPMArguments,
     training_args: TrainingArguments | None = None,
 ) -> DiffusionTask:
-    """Teacher -> student (+ RED blocks) -> tap pairs -> distiller -> dataset; every check before training."""
-    from ..distillers import build_distiller, distiller_options
+    """Teacher -> student (+ RED blocks) -> tap pairs -> distiller -> dataset; every check before training.
+
+    The distiller comes from the builder classification uses too (`distillers.build_model_distiller`),
+    its options from the one routing of the distillation flags (`distillers.distillation_options`).
+    """
+    from ..distillers import build_model_distiller, distillation_options, parse_distiller
+    from ..hub import is_hub_id
     from ..models.pipeline_folder import load_teacher
-    from ..models.unet_student import ReDistillUNet2DModel, probe_unet_shapes, unet_tap_pairs
+    from ..models.unet_student import ReDistillUNet2DModel, red_specs, unet_example_inputs, unet_tap_pairs
     from ..red import init_red_blocks
 
-    distiller_options(student_args.distiller)  # unknown method -> clear error before loading anything
+    # An unknown method, or an option it does not take: one clear error before loading anything.
+    method = parse_distiller(student_args.distiller)
+    options = distillation_options(student_args.distiller, student_args)
+    explicit_pairs = parse_pairs(student_args.distill_pairs)
     teacher, teacher_scheduler = load_teacher(
         student_args.teacher_model_name_or_path, cache_dir=data_args.cache_dir
     )
-    parts = _distiller_parts(student_args.distiller)
-    wants_red_blocks = any(p in ("red", "student_plus") for p in parts)
-    explicit_pairs = parse_pairs(student_args.distill_pairs)
     preset = None if student_args.red_preset == "none" else student_args.red_preset
     try:
         student = ReDistillUNet2DModel.from_teacher(
@@ -405,7 +379,7 @@ def build_redistill_task(
             init=student_args.student_init,
             output_head=student_args.output_head,
             head_init=student_args.student_head_init,
-            red_preset=preset if wants_red_blocks and not explicit_pairs else None,
+            red_preset=preset if method.uses_red_blocks and not explicit_pairs else None,
             red_kernel_size=student_args.red_kernel_size,
             red_variant=student_args.red_variant,
             red_norm=student_args.red_norm,
@@ -414,34 +388,16 @@ def build_redistill_task(
         raise ValueError(
             f"Cannot derive a stride-{student_args.stem_stride} student from this teacher: {error}"
         ) from error
+    pairs: list[tuple[str, str]] = []
     if explicit_pairs:
         pairs = explicit_pairs
-        if wants_red_blocks:
-            shapes = probe_unet_shapes(student, [s for s, _ in pairs])
-            student.add_red_blocks([{"tap": s, "channels": shapes[s][1]} for s, _ in pairs])
-    elif preset is not None:
+        if method.uses_red_blocks:
+            student.add_red_blocks(red_specs(student, [s for s, _ in pairs]))
+    elif preset is not None and (method.uses_pairs or method.uses_red_blocks):
         pairs = unet_tap_pairs(student, teacher, preset)
-    else:
-        pairs = []
     init_red_blocks(student, student_args.red_init)
-    if wants_red_blocks and not pairs:
-        raise ValueError(
-            f"--distiller {student_args.distiller} needs RED placements: set --red_preset paper|full or --distill_pairs."
-        )
-    student_shapes = probe_unet_shapes(student, [s for s, _ in pairs]) if pairs else None
-    teacher_shapes = probe_unet_shapes(teacher, [t for _, t in pairs]) if pairs else None
-    accepted = distiller_options(student_args.distiller)
-    options = {
-        key: getattr(student_args, key)
-        for key in ("red_alpha", "red_distance", "output_mse_weight", "fitnet_weight", "at_weight")
-        if key in accepted and getattr(student_args, key) is not None
-    }
-    distiller = build_distiller(
-        student_args.distiller,
-        pairs=pairs,
-        student_shapes=student_shapes,
-        teacher_shapes=teacher_shapes,
-        **options,
+    distiller = build_model_distiller(
+        method.name, student, teacher, pairs, unet_example_inputs, options
     )
 
     resolution = data_args.resolution or _sample_size(teacher)
@@ -455,15 +411,15 @@ def build_redistill_task(
     card = {
         "title": f"ReDistill student (stem stride {student_args.stem_stride}) of {Path(teacher_name).name or teacher_name}",
         "teacher": teacher_name,
-        "teacher_is_hub_id": not Path(teacher_name).exists(),
+        "teacher_is_hub_id": is_hub_id(teacher_name),
         "method": student_args.distiller,
         "stem_stride": student_args.stem_stride,
         "details": {
-            "RED placement": preset or ("explicit pairs" if explicit_pairs else "-"),
+            "RED placement": "explicit pairs" if explicit_pairs else (preset or "-"),
             "distillation pairs": len(pairs),
             "student init": student_args.student_init,
             "head init": student_args.student_head_init,
-            "RED norm": student_args.red_norm if wants_red_blocks else "-",
+            "RED norm": student_args.red_norm if method.uses_red_blocks else "-",
             "teacher mode": student_args.teacher_mode,
             "distill weight": training_args.distill_weight if training_args else "-",
             "dataset": data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files),

@@ -34,16 +34,21 @@ Rules the loop relies on:
   returned any loss, else ``total = task``. Every named loss is logged.
 - `evaluate` and `save_final` run on the main process only, with the EMA weights swapped into the
   main module when EMA is on; they must not call collective operations.
+
+Distillation tasks compute their distillation term with `distillation_forward`, the one call that
+runs the student with its taps, the frozen teacher (when the distiller needs it) and the distiller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from ..taps import FeatureTaps
 
 
 @dataclass
@@ -94,3 +99,69 @@ class TrainingTask(Protocol):
     def compute_losses(self, batch: Any, ctx: StepContext) -> TaskLosses: ...
 
     def save_final(self, output_dir: str, ctx: EvalContext) -> None: ...
+
+
+def unwrap_module(module: nn.Module, accelerator: Any = None) -> nn.Module:
+    """The module itself under a DDP (or compile) wrapper: hooks must go on the real submodules."""
+    if accelerator is not None:
+        return accelerator.unwrap_model(module)
+    return getattr(module, "module", module)
+
+
+TEACHER_MODES = ("eval", "train")
+
+
+def freeze_teacher(teacher: nn.Module | None, mode: str = "eval") -> str:
+    """Freeze a distillation teacher (no gradients) in ``mode``: ``eval`` (its inference behaviour:
+    no dropout, BatchNorm running statistics) or ``train`` (the reference code's: dropout and batch
+    statistics, still under no_grad). Returns the checked mode."""
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"teacher_mode must be 'eval' or 'train', got {mode!r}.")
+    if teacher is not None:
+        teacher.requires_grad_(False).train(mode == "train")
+    return mode
+
+
+def _as_is(output: Any) -> Any:
+    return output
+
+
+def distillation_forward(
+    student: nn.Module,
+    inputs: Sequence[Any],
+    *,
+    teacher: nn.Module | None = None,
+    distiller: nn.Module | None = None,
+    target: torch.Tensor | None = None,
+    output: Callable[[Any], torch.Tensor] = _as_is,
+    accelerator: Any = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training forward of a distillation task: taps -> teacher -> distiller losses.
+
+    ``student(*inputs)`` runs with the distiller's student taps recorded (on the unwrapped module, so
+    a DDP wrapper still synchronises gradients); when the distiller needs the teacher, ``teacher(*inputs)``
+    runs under no_grad with its taps recorded (detached); the distiller then returns its named,
+    weighted losses. ``output`` picks the prediction from a forward's result (diffusers: ``.sample``);
+    ``target`` goes to the distiller (labels for DKD). Returns (student prediction, named losses); without
+    a distiller, the plain student forward and no losses.
+    """
+    if distiller is None:
+        return output(student(*inputs)), {}
+    method = unwrap_module(distiller, accelerator)
+    with FeatureTaps(unwrap_module(student, accelerator), method.student_taps()) as student_taps:
+        student_output = output(student(*inputs))
+    teacher_output, teacher_features = None, {}
+    if method.requires_teacher:
+        if teacher is None:
+            raise ValueError(f"Distiller {method.name!r} needs a teacher.")
+        with torch.no_grad(), FeatureTaps(teacher, method.teacher_taps(), detach=True) as teacher_taps:
+            teacher_output = output(teacher(*inputs))
+        teacher_features = teacher_taps.features
+    losses = distiller(
+        student_output=student_output,
+        teacher_output=teacher_output,
+        student_features=student_taps.features,
+        teacher_features=teacher_features,
+        target=target,
+    )
+    return student_output, dict(losses)
