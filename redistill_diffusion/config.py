@@ -276,6 +276,13 @@ class StudentArguments(DistillationArguments):
         default_factory=list,
         metadata={"help": "Explicit pairs 'student_tap=teacher_tap' (replace the preset)."},
     )
+    red_norm: Literal["batch", "group"] = field(
+        default="group",
+        metadata={
+            "help": "Normalisation in the RED blocks: group (the diffusion default: a denoiser's batch mixes noise "
+            "levels; measured better in docs/red_norm.md) or batch (the paper's BatchNorm)."
+        },
+    )
 
 
 def load_recipe(path: str) -> dict[str, Any]:

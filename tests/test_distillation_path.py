@@ -93,6 +93,8 @@ def test_both_tasks_inherit_the_distillation_flags_and_keep_their_defaults():
     assert (student.stem_stride, classifier.stem_stride, training.max_grad_norm) == (2, 8, None)
     assert parse_args(REDISTILL_ARGUMENTS, [])[0].max_grad_norm == 1.0
     assert student.distiller == classifier.distiller == "red"
+    # RED normalisation: GroupNorm in denoisers (issue 16, docs/red_norm.md), the paper's BatchNorm in classifiers.
+    assert (student.red_norm, classifier.red_norm) == ("group", "batch")
 
 
 def test_option_routing_reads_every_option_and_tolerates_other_methods_defaults():

@@ -270,7 +270,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_kernel_size: int = 3,
         red_variant: str = "full",
         head_init: str = "paper",
-        red_norm: str = "batch",
+        red_norm: str = "group",
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
 
@@ -282,6 +282,8 @@ class ReDistillUNet2DModel(UNet2DModel):
 
         ``red_preset`` ("paper" or "full") places RED blocks at the student taps of
         :func:`unet_tap_pairs`; ``None`` builds the plain student (vanilla / output distillation).
+        ``red_norm``: ``"group"`` (default: a denoiser's batch mixes noise levels; measured better, see
+        docs/red_norm.md) or ``"batch"`` (the paper's). A config without ``red_norm`` loads as BatchNorm.
         """
         if not isinstance(teacher, UNet2DModel):
             raise ValueError(f"The teacher must be a diffusers UNet2DModel, got {type(teacher).__name__}.")
