@@ -567,7 +567,7 @@ def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
     markdown = (
         f"The paper's ImageNet ResNet18 protocol is `{PAPER_RECIPE}` (pretrained torchvision ResNet18 teacher, student "
         "strides 8-11221, SGD lr 0.2, 300 epochs, RED cosine alpha 1); each baseline swaps `--distiller`. Published top-1 "
-        "(method.md section 7): teacher 69.75, aggressive-pool student 61.79, ReviewKD 63.30, MLLD 64.66, RED 65.23."
+        "(the paper: published results): teacher 69.75, aggressive-pool student 61.79, ReviewKD 63.30, MLLD 64.66, RED 65.23."
     )
     finished = {d: json.loads((o / "results.json").read_text()) for d, o in outputs.items() if (o / "results.json").is_file()}
     if not dry_run and finished:

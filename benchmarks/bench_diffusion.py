@@ -172,7 +172,7 @@ BUDGETS: dict[str, DiffusionBudget] = {
     ),
 }
 
-# The paper's DDPM CIFAR-10 recipe (method.md section 7), for users with GPUs: the google/ddpm-cifar10-32
+# The paper's DDPM CIFAR-10 recipe (the paper: published results), for users with GPUs: the google/ddpm-cifar10-32
 # teacher from the Hub, 800k steps at batch 128, 50k samples with 1000-step ancestral sampling, Inception FID.
 PAPER_RECIPE = "recipes/ddpm_cifar10_redistill.yaml"
 PAPER = {

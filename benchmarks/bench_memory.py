@@ -198,7 +198,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         "MB = bytes / 1024^2. Exact: every tensor storage alive at each op of a real eager forward pass (batch 1, "
-        "no_grad, fp32; weights, buffers and inputs excluded). Paper convention: method.md section 6, per sample. "
+        "no_grad, fp32; weights, buffers and inputs excluded). Paper convention: the paper's convention (docs/memory.md), per sample. "
         "Random weights: memory depends on the architecture only. Strides: stem, '-', then each later "
         "downsampling stride (for ResNets the max-pool comes first). A DDPM student's exact ratio at stem stride "
         "2 is a hair under 4 (3.996x for google/ddpm-cifar10-32): the timestep embedding (2.5 KB per "

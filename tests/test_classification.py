@@ -78,7 +78,7 @@ def test_surgery_keeps_final_resolution_shapes_and_truthful_feature_info(name, k
 
 
 def test_paper_resnet18_student_notation_and_pairs():
-    """method.md sections 2 and 4: conv1 8, max-pool 1, stages 1,2,2,1; the paper's five RED pairs."""
+    """the paper: student derivation, RED placement by resolution: conv1 8, max-pool 1, stages 1,2,2,1; the paper's five RED pairs."""
     teacher = create_teacher("resnet18", num_classes=10, **TINY_RESNET)
     student = create_student(teacher, stem_stride=8)
     assert read_stride_plan(teacher).notation() == "2-21222"
@@ -158,7 +158,7 @@ def test_unsupported_family_and_unknown_name():
 
 
 def test_resnet18_paper_memory_figures():
-    """method.md section 6: ResNet18 at 224, 3.83 MB -> 0.766 MB with the conv1-stride-8 student (within 1%)."""
+    """the paper: the memory convention, docs/memory.md: ResNet18 at 224, 3.83 MB -> 0.766 MB with the conv1-stride-8 student (within 1%)."""
     teacher = timm.create_model("resnet18")
     student = create_student(teacher, stem_stride=8)
     t_report = measure_peak_memory(teacher, (3, 224, 224), convention="paper")

@@ -1,6 +1,6 @@
 """The paper's peak-memory convention for timm classifiers, registered with `redistill_diffusion.memory`.
 
-method.md section 6, per sample, fp32, weights excluded:
+the paper's convention (docs/memory.md), per sample, fp32, weights excluded:
 - conv / pool layer: input + output;
 - residual block: max over its convs of (input + output) + the residual tensor: the projection
   conv's input + output when the shortcut has one, else the identity residual, which the reference

@@ -14,7 +14,7 @@ from torchvision.utils import make_grid
 
 from .extractors import FeatureExtractorChoice
 
-BYTES_PER_MB = 1024**2  # the paper's MB (method.md section 6)
+BYTES_PER_MB = 1024**2  # the paper's MB (docs/memory.md)
 
 
 def save_sample_grid(

@@ -135,7 +135,7 @@ def measure_peak_memory(
         peak_bytes=int(peak.bytes),
         peak_layer=peak.name,
         layers=layers,
-        notes=[f"paper convention '{estimator.name}': per sample, weights excluded (method.md section 6)"],
+        notes=[f"paper convention '{estimator.name}': per sample, weights excluded (docs/memory.md)"],
     )
 
 

@@ -1,4 +1,4 @@
-"""The paper's peak-memory convention (method.md section 6), one estimator per model family.
+"""The paper's peak-memory convention (docs/memory.md), one estimator per model family.
 
 The convention is a formula over layer input/output sizes, per sample (batch dim dropped), with
 weights not counted. A shape probe (one forward pass with hooks) supplies the sizes; an estimator
@@ -195,7 +195,7 @@ def _check_unet_supported(model: nn.Module) -> None:
 
 
 def unet2d_paper_convention(model: nn.Module, probe: ShapeProbe) -> list[LayerMemory]:
-    """The reference DDPM estimator, on diffusers module names (method.md section 6).
+    """The reference DDPM estimator, on diffusers module names (docs/memory.md).
 
     Layers: the time embedding (largest Linear output), ``conv_in`` (input + output), each ResBlock
     (formula above) and each resampler (output only), plus the skip tensors stored for the decoder

@@ -14,7 +14,7 @@ class NonFiniteLossError(ValueError):
 def combine_losses(
     task_loss: torch.Tensor, distillation: Mapping[str, torch.Tensor], distill_weight: float
 ) -> torch.Tensor:
-    """``(1 - a) * task + a * sum(distillation)`` (method.md section 5), or ``task`` alone when the
+    """``(1 - a) * task + a * sum(distillation)`` (the paper: objectives), or ``task`` alone when the
     distiller returned no loss (vanilla student, plain teacher training)."""
     if not 0.0 <= distill_weight <= 1.0:
         raise ValueError(f"distill_weight must lie in [0, 1], got {distill_weight}.")
