@@ -379,11 +379,10 @@ class Trainer:
         )
 
     def _setup(self, task) -> None:
-        """The task's modules, the optimizer, the loader and the lr schedule, prepared by accelerate;
-        the EMA, the checkpoint hooks, the trackers and (--push_to_hub) the Hub repo."""
-        from diffusers.optimization import get_scheduler
-
+        """(--push_to_hub) the Hub repo; the task's modules, the optimizer, the loader and the lr
+        schedule, prepared by accelerate; the EMA, the checkpoint hooks and the trackers."""
         accelerator, args = self.accelerator, self.args
+        self._create_hub_repo(task)  # first: a bad token or repo name stops the run before any work
         if hasattr(task, "setup"):
             task.setup(accelerator)
         modules = OrderedDict(task.trainable_modules())
@@ -392,6 +391,28 @@ class Trainer:
         self._params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         if not self._params:
             raise ValueError("The task has no trainable parameters.")
+        optimizer, dataloader, lr_scheduler = self._optimizer_loader_schedule(task)
+        self._prepare(task, modules, optimizer, dataloader, lr_scheduler)
+        if args.use_ema:
+            self.ema = ModelEMA(
+                self._main_module,
+                decay=args.ema_max_decay,
+                min_decay=args.ema_min_decay,
+                use_warmup=args.ema_warmup,
+                inv_gamma=args.ema_inv_gamma,
+                power=args.ema_power,
+            )
+        accelerator.register_save_state_pre_hook(self._save_hook)
+        accelerator.register_load_state_pre_hook(self._load_hook)
+        if accelerator.is_main_process and args.logger != "none":
+            with self._recording():
+                accelerator.init_trackers(self.project_name, config=_flat_config(self.config))
+
+    def _optimizer_loader_schedule(self, task):
+        """The optimizer of ``self._params``, the shuffling loader and the lr schedule (not prepared yet)."""
+        from diffusers.optimization import get_scheduler
+
+        accelerator, args = self.accelerator, self.args
         learning_rate = args.learning_rate
         if args.scale_lr:
             learning_rate *= (
@@ -425,7 +446,11 @@ class Trainer:
             num_training_steps=max_train_steps * accelerator.num_processes,
             step_rules=_scaled_step_rules(getattr(args, "lr_step_rules", None), accelerator.num_processes),
         )
+        return optimizer, dataloader, lr_scheduler
 
+    def _prepare(self, task, modules, optimizer, dataloader, lr_scheduler) -> None:
+        """accelerate's prepare; the prepared modules by name, and the unwrapped main module."""
+        accelerator = self.accelerator
         # Only modules with trainable parameters go through prepare (DDP refuses the others).
         trainable_names = [n for n, m in modules.items() if any(p.requires_grad for p in m.parameters())]
         *prepared, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
@@ -440,21 +465,6 @@ class Trainer:
         self._trainable = [self._modules[n] for n in trainable_names]
         self._names = {id(m): n for n, m in self._modules.items()}
         self._main_module = accelerator.unwrap_model(self._modules[task.main_module_name])
-        if args.use_ema:
-            self.ema = ModelEMA(
-                self._main_module,
-                decay=args.ema_max_decay,
-                min_decay=args.ema_min_decay,
-                use_warmup=args.ema_warmup,
-                inv_gamma=args.ema_inv_gamma,
-                power=args.ema_power,
-            )
-        accelerator.register_save_state_pre_hook(self._save_hook)
-        accelerator.register_load_state_pre_hook(self._load_hook)
-        if accelerator.is_main_process and args.logger != "none":
-            with self._recording():
-                accelerator.init_trackers(self.project_name, config=_flat_config(self.config))
-        self._create_hub_repo(task)
 
     def _resume(self) -> Path | None:
         """--resume_from_checkpoint: load the checkpoint (models, optimizer, schedule, RNGs, EMA,
