@@ -385,7 +385,7 @@ class _RecordingTask:
         return [torch.tensor([float(i)]) for i in range(10)]
 
     def compute_losses(self, batch, ctx):
-        draw = torch.rand(1, generator=ctx.generator).item()
+        draw = torch.rand(1, generator=ctx.generator, device=ctx.device).item()
         self.seen.append(([int(x) for x in batch.flatten()], draw))
         return TaskLosses(task=(ctx.modules["model"](batch) ** 2).mean())
 
@@ -448,3 +448,14 @@ def test_ema_follows_diffusers_schedule_and_averages_buffers():
         ema_buffers = dict(ours.module.named_buffers())
         for name, expected in buffers.items():
             torch.testing.assert_close(ema_buffers[name], expected)
+
+
+def test_push_to_hub_needs_the_task_hooks(tmp_path):
+    """The trainer holds no Hub code: a task without create_hub_repo/push_to_hub cannot --push_to_hub,
+    and says so in one line before any step."""
+    out = str(tmp_path / "run")
+    args = TrainingArguments(output_dir=out, logger="none", max_train_steps=1, push_to_hub=True, hub_model_id="me/x")
+    task = _RecordingTask()
+    with pytest.raises(ValueError, match="cannot push to the Hub") as error:
+        Trainer(args).train(task)
+    assert "\n" not in str(error.value) and task.seen == []
