@@ -379,29 +379,3 @@ class ImageTensorDataset(torch.utils.data.Dataset):
             return f"{int(index)} ({raw[int(index)]['image'].get('path') or 'embedded bytes'})"
         except Exception:  # noqa: BLE001 - only used to word an error
             return str(int(index))
-
-
-class EpochSeededSampler(torch.utils.data.Sampler[int]):
-    """A shuffling sampler whose order depends only on (seed, epoch).
-
-    The same on every process (accelerate shards the batches) and after a resume, which is what makes
-    a killed-and-resumed run see exactly the batches an uninterrupted run sees.
-    """
-
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.num_samples))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())

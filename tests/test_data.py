@@ -9,7 +9,6 @@ from PIL import Image
 
 from redistill_diffusion.data import (
     BUILTIN_SHAPES,
-    EpochSeededSampler,
     ImageTensorDataset,
     build_image_transform,
     load_image_dataset,
@@ -117,17 +116,6 @@ def test_clear_errors_for_bad_data(tmp_path):
         load_image_dataset(str(path), image_column="picture_data", max_samples=0)
     with pytest.raises(ValueError, match="label column"):
         load_image_dataset(BUILTIN_SHAPES, builtin_num_images=4, label_column="nope")
-
-
-def test_epoch_seeded_sampler_depends_only_on_seed_and_epoch():
-    sampler = EpochSeededSampler(50, seed=3)
-    first = list(sampler)
-    assert sorted(first) == list(range(50)) and first == list(sampler)
-    sampler.set_epoch(1)
-    assert list(sampler) != first
-    other = EpochSeededSampler(50, seed=3)
-    other.set_epoch(1)
-    assert list(other) == list(sampler)
 
 
 @pytest.mark.shared_data

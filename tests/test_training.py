@@ -366,3 +366,96 @@ def _shapes_parquet(path: Path, count: int) -> None:
     images, labels = make_shapes(num_images=count, resolution=16, seed=1)
     rows = {"image": [Image.fromarray(a) for a in images], "label": [int(x) for x in labels]}
     datasets.Dataset.from_dict(rows).to_parquet(str(path))
+
+
+# --------------------------------------------------------------------------- library mechanisms
+class _RecordingTask:
+    """A linear model on the indices 0..9; records each batch and one draw of ctx.generator."""
+
+    main_module_name = "model"
+
+    def __init__(self):
+        self.model = torch.nn.Linear(1, 1)
+        self.seen: list[tuple[list[int], float]] = []
+
+    def trainable_modules(self):
+        return {"model": self.model}
+
+    def train_dataset(self):
+        return [torch.tensor([float(i)]) for i in range(10)]
+
+    def compute_losses(self, batch, ctx):
+        draw = torch.rand(1, generator=ctx.generator, device=ctx.device).item()
+        self.seen.append(([int(x) for x in batch.flatten()], draw))
+        return TaskLosses(task=(ctx.modules["model"](batch) ** 2).mean())
+
+    def save_final(self, output_dir, ctx):
+        pass
+
+
+def test_resume_in_a_later_epoch_replays_the_same_batches_and_noise(tmp_path):
+    """accelerate's seedable sampler + skip_first_batches: a resume mid-way through epoch 1 (not only
+    epoch 0, as the end-to-end tests) sees the batches and generator draws of the uninterrupted run."""
+
+    def run(out, resume=None):
+        args = TrainingArguments(
+            output_dir=str(out),
+            logger="none",
+            train_batch_size=2,
+            max_train_steps=9,
+            checkpointing_steps=7,
+            use_ema=False,
+            resume_from_checkpoint=resume,
+        )
+        task = _RecordingTask()
+        Trainer(args).train(task)
+        return task.seen
+
+    full = run(tmp_path / "run")
+    assert len(full) == 9 and sorted(i for b, _ in full[:5] for i in b) == list(range(10))
+    assert [b for b, _ in full[:4]] != [b for b, _ in full[5:9]]  # epoch 1 is shuffled anew
+    resumed = run(tmp_path / "run", resume="checkpoint-7")  # 5 batches per epoch: epoch 1, batch 3
+    assert resumed == full[7:]
+
+
+def test_ema_follows_diffusers_schedule_and_averages_buffers():
+    """`ModelEMA` (timm's ModelEmaV3) gives diffusers' EMAModel parameters, with and without warmup, and
+    also averages float buffers (BatchNorm statistics), which diffusers' EMAModel leaves out."""
+    from diffusers.training_utils import EMAModel
+
+    from redistill_diffusion.training.ema import ModelEMA
+
+    for warmup in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+        ours = ModelEMA(model, decay=0.9, use_warmup=warmup, inv_gamma=1.0, power=0.75)
+        reference = EMAModel(model.parameters(), decay=0.9, use_ema_warmup=warmup, inv_gamma=1.0, power=0.75)
+        buffers = {n: b.clone() for n, b in model.named_buffers() if b.is_floating_point()}
+        for step in range(1, 8):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p))
+            model(torch.randn(4, 3))  # moves the running statistics
+            reference.step(model.parameters())
+            ours.update(model, step=step)
+            decay = reference.cur_decay_value
+            assert ours.get_decay(step) == pytest.approx(decay)
+            for name, b in model.named_buffers():
+                if b.is_floating_point():
+                    buffers[name] = decay * buffers[name] + (1 - decay) * b
+        for got, expected in zip(ours.module.parameters(), reference.shadow_params):
+            torch.testing.assert_close(got, expected)
+        ema_buffers = dict(ours.module.named_buffers())
+        for name, expected in buffers.items():
+            torch.testing.assert_close(ema_buffers[name], expected)
+
+
+def test_push_to_hub_needs_the_task_hooks(tmp_path):
+    """The trainer holds no Hub code: a task without create_hub_repo/push_to_hub cannot --push_to_hub,
+    and says so in one line before any step."""
+    out = str(tmp_path / "run")
+    args = TrainingArguments(output_dir=out, logger="none", max_train_steps=1, push_to_hub=True, hub_model_id="me/x")
+    task = _RecordingTask()
+    with pytest.raises(ValueError, match="cannot push to the Hub") as error:
+        Trainer(args).train(task)
+    assert "\n" not in str(error.value) and task.seen == []

@@ -1,4 +1,4 @@
-"""One parser for flags + YAML recipes; shipped recipes parse; quickstart settings equal their recipes; CLI."""
+"""One parser for flags + YAML recipes; shipped recipes parse; the quickstart runs its packaged recipes; CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from redistill_diffusion.cli import build_parser, main
-from redistill_diffusion.commands.quickstart import QUICKSTART_STUDENT, QUICKSTART_TEACHER, to_argv
 from redistill_diffusion.config import DataArguments, StudentArguments, TrainingArguments, parse_args, to_dict
 from redistill_diffusion.training.runs import REDISTILL_ARGUMENTS, TEACHER_ARGUMENTS
 
@@ -79,25 +78,16 @@ def test_paper_recipe_reaches_the_distiller_and_runs_every_baseline():
         distillation_options(name, student)  # no "does not take option" error
 
 
-@pytest.mark.parametrize(
-    "recipe, settings, types",
-    [
-        ("quickstart_teacher_cpu.yaml", QUICKSTART_TEACHER, TEACHER_ARGUMENTS),
-        ("quickstart_cpu.yaml", QUICKSTART_STUDENT, REDISTILL_ARGUMENTS),
-    ],
-)
-def test_quickstart_command_and_recipes_do_not_drift(recipe, settings, types):
-    from_recipe = parse_args(types, ["--recipe", str(RECIPES / recipe)])
-    from_command = parse_args(
-        types,
-        to_argv({**settings, "output_dir": from_recipe[0].output_dir})
-        + (
-            ["--teacher_model_name_or_path", "outputs/quickstart/teacher"]
-            if "stem_stride" in settings
-            else []
-        ),
-    )
-    assert from_recipe == from_command
+def test_quickstart_recipes_are_package_data():
+    """`redistill quickstart` reads its recipes from the package (an installed wheel has no recipes/)."""
+    from redistill_diffusion.commands import quickstart
+
+    for name in (quickstart.TEACHER_RECIPE, quickstart.STUDENT_RECIPE):
+        packaged = quickstart.recipe_path(name)
+        assert packaged.is_file() and packaged.parent.parent.name == "redistill_diffusion"
+        assert (RECIPES / name).resolve() == packaged.resolve()  # recipes/ links to the packaged file
+    package_data = (RECIPES.parent / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    assert '"recipes/*.yaml"' in package_data.split("[")[1]
 
 
 def test_cli_registers_every_subcommand(capsys):
@@ -137,6 +127,8 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
     """The orchestration of `redistill quickstart` with its settings shrunk to a few seconds."""
     import json
 
+    import yaml
+
     from redistill_diffusion.commands import quickstart
 
     shrink = {
@@ -147,9 +139,13 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
         "logger": "none",
         "resolution": 16,
     }
-    for settings in (quickstart.QUICKSTART_TEACHER, quickstart.QUICKSTART_STUDENT):
-        for key, value in shrink.items():
-            monkeypatch.setitem(settings, key, value)
+    packaged = quickstart.recipe_path
+    shrunk = tmp_path / "recipes"
+    shrunk.mkdir()
+    for name in (quickstart.TEACHER_RECIPE, quickstart.STUDENT_RECIPE):
+        recipe = {**yaml.safe_load(packaged(name).read_text()), **shrink}
+        (shrunk / name).write_text(yaml.safe_dump(recipe))
+    monkeypatch.setattr(quickstart, "recipe_path", lambda name: shrunk / name)
     out = tmp_path / "qs"
     assert (
         main(

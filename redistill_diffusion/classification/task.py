@@ -283,6 +283,17 @@ class ClassificationTask:
         with open(Path(output_dir) / RESULTS_FILE, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
 
+    # -- --push_to_hub hooks (training/task.py): the Trainer holds no Hub code -------------------------
+    def create_hub_repo(self, repo_id: str, **options) -> str:
+        from ..hub import create_hub_repo
+
+        return create_hub_repo(repo_id, **options)
+
+    def push_to_hub(self, output_dir: str, repo_id: str, **options) -> None:
+        from ..hub import push_folder_to_hub
+
+        push_folder_to_hub(output_dir, repo_id, **options)
+
 
 __all__ = [
     "ClassificationTask",

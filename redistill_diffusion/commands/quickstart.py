@@ -4,8 +4,9 @@
 2. derives a stem-stride-2 student with RED blocks (paper placement) and distils it,
 3. leaves sample grids, two DDPMPipeline folders with model cards and a memory report (json + png).
 
-Its settings are those of ``recipes/quickstart_teacher_cpu.yaml`` and ``recipes/quickstart_cpu.yaml``
-(a test keeps them equal), so the same two runs can also be launched with
+Its settings are the packaged recipes ``redistill_diffusion/recipes/quickstart_teacher_cpu.yaml`` and
+``quickstart_cpu.yaml`` (linked from ``recipes/``), read as ``--recipe`` with a few flags on top, so
+the same two runs can also be launched with
 ``accelerate launch --num_cpu_threads_per_process 2 examples/train_ddpm_teacher.py --recipe ...``.
 """
 
@@ -15,63 +16,17 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
-
-# Shared by both runs: small data, constant lr after a short warmup, a fast EMA, and sample grids with
-# 100 strided DDPM steps (an 800-step tiny model samples cleanly with DDPM; DDIM needs a better model).
-_COMMON: dict[str, Any] = {
-    "dataset_name": "redistill:shapes",
-    "builtin_num_images": 2048,
-    "train_batch_size": 32,
-    "lr_scheduler": "constant_with_warmup",
-    "lr_warmup_steps": 100,
-    "adam_beta1": 0.9,
-    "adam_weight_decay": 0.0,
-    "use_ema": True,
-    "ema_max_decay": 0.995,
-    "checkpointing_steps": 250,
-    "checkpoints_total_limit": 1,
-    "logger": "tensorboard",
-    "sample_scheduler": "ddpm",
-    "ddpm_num_inference_steps": 100,
-    "eval_batch_size": 16,
-    "random_flip": True,
-    "seed": 0,
-}
-
-QUICKSTART_TEACHER: dict[str, Any] = {
-    **_COMMON,
-    "model_config_name_or_path": "tiny-ddpm-32",
-    "learning_rate": 1e-3,
-    "max_train_steps": 800,
-}
-
-QUICKSTART_STUDENT: dict[str, Any] = {
-    **_COMMON,
-    "stem_stride": 2,
-    "student_init": "teacher",
-    "student_head_init": "random",  # the head the quickstart was measured with (PyTorch default init)
-    "distiller": "red",
-    "red_preset": "paper",
-    "distill_weight": 0.5,
-    "learning_rate": 1e-3,
-    "max_train_steps": 1000,
-}
+TEACHER_RECIPE = "quickstart_teacher_cpu.yaml"
+STUDENT_RECIPE = "quickstart_cpu.yaml"
 
 
-def to_argv(settings: dict[str, Any]) -> list[str]:
-    """A settings dict as CLI flags (lists become several values, booleans 'true'/'false')."""
-    argv: list[str] = []
-    for key, value in settings.items():
-        if isinstance(value, bool):
-            argv += [f"--{key}", "true" if value else "false"]
-        elif isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif value is not None:
-            argv += [f"--{key}", str(value)]
-    return argv
+def recipe_path(name: str) -> Path:
+    """A recipe shipped inside the package (``pyproject.toml`` package-data), also when installed."""
+    from importlib.resources import files
+
+    return Path(str(files("redistill_diffusion").joinpath("recipes", name)))
 
 
 def register(subparsers) -> None:
@@ -83,15 +38,15 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default: {DEFAULT_OUTPUT_DIR}")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="retrain even if outputs exist")
-    parser.add_argument("--teacher_steps", type=int, default=QUICKSTART_TEACHER["max_train_steps"])
-    parser.add_argument("--student_steps", type=int, default=QUICKSTART_STUDENT["max_train_steps"])
+    parser.add_argument("--teacher_steps", type=int, default=None, help="default: the recipe's max_train_steps")
+    parser.add_argument("--student_steps", type=int, default=None, help="default: the recipe's max_train_steps")
     parser.add_argument(
         "--mixed_precision",
         choices=("auto", "no", "bf16"),
         default="auto",
         help="auto (default): bf16 where the CPU/GPU computes it natively (~1.6x faster here), else fp32",
     )
-    parser.add_argument("--distiller", default=QUICKSTART_STUDENT["distiller"], help="default: red")
+    parser.add_argument("--distiller", default=None, help="default: the recipe's (red)")
     parser.set_defaults(func=run)
 
 
@@ -108,17 +63,28 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _resume_flag(run_dir: Path, overwrite: bool) -> dict[str, Any]:
+def _resume_flag(run_dir: Path, overwrite: bool) -> list[str]:
     """An interrupted stage (checkpoints, no final pipeline) continues from its latest checkpoint."""
     from ..training.checkpointing import find_latest_checkpoint
 
     if overwrite or (run_dir / "model_index.json").is_file() or find_latest_checkpoint(run_dir) is None:
-        return {}
+        return []
     print(f"      resuming the interrupted run in {run_dir}")
-    return {"resume_from_checkpoint": "latest"}
+    return ["--resume_from_checkpoint", "latest"]
+
+
+def _stage_argv(
+    recipe: str, run_dir: Path, steps: int | None, common: list[str], overwrite: bool
+) -> list[str]:
+    """The recipe, then the flags that override it (flags win over recipe values)."""
+    argv = ["--recipe", str(recipe_path(recipe)), "--output_dir", str(run_dir), *common]
+    if steps is not None:
+        argv += ["--max_train_steps", str(steps)]
+    return argv + _resume_flag(run_dir, overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import load_recipe
     from ..training.runs import run_redistill, run_teacher
 
     root = Path(args.output_dir)
@@ -126,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     precision = args.mixed_precision
     if precision == "auto":
         precision = "bf16" if native_bf16() else "no"
-    overrides = {"mixed_precision": precision, "overwrite_output_dir": args.overwrite_output_dir}
+    overwrite = args.overwrite_output_dir
+    common = ["--mixed_precision", precision, "--overwrite_output_dir", "true" if overwrite else "false"]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if (teacher_dir / "model_index.json").is_file() and not args.overwrite_output_dir:
@@ -136,28 +103,18 @@ def run(args: argparse.Namespace) -> int:
         teacher_result = None
     else:
         print(f"[1/2] Training a tiny DDPM teacher on offline shapes -> {teacher_dir}")
-        teacher_settings = {
-            **QUICKSTART_TEACHER,
-            **overrides,
-            "output_dir": str(teacher_dir),
-            "max_train_steps": args.teacher_steps,
-            **_resume_flag(teacher_dir, args.overwrite_output_dir),
-        }
-        teacher_result = run_teacher(to_argv(teacher_settings))
+        teacher_result = run_teacher(
+            _stage_argv(TEACHER_RECIPE, teacher_dir, args.teacher_steps, common, overwrite)
+        )
     timings["teacher_seconds"] = time.perf_counter() - start
 
-    print(f"[2/2] Distilling a stem-stride-2 student with {args.distiller} -> {student_dir}")
-    student_settings = {
-        **QUICKSTART_STUDENT,
-        **overrides,
-        "distiller": args.distiller,
-        "teacher_model_name_or_path": str(teacher_dir),
-        "output_dir": str(student_dir),
-        "max_train_steps": args.student_steps,
-        **_resume_flag(student_dir, args.overwrite_output_dir),
-    }
+    distiller = args.distiller or load_recipe(str(recipe_path(STUDENT_RECIPE)))["distiller"]
+    print(f"[2/2] Distilling a stem-stride-2 student with {distiller} -> {student_dir}")
+    student_common = [*common, "--distiller", distiller, "--teacher_model_name_or_path", str(teacher_dir)]
     middle = time.perf_counter()
-    student_result = run_redistill(to_argv(student_settings))
+    student_result = run_redistill(
+        _stage_argv(STUDENT_RECIPE, student_dir, args.student_steps, student_common, overwrite)
+    )
     timings["student_seconds"] = time.perf_counter() - middle
     timings["total_seconds"] = time.perf_counter() - start
 

@@ -5,11 +5,12 @@ and `combine_losses`, the single place where task and distillation losses are we
 """
 
 from .losses import NonFiniteLossError, check_finite, combine_losses
-from .task import EvalContext, StepContext, TaskLosses, TrainingTask
+from .task import EvalContext, HubPublishingTask, StepContext, TaskLosses, TrainingTask
 from .trainer import Trainer, TrainResult
 
 __all__ = [
     "EvalContext",
+    "HubPublishingTask",
     "NonFiniteLossError",
     "StepContext",
     "TaskLosses",

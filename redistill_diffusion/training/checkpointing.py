@@ -4,6 +4,13 @@ A checkpoint is first written to ``checkpoint-<step>.tmp`` by every process, flu
 (fsync), and only then renamed to ``checkpoint-<step>`` by the main process. A rename is atomic,
 so a process killed during a save leaves at worst a ``.tmp`` folder, which `find_latest_checkpoint`
 ignores and the next save removes: ``--resume_from_checkpoint latest`` always finds a complete one.
+
+Why not accelerate's ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=N)``: it
+numbers folders by save count (``checkpoints/checkpoint_<i>``, not by step), writes them in place
+(a killed save leaves a half-written folder that its own "latest" picks up) and deletes the oldest
+checkpoint BEFORE the new one is complete. Naming by step, the atomic commit and pruning only after
+the commit (`prune_checkpoints`) are what this module keeps; the contents are accelerate's
+``save_state``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,42 @@ TMP_SUFFIX = ".tmp"
 STATE_FILE = "training_state.json"  # written last inside a checkpoint; marks it complete
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _LEFTOVER_RE = re.compile(rf"^{CHECKPOINT_PREFIX}\d+({re.escape(TMP_SUFFIX)}|\.old)$")  # a save's temporaries
+
+
+class GeneratorState:
+    """A process's `StepContext.generator` as a small state-dict object, one file per process.
+
+    Not `accelerator.register_for_checkpointing`: accelerate writes registered objects from the main
+    process only (one file for every rank) and reads them back as a pickle (``weights_only=False``),
+    but each process draws its own noise and must get its own generator back for an exact resume.
+    """
+
+    FILE = "generator_state_{rank}.safetensors"
+
+    def __init__(self, generator, rank: int):
+        self.generator = generator
+        self.rank = rank
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+    def path(self, checkpoint_dir: str | os.PathLike) -> Path:
+        return Path(checkpoint_dir) / self.FILE.format(rank=self.rank)
+
+    def save(self, checkpoint_dir: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.state_dict(), str(self.path(checkpoint_dir)))
+
+    def load(self, checkpoint_dir: str | os.PathLike) -> None:
+        """Absent (a checkpoint of fewer processes): this process keeps its seeded generator."""
+        from safetensors.torch import load_file
+
+        if self.path(checkpoint_dir).is_file():
+            self.load_state_dict(load_file(str(self.path(checkpoint_dir))))
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:

@@ -293,6 +293,17 @@ class DiffusionTask:
             ),
         )
 
+    # -- --push_to_hub hooks (training/task.py): the Trainer holds no Hub code -------------------------
+    def create_hub_repo(self, repo_id: str, **options) -> str:
+        from ..hub import create_hub_repo
+
+        return create_hub_repo(repo_id, **options)
+
+    def push_to_hub(self, output_dir: str, repo_id: str, **options) -> None:
+        from ..hub import push_folder_to_hub
+
+        push_folder_to_hub(output_dir, repo_id, **options)
+
 
 # -------------------------------------------------------------------------------------------------
 # Building tasks from arguments (all checks happen here, before training)

@@ -19,6 +19,9 @@ A task implements this protocol (duck-typed; subclassing `TrainingTask` is optio
         def compute_losses(self, batch, ctx: StepContext) -> TaskLosses: ...
         def evaluate(self, ctx: EvalContext) -> dict[str, float]: ...   # optional
         def save_final(self, output_dir: str, ctx: EvalContext) -> None: ...
+        # optional, needed for --push_to_hub (the loop itself holds no Hub code):
+        def create_hub_repo(self, repo_id: str, *, token, private, api) -> str: ...    # before training
+        def push_to_hub(self, output_dir: str, repo_id: str, *, token, private, commit_message, api) -> None: ...
 
 Rules the loop relies on:
 - `compute_losses` uses the *prepared* modules in ``ctx.modules`` (they may be DDP wrappers), never
@@ -32,6 +35,9 @@ Rules the loop relies on:
   losses of a `Distiller`. The loop combines them in one place (`combine_losses`):
   ``total = (1 - distill_weight) * task + distill_weight * sum(distillation)`` when the distiller
   returned any loss, else ``total = task``. Every named loss is logged.
+- `create_hub_repo` runs on the main process before the first step (bad credentials or names stop
+  the run then); `push_to_hub` uploads ``output_dir`` after `save_final`. ``api`` is a
+  ``huggingface_hub.HfApi`` or a stand-in (tests), None for the default.
 - `evaluate` and `save_final` run on the main process only, with the EMA weights swapped into the
   main module when EMA is on; they must not call collective operations.
 
@@ -165,3 +171,21 @@ def distillation_forward(
         target=target,
     )
     return student_output, dict(losses)
+
+
+@runtime_checkable
+class HubPublishingTask(Protocol):
+    """The optional --push_to_hub hooks (see the module docstring)."""
+
+    def create_hub_repo(self, repo_id: str, *, token: str | None, private: bool, api: Any) -> str: ...
+
+    def push_to_hub(
+        self,
+        output_dir: str,
+        repo_id: str,
+        *,
+        token: str | None,
+        private: bool,
+        commit_message: str,
+        api: Any,
+    ) -> None: ...

@@ -6,9 +6,14 @@
 
 The same code runs on one CPU, N GPUs or N nodes under ``accelerate launch``. Checkpoints are
 accelerate ``save_state`` folders whose models are written by our hooks as safetensors
-(``<module>/`` via ``save_pretrained`` for diffusers models), plus the EMA, the task generators and
-the step counter; a resumed run replays exactly the batches, noise and EMA updates an uninterrupted
-run would have seen.
+(``<module>/`` via ``save_pretrained`` for diffusers models), plus the EMA (`ema.ModelEMA`, timm's),
+each process's task generator (`checkpointing.GeneratorState`) and the step counter; the data order
+is accelerate's seedable sampler (seed + epoch). A resumed run replays exactly the batches, noise
+and EMA updates an uninterrupted run would have seen.
+
+`train` reads top to bottom: `_setup` (optimizer, loader, schedule, prepare, EMA), `_resume`,
+`_run_epochs` (one `_step` per optimizer step), `_finish` (final evaluation, save, push). The
+trainer knows no Hub or pipeline code: saving and pushing are the task's (`task.py`).
 """
 
 from __future__ import annotations
@@ -25,21 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..config import TrainingArguments
-from ..data import EpochSeededSampler
 from ..files import ensure_output_dir
 from . import checkpointing as ckpt
 from . import outputs
+from .ema import ModelEMA
 from .losses import check_finite, combine_losses
-from .task import EvalContext, StepContext
+from .task import EvalContext, HubPublishingTask, StepContext
 
 logger = logging.getLogger(__name__)
-
-EMA_DIR = "ema"
-GENERATOR_FILE = "generator_state_{rank}.safetensors"
 
 
 @dataclass
@@ -126,6 +128,15 @@ def validate_training_args(args: TrainingArguments) -> None:
         raise ValueError("--push_to_hub needs --hub_model_id.")
 
 
+@dataclass
+class _Schedule:
+    """How many steps, as the prepared (sharded) dataloader will see them."""
+
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+
 class Trainer:
     """Creates the Accelerator (and seeds everything) on construction; `train(task)` runs the loop."""
 
@@ -137,7 +148,7 @@ class Trainer:
         hub_api: Any = None,
     ):
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         validate_training_args(args)  # output_dir is checked under its lock, in _claim_output_dir
         self.args = args
@@ -153,55 +164,80 @@ class Trainer:
             mixed_precision=args.mixed_precision,
             log_with=None if args.logger == "none" else args.logger,
             project_config=project_config,
+            # The shuffled order depends only on (seed, epoch), on every process and after a resume.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         )
         self._lock = None
         self._claim_output_dir()
         set_seed(args.seed)
         self.generator = torch.Generator(device=self.accelerator.device)
         self.generator.manual_seed(args.seed * 1009 + self.accelerator.process_index)
+        self._generator_state = ckpt.GeneratorState(self.generator, self.accelerator.process_index)
         self.global_step = 0
         self.epoch = 0
-        self.ema = None
-        self.ema_buffers: dict[str, torch.Tensor] = {}
+        self.ema: ModelEMA | None = None
         self.metrics: dict[str, float] = {}
         self.last_logs: dict[str, float] = {}
         self._names: dict[int, str] = {}
+        self._modules: OrderedDict[str, nn.Module] = OrderedDict()
 
     # ------------------------------------------------------------------ output_dir
-    def _claim_output_dir(self) -> None:
-        """Main process: lock output_dir, check it again under the lock (two runs started at once),
-        clear the previous run for --overwrite_output_dir and create the Hub repo. A failure reaches
-        every process as the same error, so none is left waiting for the others."""
+    def _on_main_process(self, action) -> None:
+        """Run ``action`` on the main process; a user error it raises reaches every process as the
+        same error, so none is left waiting for the others."""
         from accelerate.utils import broadcast_object_list
 
         from ..errors import USER_ERRORS, one_line
 
-        args, accelerator = self.args, self.accelerator
         error = None
-        if accelerator.is_main_process:
+        if self.accelerator.is_main_process:
+            try:
+                action()
+            except USER_ERRORS as caught:
+                error = caught
+        message = [one_line(error) if error is not None else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(message)
+        if error is not None:
+            raise error
+        if message[0] is not None:
+            raise ValueError(message[0])
+        self.accelerator.wait_for_everyone()
+
+    def _claim_output_dir(self) -> None:
+        """Main process: lock output_dir, check it again under the lock (two runs started at once) and
+        clear the previous run for --overwrite_output_dir."""
+        args = self.args
+
+        def claim() -> None:
             try:
                 ensure_output_dir(args.output_dir)
                 self._lock = outputs.lock_output_dir(args.output_dir)
                 ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
                 if args.overwrite_output_dir and not args.resume_from_checkpoint:
                     outputs.remove_previous_run(args.output_dir)
-                if args.push_to_hub:  # fail on credentials / names now, not after hours of training
-                    from ..hub import create_hub_repo
-
-                    self.hub_repo_id = create_hub_repo(
-                        self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
-                    )
-            except USER_ERRORS as caught:
+            except BaseException:
                 self.release_output_dir()
-                error = caught
-        message = [one_line(error) if error is not None else None]
-        if accelerator.num_processes > 1:
-            broadcast_object_list(message)
-        if error is not None:
-            raise error
-        if message[0] is not None:
-            raise ValueError(message[0])
-        accelerator.wait_for_everyone()
+                raise
+
+        self._on_main_process(claim)
+
+    def _create_hub_repo(self, task) -> None:
+        """--push_to_hub: the task creates the repo now (credentials, names), not after hours of training."""
+        args = self.args
+        if not args.push_to_hub:
+            return
+        if not isinstance(task, HubPublishingTask):
+            raise ValueError(
+                f"--push_to_hub: {type(task).__name__} cannot push to the Hub (no push_to_hub hook)."
+            )
+
+        def create() -> None:
+            self.hub_repo_id = task.create_hub_repo(
+                self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
+            )
+
+        self._on_main_process(create)
 
     def release_output_dir(self) -> None:
         """Give up the output_dir lock (also released by the OS when the process ends)."""
@@ -215,7 +251,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint hooks
     def _save_hook(self, models, weights, output_dir):
-        """Diffusers modules -> ``<name>/`` with save_pretrained (safetensors); EMA, step and generator too."""
+        """Diffusers modules -> ``<name>/`` with save_pretrained (safetensors); EMA and generator too."""
         accelerator = self.accelerator
         keep = []
         for model, weight in zip(models, weights):
@@ -227,27 +263,9 @@ class Trainer:
             else:
                 keep.append(weight)
         weights[:] = keep
-        rank = accelerator.process_index
-        save_file(
-            {"state": self.generator.get_state()}, os.path.join(output_dir, GENERATOR_FILE.format(rank=rank))
-        )
-        if accelerator.is_main_process:
-            if self.ema is not None:
-                ema_dir = os.path.join(output_dir, EMA_DIR)
-                os.makedirs(ema_dir, exist_ok=True)
-                state = self.ema.state_dict()
-                shadow = state.pop("shadow_params")
-                save_file(
-                    {name: p.detach().contiguous().cpu() for name, p in zip(self._main_param_names, shadow)},
-                    os.path.join(ema_dir, "ema_shadow_params.safetensors"),
-                )
-                if self.ema_buffers:
-                    save_file(
-                        {name: b.contiguous().cpu() for name, b in self.ema_buffers.items()},
-                        os.path.join(ema_dir, "ema_buffers.safetensors"),
-                    )
-                with open(os.path.join(ema_dir, "ema_state.json"), "w") as handle:
-                    json.dump(state, handle)
+        self._generator_state.save(output_dir)  # every process: its own noise stream
+        if accelerator.is_main_process and self.ema is not None:
+            self.ema.save(output_dir)
 
     def _load_hook(self, models, input_dir):
         accelerator = self.accelerator
@@ -257,6 +275,7 @@ class Trainer:
             name = self._names.get(id(model))
             folder = os.path.join(input_dir, name) if name else None
             if folder and os.path.isdir(folder) and hasattr(unwrapped, "save_pretrained"):
+                # Not from_pretrained: the prepared module must keep its identity (DDP, optimizer).
                 files = sorted(Path(folder).glob("*.safetensors"))
                 if not files:
                     raise FileNotFoundError(f"Checkpoint {input_dir}: {name}/ has no safetensors weights.")
@@ -267,26 +286,9 @@ class Trainer:
             else:
                 remaining.append(model)
         models[:] = remaining
-        generator_file = os.path.join(input_dir, GENERATOR_FILE.format(rank=accelerator.process_index))
-        if os.path.isfile(generator_file):
-            self.generator.set_state(load_file(generator_file)["state"])
+        self._generator_state.load(input_dir)
         if self.ema is not None:
-            ema_dir = os.path.join(input_dir, EMA_DIR)
-            if not os.path.isdir(ema_dir):
-                raise FileNotFoundError(
-                    f"Checkpoint {input_dir} has no EMA state; resume with --no_use_ema or from another checkpoint."
-                )
-            with open(os.path.join(ema_dir, "ema_state.json")) as handle:
-                state = json.load(handle)
-            shadow = load_file(
-                os.path.join(ema_dir, "ema_shadow_params.safetensors"), device=str(accelerator.device)
-            )
-            state["shadow_params"] = [shadow[name] for name in self._main_param_names]
-            self.ema.load_state_dict(state)
-            buffers_file = os.path.join(ema_dir, "ema_buffers.safetensors")
-            if self.ema_buffers and os.path.isfile(buffers_file):
-                saved = load_file(buffers_file, device=str(accelerator.device))
-                self.ema_buffers = {name: saved[name] for name in self.ema_buffers}
+            self.ema.load(input_dir)
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoint-<step>`` atomically (all processes call this)."""
@@ -314,39 +316,12 @@ class Trainer:
         accelerator.wait_for_everyone()
         return final_dir
 
-    # ------------------------------------------------------------------ EMA helpers
-    @contextlib.contextmanager
+    # ------------------------------------------------------------------ EMA and evaluation
     def ema_weights(self):
-        """Swap the EMA weights into the main module for sampling / saving, then restore."""
+        """Swap the EMA weights (and statistics) into the main module for sampling / saving, then restore."""
         if self.ema is None:
-            yield
-            return
-        params = list(self._main_module.parameters())
-        self.ema.store(params)
-        self.ema.copy_to(params)
-        buffers = self._floating_buffers()
-        live_buffers = {name: buffer.detach().clone() for name, buffer in buffers.items()}
-        for name, buffer in buffers.items():
-            buffer.data.copy_(self.ema_buffers[name])
-        try:
-            yield
-        finally:
-            self.ema.restore(params)
-            for name, buffer in buffers.items():
-                buffer.data.copy_(live_buffers[name])
-
-    def _floating_buffers(self) -> dict[str, torch.Tensor]:
-        """BatchNorm running statistics and other float buffers of the main module."""
-        return {name: b for name, b in self._main_module.named_buffers() if b.is_floating_point()}
-
-    @torch.no_grad()
-    def _ema_step_buffers(self) -> None:
-        # diffusers' EMAModel averages parameters only. Float buffers (BatchNorm running stats, in RED
-        # blocks and timm models) are averaged with the same decay, as timm's ModelEma does: EMA
-        # weights paired with the raw model's running stats normalise wrongly (washed-out samples).
-        decay = self.ema.cur_decay_value
-        for name, buffer in self._floating_buffers().items():
-            self.ema_buffers[name].mul_(decay).add_(buffer.detach(), alpha=1.0 - decay)
+            return contextlib.nullcontext()
+        return self.ema.swapped_into(self._main_module)
 
     def _eval_context(self) -> EvalContext:
         return EvalContext(
@@ -368,7 +343,7 @@ class Trainer:
             self.metrics.update(metrics)
             if metrics:
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.global_step)
-        for module in getattr(self, "_modules", {}).values():
+        for module in self._modules.values():
             module.train()  # evaluation may switch modes; training must go on exactly as before
         accelerator.wait_for_everyone()
 
@@ -387,47 +362,83 @@ class Trainer:
         self.release_output_dir()
 
     def _train(self, task) -> TrainResult:
-        from diffusers.optimization import get_scheduler
-        from diffusers.training_utils import EMAModel
-        from tqdm.auto import tqdm
+        self._setup(task)
+        resume_path = self._resume()
+        step_times = self._run_epochs(task)
+        self._finish(task)
+        # The first step includes warm-up work (allocations); report the median of the rest.
+        timed = sorted(step_times[1:] or step_times)
+        return TrainResult(
+            global_step=self.global_step,
+            epochs=self.epoch + 1,
+            seconds_per_step=timed[len(timed) // 2] if timed else None,
+            output_dir=self.args.output_dir,
+            metrics=dict(self.metrics),
+            resumed_from=str(resume_path) if resume_path else None,
+            last_logs=dict(self.last_logs),
+        )
 
+    def _setup(self, task) -> None:
+        """(--push_to_hub) the Hub repo; the task's modules, the optimizer, the loader and the lr
+        schedule, prepared by accelerate; the EMA, the checkpoint hooks and the trackers."""
         accelerator, args = self.accelerator, self.args
+        self._create_hub_repo(task)  # first: a bad token or repo name stops the run before any work
         if hasattr(task, "setup"):
             task.setup(accelerator)
         modules = OrderedDict(task.trainable_modules())
         if task.main_module_name not in modules:
             raise ValueError(f"Task's main module {task.main_module_name!r} is not among {list(modules)}.")
-        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-        if not params:
+        self._params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        if not self._params:
             raise ValueError("The task has no trainable parameters.")
+        optimizer, dataloader, lr_scheduler = self._optimizer_loader_schedule(task)
+        self._prepare(task, modules, optimizer, dataloader, lr_scheduler)
+        if args.use_ema:
+            self.ema = ModelEMA(
+                self._main_module,
+                decay=args.ema_max_decay,
+                min_decay=args.ema_min_decay,
+                use_warmup=args.ema_warmup,
+                inv_gamma=args.ema_inv_gamma,
+                power=args.ema_power,
+            )
+        accelerator.register_save_state_pre_hook(self._save_hook)
+        accelerator.register_load_state_pre_hook(self._load_hook)
+        if accelerator.is_main_process and args.logger != "none":
+            with self._recording():
+                accelerator.init_trackers(self.project_name, config=_flat_config(self.config))
+
+    def _optimizer_loader_schedule(self, task):
+        """The optimizer of ``self._params``, the shuffling loader and the lr schedule (not prepared yet)."""
+        from diffusers.optimization import get_scheduler
+
+        accelerator, args = self.accelerator, self.args
         learning_rate = args.learning_rate
         if args.scale_lr:
             learning_rate *= (
                 args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
             )
-        optimizer = build_optimizer(args, params, learning_rate)
+        optimizer = build_optimizer(args, self._params, learning_rate)
 
         dataset = task.train_dataset()
         if len(dataset) == 0:
             raise ValueError("The training dataset is empty; check the dataset flags.")
-        sampler = EpochSeededSampler(len(dataset), seed=args.seed)
         dataloader = torch.utils.data.DataLoader(
             dataset,
             batch_size=args.train_batch_size,
-            sampler=sampler,
+            shuffle=True,  # accelerate's prepare makes it a SeedableRandomSampler (see __init__)
             collate_fn=getattr(task, "collate_fn", None),
             num_workers=args.dataloader_num_workers,
-            generator=torch.Generator().manual_seed(
-                args.seed
-            ),  # keeps DataLoader from drawing on the global RNG
+            generator=torch.Generator().manual_seed(args.seed),  # keeps DataLoader off the global RNG
         )
-        # Steps per epoch as the prepared (sharded) dataloader will see them.
         batches_per_epoch = math.ceil(
             math.ceil(len(dataset) / args.train_batch_size) / accelerator.num_processes
         )
         steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
         max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-        num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+        self._schedule = _Schedule(
+            steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch)
+        )
         lr_scheduler = get_scheduler(
             args.lr_scheduler,
             optimizer=optimizer,
@@ -435,149 +446,151 @@ class Trainer:
             num_training_steps=max_train_steps * accelerator.num_processes,
             step_rules=_scaled_step_rules(getattr(args, "lr_step_rules", None), accelerator.num_processes),
         )
+        return optimizer, dataloader, lr_scheduler
 
+    def _prepare(self, task, modules, optimizer, dataloader, lr_scheduler) -> None:
+        """accelerate's prepare; the prepared modules by name, and the unwrapped main module."""
+        accelerator = self.accelerator
         # Only modules with trainable parameters go through prepare (DDP refuses the others).
         trainable_names = [n for n, m in modules.items() if any(p.requires_grad for p in m.parameters())]
-        prepared = accelerator.prepare(
+        *prepared, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             *[modules[n] for n in trainable_names], optimizer, dataloader, lr_scheduler
         )
-        *prepared_modules, optimizer, dataloader, lr_scheduler = prepared
         for name, module in modules.items():
             if name not in trainable_names:
                 module.to(accelerator.device)
         self._modules = OrderedDict(
-            (n, prepared_modules[trainable_names.index(n)] if n in trainable_names else modules[n])
-            for n in modules
+            (n, prepared[trainable_names.index(n)] if n in trainable_names else modules[n]) for n in modules
         )
+        self._trainable = [self._modules[n] for n in trainable_names]
         self._names = {id(m): n for n, m in self._modules.items()}
         self._main_module = accelerator.unwrap_model(self._modules[task.main_module_name])
-        self._main_param_names = [n for n, _ in self._main_module.named_parameters()]
-        if args.use_ema:
-            self.ema = EMAModel(
-                self._main_module.parameters(),
-                decay=args.ema_max_decay,
-                min_decay=args.ema_min_decay,
-                use_ema_warmup=args.ema_warmup,
-                inv_gamma=args.ema_inv_gamma,
-                power=args.ema_power,
-            )
-            self.ema.to(accelerator.device)
-            self.ema_buffers = {name: b.detach().clone() for name, b in self._floating_buffers().items()}
-        accelerator.register_save_state_pre_hook(self._save_hook)
-        accelerator.register_load_state_pre_hook(self._load_hook)
 
-        if accelerator.is_main_process and args.logger != "none":
-            with self._recording():
-                accelerator.init_trackers(self.project_name, config=_flat_config(self.config))
-
+    def _resume(self) -> Path | None:
+        """--resume_from_checkpoint: load the checkpoint (models, optimizer, schedule, RNGs, EMA,
+        generators) and the step it was saved at; None for a new run."""
+        accelerator, args = self.accelerator, self.args
         resume_path = ckpt.resolve_resume_path(args.output_dir, args.resume_from_checkpoint)
         if args.resume_from_checkpoint and resume_path is None:
             logger.warning("No checkpoint in %s yet; starting a new run.", args.output_dir)
-        if resume_path is not None:
-            with open(resume_path / ckpt.STATE_FILE) as handle:
-                saved = json.load(handle)
-            if saved.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
-                logger.warning(
-                    "Resuming a %s-process checkpoint with %s processes: data order will differ.",
-                    saved.get("num_processes"),
-                    accelerator.num_processes,
-                )
-            try:
-                accelerator.load_state(str(resume_path))
-            except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's weights
-                raise ValueError(
-                    f"Checkpoint {resume_path} does not fit this run ({' '.join(str(error).split())[:300]}); "
-                    "resume with the flags it was saved with, or start over with --overwrite_output_dir."
-                ) from error
-            self.global_step = int(saved["global_step"])
-        first_epoch = self.global_step // steps_per_epoch
-        skip_batches = (self.global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        if resume_path is None:
+            return None
+        with open(resume_path / ckpt.STATE_FILE) as handle:
+            saved = json.load(handle)
+        if saved.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+            logger.warning(
+                "Resuming a %s-process checkpoint with %s processes: data order will differ.",
+                saved.get("num_processes"),
+                accelerator.num_processes,
+            )
+        try:
+            accelerator.load_state(str(resume_path))
+        except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's weights
+            raise ValueError(
+                f"Checkpoint {resume_path} does not fit this run ({' '.join(str(error).split())[:300]}); "
+                "resume with the flags it was saved with, or start over with --overwrite_output_dir."
+            ) from error
+        self.global_step = int(saved["global_step"])
+        return resume_path
 
+    def _epoch_batches(self, epoch: int, first_epoch: int):
+        """The loader of ``epoch``; in the epoch a resumed run starts in, without the batches done."""
+        self.dataloader.set_epoch(epoch)
+        skip = (self.global_step % self._schedule.steps_per_epoch) * self.args.gradient_accumulation_steps
+        if epoch != first_epoch or not skip:
+            return self.dataloader
+        loader = self.accelerator.skip_first_batches(self.dataloader, skip)
+        loader.set_epoch(epoch)  # a new loader would otherwise start its own count at epoch 0
+        return loader
+
+    def _run_epochs(self, task) -> list[float]:
+        """Train from ``global_step`` to the last step; returns the seconds each optimizer step took."""
+        from tqdm.auto import tqdm
+
+        args, schedule = self.args, self._schedule
         progress = tqdm(
-            total=max_train_steps,
+            total=schedule.max_train_steps,
             initial=self.global_step,
             desc="Steps",
-            disable=not accelerator.is_local_main_process,
+            disable=not self.accelerator.is_local_main_process,
         )
         ctx = StepContext(
             modules=self._modules,
             generator=self.generator,
-            device=accelerator.device,
+            device=self.accelerator.device,
             global_step=self.global_step,
-            accelerator=accelerator,
+            accelerator=self.accelerator,
         )
-        trainable = list(self._modules[n] for n in trainable_names)
         step_times: list[float] = []
         tick = time.perf_counter()
-        for epoch in range(first_epoch, num_epochs):
-            if self.global_step >= max_train_steps:
+        first_epoch = self.global_step // schedule.steps_per_epoch
+        for epoch in range(first_epoch, schedule.num_epochs):
+            if self.global_step >= schedule.max_train_steps:
                 break
             self.epoch = epoch
             for module in self._modules.values():
                 module.train()
-            sampler.set_epoch(epoch)
-            if hasattr(dataloader, "set_epoch"):
-                dataloader.set_epoch(epoch)
-            loader = dataloader
-            if epoch == first_epoch and skip_batches:
-                loader = accelerator.skip_first_batches(dataloader, skip_batches)
-                if hasattr(loader, "set_epoch"):
-                    loader.set_epoch(epoch)
-            for batch in loader:
+            for batch in self._epoch_batches(epoch, first_epoch):
                 ctx.global_step = self.global_step
-                with accelerator.accumulate(*trainable):
-                    with accelerator.autocast():
-                        losses = task.compute_losses(batch, ctx)
-                    total = combine_losses(losses.task, losses.distillation, args.distill_weight)
-                    check_finite(total, {"task": losses.task, **losses.distillation}, self.global_step)
-                    accelerator.backward(total)
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
+                logs = self._step(task, batch, ctx)
+                if logs is None:  # a micro-batch of gradient accumulation
                     continue
-                if self.ema is not None:
-                    self.ema.step(self._main_module.parameters())
-                    self._ema_step_buffers()
-                self.global_step += 1
                 now = time.perf_counter()
                 step_times.append(now - tick)
                 tick = now
-                logs = {
-                    "loss": total.detach().item(),
-                    "loss/task": losses.task.detach().item(),
-                    "lr": lr_scheduler.get_last_lr()[0],
-                }
-                logs.update({f"loss/{k}": v.detach().item() for k, v in losses.distillation.items()})
-                logs.update(losses.logs)
-                if self.ema is not None:
-                    logs["ema_decay"] = self.ema.cur_decay_value
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-                accelerator.log(logs, step=self.global_step)
-                self.last_logs = logs
                 if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
                     self.save_checkpoint()
-                if (
-                    args.validation_steps
-                    and self.global_step % args.validation_steps == 0
-                    and self.global_step < max_train_steps
-                ):
+                if self._due(args.validation_steps, self.global_step):
                     self._evaluate(task)
                     tick = time.perf_counter()
-                if self.global_step >= max_train_steps:
+                if self.global_step >= schedule.max_train_steps:
                     break
-            if (
-                args.validation_epochs
-                and (epoch + 1) % args.validation_epochs == 0
-                and self.global_step < max_train_steps
-            ):
+            if self._due(args.validation_epochs, epoch + 1):
                 self._evaluate(task)
                 tick = time.perf_counter()
         progress.close()
+        return step_times
 
+    def _due(self, every: int | None, count: int) -> bool:
+        """An evaluation every ``every`` steps/epochs, except at the end (`_finish` evaluates then)."""
+        return bool(every) and count % every == 0 and self.global_step < self._schedule.max_train_steps
+
+    def _step(self, task, batch, ctx: StepContext) -> dict[str, float] | None:
+        """One micro-batch; the logged scalars when it completed an optimizer step, else None."""
+        accelerator, args = self.accelerator, self.args
+        with accelerator.accumulate(*self._trainable):
+            with accelerator.autocast():
+                losses = task.compute_losses(batch, ctx)
+            total = combine_losses(losses.task, losses.distillation, args.distill_weight)
+            check_finite(total, {"task": losses.task, **losses.distillation}, self.global_step)
+            accelerator.backward(total)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(self._params, args.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            return None
+        self.global_step += 1
+        logs = {
+            "loss": total.detach().item(),
+            "loss/task": losses.task.detach().item(),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+        }
+        logs.update({f"loss/{k}": v.detach().item() for k, v in losses.distillation.items()})
+        logs.update(losses.logs)
+        if self.ema is not None:
+            self.ema.update(self._main_module, step=self.global_step)
+            logs["ema_decay"] = self.ema.get_decay(self.global_step)
+        accelerator.log(logs, step=self.global_step)
+        self.last_logs = logs
+        return logs
+
+    def _finish(self, task) -> None:
+        """The final evaluation, the task's artefact (EMA weights) and --push_to_hub, then end the trackers."""
+        accelerator, args = self.accelerator, self.args
         accelerator.wait_for_everyone()
         if getattr(task, "final_samples", True):  # --no_final_samples skips the end-of-training grid
             self._evaluate(task)
@@ -585,34 +598,24 @@ class Trainer:
             with self.ema_weights(), self._recording():
                 task.save_final(args.output_dir, self._eval_context())
             if args.push_to_hub:
-                from ..hub import push_folder_to_hub
-
-                try:
-                    push_folder_to_hub(
-                        args.output_dir,
-                        self.hub_repo_id,
-                        token=args.hub_token,
-                        private=args.hub_private_repo,
-                        commit_message=f"End of training (step {self.global_step})",
-                        api=self.hub_api,
-                    )
-                except OSError as error:  # requests/huggingface_hub errors; the trained model is safe
-                    raise OSError(
-                        f"Training finished and the model is saved in {args.output_dir}, but --push_to_hub to "
-                        f"{self.hub_repo_id} failed ({' '.join(str(error).split())}); upload it later with "
-                        f"`huggingface-cli upload {self.hub_repo_id} {args.output_dir}`."
-                    ) from error
+                self._push(task)
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        # The first step includes warm-up work (allocations); report the median of the rest.
-        timed = sorted(step_times[1:] or step_times)
-        seconds_per_step = timed[len(timed) // 2] if timed else None
-        return TrainResult(
-            global_step=self.global_step,
-            epochs=self.epoch + 1,
-            seconds_per_step=seconds_per_step,
-            output_dir=args.output_dir,
-            metrics=dict(self.metrics),
-            resumed_from=str(resume_path) if resume_path else None,
-            last_logs=dict(self.last_logs),
-        )
+
+    def _push(self, task) -> None:
+        args = self.args
+        try:
+            task.push_to_hub(
+                args.output_dir,
+                self.hub_repo_id,
+                token=args.hub_token,
+                private=args.hub_private_repo,
+                commit_message=f"End of training (step {self.global_step})",
+                api=self.hub_api,
+            )
+        except OSError as error:  # requests/huggingface_hub errors; the trained model is safe
+            raise OSError(
+                f"Training finished and the model is saved in {args.output_dir}, but --push_to_hub to "
+                f"{self.hub_repo_id} failed ({' '.join(str(error).split())}); upload it later with "
+                f"`huggingface-cli upload {self.hub_repo_id} {args.output_dir}`."
+            ) from error
