@@ -169,7 +169,13 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
         out / "student" / "memory_report.png"
     ).is_file()
     assert summary["peak_memory"] and all(v["ratio"] > 1.5 for v in summary["peak_memory"].values())
-    assert "lower" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "lower" in printed
+    # The ending: both held-out denoising losses, printed and in the summary, and one side-by-side PNG.
+    losses = summary["heldout_denoising_loss"]
+    assert set(losses) == {"teacher", "student"} and all(0 < v < 10 for v in losses.values())
+    assert f"teacher {losses['teacher']:.4f}" in printed and f"student {losses['student']:.4f}" in printed
+    assert Path(summary["side_by_side"]) == out / "side_by_side.png" and (out / "side_by_side.png").is_file()
     # A second call reuses the finished teacher; the student folder is protected unless overwritten.
     assert (
         main(

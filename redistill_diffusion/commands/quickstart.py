@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     memory_path = student_dir / "memory_report.json"
     memory = json.loads(memory_path.read_text()) if memory_path.is_file() else {}
+    comparison = _compare(teacher_dir, student_dir, root)
     summary = {
         "teacher": str(teacher_dir),
         "student": str(student_dir),
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             "teacher": teacher_result.seconds_per_step if teacher_result else None,
             "student": student_result.seconds_per_step,
         },
+        **comparison,
         **{key: round(value, 1) for key, value in timings.items()},
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -152,4 +154,35 @@ def run(args: argparse.Namespace) -> int:
             f"({value['ratio']:.2f}x lower)"
         )
     print(f"  memory report    : {memory_path} (+ .png)   summary: {root / 'summary.json'}")
+    losses = comparison["heldout_denoising_loss"]
+    print(
+        f"  held-out denoising loss ({HELDOUT_IMAGES} unseen shapes, lower is better): teacher {losses['teacher']:.4f}"
+        f"  student {losses['student']:.4f}  ({losses['student'] / losses['teacher']:.2f}x the teacher's)"
+    )
+    print(f"  side by side     : {comparison['side_by_side']}  (teacher | student | memory per layer)")
     return 0
+
+
+HELDOUT_IMAGES = 256
+
+
+def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
+    """The teacher's and the student's held-out denoising loss and one side-by-side PNG."""
+    from ..evaluation.comparison import pipeline_denoising_loss, write_side_by_side
+    from ..progress import announce
+
+    announce(f"Held-out denoising loss of teacher and student ({HELDOUT_IMAGES} unseen shapes, 10 timesteps)")
+    losses = {
+        name: pipeline_denoising_loss(folder, num_images=HELDOUT_IMAGES)
+        for name, folder in (("teacher", teacher_dir), ("student", student_dir))
+    }
+    loss = {name: value["denoise_loss"] for name, value in losses.items()}
+    panels = [
+        (teacher_dir / "samples" / "latest.png", f"teacher (held-out loss {loss['teacher']:.4f})"),
+        (student_dir / "samples" / "latest.png", f"student, 4x lower peak memory (loss {loss['student']:.4f})"),
+    ]
+    if (student_dir / "memory_report.png").is_file():
+        panels.append((student_dir / "memory_report.png", "peak activation memory per layer"))
+    figure = write_side_by_side(panels, root / "side_by_side.png")
+    bands = {name: {k[13:]: v for k, v in value.items() if k in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")} for name, value in losses.items()}
+    return {"heldout_denoising_loss": loss, "heldout_denoising_loss_bands": bands, "side_by_side": str(figure)}

@@ -24,12 +24,17 @@ def heldout_shapes(num_images: int = 256, resolution: int = 32, seed: int = HELD
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def pipeline_denoising_loss(pipeline_dir: str | Path, images: torch.Tensor, num_timesteps: int = 10) -> dict[str, float]:
-    """Held-out denoising loss of a saved pipeline's EMA UNet (eval mode, CPU)."""
+def pipeline_denoising_loss(
+    pipeline_dir: str | Path, images: torch.Tensor | None = None, num_timesteps: int = 10, num_images: int = 256
+) -> dict[str, float]:
+    """Held-out denoising loss of a saved pipeline's (EMA) UNet in eval mode on the CPU; without ``images``,
+    on ``num_images`` unseen built-in shapes at the UNet's resolution."""
     from diffusers import DiffusionPipeline
 
     pipeline = DiffusionPipeline.from_pretrained(str(pipeline_dir))
     unet = pipeline.unet.eval()
+    if images is None:
+        images = heldout_shapes(num_images=num_images, resolution=int(unet.config.sample_size))
     return denoising_loss(unet, pipeline.scheduler, images, num_timesteps=num_timesteps)
 
 

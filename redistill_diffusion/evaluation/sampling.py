@@ -136,10 +136,15 @@ def sample_images(
         raise ValueError(f"num_inference_steps must be positive, got {steps}")
     device = torch.device(device) if device is not None else default_device()
     sampling_pipeline = with_sampler(pipeline, sampler).to(device)
-    sampling_pipeline.set_progress_bar_config(disable=True)
+    # The denoising steps always show (one batch of a 1,000-step grid is minutes on a CPU); with several
+    # batches an outer bar counts the images and each batch's step bar clears when done.
+    single = num_samples <= batch_size
+    sampling_pipeline.set_progress_bar_config(
+        disable=not progress, desc=description if single else f"{description}: batch", leave=single
+    )
     batches = []
     start = time.perf_counter()
-    with tqdm(total=num_samples, desc=description, unit="img", disable=not progress) as bar:
+    with tqdm(total=num_samples, desc=description, unit="img", disable=not progress or single) as bar:
         for first in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - first)
             generators = [sample_generator(seed, first + offset) for offset in range(count)]
