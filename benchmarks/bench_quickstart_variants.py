@@ -24,11 +24,29 @@ REPO = Path(__file__).resolve().parent.parent
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "B_pixshuf_teacher_bn": (
         "teacher-initialised, pixel-shuffle head from the teacher's conv_out, BatchNorm RED",
-        ["--student_init", "teacher", "--output_head", "pixel_shuffle", "--student_head_init", "teacher", "--red_norm", "batch"],
+        [
+            "--student_init",
+            "teacher",
+            "--output_head",
+            "pixel_shuffle",
+            "--student_head_init",
+            "teacher",
+            "--red_norm",
+            "batch",
+        ],
     ),
     "C_pixshuf_teacher_gn": (
         "teacher-initialised, pixel-shuffle head from the teacher's conv_out, GroupNorm RED",
-        ["--student_init", "teacher", "--output_head", "pixel_shuffle", "--student_head_init", "teacher", "--red_norm", "group"],
+        [
+            "--student_init",
+            "teacher",
+            "--output_head",
+            "pixel_shuffle",
+            "--student_head_init",
+            "teacher",
+            "--red_norm",
+            "group",
+        ],
     ),
     "E_scratch_gn_transposed": (
         "from scratch (the paper), transposed-conv head near zero (the paper), GroupNorm RED",
@@ -36,7 +54,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "F_scratch_gn_pixshuf": (
         "from scratch, pixel-shuffle head near zero, GroupNorm RED",
-        ["--student_init", "random", "--student_head_init", "paper", "--red_norm", "group", "--output_head", "pixel_shuffle"],
+        [
+            "--student_init",
+            "random",
+            "--student_head_init",
+            "paper",
+            "--red_norm",
+            "group",
+            "--output_head",
+            "pixel_shuffle",
+        ],
     ),
 }
 
@@ -46,17 +73,37 @@ def _train(script: str, recipe: str, out: Path, extra: list[str]) -> float | Non
     if (out / "model_index.json").is_file():
         print(f"[quickstart variants] reusing {out}", flush=True)
         return None
-    argv = [sys.executable, script, "--recipe", recipe, "--output_dir", str(out), "--logger", "none",
-            "--mixed_precision", "bf16", *extra]
+    argv = [
+        sys.executable,
+        script,
+        "--recipe",
+        recipe,
+        "--output_dir",
+        str(out),
+        "--logger",
+        "none",
+        "--mixed_precision",
+        "bf16",
+        *extra,
+    ]
     print(f"[quickstart variants] {' '.join(argv[1:])}", flush=True)
     start = time.perf_counter()
     with open(out.with_suffix(".log"), "w", encoding="utf-8") as log:
-        subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        subprocess.run(
+            argv,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     return time.perf_counter() - start
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "_work" / "quickstart_variants"))
     parser.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
@@ -72,10 +119,16 @@ def main() -> int:
     )
 
     teacher = work / "teacher"
-    walls = {"teacher": _train("examples/train_ddpm_teacher.py", "recipes/quickstart_teacher_cpu.yaml", teacher, [])}
+    walls = {
+        "teacher": _train(
+            "examples/train_ddpm_teacher.py", "recipes/quickstart_teacher_cpu.yaml", teacher, []
+        )
+    }
     for name, (_, extra) in VARIANTS.items():
         walls[name] = _train(
-            "examples/train_ddpm_redistill.py", "recipes/quickstart_cpu.yaml", work / name,
+            "examples/train_ddpm_redistill.py",
+            "recipes/quickstart_cpu.yaml",
+            work / name,
             ["--teacher_model_name_or_path", str(teacher), *extra],
         )
     images = heldout_shapes(num_images=256, resolution=32)
@@ -83,18 +136,34 @@ def main() -> int:
     for name in ["teacher", *VARIANTS]:
         print(f"[quickstart variants] held-out denoising loss of {name}", flush=True)
         loss = pipeline_denoising_loss(work / name, images)
-        rows.append({
-            "run": name, "what": "teacher (800 steps)" if name == "teacher" else VARIANTS[name][0],
-            "flags": [] if name == "teacher" else VARIANTS[name][1],
-            **{k: round(v, 4) for k, v in loss.items() if k in ("denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")},
-            "wall_s": None if walls[name] is None else round(walls[name], 1),
-        })
+        rows.append(
+            {
+                "run": name,
+                "what": "teacher (800 steps)" if name == "teacher" else VARIANTS[name][0],
+                "flags": [] if name == "teacher" else VARIANTS[name][1],
+                **{
+                    k: round(v, 4)
+                    for k, v in loss.items()
+                    if k in ("denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
+                },
+                "wall_s": None if walls[name] is None else round(walls[name], 1),
+            }
+        )
     figure = write_side_by_side(
-        [(work / row["run"] / "samples" / "latest.png", f"{row['run'].split('_')[0]}: loss {row['denoise_loss']:.4f}") for row in rows],
+        [
+            (
+                work / row["run"] / "samples" / "latest.png",
+                f"{row['run'].split('_')[0]}: loss {row['denoise_loss']:.4f}",
+            )
+            for row in rows
+        ],
         results / "quickstart_variants.png",
         title="Quickstart teacher and 1,000-step students (same sampling seed)",
     )
-    (results / "quickstart_variants.json").write_text(json.dumps({"command": "python benchmarks/bench_quickstart_variants.py", "rows": rows}, indent=2) + "\n")
+    (results / "quickstart_variants.json").write_text(
+        json.dumps({"command": "python benchmarks/bench_quickstart_variants.py", "rows": rows}, indent=2)
+        + "\n"
+    )
     lines = ["| run | student | held-out denoising loss | low / mid / high noise |", "|---|---|---|---|"]
     lines += [
         f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | {r['denoise_loss_low']:.4f} / {r['denoise_loss_mid']:.4f} / {r['denoise_loss_high']:.4f} |"

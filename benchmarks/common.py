@@ -23,7 +23,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = ("smoke", "cpu", "paper")
 PARTS = ("memory", "classification", "diffusion", "cuda")
-CIFAR10_PARQUET = Path(os.environ.get("REDISTILL_CIFAR10", REPO_ROOT.parent / "shared/data/cifar10/train.parquet"))
+CIFAR10_PARQUET = Path(
+    os.environ.get("REDISTILL_CIFAR10", REPO_ROOT.parent / "shared/data/cifar10/train.parquet")
+)
 
 
 class ComponentMissing(RuntimeError):
@@ -104,7 +106,9 @@ class Variant:
 ALLOW_NEW_RUNS = True
 
 
-def run_logged(record: CommandRecord, log_path: Path, threads: int | None = None, timeout_s: float | None = None) -> CommandRecord:
+def run_logged(
+    record: CommandRecord, log_path: Path, threads: int | None = None, timeout_s: float | None = None
+) -> CommandRecord:
     """Run ``record.argv`` from the repository root, stdout+stderr to ``log_path``; fill wall time and rc.
 
     Raises `CommandFailed` (naming the log and its last line) when the command fails, or without running it
@@ -116,7 +120,9 @@ def run_logged(record: CommandRecord, log_path: Path, threads: int | None = None
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = int(os.environ.get("REDISTILL_BENCH_THREADS", 0)) or threads  # two parts side by side: 1 thread each
+    threads = (
+        int(os.environ.get("REDISTILL_BENCH_THREADS", 0)) or threads
+    )  # two parts side by side: 1 thread each
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
         env["MKL_NUM_THREADS"] = str(threads)
@@ -128,21 +134,33 @@ def run_logged(record: CommandRecord, log_path: Path, threads: int | None = None
         log.flush()
         try:
             completed = subprocess.run(
-                record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+                record.argv,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
             )
             record.returncode = completed.returncode
         except subprocess.TimeoutExpired:
             record.returncode = -9
     record.wall_s = time.perf_counter() - start
     if record.returncode != 0:
-        raise CommandFailed(f"{record.name} failed (exit {record.returncode}): {last_error_line(log_path)} [log: {record.log}]")
+        raise CommandFailed(
+            f"{record.name} failed (exit {record.returncode}): {last_error_line(log_path)} [log: {record.log}]"
+        )
     return record
 
 
 def last_error_line(log_path: Path) -> str:
     """The most telling line of a failed run's log: the last exception line, else the last line."""
     try:
-        lines = [line.strip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip()
+            for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()
+        ]
     except OSError:
         return "no log"
     for line in reversed(lines):
@@ -242,7 +260,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def run_paper_commands(part: str, records: list[CommandRecord], log_dir: Path, dry_run: bool) -> tuple[str, list[str]]:
+def run_paper_commands(
+    part: str, records: list[CommandRecord], log_dir: Path, dry_run: bool
+) -> tuple[str, list[str]]:
     """Run the paper budget's commands one after another (logged), or with ``dry_run`` only list them.
 
     Returns the part's status and the failures; a failed run does not stop the others."""
@@ -292,7 +312,9 @@ def fmt_bytes(num_bytes: int | float | None) -> str:
     return f"{num_bytes / 1024:.1f} KB"
 
 
-def stratified_slices(source: Path, work_dir: Path, validation_per_class: int, label_column: str = "label") -> tuple[Path, Path]:
+def stratified_slices(
+    source: Path, work_dir: Path, validation_per_class: int, label_column: str = "label"
+) -> tuple[Path, Path]:
     """Split a labelled parquet into train and a held-out slice of the last ``validation_per_class`` rows of
     every class (positional within each class, so the same on every machine).
 
@@ -303,7 +325,9 @@ def stratified_slices(source: Path, work_dir: Path, validation_per_class: int, l
     import pyarrow.parquet as pq
 
     if not source.is_file():
-        raise FileNotFoundError(f"{source} not found: pass --data PATH to a CIFAR-10 parquet (columns img, label).")
+        raise FileNotFoundError(
+            f"{source} not found: pass --data PATH to a CIFAR-10 parquet (columns img, label)."
+        )
     train_path = work_dir / f"{source.stem}_train_minus_{validation_per_class}_per_class.parquet"
     val_path = work_dir / f"{source.stem}_last_{validation_per_class}_per_class.parquet"
     if train_path.exists() and val_path.exists():
@@ -315,7 +339,9 @@ def stratified_slices(source: Path, work_dir: Path, validation_per_class: int, l
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
         if len(rows) <= validation_per_class:
-            raise ValueError(f"{source}: class {label} has {len(rows)} rows, too few to hold out {validation_per_class}.")
+            raise ValueError(
+                f"{source}: class {label} has {len(rows)} rows, too few to hold out {validation_per_class}."
+            )
         held_out[rows[-validation_per_class:]] = True
     pq.write_table(table.filter(~held_out), train_path)
     pq.write_table(table.filter(held_out), val_path)

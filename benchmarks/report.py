@@ -59,7 +59,11 @@ def _machine_section(parts: dict[str, dict[str, Any]]) -> str:
         if key in seen:
             continue
         seen.add(key)
-        parts_with = [n for n, d in parts.items() if tuple(sorted((k, str(v)) for k, v in (d.get("machine") or {}).items())) == key]
+        parts_with = [
+            n
+            for n, d in parts.items()
+            if tuple(sorted((k, str(v)) for k, v in (d.get("machine") or {}).items())) == key
+        ]
         lines.append(f"Parts {', '.join(parts_with)}:")
         lines.append("")
         lines.append(
@@ -80,7 +84,9 @@ def _part_section(name: str, data: dict[str, Any] | None, results_dir: Path, rep
     if data is None:
         lines += ["Not run yet: no `results/" + name + ".json`.", ""]
         return "\n".join(lines)
-    header = f"Budget `{data.get('budget')}`, run {data.get('started')} at revision `{data.get('git_revision')}`"
+    header = (
+        f"Budget `{data.get('budget')}`, run {data.get('started')} at revision `{data.get('git_revision')}`"
+    )
     if data.get("total_wall_s") is not None:
         header += f", {data['total_wall_s'] / 60:.1f} min wall"
         commands = data.get("commands") or []
@@ -119,7 +125,10 @@ def _commands_section(parts: dict[str, dict[str, Any]]) -> str:
         lines.append("")
         if data.get("entry_command"):
             lines += [f"Entry point: `{data['entry_command']}`", ""]
-        rows = [[c.get("name"), f"`{c.get('command')}`", c.get("wall_s"), c.get("returncode"), c.get("log")] for c in commands]
+        rows = [
+            [c.get("name"), f"`{c.get('command')}`", c.get("wall_s"), c.get("returncode"), c.get("log")]
+            for c in commands
+        ]
         lines.append(markdown_table(["step", "command", "wall s", "exit", "log"], rows))
         lines.append("")
     return "\n".join(lines)

@@ -45,30 +45,86 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=BUDGETS, required=True, help="smoke: seconds, synthetic data; cpu: the reported tables; paper: the paper's recipes.")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=None, help="Run only these parts (default: all).")
-    parser.add_argument("--output_dir", type=str, default=None, help="Where results/, RESULTS.md and logs/ go (default: benchmarks/ for cpu, benchmarks/paper/ for paper, a temp dir for smoke).")
-    parser.add_argument("--work_dir", type=str, default=None, help="Models, checkpoints and data slices (default: <output_dir>/_work).")
-    parser.add_argument("--data", type=str, default=str(CIFAR10_PARQUET), help="CIFAR-10 parquet (columns img, label); the last 500 images of every class are held out for validation.")
-    parser.add_argument("--eval_data", type=str, default=None, help="Another parquet to report classification top-1 on (default: the held-out slice of --data).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Classification seeds (default: the budget's).")
-    parser.add_argument("--reuse_runs", action=argparse.BooleanOptionalAction, default=True, help="Reuse a finished run found in work_dir (the same command) instead of training it again.")
-    parser.add_argument("--no_new_runs", action="store_true", help="Report finished runs (and evaluate them) but train nothing new: runs without a finished identical run are listed as not run.")
-    parser.add_argument("--report_only", action="store_true", help="Only regenerate RESULTS.md from the JSON in <output_dir>/results.")
-    parser.add_argument("--dry_run", action="store_true", help="--budget paper only: list the paper's commands in RESULTS.md instead of running them.")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        required=True,
+        help="smoke: seconds, synthetic data; cpu: the reported tables; paper: the paper's recipes.",
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=PARTS, default=None, help="Run only these parts (default: all)."
+    )
+    parser.add_argument(
+        "--output_dir",
+        type=str,
+        default=None,
+        help="Where results/, RESULTS.md and logs/ go (default: benchmarks/ for cpu, benchmarks/paper/ for paper, a temp dir for smoke).",
+    )
+    parser.add_argument(
+        "--work_dir",
+        type=str,
+        default=None,
+        help="Models, checkpoints and data slices (default: <output_dir>/_work).",
+    )
+    parser.add_argument(
+        "--data",
+        type=str,
+        default=str(CIFAR10_PARQUET),
+        help="CIFAR-10 parquet (columns img, label); the last 500 images of every class are held out for validation.",
+    )
+    parser.add_argument(
+        "--eval_data",
+        type=str,
+        default=None,
+        help="Another parquet to report classification top-1 on (default: the held-out slice of --data).",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="Classification seeds (default: the budget's)."
+    )
+    parser.add_argument(
+        "--reuse_runs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Reuse a finished run found in work_dir (the same command) instead of training it again.",
+    )
+    parser.add_argument(
+        "--no_new_runs",
+        action="store_true",
+        help="Report finished runs (and evaluate them) but train nothing new: runs without a finished identical run are listed as not run.",
+    )
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Only regenerate RESULTS.md from the JSON in <output_dir>/results.",
+    )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="--budget paper only: list the paper's commands in RESULTS.md instead of running them.",
+    )
     args = parser.parse_args(argv)
     if args.output_dir is None:
-        defaults = {"cpu": str(BENCH_DIR), "paper": str(BENCH_DIR / "paper"), "smoke": os.path.join(tempfile.gettempdir(), "redistill-bench-smoke")}
+        defaults = {
+            "cpu": str(BENCH_DIR),
+            "paper": str(BENCH_DIR / "paper"),
+            "smoke": os.path.join(tempfile.gettempdir(), "redistill-bench-smoke"),
+        }
         args.output_dir = defaults[args.budget]
     if args.budget == "smoke" and Path(args.output_dir).resolve() == BENCH_DIR:
-        parser.error("--budget smoke must not overwrite the committed results in benchmarks/: pass another --output_dir.")
+        parser.error(
+            "--budget smoke must not overwrite the committed results in benchmarks/: pass another --output_dir."
+        )
     if args.work_dir is None:
         args.work_dir = os.path.join(args.output_dir, "_work")
     if args.eval_data is not None and not Path(args.eval_data).is_file():
         parser.error(f"--eval_data {args.eval_data} not found: give a parquet file with columns img, label.")
     if args.dry_run and args.budget != "paper":
-        parser.error("--dry_run applies to --budget paper only (smoke and cpu run their commands); drop it or use --budget paper.")
+        parser.error(
+            "--dry_run applies to --budget paper only (smoke and cpu run their commands); drop it or use --budget paper."
+        )
     if args.budget == "paper" and not args.report_only:
         require_gpu_for_paper(args.dry_run)
     if args.seeds is not None and not args.seeds:
@@ -86,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[benchmarks] wrote {relative(render(output_dir))}")
         return 0
     common.ALLOW_NEW_RUNS = not args.no_new_runs
-    entry = " ".join(shlex.quote(a) for a in ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    entry = " ".join(
+        shlex.quote(a) for a in ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     parts = args.only or list(PARTS)
     failures = []
     for part in parts:
@@ -95,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             module = importlib.import_module(f"bench_{part}")
         except Exception as error:  # a part whose module cannot be imported is reported, not fatal
-            result = not_run(part, args.budget, f"benchmarks/bench_{part}.py could not be imported: {type(error).__name__}: {error}")
+            result = not_run(
+                part,
+                args.budget,
+                f"benchmarks/bench_{part}.py could not be imported: {type(error).__name__}: {error}",
+            )
         else:
             try:
                 result = run_part(part, module, args, output_dir)

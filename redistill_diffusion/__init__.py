@@ -14,4 +14,11 @@ from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance
 register_with_diffusers()
 
 __version__ = "0.1.0"
-__all__ = ["ReDistillUNet2DModel", "REDBlock", "attach_red_blocks", "init_red_blocks", "red_distance", "__version__"]
+__all__ = [
+    "ReDistillUNet2DModel",
+    "REDBlock",
+    "attach_red_blocks",
+    "init_red_blocks",
+    "red_distance",
+    "__version__",
+]

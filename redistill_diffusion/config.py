@@ -86,7 +86,10 @@ class TrainingArguments:
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
     distill_weight: float = field(
-        default=0.5, metadata={"help": "a in (1 - a) * task + a * distillation (docs/architecture.md, Distiller interface)."}
+        default=0.5,
+        metadata={
+            "help": "a in (1 - a) * task + a * distillation (docs/architecture.md, Distiller interface)."
+        },
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         default="no", metadata={"help": "bf16 is ~1.7x faster on recent CPUs."}
@@ -143,7 +146,9 @@ class DataArguments:
     random_flip: bool = False
     max_train_samples: int | None = field(
         default=None,
-        metadata={"help": "Train on a random subset of this many images, drawn with --seed (same seed, same subset)."},
+        metadata={
+            "help": "Train on a random subset of this many images, drawn with --seed (same seed, same subset)."
+        },
     )
     builtin_num_images: int = field(default=2048, metadata={"help": "Size of the redistill:shapes dataset."})
 
@@ -230,18 +235,23 @@ class DistillationArguments:
         },
     )
     red_alpha: float | None = field(
-        default=None, metadata={"help": "RED loss weight per pair (default 1; the paper: 1 on ImageNet, 50 on STL10)."}
+        default=None,
+        metadata={"help": "RED loss weight per pair (default 1; the paper: 1 on ImageNet, 50 on STL10)."},
     )
     red_distance: Literal["cosine", "mse"] | None = None
     red_kernel_size: int = 3
     red_variant: Literal["full", "no_gate", "no_residual", "no_shortcut"] = "full"
     red_norm: Literal["batch", "group"] = field(
         default="batch",
-        metadata={"help": "Normalisation in the RED blocks: batch (the paper) or group (per-sample, for denoisers)."},
+        metadata={
+            "help": "Normalisation in the RED blocks: batch (the paper) or group (per-sample, for denoisers)."
+        },
     )
     red_init: Literal["paper", "identity"] = field(
         default="paper",
-        metadata={"help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."},
+        metadata={
+            "help": "RED block initialisation: paper (PyTorch default) or identity (start as a pass-through)."
+        },
     )
     output_mse_weight: float | None = None
     kd_temperature: float | None = None

@@ -365,11 +365,12 @@ class ImageTensorDataset(torch.utils.data.Dataset):
             row = self.dataset[int(index)]
             item = {"images": self.transform(row["image"])}
         except (OSError, SyntaxError) as error:  # damage `drop_unreadable_images` could not see
-            raise ValueError(f"Image {self._describe(index)} cannot be decoded ({error}); remove it.") from error
+            raise ValueError(
+                f"Image {self._describe(index)} cannot be decoded ({error}); remove it."
+            ) from error
         if self.with_labels:
             item["labels"] = int(row["label"])
         return item
-
 
     def _describe(self, index: int) -> str:
         import datasets

@@ -618,7 +618,9 @@ def _reject_options_not_taken(name: str, given: Mapping[str, Any], accepted: Map
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         hint = ", ".join(sorted(accepted)) or "none"
-        raise ValueError(f"Distiller {name!r} does not take option(s) {', '.join(unknown)}; it accepts: {hint}.")
+        raise ValueError(
+            f"Distiller {name!r} does not take option(s) {', '.join(unknown)}; it accepts: {hint}."
+        )
 
 
 def distillation_options(name: str, values: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -693,6 +695,7 @@ def build_model_distiller(
         teacher_shapes=teacher_shapes,
         **dict(options or {}),
     )
+
 
 __all__ = [
     "ATDistiller",

@@ -20,8 +20,23 @@ UNET_SUBFOLDERS: tuple[str | None, ...] = ("unet", None)
 # A name ending in one of these is a file the user meant, never a repo.
 FILE_SUFFIXES = frozenset(
     {
-        ".json", ".jsonl", ".yaml", ".yml", ".parquet", ".csv", ".arrow", ".npz", ".npy",
-        ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".png", ".jpg", ".jpeg",
+        ".json",
+        ".jsonl",
+        ".yaml",
+        ".yml",
+        ".parquet",
+        ".csv",
+        ".arrow",
+        ".npz",
+        ".npy",
+        ".safetensors",
+        ".bin",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".png",
+        ".jpg",
+        ".jpeg",
     }
 )
 

@@ -28,7 +28,9 @@ RED_VARIANTS = ("full", "no_gate", "no_residual", "no_shortcut")
 RED_DISTANCES = ("cosine", "mse")
 RED_INITS = ("paper", "identity")
 RED_NORMS = ("batch", "group")
-RED_BLOCKS_ATTRIBUTE = "red_blocks"  # where a student keeps its RED blocks (an nn.ModuleDict keyed by tap_to_key)
+RED_BLOCKS_ATTRIBUTE = (
+    "red_blocks"  # where a student keeps its RED blocks (an nn.ModuleDict keyed by tap_to_key)
+)
 RED_GROUPS = 8  # GroupNorm groups (fewer when the channel count is not a multiple of 8)
 
 
@@ -171,7 +173,6 @@ def attach_red_blocks(
     return blocks
 
 
-
 def install_red_blocks(
     model: nn.Module,
     specs: Iterable[Mapping],
@@ -188,7 +189,9 @@ def install_red_blocks(
     """
     existing = getattr(model, RED_BLOCKS_ATTRIBUTE, None)
     if existing is not None and len(existing):
-        raise ValueError("This model already carries RED blocks; build a new student to place them differently.")
+        raise ValueError(
+            "This model already carries RED blocks; build a new student to place them differently."
+        )
     placement = [{"tap": normalize_tap(s["tap"]), "channels": int(s["channels"])} for s in specs]
     setattr(
         model,
@@ -218,4 +221,7 @@ def red_loss_pairs(model: nn.Module, pairs: Iterable[tuple[str, str]]) -> list[t
     """(student tap, teacher tap) pairs with every student tap that carries a RED block of ``model``
     replaced by that block's output tap (`red_feature_tap`); other pairs are kept as given."""
     blocks = getattr(model, RED_BLOCKS_ATTRIBUTE, None) or {}
-    return [(red_feature_tap(s) if tap_to_key(s) in blocks else normalize_tap(s), normalize_tap(t)) for s, t in pairs]
+    return [
+        (red_feature_tap(s) if tap_to_key(s) in blocks else normalize_tap(s), normalize_tap(t))
+        for s, t in pairs
+    ]

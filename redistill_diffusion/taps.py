@@ -157,14 +157,22 @@ def check_pairs(
     """Raise one clear error if a pair names a tap that was not probed or, with ``same_resolution``,
     pairs features of different spatial sizes. Only the shapes that are given are checked; ``name``
     (a distiller's name) starts the message."""
-    student_shapes = None if student_shapes is None else {normalize_tap(k): v for k, v in student_shapes.items()}
-    teacher_shapes = None if teacher_shapes is None else {normalize_tap(k): v for k, v in teacher_shapes.items()}
+    student_shapes = (
+        None if student_shapes is None else {normalize_tap(k): v for k, v in student_shapes.items()}
+    )
+    teacher_shapes = (
+        None if teacher_shapes is None else {normalize_tap(k): v for k, v in teacher_shapes.items()}
+    )
     for s_tap, t_tap in pairs:
         s_tap, t_tap = normalize_tap(s_tap), normalize_tap(t_tap)
         if student_shapes is not None and s_tap not in student_shapes:
-            raise ValueError(f"{name}: unknown student tap {s_tap!r}; probed taps are {sorted(student_shapes)}.")
+            raise ValueError(
+                f"{name}: unknown student tap {s_tap!r}; probed taps are {sorted(student_shapes)}."
+            )
         if teacher_shapes is not None and t_tap not in teacher_shapes:
-            raise ValueError(f"{name}: unknown teacher tap {t_tap!r}; probed taps are {sorted(teacher_shapes)}.")
+            raise ValueError(
+                f"{name}: unknown teacher tap {t_tap!r}; probed taps are {sorted(teacher_shapes)}."
+            )
         if same_resolution and student_shapes is not None and teacher_shapes is not None:
             s_hw, t_hw = tuple(student_shapes[s_tap][-2:]), tuple(teacher_shapes[t_tap][-2:])
             if s_hw != t_hw:

@@ -27,7 +27,9 @@ def test_smoke_budget_refuses_to_overwrite_committed_results(capsys):
 
 
 def test_dry_run_is_only_for_the_paper_budget(capsys):
-    assert "--dry_run applies to --budget paper only" in _usage_error(["--budget", "cpu", "--dry_run"], capsys)
+    assert "--dry_run applies to --budget paper only" in _usage_error(
+        ["--budget", "cpu", "--dry_run"], capsys
+    )
 
 
 def test_paper_budget_without_gpus_refuses_before_any_work(tmp_path):
@@ -40,7 +42,21 @@ def test_paper_budget_without_gpus_refuses_before_any_work(tmp_path):
 
 
 def test_paper_dry_run_lists_every_distiller_without_running(tmp_path):
-    assert bench_run.main(["--budget", "paper", "--dry_run", "--only", "classification", "diffusion", "--output_dir", str(tmp_path)]) == 0
+    assert (
+        bench_run.main(
+            [
+                "--budget",
+                "paper",
+                "--dry_run",
+                "--only",
+                "classification",
+                "diffusion",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     diffusion = json.loads((tmp_path / "results" / "diffusion.json").read_text())
     assert diffusion["status"] == "dry run"
     commands = [c["command"] for c in diffusion["commands"]]
@@ -58,7 +74,9 @@ def test_smoke_budget_defaults_outside_the_repository(tmp_path):
 
 
 def test_missing_eval_data_is_a_clear_error(tmp_path, capsys):
-    assert "--eval_data" in _usage_error(["--budget", "cpu", "--eval_data", str(tmp_path / "nope.parquet")], capsys)
+    assert "--eval_data" in _usage_error(
+        ["--budget", "cpu", "--eval_data", str(tmp_path / "nope.parquet")], capsys
+    )
 
 
 def test_seconds_per_step_from_the_final_progress_line(tmp_path):
@@ -91,10 +109,26 @@ def test_report_merges_every_part_present(tmp_path):
     results = tmp_path / "results"
     common.write_json(
         results / "classification.json",
-        common.part_result("classification", "cpu", markdown="| model | top-1 |\n|---|---|\n| red | 50 |",
-                           summary="Classification: red wins.", commands=[{"name": "teacher", "command": "python x.py", "wall_s": 1.0, "returncode": 0, "log": "logs/t.log"}]),
+        common.part_result(
+            "classification",
+            "cpu",
+            markdown="| model | top-1 |\n|---|---|\n| red | 50 |",
+            summary="Classification: red wins.",
+            commands=[
+                {
+                    "name": "teacher",
+                    "command": "python x.py",
+                    "wall_s": 1.0,
+                    "returncode": 0,
+                    "log": "logs/t.log",
+                }
+            ],
+        ),
     )
-    common.write_json(results / "diffusion.json", common.not_run("diffusion", "cpu", "examples/train_ddpm_redistill.py is not present"))
+    common.write_json(
+        results / "diffusion.json",
+        common.not_run("diffusion", "cpu", "examples/train_ddpm_redistill.py is not present"),
+    )
     text = report.render(tmp_path).read_text()
     assert "| red | 50 |" in text
     assert "Classification: red wins." in text
@@ -112,7 +146,16 @@ def test_classification_cpu_budget_follows_protocol_v2():
     variants = spec.variants()
     for regime in cls.REGIMES:
         chosen = [v for v in variants if v.regime == regime]
-        assert {v.distiller for v in chosen} >= {"vanilla", "student_plus", "red", "kd", "fitnet", "at", "dkd", "red+kd"}
+        assert {v.distiller for v in chosen} >= {
+            "vanilla",
+            "student_plus",
+            "red",
+            "kd",
+            "fitnet",
+            "at",
+            "dkd",
+            "red+kd",
+        }
         assert len({v.seed for v in chosen}) >= 2
         # RED rows use the reference's small-data alpha unless the row says "alpha 1".
         for v in chosen:
@@ -121,7 +164,11 @@ def test_classification_cpu_budget_follows_protocol_v2():
     assert any(v.flags.get("red_norm") == "group" for v in variants)  # issue 16
     assert all(spec.steps_of(v) == spec.teacher_steps for v in variants if v.regime == "scratch")
     with_blocks = ("red", "red+kd", "student_plus")  # the arms whose student carries RED blocks
-    assert all(v.flags.get("red_init") == "identity" for v in variants if v.regime == "finetune" and v.distiller in with_blocks)
+    assert all(
+        v.flags.get("red_init") == "identity"
+        for v in variants
+        if v.regime == "finetune" and v.distiller in with_blocks
+    )
     assert len({v.key for v in variants}) == len(variants)
     # Regime (a)'s core arms run at every seed before any other arm, so a budget cut short still pairs them.
     core = variants[: 2 * cls.CORE_ARMS["scratch"]]
@@ -139,10 +186,17 @@ def test_classification_rows_pair_each_seed_with_vanilla():
 
     def info(label, distiller, seed, top1, best):
         variant = cls.Variant(label, distiller, "scratch", seed=seed)
-        return {"variant": variant, "results": {"metrics": {"top1": top1, "best_top1": best}, "seconds_per_step": 0.1}}
+        return {
+            "variant": variant,
+            "results": {"metrics": {"top1": top1, "best_top1": best}, "seconds_per_step": 0.1},
+        }
 
-    runs = [info("vanilla", "vanilla", 0, 0.50, 0.51), info("vanilla", "vanilla", 1, 0.40, 0.40),
-            info("red", "red", 0, 0.52, 0.52), info("red", "red", 1, 0.41, 0.45)]
+    runs = [
+        info("vanilla", "vanilla", 0, 0.50, 0.51),
+        info("vanilla", "vanilla", 1, 0.40, 0.40),
+        info("red", "red", 0, 0.52, 0.52),
+        info("red", "red", 1, 0.41, 0.45),
+    ]
     teacher = {"results": {"metrics": {"top1": 0.6, "best_top1": 0.6}, "global_step": 1200}}
     rows = cls._rows(teacher, {r["variant"].key: r for r in runs}, spec, num_train=45000)
     red = next(r for r in rows if r["model"] == "red")
@@ -150,17 +204,29 @@ def test_classification_rows_pair_each_seed_with_vanilla():
     assert red["top1_diff_mean"] == pytest.approx(0.015)
     assert red["best_top1_diff_per_seed"] == pytest.approx({0: 0.01, 1: 0.05})
     assert red["top1_mean"] == pytest.approx(0.465)
-    text = cls._markdown(rows, {**_classification_settings(spec), "seeds": {"scratch": [0, 1], "finetune": []}})
+    text = cls._markdown(
+        rows, {**_classification_settings(spec), "seeds": {"scratch": [0, 1], "finetune": []}}
+    )
     assert "+1.50 ± 0.71 (+2.00, +1.00)" in text and "teacher frozen in eval mode" in text
     assert "no gradient clipping" in text and "fine-tuning setting" not in text
 
 
 def _classification_settings(spec):
     return {
-        "architecture": spec.architecture, "timm_model_args": spec.timm_model_args, "stem_stride": spec.stem_stride,
-        "train_batch_size": spec.train_batch_size, "teacher_steps": spec.teacher_steps, "scratch_steps": spec.teacher_steps,
-        "finetune_steps": spec.finetune_steps, "train_images": 45000, "eval_data": "x.parquet", "mixed_precision": "bf16",
-        "learning_rate": spec.learning_rate, "red_alpha": 50.0, "evaluations_per_run": 4, "note": spec.note,
+        "architecture": spec.architecture,
+        "timm_model_args": spec.timm_model_args,
+        "stem_stride": spec.stem_stride,
+        "train_batch_size": spec.train_batch_size,
+        "teacher_steps": spec.teacher_steps,
+        "scratch_steps": spec.teacher_steps,
+        "finetune_steps": spec.finetune_steps,
+        "train_images": 45000,
+        "eval_data": "x.parquet",
+        "mixed_precision": "bf16",
+        "learning_rate": spec.learning_rate,
+        "red_alpha": 50.0,
+        "evaluations_per_run": 4,
+        "note": spec.note,
     }
 
 
@@ -196,5 +262,7 @@ def test_diffusion_reuse_accepts_a_flag_only_when_the_saved_config_records_its_v
     assert _same_run(saved, named, tmp_path)  # trained with the then-default, which its config records
     assert not _same_run(saved, [*named[:3], "--red_norm", "group", *named[5:]], tmp_path)
     assert not _same_run(saved, [*named, "--extra", "1"], tmp_path)  # a flag the config does not record
-    assert not _same_run(saved, ["train.py", "--distiller", "red", "--red_norm", "batch", "--seed", "1"], tmp_path)
+    assert not _same_run(
+        saved, ["train.py", "--distiller", "red", "--red_norm", "batch", "--seed", "1"], tmp_path
+    )
     assert not _same_run(None, named, tmp_path)

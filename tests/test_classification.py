@@ -31,7 +31,12 @@ TINY_RESNET = dict(channels=(8, 16, 16, 32), stem_type="deep", stem_width=4)
 FAMILIES = [
     ("resnet18", TINY_RESNET, 64, 8),  # BasicBlock, deep stem
     ("resnet26", dict(channels=(8, 8, 16, 16)), 64, 8),  # Bottleneck, 7x7 stem, conv shortcut
-    ("resnext50_32x4d", dict(layers=(1, 1, 1, 1), channels=(16, 16, 32, 32), base_width=4, cardinality=4), 64, 8),
+    (
+        "resnext50_32x4d",
+        dict(layers=(1, 1, 1, 1), channels=(16, 16, 32, 32), base_width=4, cardinality=4),
+        64,
+        8,
+    ),
     ("resnet10t", dict(channels=(8, 16, 16, 32)), 64, 8),  # tiered stem, avg-pool shortcut
     ("mobilenetv2_050", {}, 64, 8),
     ("mobilenetv3_small_050", {}, 64, 8),
@@ -42,7 +47,9 @@ FAMILIES = [
 def _features(model, size):
     model.eval()
     with torch.no_grad():
-        return model.forward_features(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)))
+        return model.forward_features(
+            torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        )
 
 
 def _measured_reductions(model, size):
@@ -50,7 +57,9 @@ def _measured_reductions(model, size):
     seen = {}
     modules = dict(model.named_modules())
     handles = [
-        modules[info["module"]].register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, size // o.shape[-1]))
+        modules[info["module"]].register_forward_hook(
+            lambda m, a, o, i=i: seen.__setitem__(i, size // o.shape[-1])
+        )
         for i, info in enumerate(model.feature_info)
     ]
     _features(model, size)
@@ -116,7 +125,11 @@ def test_reference_mobilenet_notations():
 
 def test_cifar_stem_and_init():
     teacher = create_teacher("resnet18", num_classes=10, cifar_stem=True, **TINY_RESNET)
-    assert isinstance(teacher.conv1, nn.Conv2d) and teacher.conv1.kernel_size == (3, 3) and teacher.conv1.stride == (1, 1)
+    assert (
+        isinstance(teacher.conv1, nn.Conv2d)
+        and teacher.conv1.kernel_size == (3, 3)
+        and teacher.conv1.stride == (1, 1)
+    )
     assert isinstance(teacher.maxpool, nn.Identity)
     assert _features(teacher, 32).shape[-2:] == (4, 4)
     copied = create_student(teacher, stem_stride=4, red_placement=None)
@@ -124,7 +137,9 @@ def test_cifar_stem_and_init():
         assert torch.equal(copied.state_dict()[key], value), key
     assert not hasattr(copied, "red_blocks") or len(copied.red_blocks) == 0
     random = create_student(teacher, stem_stride=4, init="random", red_placement=None)
-    assert not torch.equal(random.state_dict()["layer1.0.conv1.weight"], teacher.state_dict()["layer1.0.conv1.weight"])
+    assert not torch.equal(
+        random.state_dict()["layer1.0.conv1.weight"], teacher.state_dict()["layer1.0.conv1.weight"]
+    )
     assert _features(copied, 32).shape == _features(teacher, 32).shape
 
 
@@ -179,7 +194,14 @@ def test_resnet_convention_quirk_uses_stage_input():
 
 
 def test_cpu_recipe_student_has_4x_lower_exact_peak():
-    teacher = create_teacher("resnet18", num_classes=10, cifar_stem=True, channels=(16, 32, 64, 128), stem_type="deep", stem_width=8)
+    teacher = create_teacher(
+        "resnet18",
+        num_classes=10,
+        cifar_stem=True,
+        channels=(16, 32, 64, 128),
+        stem_type="deep",
+        stem_width=8,
+    )
     student = create_student(teacher, stem_stride=4)
     exact_t = measure_peak_memory(teacher, (3, 32, 32), convention="exact").peak_bytes
     exact_s = measure_peak_memory(student, (3, 32, 32), convention="exact").peak_bytes
@@ -191,11 +213,17 @@ def test_save_load_round_trip(tmp_path):
     student = create_student(teacher, stem_stride=4)
     for block in student.red_blocks.values():  # non-trivial BN statistics must survive too
         block.gate[1].running_mean.fill_(0.3)
-    folder = save_classifier(student, tmp_path / "student", label_names=list("abcde"), model_card=card_for(student))
+    folder = save_classifier(
+        student, tmp_path / "student", label_names=list("abcde"), model_card=card_for(student)
+    )
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     config = read_classifier_config(folder)
     assert config["architecture"] == "resnet18" and config["label_names"] == list("abcde")
-    assert config["redistill"]["stride_plan"] == {"stem_conv_stride": 4, "stem_pool_stride": 1, "stage_strides": [1, 2, 1, 1]}
+    assert config["redistill"]["stride_plan"] == {
+        "stem_conv_stride": 4,
+        "stem_pool_stride": 1,
+        "stage_strides": [1, 2, 1, 1],
+    }
     assert [b["tap"] for b in config["redistill"]["red_blocks"]] == downsampling_taps(student)
     loaded = load_classifier(folder)
     x = torch.randn(2, 3, 32, 32)
@@ -229,7 +257,9 @@ class LocalHub:
         self.created.append((repo_id, private))
         return repo_id
 
-    def upload_folder(self, repo_id, folder_path, commit_message="", ignore_patterns=(), repo_type="model", **kwargs):
+    def upload_folder(
+        self, repo_id, folder_path, commit_message="", ignore_patterns=(), repo_type="model", **kwargs
+    ):
         import shutil
 
         target = self.root / repo_id
@@ -245,9 +275,15 @@ def test_push_to_hub_with_local_stand_in(tmp_path):
     pushed = tmp_path / "hub" / "me" / "tiny-redistill"
     assert hub.created == [("me/tiny-redistill", True)]
     card = (pushed / "README.md").read_text()
-    assert card.startswith("---\n") and "pipeline_tag: image-classification" in card and "load_classifier" in card
+    assert (
+        card.startswith("---\n")
+        and "pipeline_tag: image-classification" in card
+        and "load_classifier" in card
+    )
     assert "conv1:output" in card
-    assert json.loads((pushed / "config.json").read_text())["redistill"]["stride_plan"]["stem_conv_stride"] == 4
+    assert (
+        json.loads((pushed / "config.json").read_text())["redistill"]["stride_plan"]["stem_conv_stride"] == 4
+    )
     x = torch.randn(1, 3, 32, 32)
     student.eval()
     assert torch.allclose(load_classifier(pushed)(x), student(x), atol=1e-6)
@@ -271,7 +307,9 @@ def test_classification_recipes_parse(recipe):
     training, data, cls = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(recipe)])
     assert cls.distiller in ("none", "red") and not training.use_ema
     assert (cls.distiller == "none") == (cls.teacher_model_name_or_path is None)
-    if cls.distiller != "none":  # the recipe's options reach its method, and the documented --distiller red+kd
+    if (
+        cls.distiller != "none"
+    ):  # the recipe's options reach its method, and the documented --distiller red+kd
         for name in (cls.distiller, "red+kd"):
             assert set(distillation_options(name, cls)) <= {"red_alpha", "red_distance"}
 
@@ -285,7 +323,9 @@ def test_stl10_recipes_build_the_papers_models(teacher_recipe, student_recipe, s
     root = RECIPES[0].parent
     _, _, t_args = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(root / teacher_recipe)])
     _, data, s_args = parse_args(CLASSIFIER_ARGUMENTS, ["--recipe", str(root / student_recipe)])
-    teacher = create_teacher(t_args.model_name_or_path, num_classes=10, cifar_stem=t_args.cifar_stem, strides=t_args.model_strides)
+    teacher = create_teacher(
+        t_args.model_name_or_path, num_classes=10, cifar_stem=t_args.cifar_stem, strides=t_args.model_strides
+    )
     student = create_student(teacher, strides=s_args.strides)
     assert read_stride_plan(teacher).total_stride == read_stride_plan(student).total_stride == 16
     assert read_stride_plan(student).stem_stride == stem

@@ -35,31 +35,53 @@ class RandomImages(torch.utils.data.Dataset):
 def test_training_steps_for_every_distiller(name):
     torch.manual_seed(0)
     teacher = create_teacher("resnet18", num_classes=4, cifar_stem=True, **TINY)
-    student = create_student(teacher, stem_stride=4, red_placement="paper" if parse_distiller(name).uses_red_blocks else None)
+    student = create_student(
+        teacher, stem_stride=4, red_placement="paper" if parse_distiller(name).uses_red_blocks else None
+    )
     distiller = build_classification_distiller(name, student, teacher, (3, 32, 32))
-    task = ClassificationTask(student, RandomImages(), teacher=teacher, distiller=distiller, distiller_name=name)
+    task = ClassificationTask(
+        student, RandomImages(), teacher=teacher, distiller=distiller, distiller_name=name
+    )
     modules = task.trainable_modules()
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    ctx = StepContext(modules=modules, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), global_step=0, accelerator=None)
+    ctx = StepContext(
+        modules=modules,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        global_step=0,
+        accelerator=None,
+    )
     batch = {"images": torch.randn(8, 3, 32, 32), "labels": torch.randint(0, 4, (8,))}
     for _ in range(2):
         losses = task.compute_losses(batch, ctx)
-        total = 0.5 * losses.task + 0.5 * sum(losses.distillation.values()) if losses.distillation else losses.task
+        total = (
+            0.5 * losses.task + 0.5 * sum(losses.distillation.values())
+            if losses.distillation
+            else losses.task
+        )
         assert torch.isfinite(total)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
     expected = {
-        "vanilla": set(), "student_plus": set(), "kd": {"kd"}, "fitnet": {"fitnet"}, "at": {"at"},
-        "dkd": {"dkd_tckd", "dkd_nckd"}, "red": {"red"}, "red+kd": {"red", "kd"},
+        "vanilla": set(),
+        "student_plus": set(),
+        "kd": {"kd"},
+        "fitnet": {"fitnet"},
+        "at": {"at"},
+        "dkd": {"dkd_tckd", "dkd_nckd"},
+        "red": {"red"},
+        "red+kd": {"red", "kd"},
     }[name]
     assert set(losses.distillation) == expected
     assert all(v.item() >= 0 for v in losses.distillation.values())
     assert not torch.equal(before["layer1.0.conv1.weight"], student.state_dict()["layer1.0.conv1.weight"])
-    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())  # frozen, BN stats too
+    assert all(
+        torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items()
+    )  # frozen, BN stats too
     assert ("distiller" in modules) == (name == "fitnet")  # FitNet regressors train with the student
     if parse_distiller(name).uses_red_blocks:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.red_blocks.parameters())
@@ -76,34 +98,72 @@ def test_red_pairs_use_red_block_outputs():
     ]
     assert distiller.alphas == [50.0] * 3
     with pytest.raises(ValueError, match="RED blocks"):
-        build_classification_distiller("red", create_student(teacher, stem_stride=4, red_placement=None), teacher, (3, 32, 32))
+        build_classification_distiller(
+            "red", create_student(teacher, stem_stride=4, red_placement=None), teacher, (3, 32, 32)
+        )
     with pytest.raises(ValueError, match="teacher"):
         build_classification_distiller("kd", student, None, (3, 32, 32))
 
 
 def test_validation_slice_is_fixed_and_held_out():
-    data = load_classification_data(dataset_name="redistill:shapes", builtin_num_images=64, validation_split_size=0.25, max_train_samples=20)
-    again = load_classification_data(dataset_name="redistill:shapes", builtin_num_images=64, validation_split_size=0.25)
+    data = load_classification_data(
+        dataset_name="redistill:shapes",
+        builtin_num_images=64,
+        validation_split_size=0.25,
+        max_train_samples=20,
+    )
+    again = load_classification_data(
+        dataset_name="redistill:shapes", builtin_num_images=64, validation_split_size=0.25
+    )
     assert len(data.eval) == 16 and len(data.train) == 20 and data.num_classes == 4
-    assert data.eval["image"][0].tobytes() == again.eval["image"][0].tobytes()  # independent of max_train_samples
+    assert (
+        data.eval["image"][0].tobytes() == again.eval["image"][0].tobytes()
+    )  # independent of max_train_samples
     with pytest.raises(ValueError, match="validation"):
         split_validation(data.train, 1.0 * len(data.train))
     with pytest.raises(ValueError, match="not both"):
-        load_classification_data(dataset_name="redistill:shapes", validation_split_size=0.1, eval_data="x.parquet")
+        load_classification_data(
+            dataset_name="redistill:shapes", validation_split_size=0.1, eval_data="x.parquet"
+        )
 
 
 @pytest.mark.shared_data
 def test_cifar10_parquet_split(cifar10_parquet):
-    data = load_classification_data(dataset_name=str(cifar10_parquet), validation_split_size=5000, max_train_samples=1000)
+    data = load_classification_data(
+        dataset_name=str(cifar10_parquet), validation_split_size=5000, max_train_samples=1000
+    )
     assert len(data.eval) == 5000 and len(data.train) == 1000 and data.num_classes == 10
 
 
 def _flags(output_dir, *extra):
     return [
-        "--dataset_name", "redistill:shapes", "--builtin_num_images", "48", "--resolution", "32",
-        "--validation_split_size", "16", "--output_dir", str(output_dir), "--train_batch_size", "8",
-        "--optimizer", "sgd", "--learning_rate", "0.05", "--lr_warmup_steps", "1", "--use_ema", "False",
-        "--logger", "none", "--eval_crop_pct", "1.0", "--seed", "3", *extra,
+        "--dataset_name",
+        "redistill:shapes",
+        "--builtin_num_images",
+        "48",
+        "--resolution",
+        "32",
+        "--validation_split_size",
+        "16",
+        "--output_dir",
+        str(output_dir),
+        "--train_batch_size",
+        "8",
+        "--optimizer",
+        "sgd",
+        "--learning_rate",
+        "0.05",
+        "--lr_warmup_steps",
+        "1",
+        "--use_ema",
+        "False",
+        "--logger",
+        "none",
+        "--eval_crop_pct",
+        "1.0",
+        "--seed",
+        "3",
+        *extra,
     ]
 
 
@@ -115,14 +175,42 @@ def _weights(folder):
 
 def test_teacher_then_student_runs_and_exact_resume(tmp_path):
     teacher_dir = tmp_path / "teacher"
-    run_classifier(_flags(teacher_dir, "--model_name_or_path", "resnet18", "--timm_model_args", TINY_JSON, "--cifar_stem",
-                          "--distiller", "none", "--max_train_steps", "3", "--validation_epochs", "1", "--checkpointing_steps", "0"))
+    run_classifier(
+        _flags(
+            teacher_dir,
+            "--model_name_or_path",
+            "resnet18",
+            "--timm_model_args",
+            TINY_JSON,
+            "--cifar_stem",
+            "--distiller",
+            "none",
+            "--max_train_steps",
+            "3",
+            "--validation_epochs",
+            "1",
+            "--checkpointing_steps",
+            "0",
+        )
+    )
     assert (teacher_dir / "best_model" / "metrics.json").is_file()
     teacher = load_classifier(teacher_dir)
     assert teacher.num_classes == 4
 
-    student_flags = ["--teacher_model_name_or_path", str(teacher_dir), "--stem_stride", "4", "--distiller", "red+kd",
-                     "--red_alpha", "50", "--mixup_alpha", "0.2", "--checkpointing_steps", "2"]
+    student_flags = [
+        "--teacher_model_name_or_path",
+        str(teacher_dir),
+        "--stem_stride",
+        "4",
+        "--distiller",
+        "red+kd",
+        "--red_alpha",
+        "50",
+        "--mixup_alpha",
+        "0.2",
+        "--checkpointing_steps",
+        "2",
+    ]
     full = run_classifier(_flags(tmp_path / "full", *student_flags, "--max_train_steps", "4"))
     assert full.global_step == 4
     results = json.loads((tmp_path / "full" / "results.json").read_text())
@@ -132,7 +220,16 @@ def test_teacher_then_student_runs_and_exact_resume(tmp_path):
 
     # the same run killed right after its step-2 checkpoint, then resumed from it
     shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
-    resumed = run_classifier(_flags(tmp_path / "resumed", *student_flags, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
+    resumed = run_classifier(
+        _flags(
+            tmp_path / "resumed",
+            *student_flags,
+            "--max_train_steps",
+            "4",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    )
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-2")
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -146,7 +243,17 @@ def test_teacher_then_student_runs_and_exact_resume(tmp_path):
         (["--distiller", "red"], "teacher_model_name_or_path"),
         (["--distiller", "none"], "model_name_or_path"),
         (["--distiller", "telepathy", "--teacher_model_name_or_path", "resnet18"], "Unknown distiller"),
-        (["--distiller", "kd", "--teacher_model_name_or_path", "resnet18", "--model_name_or_path", "resnet18"], "derived"),
+        (
+            [
+                "--distiller",
+                "kd",
+                "--teacher_model_name_or_path",
+                "resnet18",
+                "--model_name_or_path",
+                "resnet18",
+            ],
+            "derived",
+        ),
     ],
 )
 def test_run_rejects_bad_flags_before_training(tmp_path, flags, message):
@@ -174,19 +281,47 @@ def test_step_schedule_through_the_shared_trainer(tmp_path):
     stale = tmp_path / "step" / "best_model"
     stale.mkdir(parents=True)
     (stale / "metrics.json").write_text(json.dumps({"top1": 2.0, "global_step": 1}))
-    result = run_classifier(_flags(tmp_path / "step", "--model_name_or_path", "resnet18", "--timm_model_args", TINY_JSON,
-                                   "--cifar_stem", "--distiller", "none", "--max_train_steps", "3",
-                                   "--lr_scheduler", "piecewise_constant", "--lr_step_rules", "1:2,0.1",
-                                   "--checkpointing_steps", "0", "--overwrite_output_dir"))
+    result = run_classifier(
+        _flags(
+            tmp_path / "step",
+            "--model_name_or_path",
+            "resnet18",
+            "--timm_model_args",
+            TINY_JSON,
+            "--cifar_stem",
+            "--distiller",
+            "none",
+            "--max_train_steps",
+            "3",
+            "--lr_scheduler",
+            "piecewise_constant",
+            "--lr_step_rules",
+            "1:2,0.1",
+            "--checkpointing_steps",
+            "0",
+            "--overwrite_output_dir",
+        )
+    )
     assert result.global_step == 3
     assert result.metrics["best_top1"] <= 1.0
     assert json.loads((stale / "metrics.json").read_text())["global_step"] == 3
     from redistill_diffusion.training.trainer import _scaled_step_rules
 
-    assert _scaled_step_rules("1:2,0.1:5,0.01", 2) == "1:4,0.1:10,0.01"  # accelerate steps it once per process
+    assert (
+        _scaled_step_rules("1:2,0.1:5,0.01", 2) == "1:4,0.1:10,0.01"
+    )  # accelerate steps it once per process
     with pytest.raises(ValueError, match="lr_step_rules"):
-        run_classifier(_flags(tmp_path / "bad_step", "--model_name_or_path", "resnet18", "--distiller", "none",
-                              "--lr_scheduler", "piecewise_constant"))
+        run_classifier(
+            _flags(
+                tmp_path / "bad_step",
+                "--model_name_or_path",
+                "resnet18",
+                "--distiller",
+                "none",
+                "--lr_scheduler",
+                "piecewise_constant",
+            )
+        )
 
 
 def test_memory_in_results_ignores_autocast_forward():
@@ -195,7 +330,9 @@ def test_memory_in_results_ignores_autocast_forward():
     teacher = create_teacher("resnet18", num_classes=4, cifar_stem=True, **TINY)
     student = create_student(teacher, stem_stride=4)
     student.redistill_spec.input_size = (3, 32, 32)
-    student.forward = torch.autocast("cpu", dtype=torch.bfloat16)(student.forward)  # what accelerate's prepare does
+    student.forward = torch.autocast("cpu", dtype=torch.bfloat16)(
+        student.forward
+    )  # what accelerate's prepare does
     task = ClassificationTask(student, RandomImages(), teacher=teacher)
     memory = task._memory(student)
     assert memory["exact"]["ratio"] >= 4 and memory["paper"]["ratio"] >= 4
@@ -219,10 +356,35 @@ def test_redistill_train_classifier_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli_main(
         [
-            "train", "classifier", "--model_name_or_path", "resnet18", "--timm_model_args", TINY_JSON,
-            "--cifar_stem", "--distiller", "none", "--train_data_dir", str(data), "--resolution", "32",
-            "--output_dir", str(out), "--train_batch_size", "4", "--max_train_steps", "3", "--use_ema", "true",
-            "--ema_warmup", "false", "--checkpointing_steps", "3", "--logger", "none", "--lr_warmup_steps", "1",
+            "train",
+            "classifier",
+            "--model_name_or_path",
+            "resnet18",
+            "--timm_model_args",
+            TINY_JSON,
+            "--cifar_stem",
+            "--distiller",
+            "none",
+            "--train_data_dir",
+            str(data),
+            "--resolution",
+            "32",
+            "--output_dir",
+            str(out),
+            "--train_batch_size",
+            "4",
+            "--max_train_steps",
+            "3",
+            "--use_ema",
+            "true",
+            "--ema_warmup",
+            "false",
+            "--checkpointing_steps",
+            "3",
+            "--logger",
+            "none",
+            "--lr_warmup_steps",
+            "1",
         ]
     )
     assert code == 0

@@ -20,7 +20,9 @@ def test_heldout_shapes_are_unseen_images_in_model_range():
     assert images.shape == (8, 3, 16, 16)
     assert images.min() >= -1.0 and images.max() <= 1.0
     trained, _ = make_shapes(num_images=8, resolution=16, seed=0)
-    assert not np.array_equal((images.add(1).mul(127.5).round().permute(0, 2, 3, 1).numpy()).astype(np.uint8), trained)
+    assert not np.array_equal(
+        (images.add(1).mul(127.5).round().permute(0, 2, 3, 1).numpy()).astype(np.uint8), trained
+    )
 
 
 def test_pipeline_loss_is_the_loss_of_its_unet(tmp_path):
@@ -38,7 +40,9 @@ def test_side_by_side_puts_every_panel_in_one_png(tmp_path):
         path = tmp_path / f"panel{index}.png"
         Image.fromarray(np.full((size[1], size[0], 3), 60 * index, dtype=np.uint8)).save(path)
         paths.append(path)
-    out = write_side_by_side([(p, f"panel {i}") for i, p in enumerate(paths)], tmp_path / "out" / "both.png", title="t")
+    out = write_side_by_side(
+        [(p, f"panel {i}") for i, p in enumerate(paths)], tmp_path / "out" / "both.png", title="t"
+    )
     figure = Image.open(out)
     assert figure.width > 2 * figure.height  # three panels across, the last twice as wide
     with pytest.raises(FileNotFoundError, match="no image at"):

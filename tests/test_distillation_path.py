@@ -81,8 +81,14 @@ def test_both_tasks_inherit_the_distillation_flags_and_keep_their_defaults():
     options = set(all_distiller_options())
     assert options <= set(fields)
     assert {name for name in fields if name not in options} == {
-        "stem_stride", "student_init", "teacher_mode", "distiller",
-        "red_kernel_size", "red_variant", "red_norm", "red_init",
+        "stem_stride",
+        "student_init",
+        "teacher_mode",
+        "distiller",
+        "red_kernel_size",
+        "red_variant",
+        "red_norm",
+        "red_init",
     }
     # Unset option flags are None: the method's own default applies.
     assert all(fields[name].default is None for name in options)
@@ -104,7 +110,10 @@ def test_option_routing_reads_every_option_and_tolerates_other_methods_defaults(
     # A recipe may state its own method's defaults and still run another method ...
     assert distillation_options("output_mse", {"red_alpha": 1.0, "red_distance": "cosine"}) == {}
     # ... but a value that would change a method that is not run is an error, as is a name no method has.
-    with pytest.raises(ValueError, match=r"Distiller 'output_mse' does not take option\(s\) red_alpha; it accepts: output_mse_weight\."):
+    with pytest.raises(
+        ValueError,
+        match=r"Distiller 'output_mse' does not take option\(s\) red_alpha; it accepts: output_mse_weight\.",
+    ):
         distillation_options("output_mse", {"red_alpha": 50.0})
     with pytest.raises(ValueError, match="Unknown distillation option.*red_alhpa"):
         distillation_options("red", {"red_alhpa": 2.0})
@@ -115,7 +124,10 @@ def test_distiller_names_are_parsed_once_for_both_tasks():
     assert spec.name == "red+output_mse" and spec.parts == ("red", "output_mse")
     assert spec.uses_red_blocks and spec.uses_pairs and spec.requires_teacher
     assert spec.options == {"red_alpha": 1.0, "red_distance": "cosine", "output_mse_weight": 1.0}
-    assert parse_distiller("student_plus").uses_red_blocks and not parse_distiller("student_plus").requires_teacher
+    assert (
+        parse_distiller("student_plus").uses_red_blocks
+        and not parse_distiller("student_plus").requires_teacher
+    )
     assert not parse_distiller("fitnet").uses_red_blocks and parse_distiller("fitnet").uses_pairs
     assert not parse_distiller("kd").uses_pairs
 
@@ -126,14 +138,36 @@ def test_unknown_options_are_rejected_identically_by_both_tasks(tmp_path, tiny_t
     with pytest.raises(ValueError) as diffusion:
         run_redistill(
             fast_args(tmp_path / "ddpm", steps=1)
-            + ["--teacher_model_name_or_path", str(tiny_teacher), "--distiller", "red", "--kd_temperature", "3"]
+            + [
+                "--teacher_model_name_or_path",
+                str(tiny_teacher),
+                "--distiller",
+                "red",
+                "--kd_temperature",
+                "3",
+            ]
         )
     with pytest.raises(ValueError) as classification:
         run_classifier(
             [
-                "--dataset_name", "redistill:shapes", "--builtin_num_images", "8", "--resolution", "32",
-                "--output_dir", str(tmp_path / "cls"), "--logger", "none", "--max_train_steps", "1",
-                "--teacher_model_name_or_path", "resnet18", "--distiller", "red", "--kd_temperature", "3",
+                "--dataset_name",
+                "redistill:shapes",
+                "--builtin_num_images",
+                "8",
+                "--resolution",
+                "32",
+                "--output_dir",
+                str(tmp_path / "cls"),
+                "--logger",
+                "none",
+                "--max_train_steps",
+                "1",
+                "--teacher_model_name_or_path",
+                "resnet18",
+                "--distiller",
+                "red",
+                "--kd_temperature",
+                "3",
             ]
         )
     assert str(diffusion.value) == str(classification.value) == expected
@@ -149,21 +183,29 @@ def test_distill_pairs_through_the_diffusion_task_builder(tiny_teacher):
     assert list(student.red_blocks.keys()) == ["conv_in__output"]
     assert student.config.red_placement == [{"tap": "conv_in:output", "channels": 8}]
     # ... and the RED loss reads the block's output (the one convention of both tasks).
-    assert task.distiller.pairs == [("red_blocks.conv_in__output:output", "down_blocks.0.downsamplers.0:output")]
+    assert task.distiller.pairs == [
+        ("red_blocks.conv_in__output:output", "down_blocks.0.downsamplers.0:output")
+    ]
     assert task.distiller.alphas == [2.0] and task.card["details"]["RED placement"] == "explicit pairs"
     losses, total, grads = _diffusion_step(task)
     assert set(losses.distillation) == {"red"} and torch.isfinite(total)
     assert grads["conv_in.weight"].abs().sum() > 0
 
     # A feature method without RED blocks keeps the module taps; FitNet's regressor gets the probed widths.
-    fitnet = _diffusion_task(tiny_teacher, distiller="fitnet", distill_pairs=["conv_in=down_blocks.1.resnets.0"])
+    fitnet = _diffusion_task(
+        tiny_teacher, distiller="fitnet", distill_pairs=["conv_in=down_blocks.1.resnets.0"]
+    )
     assert len(fitnet.model.red_blocks) == 0
     assert fitnet.distiller.pairs == [("conv_in:output", "down_blocks.1.resnets.0:output")]
     (regressor,) = fitnet.distiller.regressors.values()
     assert (regressor.in_channels, regressor.out_channels) == (8, 16)
 
     with pytest.raises(ValueError, match="different spatial sizes"):
-        _diffusion_task(tiny_teacher, distiller="red", distill_pairs=["conv_in:output=down_blocks.1.downsamplers.0:output"])
+        _diffusion_task(
+            tiny_teacher,
+            distiller="red",
+            distill_pairs=["conv_in:output=down_blocks.1.downsamplers.0:output"],
+        )
     with pytest.raises(ValueError, match="no module named 'nope'"):
         _diffusion_task(tiny_teacher, distiller="at", distill_pairs=["nope:output=conv_in:output"])
     with pytest.raises(ValueError, match="must look like"):
@@ -214,8 +256,16 @@ def test_bf16_autocast_training_steps(tmp_path, tiny_teacher, fresh_accelerator_
     classification step with a trainable FitNet regressor under autocast."""
     result = run_redistill(
         fast_args(tmp_path / "bf16", steps=2)
-        + ["--teacher_model_name_or_path", str(tiny_teacher), "--distiller", "red+output_mse",
-           "--mixed_precision", "bf16", "--use_ema", "false"]
+        + [
+            "--teacher_model_name_or_path",
+            str(tiny_teacher),
+            "--distiller",
+            "red+output_mse",
+            "--mixed_precision",
+            "bf16",
+            "--use_ema",
+            "false",
+        ]
     )
     logs = result.last_logs
     assert result.global_step == 2 and torch.isfinite(torch.tensor(logs["loss"]))
@@ -247,17 +297,32 @@ def test_student_init_mirrors_unet2dmodel_init():
     base = inspect.signature(UNet2DModel.__init__).parameters
     ours = inspect.signature(ReDistillUNet2DModel.__init__).parameters
     assert list(ours)[: len(base)] == list(base)
-    assert list(ours)[len(base):] == [
-        "stem_stride", "output_head", "red_placement", "red_kernel_size", "red_variant", "red_norm",
+    assert list(ours)[len(base) :] == [
+        "stem_stride",
+        "output_head",
+        "red_placement",
+        "red_kernel_size",
+        "red_variant",
+        "red_norm",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name
     # ... and every argument reaches UNet2DModel: a stride-1 student is its teacher, config and weights.
     config = dict(
-        sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=4, freq_shift=1, flip_sin_to_cos=False, norm_eps=1e-6, act_fn="silu",
-        resnet_time_scale_shift="scale_shift", mid_block_scale_factor=0.5, dropout=0.1,
+        sample_size=8,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4,
+        freq_shift=1,
+        flip_sin_to_cos=False,
+        norm_eps=1e-6,
+        act_fn="silu",
+        resnet_time_scale_shift="scale_shift",
+        mid_block_scale_factor=0.5,
+        dropout=0.1,
     )
     teacher = UNet2DModel(**config)
     student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=1)

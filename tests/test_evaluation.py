@@ -464,4 +464,6 @@ def test_pil_samples_are_the_uint8_samples(tmp_path):
             pipeline, 3, sampler=sampler, num_inference_steps=2, seed=5, device="cpu", progress=False
         )
         assert [image.mode for image in pil] == ["RGB"] * 3
-        assert torch.equal(torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors)
+        assert torch.equal(
+            torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors
+        )

@@ -276,7 +276,10 @@ def test_push_folder_to_hub_creates_repo_first(tmp_path):
     [
         ("google/ddpm-cifar10-32", True),
         ("uoft-cs/cifar10", True),
-        ("cifar10", True),  # bare names are Hub ids (datasets, legacy models); shipped names are checked first
+        (
+            "cifar10",
+            True,
+        ),  # bare names are Hub ids (datasets, legacy models); shipped names are checked first
         ("runs/cifar/student", False),  # more than one slash: a path
         ("./student", False),
         ("/abs/student", False),

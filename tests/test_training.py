@@ -349,7 +349,9 @@ def test_heldout_denoising_loss_is_logged_and_matches_the_eval_api(tmp_path, tin
         + ["--teacher_mode", "train", "--heldout_data", str(heldout), "--heldout_num_images", "8"]
         + ["--heldout_timesteps", "3", "--use_ema", "false"]
     )
-    assert {"denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"} <= set(result.metrics)
+    assert {"denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"} <= set(
+        result.metrics
+    )
     pipeline = DDPMPipeline.from_pretrained(str(out))
     assert pipeline.unet.config.red_norm == "group"
     images = load_heldout_images(str(heldout), 16, 3, 8)
@@ -454,7 +456,9 @@ def test_push_to_hub_needs_the_task_hooks(tmp_path):
     """The trainer holds no Hub code: a task without create_hub_repo/push_to_hub cannot --push_to_hub,
     and says so in one line before any step."""
     out = str(tmp_path / "run")
-    args = TrainingArguments(output_dir=out, logger="none", max_train_steps=1, push_to_hub=True, hub_model_id="me/x")
+    args = TrainingArguments(
+        output_dir=out, logger="none", max_train_steps=1, push_to_hub=True, hub_model_id="me/x"
+    )
     task = _RecordingTask()
     with pytest.raises(ValueError, match="cannot push to the Hub") as error:
         Trainer(args).train(task)

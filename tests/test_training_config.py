@@ -71,7 +71,9 @@ def test_paper_recipe_reaches_the_distiller_and_runs_every_baseline():
 
     recipe = ["--recipe", str(RECIPES / "ddpm_cifar10_redistill.yaml")]
     *_, student = parse_args(REDISTILL_ARGUMENTS, recipe + ["--red_alpha", "2", "--red_distance", "mse"])
-    red = build_distiller(student.distiller, pairs=[("a", "b")], **distillation_options(student.distiller, student))
+    red = build_distiller(
+        student.distiller, pairs=[("a", "b")], **distillation_options(student.distiller, student)
+    )
     assert (red.distance, red.alphas) == ("mse", [2.0])
     *_, student = parse_args(REDISTILL_ARGUMENTS, recipe)
     for name in available_distillers():
@@ -97,7 +99,9 @@ def test_cli_registers_every_subcommand(capsys):
 
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(subparsers.choices) == set(SUBCOMMANDS)  # a command module that fails to import is missing here
+    assert set(subparsers.choices) == set(
+        SUBCOMMANDS
+    )  # a command module that fails to import is missing here
     assert main(["train"]) == 2  # no kind: usage, not a crash
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "ddpm", "--help"])

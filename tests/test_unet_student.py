@@ -187,7 +187,9 @@ def test_identity_red_init_keeps_the_student_output_and_its_gradients():
     teacher = tiny_teacher()
     # PyTorch's head init: the near-zero paper head would hide what the blocks do to the features.
     plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="random")
-    with_blocks = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, red_preset="paper", head_init="random")
+    with_blocks = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=2, red_preset="paper", head_init="random"
+    )
     with_blocks.load_state_dict(plain.state_dict(), strict=False)  # same head, so only the blocks differ
     x, t = torch.randn(4, 3, 16, 16), torch.tensor([10, 200, 500, 900])
     with torch.no_grad():
@@ -271,10 +273,16 @@ def test_from_config_keeps_red_placement_added_after_construction():
     assert len(clone.red_blocks) == 2
 
 
-@pytest.mark.parametrize("red_norm,norm_type", [("batch", torch.nn.BatchNorm2d), ("group", torch.nn.GroupNorm)])
+@pytest.mark.parametrize(
+    "red_norm,norm_type", [("batch", torch.nn.BatchNorm2d), ("group", torch.nn.GroupNorm)]
+)
 def test_red_norm_round_trips_and_trains(red_norm, norm_type, tmp_path):
-    student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, red_preset="paper", red_norm=red_norm)
-    norms = [m for m in student.red_blocks.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    student = ReDistillUNet2DModel.from_teacher(
+        tiny_teacher(), stem_stride=2, red_preset="paper", red_norm=red_norm
+    )
+    norms = [
+        m for m in student.red_blocks.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))
+    ]
     assert norms and all(isinstance(m, norm_type) for m in norms)
     # One training step moves every RED parameter.
     before = {k: v.clone() for k, v in student.red_blocks.state_dict().items() if v.is_floating_point()}
@@ -282,7 +290,9 @@ def test_red_norm_round_trips_and_trains(red_norm, norm_type, tmp_path):
     x, y = forward(student, 16)
     y.square().mean().backward()
     optimizer.step()
-    moved = [k for k, v in student.red_blocks.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    moved = [
+        k for k, v in student.red_blocks.state_dict().items() if k in before and not torch.equal(v, before[k])
+    ]
     assert any(k.endswith("weight") for k in moved)
     student.save_pretrained(tmp_path)
     reloaded = ReDistillUNet2DModel.from_pretrained(tmp_path)

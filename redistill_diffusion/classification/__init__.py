@@ -1,8 +1,8 @@
 """ReDistill on timm classifiers: stride surgery, students, RED placement, the classification task.
 
-    from redistill_diffusion.classification import create_teacher, create_student
-    teacher = create_teacher("resnet18", num_classes=1000)
-    student = create_student(teacher, stem_stride=8)   # the paper's ImageNet student, RED blocks attached
+from redistill_diffusion.classification import create_teacher, create_student
+teacher = create_teacher("resnet18", num_classes=1000)
+student = create_student(teacher, stem_stride=8)   # the paper's ImageNet student, RED blocks attached
 """
 
 from ..red import red_feature_tap

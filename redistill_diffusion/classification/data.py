@@ -77,11 +77,17 @@ def load_classification_data(
     validation slice."""
     if eval_data and validation_split_size > 0:
         raise ValueError("Give either --eval_data or --validation_split_size, not both.")
-    common = dict(image_column=image_column, label_column=label_column, cache_dir=cache_dir, require_labels=True)
+    common = dict(
+        image_column=image_column, label_column=label_column, cache_dir=cache_dir, require_labels=True
+    )
     full = load_image_dataset(
-        dataset_name=dataset_name, train_data_dir=train_data_dir, data_files=data_files or None,
-        dataset_config_name=dataset_config_name, builtin_num_images=builtin_num_images,
-        builtin_resolution=builtin_resolution, **common,
+        dataset_name=dataset_name,
+        train_data_dir=train_data_dir,
+        data_files=data_files or None,
+        dataset_config_name=dataset_config_name,
+        builtin_num_images=builtin_num_images,
+        builtin_resolution=builtin_resolution,
+        **common,
     )
     train, held_out = split_validation(full, validation_split_size, validation_split_seed)
     if eval_data:
@@ -93,7 +99,9 @@ def load_classification_data(
     if held_out is not None:
         eval_classes, _ = _num_classes(held_out)
         if eval_classes > num_classes:
-            raise ValueError(f"The evaluation data has labels up to {eval_classes - 1}, the training data {num_classes - 1}.")
+            raise ValueError(
+                f"The evaluation data has labels up to {eval_classes - 1}, the training data {num_classes - 1}."
+            )
     return ClassificationData(train, held_out, names, num_classes)
 
 

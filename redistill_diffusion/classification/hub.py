@@ -34,7 +34,9 @@ CONFIG_KEY = "redistill"
 CARD_TAGS = ("image-classification", "timm", *SHARED_CARD_TAGS)
 
 
-def _data_config(model: nn.Module, spec: ClassifierSpec, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def _data_config(
+    model: nn.Module, spec: ClassifierSpec, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
     from timm.data import resolve_model_data_config
 
     config = dict(resolve_model_data_config(model))
@@ -66,7 +68,10 @@ def save_classifier(
     model.eval()
     try:
         save_for_hf(
-            model, str(folder), model_config=model_config, safe_serialization=True,
+            model,
+            str(folder),
+            model_config=model_config,
+            safe_serialization=True,
             data_config=_data_config(model, spec, data_config),
         )
     finally:
@@ -93,7 +98,9 @@ def spec_from_config(config: Mapping[str, Any]) -> ClassifierSpec:
         return ClassifierSpec.from_dict(config[CONFIG_KEY])
     architecture = config.get("architecture")
     if not architecture:
-        raise ValueError("config.json has neither a 'redistill' key nor a timm 'architecture'; it is not a classifier folder.")
+        raise ValueError(
+            "config.json has neither a 'redistill' key nor a timm 'architecture'; it is not a classifier folder."
+        )
     args = dict(config.get("model_args") or {})
     args.setdefault("num_classes", config.get("num_classes", 1000))
     return ClassifierSpec(architecture, args)
@@ -104,10 +111,14 @@ def _local_folder(name_or_path: str | os.PathLike, revision: str | None = None) 
     if path.is_dir():
         return path
     if path.exists() or not is_hub_id(name_or_path):
-        raise FileNotFoundError(f"{name_or_path} is not a classifier folder (nor a Hub id: name or owner/name).")
+        raise FileNotFoundError(
+            f"{name_or_path} is not a classifier folder (nor a Hub id: name or owner/name)."
+        )
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    return Path(
+        snapshot_download(str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    )
 
 
 def load_classifier(
@@ -154,18 +165,25 @@ def card_for(
     is_student = spec.teacher is not None
     details: dict[str, Any] = {
         "Model Type": "Image classification" + (" (ReDistill student)" if is_student else ""),
-        "Architecture": f"timm `{spec.architecture}` {spec.model_args}" + (", CIFAR stem" if spec.cifar_stem else ""),
-        "Strides (stem conv-pool/stages)": _format_plan(spec.stride_plan.to_dict() if spec.stride_plan else None),
+        "Architecture": f"timm `{spec.architecture}` {spec.model_args}"
+        + (", CIFAR stem" if spec.cifar_stem else ""),
+        "Strides (stem conv-pool/stages)": _format_plan(
+            spec.stride_plan.to_dict() if spec.stride_plan else None
+        ),
         "Params (M)": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
     }
     if spec.input_size:
         details["Image size"] = "x".join(str(s) for s in spec.input_size[1:])
     if is_student:
-        details["Teacher"] = f"timm `{spec.teacher['architecture']}`, strides {_format_plan(spec.teacher.get('stride_plan'))}"
+        details["Teacher"] = (
+            f"timm `{spec.teacher['architecture']}`, strides {_format_plan(spec.teacher.get('stride_plan'))}"
+        )
         details["Distillation"] = distiller or "-"
         details["RED blocks"] = [f"{b['tap']} ({b['channels']} ch)" for b in spec.red_blocks] or "none"
         if spec.distillation_pairs:
-            details["Distillation pairs (student <-> teacher)"] = [f"{s} <-> {t}" for s, t in spec.distillation_pairs]
+            details["Distillation pairs (student <-> teacher)"] = [
+                f"{s} <-> {t}" for s, t in spec.distillation_pairs
+            ]
     if dataset:
         details["Dataset"] = dataset
     if memory:
@@ -217,7 +235,9 @@ def classifier_model_card(card: Mapping[str, Any], model_name: str) -> str:
     details = dict(card.get("details") or {})
     dataset = details.pop("Dataset", None)
     text = generate_readme({**card, "details": details}, model_name, task_name="image-classification")
-    if dataset:  # timm lower-cases dataset names into the front matter; keep ours out of it (paths are not Hub ids)
+    if (
+        dataset
+    ):  # timm lower-cases dataset names into the front matter; keep ours out of it (paths are not Hub ids)
         text = text.replace("\n## Model Details\n", f"\n## Model Details\n- **Dataset:** {dataset}\n", 1)
     return _with_hub_metadata(text, card, model_name)
 
@@ -263,9 +283,16 @@ def push_classifier_to_hub(
 
     card = dict(model_card) if model_card is not None else card_for(model)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_classifier(model, Path(tmp) / repo_id.split("/")[-1], label_names=label_names,
-                                 data_config=data_config, model_card=card)
-        return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message, api=api)
+        folder = save_classifier(
+            model,
+            Path(tmp) / repo_id.split("/")[-1],
+            label_names=label_names,
+            data_config=data_config,
+            model_card=card,
+        )
+        return push_folder_to_hub(
+            folder, repo_id, token=token, private=private, commit_message=commit_message, api=api
+        )
 
 
 __all__ = [

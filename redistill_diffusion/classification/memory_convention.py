@@ -109,7 +109,9 @@ def register() -> None:
 register()
 
 
-def build_timm_pair(name: str, stem_stride: int, num_classes: int | None = None) -> tuple[nn.Module, nn.Module]:
+def build_timm_pair(
+    name: str, stem_stride: int, num_classes: int | None = None
+) -> tuple[nn.Module, nn.Module]:
     """A timm teacher (random weights; the paper's names such as ``resnext18`` too) and its plain ReDistill
     student (no RED blocks: the paper's figures are for the student network itself), for ``redistill memory``
     and the benchmark. Memory depends on the architecture only, so nothing is trained or downloaded."""

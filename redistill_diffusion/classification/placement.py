@@ -69,7 +69,9 @@ def paper_pairs(
     Student taps default to its downsampling sites; teacher candidates are always the teacher's.
     Raises when a student feature has no teacher feature of its size.
     """
-    s_taps = [normalize_tap(t) for t in (student_taps if student_taps is not None else downsampling_taps(student))]
+    s_taps = [
+        normalize_tap(t) for t in (student_taps if student_taps is not None else downsampling_taps(student))
+    ]
     t_taps = downsampling_taps(teacher)
     s_shapes = probe_shapes(student, s_taps, _probe_input(student, input_size))
     t_shapes = probe_shapes(teacher, t_taps, _probe_input(teacher, input_size))

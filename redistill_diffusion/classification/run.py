@@ -41,28 +41,88 @@ class ClassifierArguments(DistillationArguments):
     """Models, stride plan and classification-specific data handling, plus the shared distillation
     flags (`config.DistillationArguments`)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to train without a teacher (--distiller none): a timm name (resnet18), a paper name (resnext18, mobilenetv2, mobilenetv3_small), optionally with strides (resnext18-1-21222), or a saved folder."})
-    teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Teacher to distil from: a folder written by a teacher run / save_classifier, or a timm/paper name."})
-    pretrained: bool = field(default=False, metadata={"help": "Start a timm-named model from timm's pretrained weights (downloads)."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model to train without a teacher (--distiller none): a timm name (resnet18), a paper name (resnext18, mobilenetv2, mobilenetv3_small), optionally with strides (resnext18-1-21222), or a saved folder."
+        },
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher to distil from: a folder written by a teacher run / save_classifier, or a timm/paper name."
+        },
+    )
+    pretrained: bool = field(
+        default=False,
+        metadata={"help": "Start a timm-named model from timm's pretrained weights (downloads)."},
+    )
     num_classes: int | None = field(default=None, metadata={"help": "Default: from the dataset's labels."})
-    cifar_stem: bool = field(default=False, metadata={"help": "3x3 stride-1 stem without max-pool (32x32 inputs) for a model built from a name."})
-    timm_model_args: str | None = field(default=None, metadata={"help": "JSON of extra timm.create_model arguments, e.g. '{\"channels\": [16, 32, 64, 128]}'."})
-    model_strides: str | None = field(default=None, metadata={"help": "Paper stride notation for a model built from a name, e.g. 1-21222 (the STL10 ResNeXt18 teacher)."})
+    cifar_stem: bool = field(
+        default=False,
+        metadata={"help": "3x3 stride-1 stem without max-pool (32x32 inputs) for a model built from a name."},
+    )
+    timm_model_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON of extra timm.create_model arguments, e.g. '{\"channels\": [16, 32, 64, 128]}'."
+        },
+    )
+    model_strides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Paper stride notation for a model built from a name, e.g. 1-21222 (the STL10 ResNeXt18 teacher)."
+        },
+    )
     # A classifier's stem is conv x pool: the flag means the total stem stride here, with the paper's default.
-    stem_stride: int = field(default=8, metadata={"help": "Student's total stem stride (conv x pool); the teacher's ImageNet ResNet stem has 4."})
-    stage_strides: list[int] = field(default_factory=list, metadata={"help": "Student stage strides (default: the deepest stride-2 stages give back the extra stem stride)."})
-    strides: str | None = field(default=None, metadata={"help": "Student strides in the paper's notation (8-11221); overrides --stem_stride/--stage_strides."})
-    validation_split_size: float = field(default=0.0, metadata={"help": "Hold out this fraction (< 1) or number (>= 1) of training images for evaluation."})
-    validation_split_seed: int = field(default=0, metadata={"help": "Seed of the held-out slice (fixed across runs so they compare on the same images)."})
-    eval_data: str | None = field(default=None, metadata={"help": "Evaluation data instead of a held-out slice: a parquet file, dataset folder or Hub id."})
+    stem_stride: int = field(
+        default=8,
+        metadata={
+            "help": "Student's total stem stride (conv x pool); the teacher's ImageNet ResNet stem has 4."
+        },
+    )
+    stage_strides: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Student stage strides (default: the deepest stride-2 stages give back the extra stem stride)."
+        },
+    )
+    strides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Student strides in the paper's notation (8-11221); overrides --stem_stride/--stage_strides."
+        },
+    )
+    validation_split_size: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this fraction (< 1) or number (>= 1) of training images for evaluation."},
+    )
+    validation_split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the held-out slice (fixed across runs so they compare on the same images)."
+        },
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation data instead of a held-out slice: a parquet file, dataset folder or Hub id."
+        },
+    )
     eval_split: str = field(default="test", metadata={"help": "Split of --eval_data."})
     max_eval_samples: int | None = None
     eval_batch_size: int = 256
-    train_crop_scale_min: float = field(default=0.08, metadata={"help": "RandomResizedCrop scale lower bound (0.08 ImageNet; ~0.35 for 32x32)."})
+    train_crop_scale_min: float = field(
+        default=0.08,
+        metadata={"help": "RandomResizedCrop scale lower bound (0.08 ImageNet; ~0.35 for 32x32)."},
+    )
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     color_jitter: float = field(default=0.4, metadata={"help": "timm colour jitter strength (0: off)."})
     interpolation: str = "bilinear"
-    eval_crop_pct: float | None = field(default=None, metadata={"help": "Centre-crop fraction at evaluation (timm default 0.875; 1.0 for 32x32)."})
+    eval_crop_pct: float | None = field(
+        default=None,
+        metadata={"help": "Centre-crop fraction at evaluation (timm default 0.875; 1.0 for 32x32)."},
+    )
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.0
@@ -99,8 +159,13 @@ def _load_or_create(name: str, args: ClassifierArguments, num_classes: int, inpu
             raise ValueError(f"{name} predicts {model.num_classes} classes, the data has {num_classes}.")
         return model.train()
     return create_teacher(
-        name, num_classes=num_classes, cifar_stem=args.cifar_stem, strides=args.model_strides,
-        pretrained=args.pretrained, input_size=input_size, **_timm_args(args.timm_model_args),
+        name,
+        num_classes=num_classes,
+        cifar_stem=args.cifar_stem,
+        strides=args.model_strides,
+        pretrained=args.pretrained,
+        input_size=input_size,
+        **_timm_args(args.timm_model_args),
     )
 
 
@@ -137,17 +202,28 @@ def build_classification_task(
     if data_args.resolution is not None and data_args.resolution < 8:
         raise ValueError(f"--resolution must be at least 8, got {data_args.resolution}.")
     data = load_classification_data(
-        dataset_name=data_args.dataset_name, train_data_dir=data_args.train_data_dir, data_files=data_args.data_files,
-        image_column=data_args.image_column, label_column=data_args.label_column, cache_dir=data_args.cache_dir,
-        dataset_config_name=data_args.dataset_config_name, max_train_samples=data_args.max_train_samples,
-        validation_split_size=args.validation_split_size, validation_split_seed=args.validation_split_seed,
-        eval_data=args.eval_data, eval_split=args.eval_split, max_eval_samples=args.max_eval_samples,
-        builtin_num_images=data_args.builtin_num_images, builtin_resolution=data_args.resolution or 32,
+        dataset_name=data_args.dataset_name,
+        train_data_dir=data_args.train_data_dir,
+        data_files=data_args.data_files,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        cache_dir=data_args.cache_dir,
+        dataset_config_name=data_args.dataset_config_name,
+        max_train_samples=data_args.max_train_samples,
+        validation_split_size=args.validation_split_size,
+        validation_split_seed=args.validation_split_seed,
+        eval_data=args.eval_data,
+        eval_split=args.eval_split,
+        max_eval_samples=args.max_eval_samples,
+        builtin_num_images=data_args.builtin_num_images,
+        builtin_resolution=data_args.resolution or 32,
         seed=training_args.seed,
     )
     num_classes = args.num_classes or data.num_classes
     if num_classes < data.num_classes:
-        raise ValueError(f"--num_classes {num_classes} is smaller than the dataset's {data.num_classes} classes.")
+        raise ValueError(
+            f"--num_classes {num_classes} is smaller than the dataset's {data.num_classes} classes."
+        )
     resolution = data_args.resolution or (32 if args.cifar_stem else 224)
     input_size = (3, resolution, resolution)
 
@@ -155,11 +231,20 @@ def build_classification_task(
     if args.teacher_model_name_or_path and args.distiller != PLAIN_TRAINING:
         teacher = _load_or_create(args.teacher_model_name_or_path, args, num_classes, input_size)
         if not _is_folder(args.teacher_model_name_or_path) and not args.pretrained:
-            logger.warning("The teacher %s has random weights (not a trained folder, no --pretrained).", args.teacher_model_name_or_path)
+            logger.warning(
+                "The teacher %s has random weights (not a trained folder, no --pretrained).",
+                args.teacher_model_name_or_path,
+            )
         student = create_student(
-            teacher, stem_stride=args.stem_stride, stage_strides=args.stage_strides or None, strides=args.strides,
-            init=args.student_init, red_placement="paper" if parse_distiller(args.distiller).uses_red_blocks else None,
-            red_kernel_size=args.red_kernel_size, red_variant=args.red_variant, red_norm=args.red_norm,
+            teacher,
+            stem_stride=args.stem_stride,
+            stage_strides=args.stage_strides or None,
+            strides=args.strides,
+            init=args.student_init,
+            red_placement="paper" if parse_distiller(args.distiller).uses_red_blocks else None,
+            red_kernel_size=args.red_kernel_size,
+            red_variant=args.red_variant,
+            red_norm=args.red_norm,
         )
         spec_of(student).input_size = input_size
         init_red_blocks(student, args.red_init)
@@ -174,13 +259,20 @@ def build_classification_task(
     mean, std = model_data["mean"], model_data["std"]
     common = dict(interpolation=args.interpolation, mean=mean, std=std)
     train_transform = build_classification_transform(
-        input_size, True, scale_min=args.train_crop_scale_min, hflip=args.hflip, color_jitter=args.color_jitter, **common
+        input_size,
+        True,
+        scale_min=args.train_crop_scale_min,
+        hflip=args.hflip,
+        color_jitter=args.color_jitter,
+        **common,
     )
     eval_transform = build_classification_transform(input_size, False, crop_pct=args.eval_crop_pct, **common)
     mixup = None
     if args.mixup_alpha > 0 or args.cutmix_alpha > 0:
         mixup = timm.data.Mixup(
-            mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, label_smoothing=args.label_smoothing,
+            mixup_alpha=args.mixup_alpha,
+            cutmix_alpha=args.cutmix_alpha,
+            label_smoothing=args.label_smoothing,
             num_classes=num_classes,
         )
     resume_path = resolve_resume_path(training_args.output_dir, training_args.resume_from_checkpoint)
@@ -215,7 +307,9 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
     training_args, data_args, cls_args = parse_args(CLASSIFIER_ARGUMENTS, argv, defaults=CLASSIFIER_DEFAULTS)
     _validate(cls_args, training_args)
     config = to_dict(training_args, data_args, cls_args)
-    with Trainer(training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api) as trainer:
+    with Trainer(
+        training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api
+    ) as trainer:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
         logging.getLogger("redistill_diffusion").setLevel(
             logging.INFO if trainer.accelerator.is_main_process else logging.ERROR

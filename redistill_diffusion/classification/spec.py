@@ -55,7 +55,9 @@ class ClassifierSpec:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Classifier config has unknown fields {unknown}; was it written by a newer version?")
+            raise ValueError(
+                f"Classifier config has unknown fields {unknown}; was it written by a newer version?"
+            )
         data = dict(data)
         if data.get("stride_plan") is not None:
             data["stride_plan"] = StridePlan.from_dict(data["stride_plan"])

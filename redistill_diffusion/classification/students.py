@@ -49,7 +49,9 @@ def resolve_architecture(name: str) -> tuple[str, dict[str, Any], str | None]:
     architecture, args = PAPER_ARCHITECTURES.get(name, (name, {}))
     if not timm.is_model(architecture):
         known = ", ".join(PAPER_ARCHITECTURES)
-        raise ValueError(f"Unknown architecture {name!r}: give a timm model name (timm.list_models()) or one of {known}.")
+        raise ValueError(
+            f"Unknown architecture {name!r}: give a timm model name (timm.list_models()) or one of {known}."
+        )
     return architecture, dict(args), strides
 
 
@@ -72,7 +74,9 @@ def create_teacher(
     notation = strides or notation
     args.update(model_args)
     args["num_classes"] = int(num_classes)
-    spec = ClassifierSpec(architecture, args, cifar_stem=bool(cifar_stem), input_size=_input_size(input_size, cifar_stem))
+    spec = ClassifierSpec(
+        architecture, args, cifar_stem=bool(cifar_stem), input_size=_input_size(input_size, cifar_stem)
+    )
     model = build_classifier(spec, pretrained=pretrained)
     if notation is not None:
         plan = parse_stride_notation(notation, model)
@@ -139,8 +143,12 @@ def create_student(
             strides = notation  # "resnet18-8-11221" names the student's strides
             teacher_or_name = teacher_or_name[: -len(notation) - 1]
         teacher = create_teacher(
-            teacher_or_name, num_classes=1000 if num_classes is None else num_classes, cifar_stem=cifar_stem,
-            pretrained=pretrained, input_size=input_size, **model_args,
+            teacher_or_name,
+            num_classes=1000 if num_classes is None else num_classes,
+            cifar_stem=cifar_stem,
+            pretrained=pretrained,
+            input_size=input_size,
+            **model_args,
         )
     elif isinstance(teacher_or_name, nn.Module):
         if model_args or pretrained or cifar_stem:
@@ -155,7 +163,9 @@ def create_student(
                 "the teacher's classes."
             )
     else:
-        raise ValueError(f"teacher_or_name must be a timm model or a model name, got {type(teacher_or_name).__name__}.")
+        raise ValueError(
+            f"teacher_or_name must be a timm model or a model name, got {type(teacher_or_name).__name__}."
+        )
 
     teacher_spec = spec_of(teacher)
     teacher_plan = read_stride_plan(teacher)

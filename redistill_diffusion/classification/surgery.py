@@ -110,7 +110,9 @@ def _stem_conv(model: nn.Module) -> nn.Conv2d:
     stem = model.conv1 if model_family(model) == "resnet" else model.conv_stem
     conv = _first_conv(stem)
     if type(conv).__name__ not in ("Conv2d", "Conv2dSame"):
-        raise ValueError(f"Unsupported stem convolution {type(conv).__name__}; only plain Conv2d stems can change stride.")
+        raise ValueError(
+            f"Unsupported stem convolution {type(conv).__name__}; only plain Conv2d stems can change stride."
+        )
     return conv
 
 
@@ -150,9 +152,16 @@ def _block_stride_conv(block: nn.Module) -> tuple[str, nn.Conv2d]:
         raise ValueError(f"Stride surgery does not support blocks of type {type(block).__name__}.")
     conv = getattr(block, name)
     if type(conv).__name__ not in ("Conv2d", "Conv2dSame"):
-        raise ValueError(f"Stride surgery needs a plain Conv2d in {type(block).__name__}.{name}, got {type(conv).__name__}.")
-    if not isinstance(getattr(block, "aa", nn.Identity()), nn.Identity) or getattr(block, "conv_s2d", None) is not None:
-        raise ValueError(f"Stride surgery does not support anti-aliased or space-to-depth {type(block).__name__} blocks.")
+        raise ValueError(
+            f"Stride surgery needs a plain Conv2d in {type(block).__name__}.{name}, got {type(conv).__name__}."
+        )
+    if (
+        not isinstance(getattr(block, "aa", nn.Identity()), nn.Identity)
+        or getattr(block, "conv_s2d", None) is not None
+    ):
+        raise ValueError(
+            f"Stride surgery does not support anti-aliased or space-to-depth {type(block).__name__} blocks."
+        )
     return name, conv
 
 
@@ -178,7 +187,9 @@ def _pool_stride(model: nn.Module) -> int | None:
     if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
         stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
         return int(stride)
-    raise ValueError(f"Stride surgery does not support a {type(pool).__name__} stem pool (replace_stem_pool/aa stems).")
+    raise ValueError(
+        f"Stride surgery does not support a {type(pool).__name__} stem pool (replace_stem_pool/aa stems)."
+    )
 
 
 def read_stride_plan(model: nn.Module) -> StridePlan:
@@ -235,7 +246,9 @@ def parse_stride_notation(notation: str, model: nn.Module) -> StridePlan:
     """
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(notation))
     if not match:
-        raise ValueError(f"Stride notation {notation!r} must look like '8-11221' (stem conv stride, '-', then digits).")
+        raise ValueError(
+            f"Stride notation {notation!r} must look like '8-11221' (stem conv stride, '-', then digits)."
+        )
     stem, digits = int(match.group(1)), [int(d) for d in match.group(2)]
     family = model_family(model)
     n_stages = len(stage_names(model))
@@ -277,7 +290,9 @@ def _validate_block_stride(name: str, block: nn.Module, old: int, new: int) -> N
     if old == new:
         return
     if getattr(block, "has_skip", False):
-        raise ValueError(f"Stage head {name} has an identity shortcut; it cannot change stride ({old} -> {new}).")
+        raise ValueError(
+            f"Stage head {name} has an identity shortcut; it cannot change stride ({old} -> {new})."
+        )
     if hasattr(block, "downsample") and new != 1 and block.downsample is None:
         raise ValueError(
             f"Stage head {name} has an identity shortcut; stride {new} would need a new projection (not a stride change)."
@@ -361,8 +376,14 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
         old = _first_conv(model.conv1)
         out_channels = model.bn1.num_features
         model.conv1 = nn.Conv2d(
-            old.in_channels, out_channels, 3, stride=1, padding=1, bias=False,
-            device=old.weight.device, dtype=old.weight.dtype,
+            old.in_channels,
+            out_channels,
+            3,
+            stride=1,
+            padding=1,
+            bias=False,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
         )
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
@@ -387,7 +408,8 @@ def refresh_feature_info(model: nn.Module) -> None:
     plan = read_stride_plan(model)
     size = plan.total_stride * max(2, math.ceil(64 / plan.total_stride))
     taps = [
-        f"{entry['module']}:{'input' if entry.get('hook_type') == 'forward_pre' else 'output'}" for entry in entries
+        f"{entry['module']}:{'input' if entry.get('hook_type') == 'forward_pre' else 'output'}"
+        for entry in entries
     ]
     parameter = next(model.parameters())
     example = torch.zeros(1, model.in_chans, size, size, device=parameter.device, dtype=parameter.dtype)
@@ -411,4 +433,3 @@ __all__ = [
     "stride_conv_name",
     "student_stride_plan",
 ]
-

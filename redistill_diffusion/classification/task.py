@@ -63,7 +63,12 @@ def build_classification_distiller(
             pairs = paper_pairs(student, teacher, input_size, student_taps=sites)
         spec.distillation_pairs = [tuple(p) for p in pairs]
     return build_model_distiller(
-        method.name, student, teacher, [tuple(p) for p in pairs or ()], classifier_example_inputs(input_size), options
+        method.name,
+        student,
+        teacher,
+        [tuple(p) for p in pairs or ()],
+        classifier_example_inputs(input_size),
+        options,
     )
 
 
@@ -157,7 +162,9 @@ class ClassificationTask:
         images = batch["images"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
         targets = None
-        if self.mixup is not None and images.shape[0] % 2 == 0:  # timm's Mixup pairs samples: even batches only
+        if (
+            self.mixup is not None and images.shape[0] % 2 == 0
+        ):  # timm's Mixup pairs samples: even batches only
             with _seeded_numpy(ctx.generator):
                 images, targets = self.mixup(images, labels)
 
@@ -181,7 +188,9 @@ class ClassificationTask:
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def _accuracy(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        loader = torch.utils.data.DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            self.eval_dataset, batch_size=self.eval_batch_size, shuffle=False
+        )
         was_training = model.training
         model.eval()
         top1 = top5 = loss = 0.0
@@ -219,20 +228,28 @@ class ClassificationTask:
         student = ctx.modules["student"]
         metrics = self._accuracy(student, ctx.device)
         if self.teacher is not None and self._teacher_metrics is None:
-            self._teacher_metrics = {f"teacher_{k}": v for k, v in self._accuracy(self.teacher, ctx.device).items()}
+            self._teacher_metrics = {
+                f"teacher_{k}": v for k, v in self._accuracy(self.teacher, ctx.device).items()
+            }
         if self._teacher_metrics:
             metrics.update({"teacher_top1": self._teacher_metrics["teacher_top1"]})
         self._load_best(ctx.output_dir)
         if self.best_top1 is None or metrics["top1"] > self.best_top1:
             self.best_top1 = metrics["top1"]
             folder = save_classifier(
-                student, Path(ctx.output_dir) / BEST_DIR, label_names=self.label_names, data_config=self.data_config
+                student,
+                Path(ctx.output_dir) / BEST_DIR,
+                label_names=self.label_names,
+                data_config=self.data_config,
             )
             with open(folder / "metrics.json", "w", encoding="utf-8") as handle:
                 json.dump({**metrics, "global_step": ctx.global_step, "epoch": ctx.epoch}, handle, indent=2)
         metrics["best_top1"] = self.best_top1
         logger.info(
-            "step %d: top1 %.4f (best %.4f)%s", ctx.global_step, metrics["top1"], self.best_top1,
+            "step %d: top1 %.4f (best %.4f)%s",
+            ctx.global_step,
+            metrics["top1"],
+            self.best_top1,
             f", teacher {metrics['teacher_top1']:.4f}" if "teacher_top1" in metrics else "",
         )
         return metrics
@@ -250,7 +267,9 @@ class ClassificationTask:
         summary = {}
         for convention in ("exact", "paper"):
             try:
-                result = compare(self.teacher, student, tuple(spec.input_size), convention=convention, include_layers=False)
+                result = compare(
+                    self.teacher, student, tuple(spec.input_size), convention=convention, include_layers=False
+                )
             except ValueError as error:  # e.g. no paper convention for this family
                 logger.warning("Peak memory (%s) not measured: %s", convention, error)
                 continue
@@ -268,9 +287,17 @@ class ClassificationTask:
         student.eval()
         memory = self._memory(student) if self.measure_memory else {}
         metrics = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
-        card = card_for(student, distiller=self.distiller_name, dataset=self.dataset_description, metrics=metrics, memory=memory,
-                        command=getattr(self, "command", None))
-        save_classifier(student, output_dir, label_names=self.label_names, data_config=self.data_config, model_card=card)
+        card = card_for(
+            student,
+            distiller=self.distiller_name,
+            dataset=self.dataset_description,
+            metrics=metrics,
+            memory=memory,
+            command=getattr(self, "command", None),
+        )
+        save_classifier(
+            student, output_dir, label_names=self.label_names, data_config=self.data_config, model_card=card
+        )
         results = {
             "distiller": self.distiller_name,
             "global_step": ctx.global_step,

@@ -70,7 +70,8 @@ class EvalArguments:
     save_reference_stats: str | None = field(
         default=None,
         metadata=_help(
-            "also write the reference's FID statistics as a pytorch-fid .npz (must not exist yet)", metavar="NPZ"
+            "also write the reference's FID statistics as a pytorch-fid .npz (must not exist yet)",
+            metavar="NPZ",
         ),
     )
     num_samples: int = field(default=1000, metadata=_help("samples per pipeline"))
@@ -153,7 +154,9 @@ class EvalArguments:
                 setattr(self, key, value.split())
         unknown = sorted(set(self.metrics or ()) - set(METRIC_CHOICES))
         if unknown:
-            raise ValueError(f"unknown metrics {', '.join(unknown)} (choose from {', '.join(METRIC_CHOICES)})")
+            raise ValueError(
+                f"unknown metrics {', '.join(unknown)} (choose from {', '.join(METRIC_CHOICES)})"
+            )
         if bool(self.pipelines) == bool(self.images):
             raise ValueError("give either --pipelines or --images (or pipelines: / images: in the recipe)")
         if self.num_threads is not None and self.num_threads < 1:
@@ -215,9 +218,7 @@ def run(settings: EvalArguments) -> int:
     if settings.images:
         if "denoise" in (settings.metrics or []):
             raise ValueError("--metrics denoise scores denoisers: use it with --pipelines, not --images")
-        evaluate_images(
-            settings.images, settings.reference, max_images=settings.max_images, **common
-        )
+        evaluate_images(settings.images, settings.reference, max_images=settings.max_images, **common)
     else:
         results = evaluate_pipelines(
             settings.pipelines,

@@ -38,8 +38,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default: {DEFAULT_OUTPUT_DIR}")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="retrain even if outputs exist")
-    parser.add_argument("--teacher_steps", type=int, default=None, help="default: the recipe's max_train_steps")
-    parser.add_argument("--student_steps", type=int, default=None, help="default: the recipe's max_train_steps")
+    parser.add_argument(
+        "--teacher_steps", type=int, default=None, help="default: the recipe's max_train_steps"
+    )
+    parser.add_argument(
+        "--student_steps", type=int, default=None, help="default: the recipe's max_train_steps"
+    )
     parser.add_argument(
         "--mixed_precision",
         choices=("auto", "no", "bf16"),
@@ -179,10 +183,24 @@ def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     loss = {name: value["denoise_loss"] for name, value in losses.items()}
     panels = [
         (teacher_dir / "samples" / "latest.png", f"teacher (held-out loss {loss['teacher']:.4f})"),
-        (student_dir / "samples" / "latest.png", f"student, 4x lower peak memory (loss {loss['student']:.4f})"),
+        (
+            student_dir / "samples" / "latest.png",
+            f"student, 4x lower peak memory (loss {loss['student']:.4f})",
+        ),
     ]
     if (student_dir / "memory_report.png").is_file():
         panels.append((student_dir / "memory_report.png", "peak activation memory per layer"))
     figure = write_side_by_side(panels, root / "side_by_side.png")
-    bands = {name: {k[13:]: v for k, v in value.items() if k in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")} for name, value in losses.items()}
-    return {"heldout_denoising_loss": loss, "heldout_denoising_loss_bands": bands, "side_by_side": str(figure)}
+    bands = {
+        name: {
+            k[13:]: v
+            for k, v in value.items()
+            if k in ("denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
+        }
+        for name, value in losses.items()
+    }
+    return {
+        "heldout_denoising_loss": loss,
+        "heldout_denoising_loss_bands": bands,
+        "side_by_side": str(figure),
+    }

@@ -16,7 +16,9 @@ from .denoising import denoising_loss
 HELDOUT_SHAPES_SEED = 1
 
 
-def heldout_shapes(num_images: int = 256, resolution: int = 32, seed: int = HELDOUT_SHAPES_SEED) -> torch.Tensor:
+def heldout_shapes(
+    num_images: int = 256, resolution: int = 32, seed: int = HELDOUT_SHAPES_SEED
+) -> torch.Tensor:
     """Built-in coloured shapes the quickstart did not train on, as N x 3 x H x W in [-1, 1]."""
     from ..data import make_shapes
 
@@ -25,7 +27,10 @@ def heldout_shapes(num_images: int = 256, resolution: int = 32, seed: int = HELD
 
 
 def pipeline_denoising_loss(
-    pipeline_dir: str | Path, images: torch.Tensor | None = None, num_timesteps: int = 10, num_images: int = 256
+    pipeline_dir: str | Path,
+    images: torch.Tensor | None = None,
+    num_timesteps: int = 10,
+    num_images: int = 256,
 ) -> dict[str, float]:
     """Held-out denoising loss of a saved pipeline's (EMA) UNet in eval mode on the CPU; without ``images``,
     on ``num_images`` unseen built-in shapes at the UNet's resolution."""

@@ -276,7 +276,9 @@ def load_timm_classifier(model_name: str, weights_path: str | os.PathLike | None
         raise ValueError(f"feature extractor weights {path} must be a .safetensors file")
     config = _read_local_config(path)
     model_args = dict(config.get("model_args") or {})
-    num_classes = int(config["num_classes"]) if "num_classes" in config else _head_size(path, model_name, model_args)
+    num_classes = (
+        int(config["num_classes"]) if "num_classes" in config else _head_size(path, model_name, model_args)
+    )
     try:  # timm's own loader: safetensors read by suffix, strict key and shape match
         model = timm.create_model(
             model_name, pretrained=False, num_classes=num_classes, checkpoint_path=str(path), **model_args

@@ -70,7 +70,9 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
         header += ["Precision", "Recall"]
     if has["denoise_loss"]:
         header.append("Held-out denoising loss ↓ (low / mid / high noise)")
-    header += ["Samples", "Sampler", "Images/s", "Peak act. memory (MB)"] if pipelines else ["Number of images"]
+    header += (
+        ["Samples", "Sampler", "Images/s", "Peak act. memory (MB)"] if pipelines else ["Number of images"]
+    )
     if has["peak_bytes_paper"]:
         header.append("Peak, paper conv. (MB)")
 

@@ -23,7 +23,9 @@ SHIPPED_HUB_IDS = {
     "google/ddpm-cifar10-32": "google-ddpm-cifar10-32",
     "google/ddpm-cat-256": "google-ddpm-cat-256",
 }
-SHIPPED_UNET_CONFIGS = {hub_id: CONFIG_DIR / name / "unet" / "config.json" for hub_id, name in SHIPPED_HUB_IDS.items()}
+SHIPPED_UNET_CONFIGS = {
+    hub_id: CONFIG_DIR / name / "unet" / "config.json" for hub_id, name in SHIPPED_HUB_IDS.items()
+}
 TEACHER_UNET_CLASSES = ("UNet2DModel",)
 
 
@@ -50,7 +52,9 @@ def _load_local(path: Path) -> LoadedConfig:
     if folder is not None:
         candidate = folder / "config.json"
         return LoadedConfig(UNet2DModel.load_config(str(candidate)), f"config {candidate}")
-    raise FileNotFoundError(f"{path} has neither config.json (model folder) nor unet/config.json (pipeline folder).")
+    raise FileNotFoundError(
+        f"{path} has neither config.json (model folder) nor unet/config.json (pipeline folder)."
+    )
 
 
 def _load_from_hub(repo_id: str) -> LoadedConfig:
@@ -70,7 +74,9 @@ def _load_from_hub(repo_id: str) -> LoadedConfig:
     shipped = SHIPPED_UNET_CONFIGS.get(repo_id)
     if shipped is not None and shipped.is_file():
         loaded = _load_local(shipped)
-        loaded.source = f"the copy of {repo_id}'s config shipped with redistill-diffusion (the Hub was not reachable)"
+        loaded.source = (
+            f"the copy of {repo_id}'s config shipped with redistill-diffusion (the Hub was not reachable)"
+        )
         return loaded
     first = str(errors[0]).splitlines()[0] if errors else "unknown error"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
@@ -102,7 +108,11 @@ def load_unet_config(spec: str | os.PathLike) -> LoadedConfig:
         loaded = _load_from_hub(spec)
     class_name = loaded.config.get("_class_name")
     if class_name not in TEACHER_UNET_CLASSES or "down_block_types" not in loaded.config:
-        hint = " It is a ReDistill student; pass its teacher's config." if class_name == "ReDistillUNet2DModel" else ""
+        hint = (
+            " It is a ReDistill student; pass its teacher's config."
+            if class_name == "ReDistillUNet2DModel"
+            else ""
+        )
         raise ValueError(
             f"{spec} is not a UNet2DModel config (_class_name={class_name!r}); pass the teacher UNet's config.json, "
             f"its folder or its pipeline folder.{hint}"

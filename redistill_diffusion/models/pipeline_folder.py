@@ -55,10 +55,14 @@ def _load_local_teacher(name_or_path: str):
     try:
         unet = cls.from_pretrained(str(unet_dir))
     except OSError as error:
-        raise FileNotFoundError(f"Teacher {name_or_path!r}: could not load its UNet weights ({error}).") from error
+        raise FileNotFoundError(
+            f"Teacher {name_or_path!r}: could not load its UNet weights ({error})."
+        ) from error
     scheduler_dir = path / "scheduler" if unet_dir != path else None
     scheduler = (
-        DDPMScheduler.from_pretrained(str(scheduler_dir)) if scheduler_dir and scheduler_dir.is_dir() else None
+        DDPMScheduler.from_pretrained(str(scheduler_dir))
+        if scheduler_dir and scheduler_dir.is_dir()
+        else None
     )
     return unet, scheduler
 
@@ -83,7 +87,9 @@ def load_teacher(name_or_path: str, cache_dir: str | None = None, revision: str 
     errors = []
     for subfolder in UNET_SUBFOLDERS:
         try:
-            unet = UNet2DModel.from_pretrained(name_or_path, subfolder=subfolder, cache_dir=cache_dir, revision=revision)
+            unet = UNet2DModel.from_pretrained(
+                name_or_path, subfolder=subfolder, cache_dir=cache_dir, revision=revision
+            )
         except (OSError, ValueError) as error:
             errors.append(str(error).splitlines()[0])
             continue

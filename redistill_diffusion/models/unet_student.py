@@ -200,7 +200,9 @@ class ReDistillUNet2DModel(UNet2DModel):
             num_train_timesteps=num_train_timesteps,
         )
         self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
-        install_red_blocks(self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm)
+        install_red_blocks(
+            self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
+        )
 
     def _move_strides(
         self, stem_stride: int, output_head: str, stem_channels: int, out_channels: int
@@ -290,7 +292,14 @@ class ReDistillUNet2DModel(UNet2DModel):
         if init not in ("teacher", "random"):
             raise ValueError(f"init must be 'teacher' or 'random', got {init!r}.")
         config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
-        for key in ("stem_stride", "output_head", "red_placement", "red_kernel_size", "red_variant", "red_norm"):
+        for key in (
+            "stem_stride",
+            "output_head",
+            "red_placement",
+            "red_kernel_size",
+            "red_variant",
+            "red_norm",
+        ):
             config.pop(key, None)
         student = cls(
             **config,
@@ -312,7 +321,9 @@ class ReDistillUNet2DModel(UNet2DModel):
         if (teacher.device, teacher.dtype) != (student.device, student.dtype):
             student.to(device=teacher.device, dtype=teacher.dtype)
         if red_preset is not None:
-            student.add_red_blocks(red_specs(student, [s for s, _ in unet_tap_pairs(student, teacher, red_preset)]))
+            student.add_red_blocks(
+                red_specs(student, [s for s, _ in unet_tap_pairs(student, teacher, red_preset)])
+            )
         return student
 
 

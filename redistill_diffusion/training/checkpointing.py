@@ -103,7 +103,10 @@ def inspect_checkpoint(path: Path) -> tuple[str | None, list[str]]:
         state = read_json(path / STATE_FILE)
         int(state["global_step"])
     except (OSError, ValueError, TypeError, KeyError) as error:
-        return f"{path / STATE_FILE}: {_short(error) if not isinstance(error, KeyError) else 'no global_step'}", []
+        return (
+            f"{path / STATE_FILE}: {_short(error) if not isinstance(error, KeyError) else 'no global_step'}",
+            [],
+        )
     warnings = []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         try:

@@ -407,13 +407,13 @@ def build_redistill_task(
     elif preset is not None and (method.uses_pairs or method.uses_red_blocks):
         pairs = unet_tap_pairs(student, teacher, preset)
     init_red_blocks(student, student_args.red_init)
-    distiller = build_model_distiller(
-        method.name, student, teacher, pairs, unet_example_inputs, options
-    )
+    distiller = build_model_distiller(method.name, student, teacher, pairs, unet_example_inputs, options)
 
     resolution = data_args.resolution or _sample_size(teacher)
     _check_resolution(resolution, student)
-    dataset = _image_dataset(data_args, resolution, teacher.config.in_channels, training_args.seed if training_args else 0)
+    dataset = _image_dataset(
+        data_args, resolution, teacher.config.in_channels, training_args.seed if training_args else 0
+    )
     heldout = _heldout_images(ddpm_args, resolution, teacher.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, teacher_scheduler.config if teacher_scheduler is not None else None
@@ -481,7 +481,9 @@ def build_teacher_task(
         ) from error
     resolution = _sample_size(unet)
     _check_resolution(resolution, unet)
-    dataset = _image_dataset(data_args, resolution, unet.config.in_channels, training_args.seed if training_args else 0)
+    dataset = _image_dataset(
+        data_args, resolution, unet.config.in_channels, training_args.seed if training_args else 0
+    )
     heldout = _heldout_images(ddpm_args, resolution, unet.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)

@@ -53,7 +53,9 @@ def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> Tra
     if not student_args.teacher_model_name_or_path:
         raise ValueError("Pass --teacher_model_name_or_path (a DDPM pipeline or UNet2DModel folder/Hub id).")
     config = to_dict(training_args, data_args, ddpm_args, student_args)
-    with Trainer(training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api) as trainer:
+    with Trainer(
+        training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api
+    ) as trainer:
         _setup_logging(trainer)
         task = build_redistill_task(student_args, data_args, ddpm_args, training_args)
         task.card["command"] = _command(argv, "redistill train ddpm")
