@@ -75,7 +75,9 @@ class TrainingArguments:
     )
     use_ema: bool = field(
         default=True,
-        metadata={"help": "Keep an exponential moving average of the main model (diffusers EMAModel)."},
+        metadata={
+            "help": "Keep an exponential moving average of the main model, parameters and BatchNorm statistics (timm ModelEmaV3, diffusers' warmup schedule)."
+        },
     )
     ema_max_decay: float = 0.9999
     ema_min_decay: float = 0.0
