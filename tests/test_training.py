@@ -106,6 +106,8 @@ def test_ema_also_averages_batchnorm_statistics(tmp_path, tiny_teacher):
             str(tiny_teacher),
             "--distiller",
             "red",
+            "--red_norm",
+            "batch",  # the diffusion default is GroupNorm, which keeps no running statistics
             "--checkpointing_steps",
             "3",
             "--use_ema",
@@ -151,6 +153,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_teacher):
             str(tiny_teacher),
             "--distiller",
             "red+output_mse",
+            "--red_norm",
+            "batch",  # BatchNorm RED blocks: their running statistics must resume exactly too
             "--checkpointing_steps",
             "3",
             "--random_flip",

@@ -22,13 +22,14 @@ from .metrics import (
     DEFAULT_ISC_SPLITS,
     DEFAULT_KID_SUBSETS,
     check_metrics,
+    check_save_reference_stats,
     check_stats_fit,
     default_metrics,
-    plan_metrics,
+    plan_against,
     prepare_reference,
-    score_images,
+    score_against,
 )
-from .reference import ReferenceImages, UInt8ImageDataset
+from .reference import UInt8ImageDataset
 from .report import save_sample_grid, write_report
 from .sampling import (
     DEFAULT_STEPS,
@@ -39,7 +40,7 @@ from .sampling import (
     sample_images,
     sample_resolution,
 )
-from .stats_file import ReferenceStats, check_stats_output
+from .stats_file import ReferenceStats
 
 logger = logging.getLogger(__name__)
 
@@ -198,22 +199,18 @@ def evaluate_pipelines(
         if needs_reference
         else None
     )
-    if save_reference_stats_to is not None:
-        save_reference_stats_to = check_stats_output(save_reference_stats_to)
-        if "fid" not in metrics:
-            raise ValueError("--save_reference_stats needs fid among the metrics")
+    save_reference_stats_to = check_save_reference_stats(save_reference_stats_to, metrics)
     settings = (
         None
         if not metrics
-        else plan_metrics(
+        else plan_against(
             metrics,
-            num_samples=num_samples,
-            num_reference=len(base_reference) if isinstance(base_reference, ReferenceImages) else None,
-            extractor=extractor,
+            num_samples,
+            base_reference,
+            extractor,
             kid_subset_size=kid_subset_size,
             kid_subsets=kid_subsets,
             isc_splits=isc_splits,
-            reference_is_stats=isinstance(base_reference, ReferenceStats),
         )
     )
     if isinstance(base_reference, ReferenceStats):
@@ -262,15 +259,14 @@ def evaluate_pipelines(
         scores = (
             {}
             if settings is None
-            else score_images(
+            else score_against(
                 UInt8ImageDataset(sampled.images),
-                base_reference.at_resolution(resolution)
-                if isinstance(base_reference, ReferenceImages)
-                else base_reference,
+                resolution,
+                base_reference,
                 extractor,
                 settings,
+                cache_root,
                 batch_size=batch_size,
-                cache_root=None if cache_root is None else str(cache_root),
                 seed=seed,
                 device=device,
                 progress=progress,

@@ -21,19 +21,19 @@ from .metrics import (
     DEFAULT_ISC_SPLITS,
     DEFAULT_KID_SUBSETS,
     check_metrics,
+    check_save_reference_stats,
     check_stats_fit,
     check_stats_metrics,
     default_metrics,
     open_image_set,
-    plan_metrics,
+    plan_against,
     prepare_reference,
     sample_resolution_of,
-    score_images,
+    score_against,
 )
-from .reference import ReferenceImages
 from .report import write_report
 from .sampling import default_device
-from .stats_file import ReferenceStats, check_stats_output
+from .stats_file import ReferenceStats
 
 ImageSource = str | os.PathLike | torch.Tensor | Dataset
 
@@ -105,10 +105,7 @@ def evaluate_images(
             if needs_reference
             else None
         )
-    if save_reference_stats_to is not None:
-        save_reference_stats_to = check_stats_output(save_reference_stats_to)
-        if "fid" not in metrics:
-            raise ValueError("--save_reference_stats needs fid among the metrics")
+    save_reference_stats_to = check_save_reference_stats(save_reference_stats_to, metrics)
     if isinstance(base_reference, ReferenceStats):
         check_stats_metrics(metrics, reference_is_stats=True)
         check_stats_fit(base_reference, extractor)
@@ -119,15 +116,14 @@ def evaluate_images(
             for name, source in named
         ]
     plans = [
-        plan_metrics(
+        plan_against(
             metrics,
-            num_samples=len(dataset),
-            num_reference=len(base_reference) if isinstance(base_reference, ReferenceImages) else None,
-            extractor=extractor,
+            len(dataset),
+            base_reference,
+            extractor,
             kid_subset_size=kid_subset_size,
             kid_subsets=kid_subsets,
             isc_splits=isc_splits,
-            reference_is_stats=isinstance(base_reference, ReferenceStats),
         )
         for _, dataset in sets
     ]
@@ -139,15 +135,14 @@ def evaluate_images(
     results: list[dict] = []
     for (name, dataset), settings in zip(sets, plans):
         resolution = sample_resolution_of(dataset)
-        scores = score_images(
+        scores = score_against(
             dataset,
-            base_reference.at_resolution(resolution)
-            if isinstance(base_reference, ReferenceImages)
-            else base_reference,
+            resolution,
+            base_reference,
             extractor,
             settings,
+            cache_root,
             batch_size=batch_size,
-            cache_root=None if cache_root is None else str(cache_root),
             seed=seed,
             device=device,
             progress=progress,

@@ -288,6 +288,54 @@ class _StatisticsOnly(Dataset):
         raise RuntimeError("reference images were read although only their statistics are known")
 
 
+def check_save_reference_stats(save_reference_stats_to, metrics: Sequence[str]):
+    """The checked ``--save_reference_stats`` path (None when not asked); it needs FID among the metrics."""
+    if save_reference_stats_to is None:
+        return None
+    path = check_stats_output(save_reference_stats_to)
+    if "fid" not in metrics:
+        raise ValueError("--save_reference_stats needs fid among the metrics")
+    return path
+
+
+def plan_against(
+    metrics: Sequence[str],
+    num_samples: int,
+    reference: ReferenceImages | ReferenceStats | None,
+    extractor: FeatureExtractorChoice,
+    **options,
+) -> MetricSettings:
+    """`plan_metrics` for ``num_samples`` images scored against ``reference`` (images, statistics or none)."""
+    return plan_metrics(
+        metrics,
+        num_samples=num_samples,
+        num_reference=len(reference) if isinstance(reference, ReferenceImages) else None,
+        extractor=extractor,
+        reference_is_stats=isinstance(reference, ReferenceStats),
+        **options,
+    )
+
+
+def score_against(
+    images: Dataset,
+    resolution: tuple[int, int],
+    reference: ReferenceImages | ReferenceStats | None,
+    extractor: FeatureExtractorChoice,
+    settings: MetricSettings,
+    cache_root: str | os.PathLike | None = None,
+    **options,
+) -> dict:
+    """`score_images` of one image set against the reference resized to the set's ``resolution``."""
+    return score_images(
+        images,
+        reference.at_resolution(resolution) if isinstance(reference, ReferenceImages) else reference,
+        extractor,
+        settings,
+        cache_root=None if cache_root is None else str(cache_root),
+        **options,
+    )
+
+
 def score_images(
     samples: Dataset,
     reference: ReferenceImages | ReferenceStats | None,
