@@ -15,7 +15,6 @@ diffusers pipeline module, which diffusers checks before it looks for a componen
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import json
 import os
@@ -91,11 +90,22 @@ def _strip_module(source: str, name: str) -> tuple[str, set[str]]:
     return "\n".join(kept).strip("\n") + "\n", defined
 
 
+def _source_modules() -> tuple:
+    """The modules of ``SOURCE_MODULES``, imported by name in code (no import by string in the package)."""
+    from .. import red, taps
+    from . import unet_student
+
+    modules = (taps, red, unet_student)
+    assert tuple(m.__name__ for m in modules) == SOURCE_MODULES
+    return modules
+
+
 def component_source() -> str:
     """The text of ``<component>/redistill_unet.py``, generated from the installed package's modules."""
     parts, seen = [HEADER.format(modules=", ".join(SOURCE_MODULES))], {}
-    for name in SOURCE_MODULES:
-        body, defined = _strip_module(inspect.getsource(importlib.import_module(name)), name)
+    for module in _source_modules():
+        name = module.__name__
+        body, defined = _strip_module(inspect.getsource(module), name)
         clashes = sorted(n for n in defined & set(seen) if n != "__all__")
         if clashes:
             raise ValueError(
