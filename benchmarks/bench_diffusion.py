@@ -10,7 +10,6 @@ Inception weights exist locally.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from common import (
     CommandFailed,
     CommandRecord,
     ComponentMissing,
+    bench_threads,
     fmt_bytes,
     markdown_table,
     not_run,
@@ -520,7 +520,7 @@ class _Evaluator:
     def __init__(self, spec: DiffusionBudget, heldout: Path, output_dir: Path, work: Path):
         import torch
 
-        torch.set_num_threads(int(os.environ.get("REDISTILL_BENCH_THREADS", 0)) or spec.threads)
+        torch.set_num_threads(bench_threads(spec.threads))
         self.spec, self.heldout_path = spec, heldout
         self.grid_dir = output_dir / "results" / "diffusion_eval"
         self.cache = work / "eval_cache"

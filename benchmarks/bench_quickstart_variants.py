@@ -20,50 +20,32 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TEACHER_INIT = [
+    "--student_init",
+    "teacher",
+    "--output_head",
+    "pixel_shuffle",
+    "--student_head_init",
+    "teacher",
+]
+SCRATCH = ["--student_init", "random", "--student_head_init", "paper"]
 # name -> (what it tests, extra flags on top of the student recipe)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "B_pixshuf_teacher_bn": (
         "teacher-initialised, pixel-shuffle head from the teacher's conv_out, BatchNorm RED",
-        [
-            "--student_init",
-            "teacher",
-            "--output_head",
-            "pixel_shuffle",
-            "--student_head_init",
-            "teacher",
-            "--red_norm",
-            "batch",
-        ],
+        [*TEACHER_INIT, "--red_norm", "batch"],
     ),
     "C_pixshuf_teacher_gn": (
         "teacher-initialised, pixel-shuffle head from the teacher's conv_out, GroupNorm RED",
-        [
-            "--student_init",
-            "teacher",
-            "--output_head",
-            "pixel_shuffle",
-            "--student_head_init",
-            "teacher",
-            "--red_norm",
-            "group",
-        ],
+        [*TEACHER_INIT, "--red_norm", "group"],
     ),
     "E_scratch_gn_transposed": (
         "from scratch (the paper), transposed-conv head near zero (the paper), GroupNorm RED",
-        ["--student_init", "random", "--student_head_init", "paper", "--red_norm", "group"],
+        [*SCRATCH, "--red_norm", "group"],
     ),
     "F_scratch_gn_pixshuf": (
         "from scratch, pixel-shuffle head near zero, GroupNorm RED",
-        [
-            "--student_init",
-            "random",
-            "--student_head_init",
-            "paper",
-            "--red_norm",
-            "group",
-            "--output_head",
-            "pixel_shuffle",
-        ],
+        [*SCRATCH, "--red_norm", "group", "--output_head", "pixel_shuffle"],
     ),
 }
 

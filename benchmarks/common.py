@@ -106,6 +106,12 @@ class Variant:
 ALLOW_NEW_RUNS = True
 
 
+def bench_threads(default: int | None) -> int | None:
+    """Torch threads for a benchmark process: ``REDISTILL_BENCH_THREADS`` (two parts side by side, one core
+    each) or the budget's ``default``."""
+    return int(os.environ.get("REDISTILL_BENCH_THREADS", 0)) or default
+
+
 def run_logged(
     record: CommandRecord, log_path: Path, threads: int | None = None, timeout_s: float | None = None
 ) -> CommandRecord:
@@ -120,9 +126,7 @@ def run_logged(
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = (
-        int(os.environ.get("REDISTILL_BENCH_THREADS", 0)) or threads
-    )  # two parts side by side: 1 thread each
+    threads = bench_threads(threads)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
         env["MKL_NUM_THREADS"] = str(threads)
