@@ -5,7 +5,8 @@
 Trains the quickstart teacher (recipes/quickstart_teacher_cpu.yaml, bf16) once, then the quickstart
 student (recipes/quickstart_cpu.yaml: 1,000 steps, RED at the paper placement) in each variant below,
 and scores every pipeline by its held-out denoising loss on 256 built-in shapes none of them trained on
-(`redistill_diffusion.evaluation.comparison`), with one side-by-side PNG of their sample grids.
+and by the checkerboard share of 64 samples (the power at the stride-2 head's grid frequencies;
+`redistill_diffusion.evaluation.comparison`), with one side-by-side PNG of their sample grids.
 Finished runs in ``--work_dir`` are reused. Writes benchmarks/results/quickstart_variants.{json,md,png}.
 """
 
@@ -29,6 +30,8 @@ TEACHER_INIT = [
     "teacher",
 ]
 SCRATCH = ["--student_init", "random", "--student_head_init", "paper"]
+COSINE = ["--lr_scheduler", "cosine"]
+NUM_SAMPLES = 64  # per pipeline, DDPM 100 steps, seed 0: the grids and the checkerboard share
 # name -> (what it tests, extra flags on top of the student recipe)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "B_pixshuf_teacher_bn": (
@@ -46,6 +49,30 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "F_scratch_gn_pixshuf": (
         "from scratch, pixel-shuffle head near zero, GroupNorm RED",
         [*SCRATCH, "--red_norm", "group", "--output_head", "pixel_shuffle"],
+    ),
+    "G_scratch_gn_overlap": (
+        "from scratch, overlapping transposed-conv head (kernel 4, stride 2) near zero, GroupNorm RED",
+        [*SCRATCH, "--red_norm", "group", "--output_head", "overlapping_transposed_conv"],
+    ),
+    "H_scratch_gn_cosine": (
+        "E with a cosine learning-rate decay",
+        [*SCRATCH, "--red_norm", "group", *COSINE],
+    ),
+    "I_scratch_gn_cosine_2000": (
+        "H for 2,000 steps",
+        [*SCRATCH, "--red_norm", "group", *COSINE, "--max_train_steps", "2000"],
+    ),
+    "K_vanilla_cosine": (
+        "the plain student (no distillation, no RED blocks), cosine",
+        [*SCRATCH, *COSINE, "--distiller", "vanilla"],
+    ),
+    "L_scratch_gn_cosine_red_identity": (
+        "H with identity-initialised RED blocks",
+        [*SCRATCH, "--red_norm", "group", *COSINE, "--red_init", "identity"],
+    ),
+    "M_output_mse_cosine": (
+        "output distillation (MSE to the teacher's noise prediction, no RED blocks), cosine",
+        [*SCRATCH, *COSINE, "--distiller", "output_mse"],
     ),
 }
 
@@ -95,10 +122,13 @@ def main() -> int:
 
     import redistill_diffusion  # noqa: F401  (registers the student class for loading)
     from redistill_diffusion.evaluation.comparison import (
+        checkerboard_share,
         heldout_shapes,
         pipeline_denoising_loss,
         write_side_by_side,
     )
+    from redistill_diffusion.evaluation.report import save_sample_grid
+    from redistill_diffusion.evaluation.sampling import generate_samples
 
     teacher = work / "teacher"
     walls = {
@@ -116,8 +146,13 @@ def main() -> int:
     images = heldout_shapes(num_images=256, resolution=32)
     rows = []
     for name in ["teacher", *VARIANTS]:
-        print(f"[quickstart variants] held-out denoising loss of {name}", flush=True)
+        print(f"[quickstart variants] {name}: held-out denoising loss, {NUM_SAMPLES} samples", flush=True)
         loss = pipeline_denoising_loss(work / name, images)
+        # Fresh samples with one seed for every run (the training grids come from different writers).
+        samples = generate_samples(
+            work / name, NUM_SAMPLES, sampler="ddpm", num_inference_steps=100, seed=0, progress=False
+        )
+        grid = save_sample_grid(samples[:16], work / f"{name}_grid.png")
         rows.append(
             {
                 "run": name,
@@ -128,27 +163,34 @@ def main() -> int:
                     for k, v in loss.items()
                     if k in ("denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
                 },
+                "checkerboard_share": round(checkerboard_share(samples), 4),
+                "grid": str(grid),
                 "wall_s": None if walls[name] is None else round(walls[name], 1),
             }
         )
     figure = write_side_by_side(
         [
             (
-                work / row["run"] / "samples" / "latest.png",
-                f"{row['run'].split('_')[0]}: loss {row['denoise_loss']:.4f}",
+                row["grid"],
+                f"{row['run'].split('_')[0]}: loss {row['denoise_loss']:.4f}, grid {row['checkerboard_share']:.3f}",
             )
             for row in rows
         ],
         results / "quickstart_variants.png",
-        title="Quickstart teacher and 1,000-step students (same sampling seed)",
+        title="Quickstart teacher and students (same sampling seed); loss = held-out denoising loss, "
+        "grid = checkerboard share of 64 samples",
     )
     (results / "quickstart_variants.json").write_text(
         json.dumps({"command": "python benchmarks/bench_quickstart_variants.py", "rows": rows}, indent=2)
         + "\n"
     )
-    lines = ["| run | student | held-out denoising loss | low / mid / high noise |", "|---|---|---|---|"]
+    lines = [
+        "| run | student | held-out denoising loss | low / mid / high noise | checkerboard share |",
+        "|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | {r['denoise_loss_low']:.4f} / {r['denoise_loss_mid']:.4f} / {r['denoise_loss_high']:.4f} |"
+        f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | {r['denoise_loss_low']:.4f} / "
+        f"{r['denoise_loss_mid']:.4f} / {r['denoise_loss_high']:.4f} | {r['checkerboard_share']:.4f} |"
         for r in rows
     ]
     (results / "quickstart_variants.md").write_text("\n".join(lines) + "\n")

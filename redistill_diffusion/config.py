@@ -273,7 +273,9 @@ class StudentArguments(DistillationArguments):
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local folder of a DDPM pipeline or of a UNet2DModel."}
     )
-    output_head: Literal["transposed_conv", "pixel_shuffle"] = "transposed_conv"
+    output_head: Literal["transposed_conv", "overlapping_transposed_conv", "pixel_shuffle"] = (
+        "transposed_conv"
+    )
     student_head_init: Literal["paper", "random", "teacher"] = field(
         default="paper",
         metadata={

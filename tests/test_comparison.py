@@ -2,17 +2,20 @@
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 from test_denoising_loss import tiny_unet
 
 from redistill_diffusion.data import make_shapes
 from redistill_diffusion.evaluation.comparison import (
+    checkerboard_share,
     heldout_shapes,
     pipeline_denoising_loss,
     write_side_by_side,
 )
 from redistill_diffusion.evaluation.denoising import denoising_loss
+from redistill_diffusion.evaluation.report import load_sample_grid, save_sample_grid
 
 
 def test_heldout_shapes_are_unseen_images_in_model_range():
@@ -48,3 +51,23 @@ def test_side_by_side_puts_every_panel_in_one_png(tmp_path):
     with pytest.raises(FileNotFoundError, match="no image at"):
         write_side_by_side([(tmp_path / "missing.png", "x")], tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
+
+
+def test_checkerboard_share_sees_a_two_pixel_grid_and_not_smooth_shapes():
+    shapes = heldout_shapes(num_images=16, resolution=32)
+    smooth = checkerboard_share(shapes)
+    y, x = np.indices((32, 32))
+    grid = torch.from_numpy(((x + y) % 2) * 2.0 - 1.0).float()  # the (pi, pi) checkerboard
+    textured = checkerboard_share(shapes + 0.1 * grid)
+    assert smooth < 0.01 < 0.05 < textured
+    assert checkerboard_share(grid.expand(2, 3, 32, 32)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        checkerboard_share(torch.zeros(1, 3, 31, 32))
+
+
+def test_sample_grid_round_trips(tmp_path):
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    path = save_sample_grid(images, tmp_path / "grid.png", columns=3)
+    assert torch.equal(load_sample_grid(path, 16), images)
+    with pytest.raises(ValueError, match="not a grid of 32-pixel images"):
+        load_sample_grid(path, 32)

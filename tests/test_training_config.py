@@ -180,6 +180,9 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
     assert set(losses) == {"teacher", "student"} and all(0 < v < 10 for v in losses.values())
     assert f"teacher {losses['teacher']:.4f}" in printed and f"student {losses['student']:.4f}" in printed
     assert Path(summary["side_by_side"]) == out / "side_by_side.png" and (out / "side_by_side.png").is_file()
+    shares = summary["checkerboard_share"]
+    assert set(shares) == {"teacher", "student"} and all(0 <= v <= 1 for v in shares.values())
+    assert f"student {shares['student']:.4f}" in printed
     # A second call reuses the finished teacher; the student folder is protected unless overwritten.
     assert (
         main(

@@ -9,6 +9,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 
 from redistill_diffusion import ReDistillUNet2DModel
 from redistill_diffusion.models import unet_tap_pairs
+from redistill_diffusion.models.unet_student import OUTPUT_HEADS
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -71,7 +72,7 @@ def test_teacher_init_copies_every_matching_weight():
     assert not torch.equal(random_student.conv_in.weight, teacher.conv_in.weight)
 
 
-@pytest.mark.parametrize("output_head", ["transposed_conv", "pixel_shuffle"])
+@pytest.mark.parametrize("output_head", OUTPUT_HEADS)
 def test_forward_backward(output_head):
     student = ReDistillUNet2DModel.from_teacher(tiny_teacher(), stem_stride=2, output_head=output_head)
     x, y = forward(student, 16)
@@ -248,7 +249,7 @@ def test_pipeline_round_trip_in_fresh_process(pipeline_cls, scheduler_cls, tmp_p
     assert "(1, 16, 16, 3)" in result.stdout
 
 
-@pytest.mark.parametrize("output_head", ["transposed_conv", "pixel_shuffle"])
+@pytest.mark.parametrize("output_head", OUTPUT_HEADS)
 def test_head_init_from_teacher_reproduces_teacher_on_constant_features(output_head):
     teacher = tiny_teacher()
     student = ReDistillUNet2DModel.from_teacher(
@@ -325,7 +326,7 @@ def test_group_norm_red_block_normalises_each_sample_on_its_own():
 def test_from_scratch_student_head_predicts_about_zero():
     """The reference code's tail init (xavier gain 1e-5): a from-scratch student starts near eps_hat = 0."""
     teacher = tiny_teacher()
-    for head in ("transposed_conv", "pixel_shuffle"):
+    for head in OUTPUT_HEADS:
         student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, init="random", output_head=head)
         with torch.no_grad():
             _, y = forward(student, 16)

@@ -163,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
         f"  held-out denoising loss ({HELDOUT_IMAGES} unseen shapes, lower is better): teacher {losses['teacher']:.4f}"
         f"  student {losses['student']:.4f}  ({losses['student'] / losses['teacher']:.2f}x the teacher's)"
     )
+    grid = comparison["checkerboard_share"]
+    print(
+        f"  checkerboard share of the sample grids (power at the 2-pixel grid's frequencies; ~0 = none): "
+        f"teacher {grid['teacher']:.4f}  student {grid['student']:.4f}"
+    )
     print(f"  side by side     : {comparison['side_by_side']}  (teacher | student | memory per layer)")
     return 0
 
@@ -172,7 +177,8 @@ HELDOUT_IMAGES = 256
 
 def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     """The teacher's and the student's held-out denoising loss and one side-by-side PNG."""
-    from ..evaluation.comparison import pipeline_denoising_loss, write_side_by_side
+    from ..evaluation.comparison import checkerboard_share, pipeline_denoising_loss, write_side_by_side
+    from ..evaluation.report import load_sample_grid
     from ..progress import announce
 
     announce(f"Held-out denoising loss of teacher and student ({HELDOUT_IMAGES} unseen shapes, 10 timesteps)")
@@ -199,8 +205,14 @@ def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
         }
         for name, value in losses.items()
     }
+    resolution = json.loads((student_dir / "unet" / "config.json").read_text())["sample_size"]
+    grid_share = {
+        name: checkerboard_share(load_sample_grid(folder / "samples" / "latest.png", resolution))
+        for name, folder in (("teacher", teacher_dir), ("student", student_dir))
+    }
     return {
         "heldout_denoising_loss": loss,
         "heldout_denoising_loss_bands": bands,
+        "checkerboard_share": grid_share,
         "side_by_side": str(figure),
     }

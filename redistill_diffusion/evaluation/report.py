@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 from .extractors import FeatureExtractorChoice
 
 BYTES_PER_MB = 1024**2  # the paper's MB (docs/memory.md)
+GRID_PADDING = 2  # pixels between (and around) the images of a sample grid
 
 
 def save_sample_grid(
@@ -31,11 +32,35 @@ def save_sample_grid(
     if images.shape[0] == 0:
         raise ValueError("No images to put in a grid.")
     columns = columns or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(images, nrow=columns, padding=2, pad_value=255)
+    grid = make_grid(images, nrow=columns, padding=GRID_PADDING, pad_value=255)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path
+
+
+def load_sample_grid(path: str | Path, image_size: int) -> torch.Tensor:
+    """The images of a grid written by `save_sample_grid` (square images of ``image_size`` pixels), as a
+    uint8 N x 3 x H x W tensor; blank cells of a last, partly filled row come back too."""
+    grid = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    step = image_size + GRID_PADDING
+    rows, columns = (grid.shape[1] - GRID_PADDING) // step, (grid.shape[2] - GRID_PADDING) // step
+    if (
+        rows < 1
+        or columns < 1
+        or (grid.shape[1] - GRID_PADDING) % step
+        or (grid.shape[2] - GRID_PADDING) % step
+    ):
+        raise ValueError(
+            f"{path} is not a grid of {image_size}-pixel images with {GRID_PADDING}-pixel padding."
+        )
+    return torch.stack(
+        [
+            grid[:, GRID_PADDING + r * step : r * step + step, GRID_PADDING + c * step : c * step + step]
+            for r in range(rows)
+            for c in range(columns)
+        ]
+    )
 
 
 def _mean_std(result: dict, mean_key: str, std_key: str, digits: int) -> str:

@@ -33,7 +33,7 @@ from ..taps import match_by_resolution, parse_tap, probe_shapes
 
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
-OUTPUT_HEADS = ("transposed_conv", "pixel_shuffle")
+OUTPUT_HEADS = ("transposed_conv", "overlapping_transposed_conv", "pixel_shuffle")
 RED_PRESETS = ("paper", "full")
 HEAD_INITS = ("paper", "random", "teacher")
 
@@ -109,8 +109,10 @@ class ReDistillUNet2DModel(UNet2DModel):
     """UNet2DModel with aggressive early downsampling (``stem_stride``) and optional RED blocks.
 
     Extra config: ``stem_stride`` (power of two), ``output_head`` (``"transposed_conv"``: the
-    paper's ConvTranspose2d with kernel = stride = stem_stride; ``"pixel_shuffle"``: 3x3 conv to
-    out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
+    paper's ConvTranspose2d with kernel = stride = stem_stride; ``"overlapping_transposed_conv"``: kernel
+    2 x stem_stride, so every output pixel blends 2x2 low-resolution positions and the s x s sub-pixels
+    cannot drift apart into a checkerboard; ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 +
+    PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
     ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``).
     Everything else is UNet2DModel's config.
     """
@@ -227,6 +229,15 @@ class ReDistillUNet2DModel(UNet2DModel):
         if output_head == "transposed_conv":
             self.conv_out = nn.ConvTranspose2d(
                 stem_channels, out_channels, kernel_size=stem_stride, stride=stem_stride
+            )
+        elif output_head == "overlapping_transposed_conv":
+            # Output size (H - 1) * s - 2 * (s / 2) + 2s = H * s: full resolution, each pixel fed by 2x2 inputs.
+            self.conv_out = nn.ConvTranspose2d(
+                stem_channels,
+                out_channels,
+                kernel_size=2 * stem_stride,
+                stride=stem_stride,
+                padding=stem_stride // 2,
             )
         else:
             self.conv_out = nn.Sequential(
@@ -356,13 +367,15 @@ def init_head_from_teacher(head: nn.Module, teacher_conv_out: nn.Conv2d, stride:
     """Start each s x s sub-pixel of the upsampling head as the teacher's 3x3 ``conv_out``.
 
     Pixel shuffle: the head's conv gets the teacher kernel once per sub-pixel (exact ICNR). Transposed
-    conv (one tap per sub-pixel): each tap gets the teacher kernel's sum, its response to a locally
-    constant feature map.
+    conv: each tap gets the teacher kernel's sum, its response to a locally constant feature map, shared
+    among the (kernel / stride)^2 taps that reach one output pixel.
     """
     weight, bias = teacher_conv_out.weight, teacher_conv_out.bias  # (out, C, 3, 3), (out,)
     out_channels = weight.shape[0]
-    if isinstance(head, nn.ConvTranspose2d):  # weight (C, out, s, s)
-        head.weight.copy_(weight.sum(dim=(2, 3)).t()[:, :, None, None].expand_as(head.weight))
+    if isinstance(head, nn.ConvTranspose2d):  # weight (C, out, k, k), k = s or 2s
+        taps_per_pixel = (head.kernel_size[0] // stride) * (head.kernel_size[1] // stride)
+        response = weight.sum(dim=(2, 3)).t()[:, :, None, None] / taps_per_pixel
+        head.weight.copy_(response.expand_as(head.weight))
         if bias is not None and head.bias is not None:
             head.bias.copy_(bias)
         return
