@@ -110,9 +110,9 @@ class ReDistillUNet2DModel(UNet2DModel):
 
     Extra config: ``stem_stride`` (power of two), ``output_head`` (``"transposed_conv"``: the
     paper's ConvTranspose2d with kernel = stride = stem_stride; ``"overlapping_transposed_conv"``: kernel
-    2 x stem_stride, so every output pixel blends 2x2 low-resolution positions and the s x s sub-pixels
-    cannot drift apart into a checkerboard; ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 +
-    PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
+    2 x stem_stride, each output pixel blending 2x2 low-resolution positions (on the quickstart it left
+    more checkerboard than the paper's head: benchmarks/results/quickstart_variants.md);
+    ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
     ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``).
     Everything else is UNet2DModel's config.
     """
