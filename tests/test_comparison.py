@@ -48,6 +48,10 @@ def test_side_by_side_puts_every_panel_in_one_png(tmp_path):
     )
     figure = Image.open(out)
     assert figure.width > 2 * figure.height  # three panels across, the last twice as wide
+    wrapped = Image.open(
+        write_side_by_side([(p, "x") for p in paths[:2] * 3], tmp_path / "rows.png", columns=4)
+    )
+    assert wrapped.height > figure.height  # six panels in two rows of four
     with pytest.raises(FileNotFoundError, match="no image at"):
         write_side_by_side([(tmp_path / "missing.png", "x")], tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()

@@ -60,9 +60,13 @@ def checkerboard_share(images: torch.Tensor, period: int = 2) -> float:
 
 
 def write_side_by_side(
-    panels: list[tuple[str | Path, str]], path: str | Path, title: str | None = None
+    panels: list[tuple[str | Path, str]],
+    path: str | Path,
+    title: str | None = None,
+    columns: int | None = None,
 ) -> Path:
-    """One PNG of images side by side (e.g. teacher grid | student grid | memory plot), each under its caption."""
+    """One PNG of images side by side (e.g. teacher grid | student grid | memory plot), each under its
+    caption; ``columns`` wraps many panels (of one aspect ratio) into rows."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -73,11 +77,22 @@ def write_side_by_side(
     if missing:
         raise FileNotFoundError(f"side-by-side figure: no image at {', '.join(missing)}.")
     images = [Image.open(image).convert("RGB") for image, _ in panels]
-    widths = [image.width / image.height for image in images]  # panels share one height
-    figure, axes = plt.subplots(
-        1, len(images), figsize=(4.2 * sum(widths), 4.8), gridspec_kw={"width_ratios": widths}, squeeze=False
-    )
-    for axis, image, (_, caption) in zip(axes[0], images, panels):
+    if columns is None or columns >= len(images):
+        widths = [image.width / image.height for image in images]  # panels share one height
+        figure, axes = plt.subplots(
+            1,
+            len(images),
+            figsize=(4.2 * sum(widths), 4.8),
+            gridspec_kw={"width_ratios": widths},
+            squeeze=False,
+        )
+    else:
+        rows = -(-len(images) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows), squeeze=False)
+    axes = axes.flatten()
+    for axis in axes[len(images) :]:
+        axis.axis("off")
+    for axis, image, (_, caption) in zip(axes, images, panels):
         axis.imshow(image)
         axis.set_title(caption, fontsize=10)
         axis.axis("off")
