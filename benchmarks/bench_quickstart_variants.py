@@ -78,6 +78,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "M for 2,000 steps",
         [*SCRATCH, *COSINE, "--distiller", "output_mse", "--max_train_steps", "2000"],
     ),
+    "P_output_mse_cosine_subpixel_skip": (
+        "M with the sub-pixel skip (--subpixel_skip: the image-wide 2-periodic components the stem hides)",
+        [*SCRATCH, *COSINE, "--distiller", "output_mse", "--subpixel_skip", "true"],
+    ),
 }
 
 

@@ -276,6 +276,14 @@ class StudentArguments(DistillationArguments):
     output_head: Literal["transposed_conv", "overlapping_transposed_conv", "pixel_shuffle"] = (
         "transposed_conv"
     )
+    subpixel_skip: bool = field(
+        default=False,
+        metadata={
+            "help": "Hand the input's image-wide s x s sub-pixel means to the output with a learned, "
+            "time-dependent gain (zero at the start): a stride-s stem hides them from the UNet's GroupNorms, "
+            "and without them the student's samples keep a fine s-pixel grid (models.unet_student.SubpixelSkip)."
+        },
+    )
     student_head_init: Literal["paper", "random", "teacher"] = field(
         default="paper",
         metadata={

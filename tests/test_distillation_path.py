@@ -304,6 +304,7 @@ def test_student_init_mirrors_unet2dmodel_init():
         "red_kernel_size",
         "red_variant",
         "red_norm",
+        "subpixel_skip",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name

@@ -9,7 +9,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 
 from redistill_diffusion import ReDistillUNet2DModel
 from redistill_diffusion.models import unet_tap_pairs
-from redistill_diffusion.models.unet_student import OUTPUT_HEADS
+from redistill_diffusion.models.unet_student import OUTPUT_HEADS, SubpixelSkip
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -337,3 +337,26 @@ def test_from_scratch_student_head_predicts_about_zero():
         with torch.no_grad():
             _, y_default = forward(default, 16)
         assert y_default.abs().max() > 1e-2
+
+
+def test_subpixel_skip_starts_as_the_paper_student_and_maps_periodic_input_to_output():
+    teacher = tiny_teacher()
+    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="random")
+    skip = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="random", subpixel_skip=True)
+    assert skip.config.subpixel_skip and isinstance(skip.subpixel_path, SubpixelSkip)
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("subpixel_path.") for k in missing)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(skip(x, t).sample, plain(x, t).sample)  # zero gain: the paper's student exactly
+        # A purely 2-periodic input (a checkerboard per channel) comes back scaled by the gain G(t).
+        skip.subpixel_path.gain.bias.copy_(2.0 * torch.eye(4).repeat(3, 1, 1).flatten())
+        y, _ = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+        checkerboard = ((y + y.T) % 2 * 2.0 - 1.0).expand(2, 3, 16, 16)
+        embedding = torch.zeros(2, skip.subpixel_path.gain.in_features)
+        assert torch.allclose(skip.subpixel_path(checkerboard, embedding), 2.0 * checkerboard)
+        assert not torch.equal(skip(x, t).sample, plain(x, t).sample)
+    reloaded = ReDistillUNet2DModel.from_config(skip.config)
+    assert isinstance(reloaded.subpixel_path, SubpixelSkip)
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        ReDistillUNet2DModel(**{**skip.config, "out_channels": 6})

@@ -113,8 +113,8 @@ class ReDistillUNet2DModel(UNet2DModel):
     2 x stem_stride, each output pixel blending 2x2 low-resolution positions (on the quickstart it left
     more checkerboard than the paper's head: benchmarks/results/quickstart_variants.md);
     ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
-    ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``).
-    Everything else is UNet2DModel's config.
+    ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``),
+    ``subpixel_skip`` (`SubpixelSkip`). Everything else is UNet2DModel's config.
     """
 
     @register_to_config
@@ -159,6 +159,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_kernel_size: int = 3,
         red_variant: str = "full",
         red_norm: str = "batch",
+        subpixel_skip: bool = False,
     ):
         validate_student_config(
             stem_stride=stem_stride,
@@ -202,6 +203,17 @@ class ReDistillUNet2DModel(UNet2DModel):
             num_train_timesteps=num_train_timesteps,
         )
         self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
+        self.subpixel_path = None
+        if subpixel_skip and stem_stride > 1:
+            if in_channels != out_channels:
+                raise ValueError(
+                    "subpixel_skip needs in_channels == out_channels (a noise-predicting denoiser)."
+                )
+            self.subpixel_path = SubpixelSkip(
+                out_channels, stem_stride, self.time_embedding.linear_2.out_features
+            )
+            self._time_embedding = None
+            self.time_embedding.register_forward_hook(self._keep_time_embedding)
         install_red_blocks(
             self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
         )
@@ -245,6 +257,21 @@ class ReDistillUNet2DModel(UNet2DModel):
                 nn.PixelShuffle(stem_stride),
             )
 
+    def _keep_time_embedding(self, module: nn.Module, args, output: torch.Tensor) -> None:
+        self._time_embedding = output
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels=None, return_dict: bool = True):
+        """UNet2DModel's forward, plus the `SubpixelSkip` term when the config asks for it."""
+        output = super().forward(sample, timestep, class_labels=class_labels, return_dict=return_dict)
+        if self.subpixel_path is None:
+            return output
+        embedding, self._time_embedding = self._time_embedding, None
+        correction = self.subpixel_path(sample, embedding)
+        if return_dict:
+            output.sample = output.sample + correction
+            return output
+        return (output[0] + correction, *output[1:])
+
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         # `auto_map` (AutoModel's pointer to the folder's component file) is no init argument; drop it
@@ -284,6 +311,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_variant: str = "full",
         head_init: str = "paper",
         red_norm: str = "group",
+        subpixel_skip: bool = False,
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
 
@@ -297,6 +325,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         :func:`unet_tap_pairs`; ``None`` builds the plain student (vanilla / output distillation).
         ``red_norm``: ``"group"`` (default: a denoiser's batch mixes noise levels; measured better, see
         docs/red_norm.md) or ``"batch"`` (the paper's). A config without ``red_norm`` loads as BatchNorm.
+        ``subpixel_skip``: see `SubpixelSkip` (off: the paper's student).
         """
         if not isinstance(teacher, UNet2DModel):
             raise ValueError(f"The teacher must be a diffusers UNet2DModel, got {type(teacher).__name__}.")
@@ -310,6 +339,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             "red_kernel_size",
             "red_variant",
             "red_norm",
+            "subpixel_skip",
         ):
             config.pop(key, None)
         student = cls(
@@ -319,6 +349,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             red_kernel_size=red_kernel_size,
             red_variant=red_variant,
             red_norm=red_norm,
+            subpixel_skip=subpixel_skip,
         )
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}.")
@@ -336,6 +367,35 @@ class ReDistillUNet2DModel(UNet2DModel):
                 red_specs(student, [s for s, _ in unet_tap_pairs(student, teacher, red_preset)])
             )
         return student
+
+
+class SubpixelSkip(nn.Module):
+    """What a stride-s stem hides from a GroupNorm UNet, handed straight to the output.
+
+    A stride-s stem aliases the image-wide s-periodic components of its input (the exact checkerboard
+    frequencies, and the mean) onto the spatial mean of its feature maps; GroupNorm removes that mean before
+    every nonlinearity, so nothing in the UNet can scale those components by a function of the timestep, and
+    a student cannot predict them in the noise. DDPM sampling then never removes them: every sample keeps a
+    fine s-pixel grid (measured on the quickstart: the error at those 3 frequencies was 10-20x that at their
+    neighbours; docs/quickstart_student.md). This adds ``G(t) m`` back as an s-periodic pattern, where ``m``
+    are the input's s x s sub-pixel means per channel and ``G(t)`` an s^2 x s^2 matrix per channel, linear in the time embedding
+    and zero at the start (so the student begins as the paper's).
+    """
+
+    def __init__(self, channels: int, stride: int, embedding_dim: int):
+        super().__init__()
+        self.channels, self.stride = channels, stride
+        self.gain = nn.Linear(embedding_dim, channels * stride**4)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.gain.bias)
+
+    def forward(self, sample: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = sample.shape
+        s = self.stride
+        means = sample.reshape(batch, channels, height // s, s, width // s, s).mean(dim=(2, 4))
+        gains = self.gain(embedding).to(sample.dtype).view(batch, channels, s * s, s * s)
+        pattern = (gains @ means.reshape(batch, channels, s * s, 1)).view(batch, channels, s, s)
+        return pattern.repeat(1, 1, height // s, width // s)
 
 
 def _make_resolution_preserving_downsampler(downsampler: nn.Module) -> None:

@@ -394,6 +394,7 @@ def build_redistill_task(
             red_kernel_size=student_args.red_kernel_size,
             red_variant=student_args.red_variant,
             red_norm=student_args.red_norm,
+            subpixel_skip=student_args.subpixel_skip,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
