@@ -71,7 +71,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*SCRATCH, *RED, *COSINE, "--red_init", "identity"],
     ),
     "M_output_mse_cosine": (
-        "output distillation (MSE to the teacher's noise prediction, no RED blocks), cosine: the quickstart",
+        "output distillation (MSE to the teacher's noise prediction, no RED blocks), cosine",
         [*SCRATCH, *COSINE, "--distiller", "output_mse"],
     ),
     "N_output_mse_cosine_2000": (
@@ -79,7 +79,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*SCRATCH, *COSINE, "--distiller", "output_mse", "--max_train_steps", "2000"],
     ),
     "P_output_mse_cosine_subpixel_skip": (
-        "M with the sub-pixel skip (--subpixel_skip: the image-wide 2-periodic components the stem hides)",
+        "M with the sub-pixel skip (--subpixel_skip: the image-wide 2-periodic components the stem hides): the quickstart",
         [*SCRATCH, *COSINE, "--distiller", "output_mse", "--subpixel_skip", "true"],
     ),
 }
