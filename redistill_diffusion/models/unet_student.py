@@ -11,6 +11,7 @@ construction, so they are part of the saved model and of every forward pass.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -331,17 +332,9 @@ class ReDistillUNet2DModel(UNet2DModel):
             raise ValueError(f"The teacher must be a diffusers UNet2DModel, got {type(teacher).__name__}.")
         if init not in ("teacher", "random"):
             raise ValueError(f"init must be 'teacher' or 'random', got {init!r}.")
-        config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
-        for key in (
-            "stem_stride",
-            "output_head",
-            "red_placement",
-            "red_kernel_size",
-            "red_variant",
-            "red_norm",
-            "subpixel_skip",
-        ):
-            config.pop(key, None)
+        # The teacher's UNet2DModel arguments only: a student teacher's stride/RED/skip settings are this call's.
+        unet_arguments = inspect.signature(UNet2DModel.__init__).parameters
+        config = {k: v for k, v in teacher.config.items() if k in unet_arguments}
         student = cls(
             **config,
             stem_stride=stem_stride,
@@ -384,7 +377,7 @@ class SubpixelSkip(nn.Module):
 
     def __init__(self, channels: int, stride: int, embedding_dim: int):
         super().__init__()
-        self.channels, self.stride = channels, stride
+        self.stride = stride
         self.gain = nn.Linear(embedding_dim, channels * stride**4)
         nn.init.zeros_(self.gain.weight)
         nn.init.zeros_(self.gain.bias)
