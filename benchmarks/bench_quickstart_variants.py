@@ -85,6 +85,36 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def grid_frequency_error(pipeline_dir: Path, images, timestep: int = 300) -> tuple[float, float]:
+    """Noise-prediction error power per frequency (white noise = 1) at one timestep, averaged over the three
+    frequencies of a 2-pixel grid and over their neighbours: where a stride-2 student's error sits
+    (docs/quickstart_student.md)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(str(pipeline_dir))
+    unet, scheduler = pipeline.unet.eval(), pipeline.scheduler
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((images.shape[0],), timestep)
+    with torch.no_grad():
+        error = unet(scheduler.add_noise(images, noise, t), t).sample - noise
+    power = torch.fft.fft2(error).abs().pow(2).mean(dim=(0, 1)) / (error.shape[-1] * error.shape[-2])
+    half = error.shape[-1] // 2
+    grid = [(half, half), (0, half), (half, 0)]
+    neighbours = [
+        (half, half - 1),
+        (half - 1, half),
+        (half, half + 1),
+        (half + 1, half),
+        (1, half),
+        (half, 1),
+    ]
+    return (
+        float(sum(power[i, j] for i, j in grid) / len(grid)),
+        float(sum(power[i, j] for i, j in neighbours) / len(neighbours)),
+    )
+
+
 def _train(script: str, recipe: str, out: Path, extra: list[str]) -> float | None:
     """Run one training unless its pipeline folder exists; returns the wall time (None when reused)."""
     if (out / "model_index.json").is_file():
@@ -161,6 +191,7 @@ def main() -> int:
             work / name, NUM_SAMPLES, sampler="ddpm", num_inference_steps=100, seed=0, progress=False
         )
         grid = save_sample_grid(samples[:16], work / f"{name}_grid.png")
+        grid_error, neighbour_error = grid_frequency_error(work / name, images[:128])
         rows.append(
             {
                 "run": name,
@@ -172,6 +203,8 @@ def main() -> int:
                     if k in ("denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
                 },
                 "checkerboard_share": round(checkerboard_share(samples), 4),
+                "error_t300_grid_frequencies": round(grid_error, 3),
+                "error_t300_neighbour_frequencies": round(neighbour_error, 3),
                 "grid": str(grid),
                 "wall_s": None if walls[name] is None else round(walls[name], 1),
             }
@@ -194,12 +227,14 @@ def main() -> int:
         + "\n"
     )
     lines = [
-        "| run | student | held-out denoising loss | low / mid / high noise | checkerboard share |",
-        "|---|---|---|---|---|",
+        "| run | student | held-out denoising loss | low / mid / high noise | checkerboard share "
+        "| error at t=300: grid frequencies / neighbours |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | {r['denoise_loss_low']:.4f} / "
-        f"{r['denoise_loss_mid']:.4f} / {r['denoise_loss_high']:.4f} | {r['checkerboard_share']:.4f} |"
+        f"{r['denoise_loss_mid']:.4f} / {r['denoise_loss_high']:.4f} | {r['checkerboard_share']:.4f} "
+        f"| {r['error_t300_grid_frequencies']:.3f} / {r['error_t300_neighbour_frequencies']:.3f} |"
         for r in rows
     ]
     (results / "quickstart_variants.md").write_text("\n".join(lines) + "\n")

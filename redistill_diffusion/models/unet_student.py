@@ -369,7 +369,7 @@ class SubpixelSkip(nn.Module):
     frequencies, and the mean) onto the spatial mean of its feature maps; GroupNorm removes that mean before
     every nonlinearity, so nothing in the UNet can scale those components by a function of the timestep, and
     a student cannot predict them in the noise. DDPM sampling then never removes them: every sample keeps a
-    fine s-pixel grid (measured on the quickstart: the error at those 3 frequencies was 10-20x that at their
+    fine s-pixel grid (measured on the quickstart: the error at those 3 frequencies was 7-24x that at their
     neighbours; docs/quickstart_student.md). This adds ``G(t) m`` back as an s-periodic pattern, where ``m``
     are the input's s x s sub-pixel means per channel and ``G(t)`` an s^2 x s^2 matrix per channel, linear in the time embedding
     and zero at the start (so the student begins as the paper's).
