@@ -1,0 +1,283 @@
+"""Issue 22: a CIFAR-10 DDPM teacher trained to its plateau, then the steps a >= 4x student needs to match it.
+
+Stages (each resumable; run them from a frozen worktree so every figure names the commit that trained it):
+
+    python benchmarks/bench_parity.py slices            # train / select / report slices of CIFAR-10
+    python benchmarks/bench_parity.py teacher           # train (or resume) the teacher, held-out curve in its log
+    python benchmarks/bench_parity.py curve             # the teacher's curve and plateau fit -> results/
+    python benchmarks/bench_parity.py snapshot          # copy the newest checkpoint into benchmarks/artefacts/
+    python benchmarks/bench_parity.py restore           # ... and back, on a fresh machine, before `teacher`
+
+Data: the CIFAR-10 training parquet minus its last 500 images per class (45,000 to train on, the same split as
+bench_diffusion.py), and those 5,000 held-out images cut in two per class: the *select* slice (first 250 per
+class) chooses settings and draws curves, the *report* slice (last 250 per class) only reports final figures.
+
+The teacher is the benchmark's UNet (32, 64, 64), 1.06M parameters, trained at a constant learning rate
+(after warm-up) so that its curve shows where it flattens, with an EMA of its weights (what is evaluated and
+what the students distil from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    CIFAR10_PARQUET,
+    REPO_ROOT,
+    CommandRecord,
+    git_revision,
+    machine_info,
+    python_argv,
+    relative,
+    stratified_slices,
+    write_json,
+)
+
+WORK = REPO_ROOT / "benchmarks/_work/parity"
+LOGS = REPO_ROOT / "benchmarks/logs"
+RESULTS = REPO_ROOT / "benchmarks/results"
+ARTEFACTS = REPO_ROOT / "benchmarks/artefacts"
+TEACHER_DIR = WORK / "teacher"
+TEACHER_LOG = LOGS / "parity_teacher.log"
+HELDOUT_PER_CLASS = 500  # held out of training, as in bench_diffusion.py
+SELECT_PER_CLASS = 250  # the first half of each class's held-out rows; the rest is the report slice
+
+TEACHER_UNET: dict[str, Any] = {
+    "_class_name": "UNet2DModel",
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D"] * 3,
+    "up_block_types": ["UpBlock2D"] * 3,
+    "norm_num_groups": 8,
+    "attention_head_dim": None,
+}
+TEACHER_RECIPE: dict[str, Any] = {
+    "resolution": 32,
+    "train_batch_size": 32,
+    "max_train_steps": 60_000,
+    "optimizer": "adamw",
+    "learning_rate": 5e-4,
+    "lr_scheduler": "constant_with_warmup",
+    "lr_warmup_steps": 500,
+    "ema_max_decay": 0.9995,
+    "mixed_precision": "bf16",
+    "checkpointing_steps": 1000,
+    "checkpoints_total_limit": 2,
+    "validation_steps": 1000,
+    "logger": "none",
+    "sample_scheduler": "ddim",
+    "ddpm_num_inference_steps": 25,
+    "eval_batch_size": 16,
+    "heldout_num_images": 500,
+    "heldout_timesteps": 10,
+    "seed": 0,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+def slices(data: Path = CIFAR10_PARQUET) -> dict[str, Path]:
+    """train (45,000), select (2,500) and report (2,500) parquets under benchmarks/_work/parity."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    train, heldout = stratified_slices(data, WORK, HELDOUT_PER_CLASS)
+    select, report = WORK / "select_250_per_class.parquet", WORK / "report_250_per_class.parquet"
+    if not (select.exists() and report.exists()):
+        table = pq.read_table(heldout)
+        labels = np.asarray(table["label"].to_pylist())
+        first = np.zeros(len(labels), dtype=bool)
+        for label in np.unique(labels):
+            first[np.flatnonzero(labels == label)[:SELECT_PER_CLASS]] = True
+        pq.write_table(table.filter(first), select)
+        pq.write_table(table.filter(~first), report)
+    return {"train": train, "select": select, "report": report}
+
+
+# ------------------------------------------------------------------------------------------------
+# teacher
+# ------------------------------------------------------------------------------------------------
+def teacher_argv(paths: dict[str, Path], resume: bool) -> list[str]:
+    config_dir = WORK / "teacher_unet_config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "config.json").write_text(json.dumps(TEACHER_UNET, indent=2) + "\n")
+    flags: list[Any] = ["--model_config_name_or_path", relative(config_dir)]
+    flags += ["--dataset_name", relative(paths["train"]), "--random_flip"]
+    flags += ["--heldout_data", relative(paths["select"])]
+    for key, value in TEACHER_RECIPE.items():
+        flags += [f"--{key}", value]
+    flags += ["--output_dir", relative(TEACHER_DIR)]
+    if resume:
+        flags += ["--resume_from_checkpoint", "latest"]
+    return python_argv(REPO_ROOT / "examples/train_ddpm_teacher.py", *flags)
+
+
+def train_teacher(threads: int) -> int:
+    """Train or resume the teacher in the foreground; the log grows by one segment per (re)start."""
+    import subprocess
+
+    paths = slices()
+    resume = any(TEACHER_DIR.glob("checkpoint-*"))
+    record = CommandRecord("parity teacher", teacher_argv(paths, resume))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with open(TEACHER_LOG, "a", encoding="utf-8") as log:
+        log.write(
+            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
+        )
+        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
+        log.flush()
+        return subprocess.run(
+            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
+
+
+# ------------------------------------------------------------------------------------------------
+# curve and plateau
+# ------------------------------------------------------------------------------------------------
+_HELDOUT = re.compile(r"step (\d+): held-out denoising loss ([0-9.]+)")
+
+
+def read_curve(log: Path = TEACHER_LOG) -> list[tuple[int, float]]:
+    """(step, held-out loss) pairs of the log, the last value kept where a resumed segment repeats a step."""
+    points: dict[int, float] = {}
+    if log.is_file():
+        for match in _HELDOUT.finditer(log.read_text(encoding="utf-8", errors="replace")):
+            points[int(match.group(1))] = float(match.group(2))
+    return sorted(points.items())
+
+
+def fit_plateau(points: list[tuple[int, float]]) -> dict[str, float] | None:
+    """Least-squares fit of L(s) = a + b * s**-c (c on a grid, a and b linear) to the points after warm-up.
+
+    ``a`` is the plateau the curve approaches; the gap of the newest point to it says how under-trained the
+    model still is. Needs at least five points past the first 2,000 steps.
+    """
+    import numpy as np
+
+    usable = [(s, v) for s, v in points if s >= 2000]
+    if len(usable) < 5:
+        return None
+    steps = np.array([s for s, _ in usable], dtype=float)
+    values = np.array([v for _, v in usable], dtype=float)
+    best = None
+    for c in np.linspace(0.05, 3.0, 296):
+        design = np.stack([np.ones_like(steps), steps**-c], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, values, rcond=None)
+        if b < 0:
+            continue
+        residual = float(((design @ np.array([a, b]) - values) ** 2).sum())
+        if best is None or residual < best["residual"]:
+            best = {"a": float(a), "b": float(b), "c": float(c), "residual": residual}
+    if best is None:
+        return None
+    last_step, last_value = usable[-1]
+    best["last_step"] = last_step
+    best["last_value"] = last_value
+    best["gap_to_plateau"] = last_value / best["a"] - 1 if best["a"] > 0 else math.inf
+    return best
+
+
+def write_curve() -> dict[str, Any]:
+    points = read_curve()
+    fit = fit_plateau(points)
+    result = {
+        "what": "held-out denoising loss of the parity teacher (EMA weights), select slice, 500 images x 10 timesteps",
+        "command": "python benchmarks/bench_parity.py teacher",
+        "recipe": TEACHER_RECIPE,
+        "unet": TEACHER_UNET,
+        "points": [{"step": s, "heldout_loss": v} for s, v in points],
+        "plateau_fit": fit,
+        "log": relative(TEACHER_LOG),
+    }
+    write_json(RESULTS / "parity_teacher_curve.json", result)
+    if points:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(
+            [s for s, _ in points], [v for _, v in points], "o-", ms=3, label="held-out loss (select slice)"
+        )
+        if fit:
+            xs = [s for s, _ in points if s >= 2000]
+            ax.plot(xs, [fit["a"] + fit["b"] * x ** -fit["c"] for x in xs], "--", label="fit a + b s^-c")
+            ax.axhline(fit["a"], color="grey", lw=0.8, label=f"plateau a = {fit['a']:.4f}")
+        ax.set_xlabel("teacher training steps (batch 32)")
+        ax.set_ylabel("held-out denoising loss")
+        ax.set_ylim(bottom=min(v for _, v in points) * 0.9, top=min(max(v for _, v in points), 0.08))
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "parity_teacher_curve.png", dpi=120)
+        plt.close(fig)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# resume state across machines
+# ------------------------------------------------------------------------------------------------
+def snapshot() -> Path | None:
+    """The newest teacher checkpoint copied into benchmarks/artefacts/parity_teacher_checkpoint (committed), so
+    a fresh machine resumes exactly where this one stopped."""
+    checkpoints = sorted(TEACHER_DIR.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        return None
+    target = ARTEFACTS / "parity_teacher_checkpoint"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoints[-1], tmp / checkpoints[-1].name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target / checkpoints[-1].name
+
+
+def restore() -> Path | None:
+    saved = sorted((ARTEFACTS / "parity_teacher_checkpoint").glob("checkpoint-*"))
+    if not saved:
+        return None
+    TEACHER_DIR.mkdir(parents=True, exist_ok=True)
+    target = TEACHER_DIR / saved[-1].name
+    if not target.exists():
+        shutil.copytree(saved[-1], target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("stage", choices=("slices", "teacher", "curve", "snapshot", "restore"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    args = parser.parse_args(argv)
+    if args.stage == "slices":
+        print(json.dumps({k: relative(v) for k, v in slices().items()}))
+    elif args.stage == "teacher":
+        return train_teacher(args.threads)
+    elif args.stage == "curve":
+        fit = write_curve()["plateau_fit"]
+        print(json.dumps(fit, indent=2) if fit else "not enough points for a plateau fit yet")
+    elif args.stage == "snapshot":
+        print(snapshot() or "no checkpoint to snapshot")
+    else:
+        print(restore() or "no committed checkpoint to restore")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
