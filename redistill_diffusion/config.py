@@ -284,6 +284,15 @@ class StudentArguments(DistillationArguments):
             "and without them the student's samples keep a fine s-pixel grid (models.unet_student.SubpixelSkip)."
         },
     )
+    refiner_channels: int = field(
+        default=0,
+        metadata={
+            "help": "Width of a thin full-resolution tail (conv -> time scale/shift -> SiLU -> zero-initialised "
+            "conv, added to the prediction): the only layers that see single pixels; 0 turns it off (the paper's "
+            "student). At <= C0 / s^2 channels the exact peak memory is unchanged "
+            "(models.unet_student.FullResolutionRefiner)."
+        },
+    )
     student_head_init: Literal["paper", "random", "teacher"] = field(
         default="paper",
         metadata={

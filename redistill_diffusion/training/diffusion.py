@@ -395,6 +395,7 @@ def build_redistill_task(
             red_variant=student_args.red_variant,
             red_norm=student_args.red_norm,
             subpixel_skip=student_args.subpixel_skip,
+            refiner_channels=student_args.refiner_channels,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
