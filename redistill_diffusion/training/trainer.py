@@ -53,6 +53,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
     last_logs: dict[str, float] = field(default_factory=dict)  # the named losses of the last step
+    # wall seconds of setup (+ resume), the training loop (with any evaluations in it) and the final save
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _flat_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -362,10 +364,15 @@ class Trainer:
         self.release_output_dir()
 
     def _train(self, task) -> TrainResult:
+        start = time.perf_counter()
         self._setup(task)
         resume_path = self._resume()
+        loop_start = time.perf_counter()
         step_times = self._run_epochs(task)
+        final_start = time.perf_counter()
         self._finish(task)
+        phases = {"setup": loop_start - start, "training": final_start - loop_start}
+        phases["final_samples_and_save"] = time.perf_counter() - final_start
         # The first step includes warm-up work (allocations); report the median of the rest.
         timed = sorted(step_times[1:] or step_times)
         return TrainResult(
@@ -376,6 +383,7 @@ class Trainer:
             metrics=dict(self.metrics),
             resumed_from=str(resume_path) if resume_path else None,
             last_logs=dict(self.last_logs),
+            phase_seconds={k: round(v, 1) for k, v in phases.items()},
         )
 
     def _setup(self, task) -> None:
