@@ -284,6 +284,13 @@ class StudentArguments(DistillationArguments):
             "and without them the student's samples keep a fine s-pixel grid (models.unet_student.SubpixelSkip)."
         },
     )
+    stem: Literal["conv", "space_to_depth"] = field(
+        default="conv",
+        metadata={
+            "help": "conv: the paper's stride-s 3x3 conv; space_to_depth: lossless PixelUnshuffle(s) + 3x3 conv "
+            "(pair with --output_head pixel_shuffle, its inverse)."
+        },
+    )
     refiner_channels: int = field(
         default=0,
         metadata={

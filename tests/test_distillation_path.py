@@ -306,6 +306,7 @@ def test_student_init_mirrors_unet2dmodel_init():
         "red_norm",
         "subpixel_skip",
         "refiner_channels",
+        "stem",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name

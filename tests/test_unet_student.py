@@ -406,3 +406,38 @@ def test_refiner_leaves_the_exact_peak_unchanged_on_the_shipped_teachers():
             measure_peak_memory(m, input_shape=(3, 32, 32)).peak_bytes for m in (teacher, plain, refined)
         ]
         assert peaks[2] == peaks[1] and peaks[0] / peaks[2] > 3.9
+
+
+@pytest.mark.parametrize("stem_stride", [2, 4])
+def test_space_to_depth_stem_is_lossless_and_keeps_the_peak(stem_stride):
+    from redistill_diffusion.memory import measure_peak_memory
+
+    teacher = tiny_teacher()
+    student = ReDistillUNet2DModel.from_teacher(
+        teacher,
+        stem_stride=stem_stride,
+        stem="space_to_depth",
+        output_head="pixel_shuffle",
+        red_preset="paper",
+    )
+    unshuffle, conv = student.conv_in
+    assert isinstance(unshuffle, torch.nn.PixelUnshuffle) and conv.in_channels == 3 * stem_stride**2
+    x, y = forward(student, 16)
+    assert y.shape == x.shape
+    # lossless: two inputs that differ in one pixel give different first-layer inputs (a strided conv skips some)
+    x2 = x.clone()
+    x2[:, :, 1, 1] += 1.0
+    assert not torch.equal(unshuffle(x2), unshuffle(x))
+    conv_student = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=stem_stride, output_head="pixel_shuffle"
+    )
+    for convention in ("exact", "paper"):
+        peaks = [
+            measure_peak_memory(m, input_shape=(3, 16, 16), convention=convention).peak_bytes
+            for m in (student, conv_student)
+        ]
+        assert peaks[0] <= peaks[1], convention
+    reloaded = ReDistillUNet2DModel.from_config(student.config)
+    assert isinstance(reloaded.conv_in, torch.nn.Sequential)
+    with pytest.raises(ValueError, match="Unknown stem"):
+        ReDistillUNet2DModel(**{**student.config, "stem": "wavelet"})

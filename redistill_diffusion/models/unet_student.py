@@ -35,6 +35,7 @@ from ..taps import match_by_resolution, parse_tap, probe_shapes
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
 OUTPUT_HEADS = ("transposed_conv", "overlapping_transposed_conv", "pixel_shuffle")
+STEMS = ("conv", "space_to_depth")
 RED_PRESETS = ("paper", "full")
 HEAD_INITS = ("paper", "random", "teacher")
 
@@ -115,7 +116,8 @@ class ReDistillUNet2DModel(UNet2DModel):
     more checkerboard than the paper's head: benchmarks/results/quickstart_variants.md);
     ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
     ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``),
-    ``subpixel_skip`` (`SubpixelSkip`). Everything else is UNet2DModel's config.
+    ``subpixel_skip`` (`SubpixelSkip`), ``refiner_channels`` (`FullResolutionRefiner`), ``stem`` (``"conv"``, the
+    paper's strided conv, or ``"space_to_depth"``, lossless). Everything else is UNet2DModel's config.
     """
 
     @register_to_config
@@ -162,7 +164,10 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_norm: str = "batch",
         subpixel_skip: bool = False,
         refiner_channels: int = 0,
+        stem: str = "conv",
     ):
+        if stem not in STEMS:
+            raise ValueError(f"Unknown stem {stem!r}; choose one of {', '.join(STEMS)}.")
         validate_student_config(
             stem_stride=stem_stride,
             down_block_types=down_block_types,
@@ -205,6 +210,12 @@ class ReDistillUNet2DModel(UNet2DModel):
             num_train_timesteps=num_train_timesteps,
         )
         self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
+        if stem == "space_to_depth" and stem_stride > 1:
+            # Lossless: every pixel reaches the first conv (as s^2 channels), none is skipped by a stride.
+            self.conv_in = nn.Sequential(
+                nn.PixelUnshuffle(stem_stride),
+                nn.Conv2d(in_channels * stem_stride**2, block_out_channels[0], kernel_size=3, padding=1),
+            )
         embedding_dim = self.time_embedding.linear_2.out_features
         self.subpixel_path = None
         if subpixel_skip and stem_stride > 1:
@@ -326,6 +337,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_norm: str = "group",
         subpixel_skip: bool = False,
         refiner_channels: int = 0,
+        stem: str = "conv",
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
 
@@ -340,7 +352,10 @@ class ReDistillUNet2DModel(UNet2DModel):
         ``red_norm``: ``"group"`` (default: a denoiser's batch mixes noise levels; measured better, see
         docs/red_norm.md) or ``"batch"`` (the paper's). A config without ``red_norm`` loads as BatchNorm.
         ``subpixel_skip``: see `SubpixelSkip` (off: the paper's student). ``refiner_channels``: width of the
-        `FullResolutionRefiner` (0, the default: none, the paper's student).
+        `FullResolutionRefiner` (0, the default: none, the paper's student). ``stem``: ``"conv"`` (the
+        paper's strided 3x3 conv) or ``"space_to_depth"`` (lossless: PixelUnshuffle(s) then a 3x3 conv at the
+        low resolution; pair it with ``output_head="pixel_shuffle"``, its inverse. A Haar-wavelet stem is the
+        same model up to a fixed orthogonal mix of the s^2 channels, which the first conv absorbs).
         """
         if not isinstance(teacher, UNet2DModel):
             raise ValueError(f"The teacher must be a diffusers UNet2DModel, got {type(teacher).__name__}.")
@@ -358,6 +373,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             red_norm=red_norm,
             subpixel_skip=subpixel_skip,
             refiner_channels=refiner_channels,
+            stem=stem,
         )
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}.")

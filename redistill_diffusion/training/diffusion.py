@@ -396,6 +396,7 @@ def build_redistill_task(
             red_norm=student_args.red_norm,
             subpixel_skip=student_args.subpixel_skip,
             refiner_channels=student_args.refiner_channels,
+            stem=student_args.stem,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
