@@ -618,38 +618,39 @@ class Trainer:
         step_times: list[float] = []
         tick = time.perf_counter()
         first_epoch = self.global_step // schedule.steps_per_epoch
-        for epoch in range(first_epoch, schedule.num_epochs):
-            if self.global_step >= schedule.max_train_steps:
-                break
-            self.epoch = epoch
-            for module in self._modules.values():
-                module.train()
-            for batch in self._epoch_batches(epoch, first_epoch):
-                ctx.global_step = self.global_step
-                with self._signals.deferring() if self._signals else contextlib.nullcontext():
-                    logs = self._step(task, batch, ctx)  # a first signal lets the step finish
-                if logs is None:  # a micro-batch of gradient accumulation
-                    continue
-                now = time.perf_counter()
-                step_times.append(now - tick)
-                tick = now
-                progress.update(1)
-                progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-                if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
-                    self.save_checkpoint()
-                if self._stop_agreed():
-                    self._stage = "between_steps"
-                    progress.close()
-                    raise Interrupted(self._signals.received or 15)
-                if self._due(args.validation_steps, self.global_step):
-                    self._evaluate(task)
-                    tick = time.perf_counter()
+        try:  # closed on every way out, so a last one-line message starts on its own line
+            for epoch in range(first_epoch, schedule.num_epochs):
                 if self.global_step >= schedule.max_train_steps:
                     break
-            if self._due(args.validation_epochs, epoch + 1):
-                self._evaluate(task)
-                tick = time.perf_counter()
-        progress.close()
+                self.epoch = epoch
+                for module in self._modules.values():
+                    module.train()
+                for batch in self._epoch_batches(epoch, first_epoch):
+                    ctx.global_step = self.global_step
+                    with self._signals.deferring() if self._signals else contextlib.nullcontext():
+                        logs = self._step(task, batch, ctx)  # a first signal lets the step finish
+                    if logs is None:  # a micro-batch of gradient accumulation
+                        continue
+                    now = time.perf_counter()
+                    step_times.append(now - tick)
+                    tick = now
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                    if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
+                        self.save_checkpoint()
+                    if self._stop_agreed():
+                        self._stage = "between_steps"
+                        raise Interrupted(self._signals.received or 15)
+                    if self._due(args.validation_steps, self.global_step):
+                        self._evaluate(task)
+                        tick = time.perf_counter()
+                    if self.global_step >= schedule.max_train_steps:
+                        break
+                if self._due(args.validation_epochs, epoch + 1):
+                    self._evaluate(task)
+                    tick = time.perf_counter()
+        finally:
+            progress.close()
         return step_times
 
     def _due(self, every: int | None, count: int) -> bool:
