@@ -215,13 +215,14 @@ def recording(output_dir: str | os.PathLike, enabled: bool = True) -> Iterator[N
             _record(root, new)
 
 
-_MODEL_FILES = ("model_index.json", "config.json", "model.safetensors", "unet/", "scheduler/")
+_MODEL_FILES = ("model_index.json", "config.json", "model.safetensors")  # a pipeline's or a classifier's
+_MODEL_FOLDERS = ("unet/", "scheduler/")
 
 
 def check_no_foreign_model(output_dir: str | os.PathLike) -> None:
     """--overwrite_output_dir keeps the user's files; a model it did not write would then be mixed with
     the new one (old config, new weights): refuse that in one line, before any work."""
-    clash = [name for name in foreign_files(output_dir) if name.startswith(_MODEL_FILES)]
+    clash = [n for n in foreign_files(output_dir) if n in _MODEL_FILES or n.startswith(_MODEL_FOLDERS)]
     if clash:
         raise ValueError(
             f"--overwrite_output_dir: {str(output_dir)!r} holds a model no redistill run recorded ({clash[0]}; "
