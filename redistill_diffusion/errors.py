@@ -18,10 +18,20 @@ EXIT_BAD_INPUT = 2
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line (some libraries' messages span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    from .redaction import redact_text
+
+    return redact_text(" ".join(str(error).split()) or type(error).__name__)
 
 
 def report(error: BaseException, prefix: str = "error") -> int:
     """Print ``prefix: message`` on stderr and return the exit status for bad input."""
     print(f"{prefix}: {one_line(error)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def report_interrupt(stop, prefix: str = "") -> int:
+    """Print an `interrupts.Interrupted`'s one line (what was kept, how to resume) on stderr and return
+    128 + the signal number (143 for SIGTERM, 130 for SIGINT), as a shell would."""
+    message = one_line(stop) if stop.message else f"interrupted by {stop.signal_name}"
+    print(f"{prefix}: {message}" if prefix else message, file=sys.stderr)
+    return stop.exit_code

@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from ..redaction import redact_text
+
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 TEACHER_RECIPE = "quickstart_teacher_cpu.yaml"
 STUDENT_RECIPE = "quickstart_cpu.yaml"
@@ -36,6 +38,7 @@ def register(subparsers) -> None:
         help="train a tiny teacher and distil a 4x-lower-peak-memory student, offline, in minutes",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default: {DEFAULT_OUTPUT_DIR}")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="retrain even if outputs exist")
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "phase_seconds": phases,
         **{key: round(value, 1) for key, value in timings.items()},
     }
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    (root / "summary.json").write_text(redact_text(json.dumps(summary, indent=2)))
     print("\nDone in {:.0f} s.".format(timings["total_seconds"]))
     print(
         f"  student pipeline : {student_dir}  (DiffusionPipeline.from_pretrained, after `import redistill_diffusion`)"

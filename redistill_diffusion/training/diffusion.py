@@ -265,7 +265,7 @@ class DiffusionTask:
 
         unet = ctx.modules[self.main_module_name]
         root = Path(output_dir)
-        announce(f"Saving the pipeline and its model card to {root}")
+        announce(f"Saving the pipeline and its model card to {ctx.run_dir or root}")
         save_ddpm_pipeline(unet, self.noise_scheduler, root)
         memory = self._memory_report(unet, root)
         card = self.card
