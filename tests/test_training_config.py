@@ -226,3 +226,77 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
         )
         == 0
     )
+
+
+def test_quickstart_starts_from_the_packaged_teacher_and_keeps_user_files(tmp_path, monkeypatch, capsys):
+    """By default the quickstart copies the teacher shipped in the package (through the outputs' manifest)
+    and only trains the student; --overwrite_output_dir replaces the copy, never a file of the user's."""
+    import json
+
+    import yaml
+
+    from redistill_diffusion.commands import quickstart
+
+    packaged = quickstart.packaged_teacher()
+    assert (packaged / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((packaged / "quickstart_teacher.json").read_text())["recipe"].endswith(
+        quickstart.TEACHER_RECIPE
+    )
+    shrunk = tmp_path / "recipes"
+    shrunk.mkdir()
+    recipe = yaml.safe_load(quickstart.recipe_path(quickstart.STUDENT_RECIPE).read_text())
+    recipe.update(builtin_num_images=16, train_batch_size=4, ddpm_num_inference_steps=2, eval_batch_size=2)
+    recipe.update(resolution=16)  # the 32x32 teacher's student trains on 16x16 shapes: seconds, not minutes
+    monkeypatch.setattr(quickstart, "HELDOUT_IMAGES", 8)
+    (shrunk / quickstart.STUDENT_RECIPE).write_text(yaml.safe_dump({**recipe, "logger": "none"}))
+    original = quickstart.recipe_path
+    monkeypatch.setattr(
+        quickstart,
+        "recipe_path",
+        lambda name: shrunk / name if name == quickstart.STUDENT_RECIPE else original(name),
+    )
+    out = tmp_path / "qs"
+    argv = ["quickstart", "--output_dir", str(out), "--student_steps", "1", "--mixed_precision", "no"]
+    assert main(argv) == 0
+    teacher = out / "teacher"
+    for name in ("unet/diffusion_pytorch_model.safetensors", "model_index.json", "samples/latest.png"):
+        assert (teacher / name).read_bytes() == (packaged / name).read_bytes()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["commands"]["teacher"].startswith("copied from the package")
+    assert summary["phase_seconds"]["teacher"] >= 0 and set(summary["phase_seconds"]["student"]) == {
+        "preparation",
+        "setup",
+        "training",
+        "final_samples_and_save",
+    }
+    assert "Copying the pretrained tiny DDPM teacher" in capsys.readouterr().out
+    # A file of the user's in the teacher folder survives an overwrite; the packaged copy is renewed.
+    (teacher / "notes.txt").write_text("mine")
+    (teacher / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"corrupted")
+    assert main([*argv, "--overwrite_output_dir"]) == 0
+    assert (teacher / "notes.txt").read_text() == "mine"
+    assert (teacher / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        packaged / "unet" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
+
+
+def test_quickstart_uses_every_cpu_unless_the_environment_says_otherwise(monkeypatch):
+    """torch counts physical cores; a VM exposing 1 core x 2 threads would train on one thread."""
+    import os
+
+    import torch
+
+    from redistill_diffusion.commands.quickstart import use_every_cpu
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert use_every_cpu() is None and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        assert use_every_cpu() == 2 and torch.get_num_threads() == 2
+        assert use_every_cpu() is None  # already using both
+    finally:
+        torch.set_num_threads(before)

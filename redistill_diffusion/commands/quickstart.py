@@ -1,6 +1,7 @@
 """`redistill quickstart`: the whole method in a few minutes on a laptop CPU, offline.
 
-1. trains a tiny DDPM teacher (``tiny-ddpm-32``) on the built-in coloured shapes,
+1. starts from the tiny DDPM teacher (``tiny-ddpm-32``) shipped with the package, trained on the built-in
+   coloured shapes by ``quickstart_teacher_cpu.yaml`` (``--train_teacher`` trains it here instead),
 2. derives the stem-stride-2 student (4x lower peak memory) and distils it (output distillation, the
    method that measured best on these shapes; ``--distiller red`` for RED blocks at the paper's placement),
 3. leaves sample grids, two DDPMPipeline folders with model cards and a memory report (json + png).
@@ -23,6 +24,34 @@ from ..redaction import redact_text
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 TEACHER_RECIPE = "quickstart_teacher_cpu.yaml"
 STUDENT_RECIPE = "quickstart_cpu.yaml"
+PRETRAINED_TEACHER = "pretrained/quickstart-teacher"
+
+
+def packaged_teacher() -> Path:
+    """The quickstart teacher shipped inside the package: the pipeline `quickstart_teacher_cpu.yaml` trains
+    (weights as safetensors; how it was trained: its README.md and quickstart_teacher.json)."""
+    from importlib.resources import files
+
+    return Path(str(files("redistill_diffusion").joinpath(*PRETRAINED_TEACHER.split("/"))))
+
+
+def _copy_packaged_teacher(teacher_dir: Path) -> None:
+    """Copy the packaged teacher into ``teacher_dir`` through the run outputs' staging and manifest, so a file
+    of the user's there is never replaced (and a model of theirs is refused in one line)."""
+    import shutil
+
+    from ..training.outputs import check_no_foreign_model, staged
+
+    source = packaged_teacher()
+    if not (source / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the pretrained quickstart teacher is missing from the installed package ({source}); "
+            "reinstall redistill-diffusion or pass --train_teacher"
+        )
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    check_no_foreign_model(teacher_dir)
+    with staged(teacher_dir) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
 
 
 def recipe_path(name: str) -> Path:
@@ -43,7 +72,16 @@ def register(subparsers) -> None:
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default: {DEFAULT_OUTPUT_DIR}")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="retrain even if outputs exist")
     parser.add_argument(
-        "--teacher_steps", type=int, default=None, help="default: the recipe's max_train_steps"
+        "--train_teacher",
+        action="store_true",
+        help="train the tiny teacher here from its recipe instead of starting from the pretrained one shipped "
+        "with the package (the same recipe and seed; adds its training time)",
+    )
+    parser.add_argument(
+        "--teacher_steps",
+        type=int,
+        default=None,
+        help="train the teacher here for this many steps (implies --train_teacher; default: the recipe's)",
     )
     parser.add_argument(
         "--student_steps", type=int, default=None, help="default: the recipe's max_train_steps"
@@ -75,6 +113,28 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def use_every_cpu() -> int | None:
+    """Let torch use every CPU this process may run on, unless OMP_NUM_THREADS / MKL_NUM_THREADS say otherwise.
+
+    torch defaults to the number of *physical* cores; a small VM that exposes 1 core x 2 hardware threads
+    then trains on one thread, about half the speed of two. Returns the new thread count, or None if
+    unchanged."""
+    import os
+
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return None
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    if available <= torch.get_num_threads():
+        return None
+    torch.set_num_threads(available)
+    return available
+
+
 def _resume_flag(run_dir: Path, overwrite: bool) -> list[str]:
     """An interrupted stage (checkpoints, no final pipeline) continues from its latest checkpoint."""
     from ..training.checkpointing import find_latest_checkpoint
@@ -101,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(args.output_dir)
     teacher_dir, student_dir = root / "teacher", root / "student"
+    threads = use_every_cpu()
+    if threads:
+        print(
+            f"      torch threads: {threads} (every CPU this process may use; torch counted physical cores only)"
+        )
     precision = args.mixed_precision
     if precision == "auto":
         precision = "bf16" if native_bf16() else "no"
@@ -109,11 +174,17 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     commands: dict[str, str] = {}
     start = time.perf_counter()
+    train_teacher = args.train_teacher or args.teacher_steps is not None
+    teacher_result = None
     if (teacher_dir / "model_index.json").is_file() and not args.overwrite_output_dir:
+        print(f"[1/2] Reusing the teacher in {teacher_dir} (--overwrite_output_dir replaces it).")
+    elif not train_teacher:
         print(
-            f"[1/2] Reusing the teacher trained earlier in {teacher_dir} (--overwrite_output_dir retrains it)."
+            f"[1/2] Copying the pretrained tiny DDPM teacher shipped with the package -> {teacher_dir} "
+            f"(trained by the recipe {TEACHER_RECIPE}; --train_teacher trains it here instead)"
         )
-        teacher_result = None
+        _copy_packaged_teacher(teacher_dir)
+        commands["teacher"] = f"copied from the package ({PRETRAINED_TEACHER})"
     else:
         print(f"[1/2] Training a tiny DDPM teacher on offline shapes -> {teacher_dir}")
         teacher_argv = _stage_argv(TEACHER_RECIPE, teacher_dir, args.teacher_steps, common, overwrite)
