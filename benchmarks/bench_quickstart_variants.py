@@ -30,6 +30,7 @@ TEACHER_INIT = [
     "teacher",
 ]
 SCRATCH = ["--student_init", "random", "--student_head_init", "paper"]
+TEACHER_INIT_TRANSPOSED = ["--student_init", "teacher", "--student_head_init", "teacher"]
 # Every setting the variants differ in is spelled out, so they reproduce whatever the recipe's defaults.
 RED = ["--distiller", "red", "--red_init", "paper", "--red_norm", "group"]
 CONSTANT = ["--lr_scheduler", "constant_with_warmup"]
@@ -97,6 +98,18 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "P with a 16-channel full-resolution refiner",
         [*SCRATCH, *COSINE, *SKIP, "--distiller", "output_mse", "--refiner_channels", "16"],
     ),
+    "T_vanilla_skip_2000": (
+        "the plain student with the sub-pixel skip for 2,000 steps (about P's compute: no teacher forward)",
+        [*SCRATCH, *COSINE, *SKIP, "--distiller", "vanilla", "--max_train_steps", "2000"],
+    ),
+    "U_output_mse_skip_teacher_init": (
+        "P, teacher-initialised (every same-shape weight and the head from the teacher)",
+        [*TEACHER_INIT_TRANSPOSED, *COSINE, *SKIP, "--distiller", "output_mse"],
+    ),
+    "V_output_mse_skip_2000": (
+        "P for 2,000 steps",
+        [*SCRATCH, *COSINE, *SKIP, "--distiller", "output_mse", "--max_train_steps", "2000"],
+    ),
 }
 
 
@@ -159,7 +172,23 @@ def _train(script: str, recipe: str, out: Path, extra: list[str]) -> float | Non
             check=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    record = {
+        "commit": commit.stdout.strip(),
+        "command": " ".join(["python", *argv[1:]]),
+        "wall_s": round(wall, 1),
+    }
+    (out / "bench_run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return wall
+
+
+def _trained_at(out: Path) -> str | None:
+    """The commit a run was trained at (runs of earlier rounds did not record it)."""
+    try:
+        return json.loads((out / "bench_run.json").read_text())["commit"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
@@ -247,6 +276,7 @@ def main() -> int:
                 "grid": str(grid),
                 "wall_s": None if walls[name] is None else round(walls[name], 1),
                 "heldout_seed": args.heldout_seed,
+                "commit": _trained_at(work / name),
             }
         )
     rows = _merge_rows(results / "quickstart_variants.json", rows)
