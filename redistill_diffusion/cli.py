@@ -9,7 +9,7 @@ import sys
 
 from .errors import USER_ERRORS, report
 
-SUBCOMMANDS = ("memory", "train", "quickstart", "eval")
+SUBCOMMANDS = ("memory", "train", "quickstart", "eval", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
