@@ -12,8 +12,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ..deploy.export import BACKENDS
-    from ..deploy.extras import FORMATS
+    from ..deploy.extras import BACKENDS, FORMATS  # no torch import: the parser stays quick to build
 
     parser = subparsers.add_parser(
         "export",

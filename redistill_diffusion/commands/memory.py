@@ -92,6 +92,14 @@ def register(subparsers) -> None:
         default=[1, 16],
         help="batch sizes of the --runtime figures (default 1 16)",
     )
+    parser.add_argument(
+        "--runtime_repeats",
+        "--runtime-repeats",
+        dest="runtime_repeats",
+        type=int,
+        default=3,
+        help="fresh processes per resident-memory figure, median taken (default 3)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -110,6 +118,8 @@ def _check_args(args: argparse.Namespace) -> None:
         from ..deploy.measure import check_runtimes
 
         check_runtimes(args.runtime, args.runtime_batches)
+        if args.runtime_repeats < 1:
+            raise ValueError(f"--runtime_repeats must be at least 1, got {args.runtime_repeats}.")
     from ..files import check_output_file
 
     for flag, path in (("--json", args.json_path), ("--plot", args.plot_path)):
@@ -186,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         from ..deploy.measure import format_runtime_rows, runtime_memory_of_pair
 
         runtime_rows = runtime_memory_of_pair(
-            teacher, student, input_shape, args.runtime, args.runtime_batches
+            teacher, student, input_shape, args.runtime, args.runtime_batches, repeats=args.runtime_repeats
         )
         print(format_runtime_rows(runtime_rows))
     if args.json_path:

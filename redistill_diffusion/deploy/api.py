@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .export import BACKENDS, FILE_NAMES, TOLERANCE_TEXT, export_file
-from .extras import FORMATS, require
+from .export import FILE_NAMES, TOLERANCE_TEXT, export_file
+from .extras import BACKENDS, FORMATS, require
 from .sources import classify_folder, load_deployable
 
 REPORT_NAME = "export_report.json"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import one_line
-from .extras import FORMATS, require
+from .extras import BACKENDS, FORMATS, require
 from .runtimes import EagerRunner, runner_for
 from .sources import Deployable
 
@@ -27,7 +27,6 @@ ATOL = 1e-4
 RTOL = 1e-4
 TOLERANCE_TEXT = f"max |runtime - eager| <= {ATOL:g} + {RTOL:g} * max |eager|"
 FILE_NAMES = {"onnx": "model.onnx", "executorch": "model.pte"}
-BACKENDS = ("xnnpack", "portable")
 ONNX_EXAMPLE_BATCH = 2  # torch.export specialises a dimension of size 1; 2 keeps the batch dynamic
 ONNX_CHECK_BATCHES = (1, 4)
 

@@ -7,11 +7,11 @@ exits with status 2) saying what to install.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 
 RUNTIMES = ("eager", "onnxruntime", "executorch")
 FORMATS = ("onnx", "executorch")
+BACKENDS = ("xnnpack", "portable")  # ExecuTorch kernels: the XNNPACK delegate or the portable CPU ops
 INSTALL = "pip install 'redistill-diffusion[deploy]'"
 # What each runtime imports, in order: the first one missing is named in the error.
 NEEDS = {
@@ -48,8 +48,13 @@ def require(runtime: str, purpose: str) -> None:
         )
 
 
-def import_module(name: str):
-    return importlib.import_module(name)
-
-
-__all__ = ["FORMATS", "INSTALL", "RUNTIMES", "MissingDeployExtra", "available", "missing_module", "require"]
+__all__ = [
+    "BACKENDS",
+    "FORMATS",
+    "INSTALL",
+    "RUNTIMES",
+    "MissingDeployExtra",
+    "available",
+    "missing_module",
+    "require",
+]
