@@ -22,7 +22,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = ("smoke", "cpu", "paper")
-PARTS = ("memory", "classification", "diffusion", "cuda")
+PARTS = ("memory", "classification", "diffusion", "cuda", "deploy")
 CIFAR10_PARQUET = Path(
     os.environ.get("REDISTILL_CIFAR10", REPO_ROOT.parent / "shared/data/cifar10/train.parquet")
 )

@@ -17,6 +17,7 @@ TITLES = {
     "classification": "2. Classification on CIFAR-10: one aggressively downsampled student, every distiller",
     "diffusion": "3. Diffusion on CIFAR-10: the stem-stride-2 DDPM student, every distiller",
     "cuda": "4. On a GPU: torch.cuda.max_memory_allocated, teacher vs student",
+    "deploy": "5. Deployed: memory and latency in ExecuTorch, onnxruntime and eager PyTorch, teacher vs student",
 }
 
 INTRO = """# ReDistill benchmarks

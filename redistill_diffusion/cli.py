@@ -10,7 +10,7 @@ import sys
 from .errors import USER_ERRORS, report, report_interrupt
 from .interrupts import Interrupted
 
-SUBCOMMANDS = ("memory", "train", "quickstart", "eval")
+SUBCOMMANDS = ("memory", "train", "quickstart", "eval", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

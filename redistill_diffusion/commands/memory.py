@@ -17,6 +17,7 @@ CONVENTION_CHOICES = ("exact", "paper", "both")
 DEFAULT_UNET_STEM_STRIDE = 2
 DEFAULT_TIMM_STEM_STRIDE = 8
 DEFAULT_TIMM_RESOLUTION = 224
+RUNTIME_CHOICES = ("executorch", "onnxruntime", "eager", "cuda")
 
 
 def register(subparsers) -> None:
@@ -73,6 +74,32 @@ def register(subparsers) -> None:
         metavar="N",
         help="also print the N largest layers of each model (0: only the summary)",
     )
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=RUNTIME_CHOICES,
+        default=None,
+        help="also measure in these runtimes (needs the [deploy] extra): ExecuTorch's planned activations, "
+        "the resident-memory rise of one forward in a fresh eager / onnxruntime process, CUDA's "
+        "max_memory_allocated; see docs/deploy.md",
+    )
+    parser.add_argument(
+        "--runtime_batches",
+        "--runtime-batches",
+        dest="runtime_batches",
+        type=int,
+        nargs="+",
+        default=[1, 16],
+        help="batch sizes of the --runtime figures (default 1 16)",
+    )
+    parser.add_argument(
+        "--runtime_repeats",
+        "--runtime-repeats",
+        dest="runtime_repeats",
+        type=int,
+        default=3,
+        help="fresh processes per resident-memory figure, median taken (default 3)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -87,6 +114,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     if args.plot_path and not args.plot_path.lower().endswith(".png"):
         raise ValueError(f"--plot writes a PNG; give a path ending in .png, got {args.plot_path}.")
+    if args.runtime:
+        from ..deploy.measure import check_runtimes
+
+        check_runtimes(args.runtime, args.runtime_batches)
+        if args.runtime_repeats < 1:
+            raise ValueError(f"--runtime_repeats must be at least 1, got {args.runtime_repeats}.")
     from ..files import check_output_file
 
     for flag, path in (("--json", args.json_path), ("--plot", args.plot_path)):
@@ -158,9 +191,19 @@ def run(args: argparse.Namespace) -> int:
                 print()
                 print(report.format(max_layers=args.show_layers))
 
+    runtime_rows = None
+    if args.runtime:
+        from ..deploy.measure import format_runtime_rows, runtime_memory_of_pair
+
+        runtime_rows = runtime_memory_of_pair(
+            teacher, student, input_shape, args.runtime, args.runtime_batches, repeats=args.runtime_repeats
+        )
+        print(format_runtime_rows(runtime_rows))
     if args.json_path:
         results = {t.convention: comparison_dict(t, s) for t, s in pairs}
         payload = results[conventions[0]] if len(conventions) == 1 else results
+        if runtime_rows is not None:
+            payload = {**payload, "runtimes": runtime_rows}
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2) + "\n")
