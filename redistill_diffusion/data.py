@@ -319,9 +319,12 @@ def build_image_transform(resolution: int, channels: int = 3, center_crop: bool 
 
     Resize the short side, then crop (centre, or random when ``center_crop`` is False, as in
     diffusers' training scripts), convert to grayscale or RGB to match the model's in_channels.
-    Random flips are left to the task, which draws them from its checkpointed generator.
+    Random flips are left to the task, which draws them from its checkpointed generator. Every
+    image goes through `image_decoding.decode_image` (16-bit, palette, alpha, CMYK, EXIF orientation).
     """
     from torchvision import transforms
+
+    from .image_decoding import decode_image
 
     if channels not in (1, 3):
         raise ValueError(f"Images can be converted to 1 or 3 channels, not {channels}.")
@@ -336,9 +339,7 @@ def build_image_transform(resolution: int, channels: int = 3, center_crop: bool 
     )
 
     def transform(image) -> torch.Tensor:
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        return pipeline(image.convert(mode))
+        return pipeline(decode_image(image, mode))
 
     return transform
 

@@ -117,8 +117,11 @@ def build_classification_transform(
     std: tuple[float, ...] | None = None,
     crop_pct: float | None = None,
 ):
-    """timm's train/eval transform; the image is converted to the model's channel count first."""
+    """timm's train/eval transform; the image is decoded (`image_decoding.decode_image`) to the model's
+    channel count first."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    from ..image_decoding import decode_image
 
     if not 0 < scale_min <= 1:
         raise ValueError(f"--train_crop_scale_min must lie in (0, 1], got {scale_min}.")
@@ -137,12 +140,7 @@ def build_classification_transform(
     mode = "L" if input_size[0] == 1 else "RGB"
 
     def transform(image) -> torch.Tensor:
-        if not hasattr(image, "convert"):
-            import numpy as np
-            from PIL import Image
-
-            image = Image.fromarray(np.asarray(image))
-        return pipeline(image.convert(mode))
+        return pipeline(decode_image(image, mode))
 
     return transform
 

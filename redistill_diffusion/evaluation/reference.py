@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
+
+from ..image_decoding import decode_image
 
 # Fixed, so a capped reference always draws the same images and its cache entry stays valid.
 REFERENCE_SUBSET_SEED = 0
@@ -44,7 +45,8 @@ class UInt8ImageDataset(Dataset):
 
 def to_rgb_uint8(image, resolution: tuple[int, int] | None = None) -> torch.Tensor:
     """PIL image, array or tensor -> uint8 3xHxW tensor; grayscale gets 3 channels; resize + center crop
-    to ``resolution`` (H, W) when the size differs, as torch-fidelity's ``samples_resize_and_crop`` does."""
+    to ``resolution`` (H, W) when the size differs, as torch-fidelity's ``samples_resize_and_crop`` does.
+    Images are decoded as for training (`image_decoding.decode_image`: 16-bit scaled, alpha flattened)."""
     if isinstance(image, torch.Tensor):
         tensor = image
         if tensor.dim() == 2:
@@ -52,9 +54,7 @@ def to_rgb_uint8(image, resolution: tuple[int, int] | None = None) -> torch.Tens
         if tensor.dtype != torch.uint8:
             raise ValueError(f"reference tensors must be uint8, got {tensor.dtype}")
     else:
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        tensor = TF.pil_to_tensor(decode_image(image, "RGB"))
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
         raise ValueError(f"images must have 1, 3 or 4 channels (C x H x W), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 1:
