@@ -254,6 +254,9 @@ def _open_named_reference(spec: str, *, split: str, datasets_root: str | None) -
         if not message.startswith("reference "):
             message = f"reference {spec} could not be read: {message}"
         raise ValueError(message) from error
+    from ..data import as_image_column
+
     column = _detect_image_column(dataset, spec)
-    dataset = dataset.select_columns([column])  # rows then decode the image only
+    # Rows then decode the image only; a plain pyarrow parquet's bytes become images.
+    dataset = as_image_column(dataset.select_columns([column]), column, f"reference {spec}")
     return ReferenceImages(dataset, description=spec, source_identity=identity, image_column=column)
