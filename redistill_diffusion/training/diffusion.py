@@ -371,6 +371,7 @@ def build_redistill_task(
     """
     from ..distillers import build_model_distiller, distillation_options, parse_distiller
     from ..hub import is_hub_id
+    from ..models.configs import check_unconditional
     from ..models.pipeline_folder import load_teacher
     from ..models.unet_student import ReDistillUNet2DModel, red_specs, unet_example_inputs, unet_tap_pairs
     from ..red import init_red_blocks
@@ -382,6 +383,7 @@ def build_redistill_task(
     teacher, teacher_scheduler = load_teacher(
         student_args.teacher_model_name_or_path, cache_dir=data_args.cache_dir
     )
+    check_unconditional(teacher.config, f"Teacher {student_args.teacher_model_name_or_path}")
     preset = None if student_args.red_preset == "none" else student_args.red_preset
     try:
         student = ReDistillUNet2DModel.from_teacher(
@@ -465,13 +467,14 @@ def build_teacher_task(
     """A UNet2DModel from a config, trained from scratch as a plain DDPM (a teacher for ReDistill)."""
     from diffusers import UNet2DModel
 
-    from ..models.configs import load_scheduler_config, load_unet_config
+    from ..models.configs import check_unconditional, load_scheduler_config, load_unet_config
 
     if not model_args.model_config_name_or_path:
         raise ValueError(
             "Pass --model_config_name_or_path (a UNet config folder/json or a shipped name such as tiny-ddpm-32)."
         )
     config = load_unet_config(model_args.model_config_name_or_path).model_kwargs()
+    check_unconditional(config, f"UNet config {model_args.model_config_name_or_path}")
     if data_args.resolution:
         config["sample_size"] = data_args.resolution
     try:
