@@ -71,6 +71,13 @@ def make_shapes(num_images: int = 2048, resolution: int = 32, seed: int = 0) -> 
 def _shapes_dataset(num_images: int, resolution: int):
     import datasets
 
+    if num_images < 1:
+        raise ValueError(f"--builtin_num_images must be at least 1, got {num_images}.")
+    if resolution < 8:
+        raise ValueError(
+            f"redistill:shapes draws images of at least 8 pixels, got --resolution {resolution}; pass a larger one."
+        )
+
     images, labels = make_shapes(num_images=num_images, resolution=resolution)
     return datasets.Dataset.from_dict(
         {"image": [Image.fromarray(a) for a in images], "label": labels.tolist()},

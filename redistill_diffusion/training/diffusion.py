@@ -337,6 +337,15 @@ def _heldout_images(ddpm_args: DDPMArguments, resolution: int, channels: int) ->
     return load_heldout_images(ddpm_args.heldout_data, resolution, channels, ddpm_args.heldout_num_images)
 
 
+def _check_resolution_flag(data_args: DataArguments) -> None:
+    """--resolution 0 used to fall back to the model's sample_size without a word."""
+    if data_args.resolution is not None and data_args.resolution < 1:
+        raise ValueError(
+            f"--resolution must be a positive number of pixels, got {data_args.resolution}; leave it out to "
+            "use the model's sample_size."
+        )
+
+
 def _check_resolution(resolution: int, unet) -> None:
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % factor:
@@ -377,6 +386,7 @@ def build_redistill_task(
     from ..red import init_red_blocks
 
     # An unknown method, or an option it does not take: one clear error before loading anything.
+    _check_resolution_flag(data_args)
     method = parse_distiller(student_args.distiller)
     options = distillation_options(student_args.distiller, student_args)
     explicit_pairs = parse_pairs(student_args.distill_pairs)
@@ -473,6 +483,7 @@ def build_teacher_task(
         raise ValueError(
             "Pass --model_config_name_or_path (a UNet config folder/json or a shipped name such as tiny-ddpm-32)."
         )
+    _check_resolution_flag(data_args)
     config = load_unet_config(model_args.model_config_name_or_path).model_kwargs()
     check_unconditional(config, f"UNet config {model_args.model_config_name_or_path}")
     if data_args.resolution:
