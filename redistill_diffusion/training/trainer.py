@@ -238,9 +238,18 @@ class Trainer:
             )
 
         def create() -> None:
-            self.hub_repo_id = task.create_hub_repo(
-                self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
-            )
+            from ..hub import HubUnavailableError, upload_command
+
+            try:
+                self.hub_repo_id = task.create_hub_repo(
+                    self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
+                )
+            except HubUnavailableError as error:
+                raise HubUnavailableError(
+                    f"--push_to_hub: {error}; log in with `hf auth login` (or set HF_TOKEN) and check the "
+                    "network, or train without --push_to_hub and upload the saved model later with "
+                    f"`{upload_command(self.hub_repo_id, args.output_dir)}`."
+                ) from None
 
         self._on_main_process(create)
 
@@ -628,9 +637,13 @@ class Trainer:
                 commit_message=f"End of training (step {self.global_step})",
                 api=self.hub_api,
             )
-        except OSError as error:  # requests/huggingface_hub errors; the trained model is safe
+        except (
+            OSError
+        ) as error:  # network / huggingface_hub errors (`hub.HubUnavailableError`); the model is safe
+            from ..hub import upload_command
+
             raise OSError(
                 f"Training finished and the model is saved in {args.output_dir}, but --push_to_hub to "
                 f"{self.hub_repo_id} failed ({' '.join(str(error).split())}); upload it later with "
-                f"`huggingface-cli upload {self.hub_repo_id} {args.output_dir}`."
+                f"`{upload_command(self.hub_repo_id, args.output_dir)}`."
             ) from error
