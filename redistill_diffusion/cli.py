@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import USER_ERRORS, report
+from .errors import USER_ERRORS, report, report_keyboard_interrupt
 
 SUBCOMMANDS = ("memory", "train", "quickstart", "eval")
 
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as error:
         return report(error, prefix=f"redistill {args.command}: error")
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt(prefix=f"redistill {args.command}")
 
 
 if __name__ == "__main__":

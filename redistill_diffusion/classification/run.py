@@ -156,7 +156,10 @@ def _load_or_create(name: str, args: ClassifierArguments, num_classes: int, inpu
     if _is_folder(name):
         model = load_classifier(name)
         if model.num_classes != num_classes:
-            raise ValueError(f"{name} predicts {model.num_classes} classes, the data has {num_classes}.")
+            raise ValueError(
+                f"{name} predicts {model.num_classes} classes, the data has {num_classes}; pass a model trained "
+                f"on these classes (or --num_classes {model.num_classes} if the data uses fewer)."
+            )
         return model.train()
     return create_teacher(
         name,
@@ -236,12 +239,9 @@ def build_classification_task(
         builtin_num_images=data_args.builtin_num_images,
         builtin_resolution=data_args.resolution or 32,
         seed=training_args.seed,
+        model_num_classes=args.num_classes,
     )
     num_classes = args.num_classes or data.num_classes
-    if num_classes < data.num_classes:
-        raise ValueError(
-            f"--num_classes {num_classes} is smaller than the dataset's {data.num_classes} classes."
-        )
     resolution = data_args.resolution or (32 if args.cifar_stem else 224)
     input_size = (3, resolution, resolution)
 

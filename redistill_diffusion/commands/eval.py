@@ -247,11 +247,14 @@ def run(settings: EvalArguments) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the standalone script, with the CLI's one-line errors."""
+    from ..errors import USER_ERRORS, report, report_keyboard_interrupt
+
     try:
         return run(parse_eval_args(argv, prog="evaluate_fid_is"))
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"evaluate_fid_is: error: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        return report(error, prefix="evaluate_fid_is: error")
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt(prefix="evaluate_fid_is")
 
 
 if __name__ == "__main__":

@@ -77,11 +77,13 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
 
 def script_main(run, argv: Sequence[str] | None = None) -> int:
     """Entry point of the example scripts: bad input -> one line on stderr and exit status 2, as `redistill`."""
-    from ..errors import USER_ERRORS, report
+    from ..errors import USER_ERRORS, report, report_keyboard_interrupt
 
     try:
         result = run(argv)
     except USER_ERRORS as error:
         return report(error)
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt()
     print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")
     return 0
