@@ -141,7 +141,8 @@ def open_dataset(
         return _load_split(spec, split, str(path), config_name, split=split, cache_dir=cache_dir)
     if looks_like_path(spec):
         raise FileNotFoundError(
-            f"{spec} does not exist (and is not a Hub dataset id of the form owner/name)."
+            f"{spec} does not exist (and is not a Hub dataset id of the form owner/name); pass an existing "
+            "file or folder, or a Hub dataset id."
         )
     return _load_split(spec, split, spec, config_name, split=split, cache_dir=cache_dir)
 
@@ -245,7 +246,7 @@ def load_image_dataset(
     elif data_files:
         missing = [f for f in data_files if not any(ch in f for ch in "*?[") and not os.path.exists(f)]
         if missing:
-            raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}.")
+            raise FileNotFoundError(f"--data_files not found: {', '.join(missing)}; pass existing files.")
         dataset = _load_split(
             ", ".join(data_files),
             split,
@@ -256,7 +257,9 @@ def load_image_dataset(
         )
     elif train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
-            raise FileNotFoundError(f"train_data_dir {train_data_dir!r} is not a directory.")
+            raise FileNotFoundError(
+                f"--train_data_dir {train_data_dir!r} is not a directory; pass a folder of images."
+            )
         dataset = _load_split(
             train_data_dir, split, "imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir
         )

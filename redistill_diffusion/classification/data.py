@@ -73,7 +73,8 @@ def split_validation(dataset, size: float, seed: int = 0):
     count = int(round(size * len(dataset))) if size < 1 else int(size)
     if not 0 < count < len(dataset):
         raise ValueError(
-            f"--validation_split_size {size} leaves no training or no validation images out of {len(dataset)}."
+            f"--validation_split_size {size} leaves no training or no validation images out of {len(dataset)}; "
+            f"pass a fraction in (0, 1) or a count below {len(dataset)}."
         )
     parts = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
     return parts["train"], parts["test"]

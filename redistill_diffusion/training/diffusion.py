@@ -333,7 +333,10 @@ def _heldout_images(ddpm_args: DDPMArguments, resolution: int, channels: int) ->
     from ..evaluation.denoising import load_heldout_images
 
     if ddpm_args.heldout_num_images < 1 or ddpm_args.heldout_timesteps < 1:
-        raise ValueError("--heldout_num_images and --heldout_timesteps must be positive.")
+        raise ValueError(
+            f"--heldout_num_images ({ddpm_args.heldout_num_images}) and --heldout_timesteps "
+            f"({ddpm_args.heldout_timesteps}) must be at least 1."
+        )
     return load_heldout_images(ddpm_args.heldout_data, resolution, channels, ddpm_args.heldout_num_images)
 
 
@@ -350,7 +353,9 @@ def _check_resolution(resolution: int, unet) -> None:
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % factor:
         raise ValueError(
-            f"--resolution {resolution} must be divisible by {factor} for this UNet ({len(unet.config.block_out_channels)} levels)."
+            f"--resolution {resolution} must be divisible by {factor} for this UNet "
+            f"({len(unet.config.block_out_channels)} levels); pass a multiple of {factor} such as "
+            f"{max(factor, resolution // factor * factor)}."
         )
 
 
