@@ -98,23 +98,28 @@ class HubUnavailableError(OSError):
     token); the message says which, never the token."""
 
 
-# Network failures of the HTTP clients huggingface_hub has used (httpx2 now, httpx and requests before).
-_TRANSPORT_ERRORS = (
-    ("httpx2", "TransportError"),
-    ("httpx", "TransportError"),
-    ("requests", "RequestException"),
-)
-
-
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    import importlib
-
+    """Network failures of the HTTP clients huggingface_hub has used: httpx2 now, httpx and requests before
+    (none of their connection errors is an OSError)."""
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in _TRANSPORT_ERRORS:
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
+    try:
+        import httpx2
+
+        found.append(httpx2.TransportError)
+    except ImportError:
+        pass
+    try:
+        import httpx
+
+        found.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        found.extend([requests.ConnectionError, requests.Timeout])
+    except ImportError:
+        pass
     return tuple(found)
 
 
