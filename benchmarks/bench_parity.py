@@ -7,6 +7,10 @@ Stages (each resumable; run them from a frozen worktree so every figure names th
     python benchmarks/bench_parity.py curve             # the teacher's curve and plateau fit -> results/
     python benchmarks/bench_parity.py snapshot          # copy the newest checkpoint into benchmarks/artefacts/
     python benchmarks/bench_parity.py restore           # ... and back, on a fresh machine, before `teacher`
+    python benchmarks/bench_parity.py finalize --step N # end the teacher at checkpoint N: its EMA pipeline,
+                                                        # committed as benchmarks/artefacts/parity_teacher
+    python benchmarks/bench_parity.py student --arm A --seed S [--steps N]   # one student's curve (resumable)
+    python benchmarks/bench_parity.py curves            # every student's held-out loss / the teacher's -> results/
 
 Data: the CIFAR-10 training parquet minus its last 500 images per class (45,000 to train on, the same split as
 bench_diffusion.py), and those 5,000 held-out images cut in two per class: the *select* slice (first 250 per
@@ -146,6 +150,214 @@ def train_teacher(threads: int) -> int:
         ).returncode
 
 
+def finalize_teacher(step: int, threads: int) -> int:
+    """Stop the teacher at checkpoint ``step``: resume from it with ``--max_train_steps step`` (no step is
+    taken; the trainer's final save writes the EMA pipeline, sample grid and card), then copy the pipeline
+    (weights as safetensors, ~4 MB) to benchmarks/artefacts/parity_teacher, the one teacher every student
+    run loads."""
+    import subprocess
+
+    checkpoint = TEACHER_DIR / f"checkpoint-{step}"
+    if not checkpoint.is_dir():
+        raise SystemExit(f"{relative(checkpoint)} does not exist: pass --step of a saved teacher checkpoint.")
+    argv = teacher_argv(slices(), resume=False)
+    argv += ["--max_train_steps", str(step), "--resume_from_checkpoint", str(checkpoint)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    with open(TEACHER_LOG, "a", encoding="utf-8") as log:
+        log.write(f"\n# finalize at step {step}, commit {git_revision()}\n")
+        log.flush()
+        code = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        return code
+    target = ARTEFACTS / "parity_teacher"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in ("model_index.json", "unet", "scheduler", "README.md"):
+        source = TEACHER_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        elif source.is_file():
+            shutil.copy2(source, target / name)
+    (target / "parity_teacher.json").write_text(
+        json.dumps(
+            {
+                "step": step,
+                "trained_at": _training_commits(),
+                "command": "python benchmarks/bench_parity.py teacher",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"teacher at step {step} -> {relative(target)}")
+    return 0
+
+
+def _training_commits() -> list[str]:
+    """The commits the teacher's log segments ran at (a resumed run may span several)."""
+    text = TEACHER_LOG.read_text(encoding="utf-8", errors="replace") if TEACHER_LOG.is_file() else ""
+    return sorted(set(re.findall(r"# segment started at commit (\w+)", text)))
+
+
+# ------------------------------------------------------------------------------------------------
+# students
+# ------------------------------------------------------------------------------------------------
+TEACHER_ARTEFACT = ARTEFACTS / "parity_teacher"
+STUDENTS = WORK / "students"
+SCRATCH = ["--student_init", "random", "--student_head_init", "paper"]
+TEACHER_INIT = ["--student_init", "teacher", "--student_head_init", "teacher"]
+SKIP = ["--subpixel_skip", "true"]
+REFINER = ["--refiner_channels", "8"]
+RED_GN = ["--red_norm", "group", "--red_preset", "paper", "--red_init", "identity"]
+# name -> (what it is, flags on top of the teacher's recipe). Every flag the arms differ in is spelled out.
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "plain": ("the paper's student, no distillation", [*SCRATCH, "--distiller", "vanilla"]),
+    "plain_skip": ("plain + sub-pixel skip", [*SCRATCH, *SKIP, "--distiller", "vanilla"]),
+    "plain_skip_refiner": ("plain + skip + refiner", [*SCRATCH, *SKIP, *REFINER, "--distiller", "vanilla"]),
+    "output_mse": ("output distillation", [*SCRATCH, "--distiller", "output_mse"]),
+    "output_mse_skip_refiner": (
+        "output distillation + skip + refiner",
+        [*SCRATCH, *SKIP, *REFINER, "--distiller", "output_mse"],
+    ),
+    "red_gn": ("RED, GroupNorm blocks (identity init)", [*SCRATCH, *RED_GN, "--distiller", "red"]),
+    "red_gn_output_mse_skip_refiner": (
+        "RED (GroupNorm) + output distillation + skip + refiner",
+        [*SCRATCH, *RED_GN, *SKIP, *REFINER, "--distiller", "red+output_mse"],
+    ),
+    "plain_teacher_init": ("plain, teacher-initialised", [*TEACHER_INIT, "--distiller", "vanilla"]),
+    "output_mse_skip_refiner_teacher_init": (
+        "output distillation + skip + refiner, teacher-initialised",
+        [*TEACHER_INIT, *SKIP, *REFINER, "--distiller", "output_mse"],
+    ),
+    "plain_s4": ("plain, stem stride 4", [*SCRATCH, "--stem_stride", "4", "--distiller", "vanilla"]),
+    "output_mse_skip_refiner_s4": (
+        "output distillation + skip + refiner, stem stride 4",
+        [*SCRATCH, *SKIP, *REFINER, "--stem_stride", "4", "--distiller", "output_mse"],
+    ),
+}
+STUDENT_RECIPE = {
+    key: TEACHER_RECIPE[key]
+    for key in (
+        "resolution",
+        "train_batch_size",
+        "optimizer",
+        "learning_rate",
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "ema_max_decay",
+        "mixed_precision",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "validation_steps",
+        "logger",
+        "sample_scheduler",
+        "ddpm_num_inference_steps",
+        "eval_batch_size",
+        "heldout_num_images",
+        "heldout_timesteps",
+    )
+}
+
+
+def student_dir(arm: str, seed: int) -> Path:
+    return STUDENTS / f"{arm}_seed{seed}"
+
+
+def student_log(arm: str, seed: int) -> Path:
+    return LOGS / f"parity_{arm}_seed{seed}.log"
+
+
+def student_argv(arm: str, seed: int, steps: int, resume: bool) -> list[str]:
+    paths = slices()
+    flags: list[Any] = ["--teacher_model_name_or_path", relative(TEACHER_ARTEFACT)]
+    flags += ["--dataset_name", relative(paths["train"]), "--random_flip"]
+    flags += ["--heldout_data", relative(paths["select"])]
+    for key, value in STUDENT_RECIPE.items():
+        flags += [f"--{key}", value]
+    flags += ["--max_train_steps", steps, "--seed", seed, *ARMS[arm][1]]
+    flags += ["--output_dir", relative(student_dir(arm, seed))]
+    if resume:
+        flags += ["--resume_from_checkpoint", "latest"]
+    return python_argv(REPO_ROOT / "examples/train_ddpm_redistill.py", *flags)
+
+
+def train_student(arm: str, seed: int, steps: int, threads: int) -> int:
+    """Train or resume one student; its log (one segment per start) holds the held-out curve."""
+    import subprocess
+
+    if not (TEACHER_ARTEFACT / "model_index.json").is_file():
+        raise SystemExit(
+            f"{relative(TEACHER_ARTEFACT)} is missing: run `bench_parity.py finalize --step N` first."
+        )
+    out = student_dir(arm, seed)
+    if (out / "model_index.json").is_file():
+        print(f"{relative(out)} is finished")
+        return 0
+    resume = any(out.glob("checkpoint-*"))
+    record = CommandRecord(f"parity {arm} seed {seed}", student_argv(arm, seed, steps, resume))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), TQDM_MININTERVAL="60")
+    log_path = student_log(arm, seed)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(
+            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
+        )
+        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
+        log.flush()
+        return subprocess.run(
+            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
+
+
+def write_student_curves() -> dict[str, Any]:
+    """Each student's held-out loss divided by the final teacher's (same select slice) against its steps."""
+    teacher_points = read_curve()
+    info = (
+        json.loads((TEACHER_ARTEFACT / "parity_teacher.json").read_text())
+        if (TEACHER_ARTEFACT / "parity_teacher.json").is_file()
+        else {}
+    )
+    teacher_step = info.get("step")
+    teacher_loss = dict(teacher_points).get(teacher_step) if teacher_step else None
+    curves = {}
+    for log in sorted(LOGS.glob("parity_*_seed*.log")):
+        name = log.stem[len("parity_") :]
+        points = read_curve(log)
+        if points:
+            curves[name] = {
+                "points": [
+                    {"step": s, "heldout_loss": v, "ratio": v / teacher_loss if teacher_loss else None}
+                    for s, v in points
+                ],
+                "commits": sorted(
+                    set(re.findall(r"# segment started at commit (\w+)", log.read_text(errors="replace")))
+                ),
+            }
+    result = {"teacher_step": teacher_step, "teacher_heldout_loss": teacher_loss, "students": curves}
+    write_json(RESULTS / "parity_student_curves.json", result)
+    if curves and teacher_loss:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, curve in curves.items():
+            ax.plot(
+                [p["step"] for p in curve["points"]], [p["ratio"] for p in curve["points"]], "-", label=name
+            )
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.axhline(1.05, color="grey", lw=0.8, ls="--", label="target 1.05x")
+        ax.set_xlabel("student training steps (batch 32)")
+        ax.set_ylabel("held-out loss / teacher's")
+        ax.set_ylim(0.9, 2.0)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "parity_student_curves.png", dpi=120)
+        plt.close(fig)
+    return result
+
+
 # ------------------------------------------------------------------------------------------------
 # curve and plateau
 # ------------------------------------------------------------------------------------------------
@@ -262,9 +474,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=("slices", "teacher", "curve", "snapshot", "restore"))
+    parser.add_argument(
+        "stage",
+        choices=("slices", "teacher", "curve", "snapshot", "restore", "finalize", "student", "curves"),
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
+    parser.add_argument("--arm", choices=list(ARMS), help="student: which arm")
+    parser.add_argument("--seed", type=int, default=0, help="student: training seed")
+    parser.add_argument("--steps", type=int, default=20_000, help="student: step budget")
     args = parser.parse_args(argv)
+    if args.stage == "finalize":
+        if args.step is None:
+            parser.error("finalize needs --step N (a saved teacher checkpoint)")
+        return finalize_teacher(args.step, args.threads)
+    if args.stage == "student":
+        if args.arm is None:
+            parser.error("student needs --arm")
+        return train_student(args.arm, args.seed, args.steps, args.threads)
+    if args.stage == "curves":
+        result = write_student_curves()
+        print(json.dumps({k: v["points"][-1] for k, v in result["students"].items()}, indent=2))
+        return 0
     if args.stage == "slices":
         print(json.dumps({k: relative(v) for k, v in slices().items()}))
     elif args.stage == "teacher":

@@ -7,7 +7,8 @@ import argparse
 import importlib
 import sys
 
-from .errors import USER_ERRORS, report, report_keyboard_interrupt
+from .errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
+from .interrupts import Interrupted
 
 SUBCOMMANDS = ("memory", "train", "quickstart", "eval")
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redistill",
         description="ReDistill: peak-memory-lean students for diffusers UNets and timm CNNs.",
+        allow_abbrev=False,  # no prefix matching anywhere (issue 24): a misspelt flag is refused
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as error:
         return report(error, prefix=f"redistill {args.command}: error")
+    except Interrupted as stop:
+        return report_interrupt(stop, prefix=f"redistill {args.command}")
     except KeyboardInterrupt:
         return report_keyboard_interrupt(prefix=f"redistill {args.command}")
 

@@ -284,6 +284,22 @@ class StudentArguments(DistillationArguments):
             "and without them the student's samples keep a fine s-pixel grid (models.unet_student.SubpixelSkip)."
         },
     )
+    stem: Literal["conv", "space_to_depth"] = field(
+        default="conv",
+        metadata={
+            "help": "conv: the paper's stride-s 3x3 conv; space_to_depth: lossless PixelUnshuffle(s) + 3x3 conv "
+            "(pair with --output_head pixel_shuffle, its inverse)."
+        },
+    )
+    refiner_channels: int = field(
+        default=0,
+        metadata={
+            "help": "Width of a thin full-resolution tail (conv -> time scale/shift -> SiLU -> zero-initialised "
+            "conv, added to the prediction): the only layers that see single pixels; 0 turns it off (the paper's "
+            "student). At <= C0 / s^2 channels the exact peak memory is unchanged "
+            "(models.unet_student.FullResolutionRefiner)."
+        },
+    )
     student_head_init: Literal["paper", "random", "teacher"] = field(
         default="paper",
         metadata={
@@ -333,7 +349,9 @@ class _OneLineErrors:
     one line like any other bad input (`redistill_diffusion.errors`)."""
 
     def error(self, message: str):
-        raise ValueError(f"{message} (see --help).")
+        from .redaction import redact_text
+
+        raise ValueError(redact_text(f"{message} (see --help)."))
 
 
 class _PreParser(_OneLineErrors, argparse.ArgumentParser):
@@ -361,6 +379,8 @@ def _attach_negative_numbers(args: Sequence[str]) -> list[str]:
 
 
 def build_parser(dataclass_types: Sequence[type], **kwargs) -> HfArgumentParser:
+    # No prefix matching: `--hub_tok X` must be refused, not taken for --hub_token (and copied verbatim).
+    kwargs.setdefault("allow_abbrev", False)
     parser = _Parser(list(dataclass_types), **kwargs)
     parser.add_argument(
         "--recipe", type=str, default=None, help="YAML recipe whose values become defaults; flags override."
@@ -380,8 +400,11 @@ def parse_args(
 
     Returns the dataclass instances in order; the recipe path is not returned (its values are in them).
     """
+    from .redaction import is_secret_name, remember_secrets, secret_option_values
+
     args = _attach_negative_numbers(sys.argv[1:] if args is None else args)
-    pre = _PreParser(add_help=False)
+    remember_secrets(secret_option_values(args))  # masked in every message from here on, even a refusal
+    pre = _PreParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe", type=str, default=None)
     known, _ = pre.parse_known_args(args)
     parser = build_parser(dataclass_types, **parser_kwargs)
@@ -397,13 +420,19 @@ def parse_args(
             )
         parser.set_defaults(**recipe)
     outputs = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
-    return tuple(o for o in outputs if dataclasses.is_dataclass(o))
+    parsed = tuple(o for o in outputs if dataclasses.is_dataclass(o))
+    remember_secrets(  # a token from a recipe too
+        getattr(o, f.name) for o in parsed for f in dataclasses.fields(o) if is_secret_name(f.name)
+    )
+    return parsed
 
 
 def to_dict(*configs) -> dict[str, Any]:
-    """Flatten dataclass instances into one dict (for trackers and model cards); the Hub token is removed."""
+    """Flatten dataclass instances into one dict (for trackers and model cards); secrets (any key that
+    names a token, see `redaction.is_secret_name`) are removed."""
+    from .redaction import drop_secret_keys
+
     merged: dict[str, Any] = {}
     for config in configs:
         merged.update(dataclasses.asdict(config))
-    merged.pop("hub_token", None)
-    return merged
+    return drop_secret_keys(merged)

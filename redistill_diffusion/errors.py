@@ -19,7 +19,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line (some libraries' messages span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    from .redaction import redact_text
+
+    return redact_text(" ".join(str(error).split()) or type(error).__name__)
 
 
 def report(error: BaseException, prefix: str = "error") -> int:
@@ -28,12 +30,21 @@ def report(error: BaseException, prefix: str = "error") -> int:
     return EXIT_BAD_INPUT
 
 
-def report_keyboard_interrupt(prefix: str = "error") -> int:
-    """Ctrl-C where no signal handler is installed (loading data, checking inputs, measuring): one line
-    on stderr instead of a traceback from wherever the work was; returns `EXIT_INTERRUPTED`."""
-    print(
-        f"{prefix}: interrupted (Ctrl-C); run the same command again to redo it (a training run that saved "
-        "checkpoints continues with --resume_from_checkpoint latest).",
-        file=sys.stderr,
+def report_interrupt(stop, prefix: str = "") -> int:
+    """Print an `interrupts.Interrupted`'s one line (what was kept, how to resume) on stderr and return
+    128 + the signal number (143 for SIGTERM, 130 for SIGINT), as a shell would."""
+    message = one_line(stop) if stop.message else f"interrupted by {stop.signal_name}"
+    print(f"{prefix}: {message}" if prefix else message, file=sys.stderr)
+    return stop.exit_code
+
+
+def report_keyboard_interrupt(prefix: str = "") -> int:
+    """Ctrl-C where no `interrupts.SignalGuard` is installed (parsing flags, reading a recipe, ``redistill
+    memory``): one line on stderr instead of a traceback from wherever the work was; returns
+    `EXIT_INTERRUPTED`, as `report_interrupt` does for SIGINT."""
+    message = (
+        "interrupted by SIGINT (Ctrl-C) before any training step; run the same command again to redo it "
+        "(a training run that saved checkpoints continues with --resume_from_checkpoint latest)."
     )
+    print(f"{prefix}: {message}" if prefix else message, file=sys.stderr)
     return EXIT_INTERRUPTED

@@ -57,3 +57,37 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
         raise ValueError(f"{flag} {str(path)!r} is a folder; pass a file name.")
     ensure_output_dir(file.parent, flag=f"{flag} {str(path)!r}: its folder")
     return file
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """The real location of ``path`` (``~``, ``./``, ``..`` and symlinks resolved)."""
+    return Path(path).expanduser().resolve()
+
+
+def check_output_dir_reads_nothing(output_dir: str | os.PathLike, sources: dict[str, Any]) -> None:
+    """Refuse an ``output_dir`` that is, contains or lies inside a local folder a model is read from.
+
+    ``sources`` maps a flag (``--teacher_model_name_or_path``) to its value(s); values that are no
+    local path (Hub ids, shipped config names) are skipped; a file (a config.json) counts as its folder,
+    which output_dir may then contain but not be or lie in. Paths are
+    compared resolved, so a symlink or a ``./`` spelling of the same folder is the same folder: a run
+    never writes (nor, with --overwrite_output_dir, removes anything) where it reads a model from,
+    whatever the other flags say.
+    """
+    out = _resolved(output_dir)
+    for flag, values in sources.items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if not value or not Path(value).expanduser().exists():
+                continue
+            source = _resolved(value)
+            folder = source if source.is_dir() else source.parent
+            if out == folder or folder in out.parents:
+                where = "is" if out == folder else "is inside"
+            elif out in folder.parents and source.is_dir():  # a model folder under output_dir
+                where = "contains"
+            else:
+                continue
+            raise ValueError(
+                f"--output_dir {str(output_dir)!r} {where} the folder {flag} {str(value)!r} reads a model from "
+                f"({folder}); a run never writes where it reads a model: pass another --output_dir."
+            )

@@ -18,7 +18,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CARD_TAGS = ("redistill", "knowledge-distillation", "peak-memory")
-SECRET_FLAGS = ("--hub_token", "--hub-token")
 EVAL_BEGIN, EVAL_END = "<!-- redistill-eval -->", "<!-- /redistill-eval -->"
 # `redistill eval` result keys (Inception names and FD-<extractor> names) -> model-index metric types.
 _MEAN_SUFFIX = "_mean"
@@ -26,18 +25,11 @@ PIPELINE_TAG = "unconditional-image-generation"
 
 
 def training_command(argv: Sequence[str], program: str) -> str:
-    """The command line that trained a model, for its card; a Hub token is never written."""
-    words, skip = [], False
-    for word in argv:
-        if skip:
-            skip = False
-            continue
-        flag = word.split("=", 1)[0]
-        if flag in SECRET_FLAGS:
-            skip = "=" not in word
-            continue
-        words.append(word)
-    return " ".join([program, *(shlex.quote(w) for w in words)])
+    """The command line that trained a model, for its card; no option naming a token (whatever its
+    spelling, `redaction.is_secret_name`) and no known token value is ever written."""
+    from .redaction import drop_secret_options
+
+    return " ".join([program, *(shlex.quote(w) for w in drop_secret_options(argv))])
 
 
 def memory_markdown(summary: Mapping[str, Mapping[str, Any]]) -> str:
@@ -186,7 +178,7 @@ def update_model_card(
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     card.text = text
-    card.save(str(path))
+    _save_card(card, path)
     return path
 
 
@@ -351,5 +343,12 @@ def write_model_card(
         )
     )
     path = Path(output_dir) / "README.md"
-    card.save(str(path))
+    _save_card(card, path)
     return path
+
+
+def _save_card(card, path: Path) -> None:
+    """``card.save`` with every known token value masked (`redaction.redact_text`)."""
+    from .redaction import redact_text
+
+    path.write_text(redact_text(str(card)), encoding="utf-8", newline="")

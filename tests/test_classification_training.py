@@ -281,6 +281,10 @@ def test_step_schedule_through_the_shared_trainer(tmp_path):
     stale = tmp_path / "step" / "best_model"
     stale.mkdir(parents=True)
     (stale / "metrics.json").write_text(json.dumps({"top1": 2.0, "global_step": 1}))
+    # An old run's file: its manifest lists it (a file no manifest lists is the user's and is kept, issue 24).
+    (tmp_path / "step" / ".redistill_outputs.json").write_text(
+        json.dumps({"files": ["best_model/metrics.json"]})
+    )
     result = run_classifier(
         _flags(
             tmp_path / "step",

@@ -305,6 +305,8 @@ def test_student_init_mirrors_unet2dmodel_init():
         "red_variant",
         "red_norm",
         "subpixel_skip",
+        "refiner_channels",
+        "stem",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name

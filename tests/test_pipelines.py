@@ -128,6 +128,15 @@ def trained_student(tmp_path_factory):
         "red",
         "--measure_memory",
         "true",
+        # the student designs beyond the paper travel in the component file too (loaded without the package)
+        "--subpixel_skip",
+        "true",
+        "--refiner_channels",
+        "4",
+        "--stem",
+        "space_to_depth",
+        "--output_head",
+        "pixel_shuffle",
     ]
     run_redistill(args)
     return teacher, out

@@ -183,6 +183,14 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
     shares = summary["checkerboard_share"]
     assert set(shares) == {"teacher", "student"} and all(0 <= v <= 1 for v in shares.values())
     assert f"student {shares['student']:.4f}" in printed
+    # What ran and how long each phase took (issue 23): commands, per-stage phases, the total.
+    assert summary["commands"]["teacher"].startswith("redistill train ddpm-teacher --recipe")
+    assert "--distiller" in summary["commands"]["student"] and summary["mixed_precision"] == "no"
+    phases = summary["phase_seconds"]
+    for stage in ("teacher", "student"):
+        assert set(phases[stage]) == {"preparation", "setup", "training", "final_samples_and_save"}
+        assert all(v >= 0 for v in phases[stage].values())
+    assert "time per phase   : teacher" in printed and "(fp32)" in printed
     # A second call reuses the finished teacher; the student folder is protected unless overwritten.
     assert (
         main(

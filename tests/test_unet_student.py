@@ -9,7 +9,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 
 from redistill_diffusion import ReDistillUNet2DModel
 from redistill_diffusion.models import unet_tap_pairs
-from redistill_diffusion.models.unet_student import OUTPUT_HEADS, SubpixelSkip
+from redistill_diffusion.models.unet_student import OUTPUT_HEADS, FullResolutionRefiner, SubpixelSkip
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -360,3 +360,84 @@ def test_subpixel_skip_starts_as_the_paper_student_and_maps_periodic_input_to_ou
     assert isinstance(reloaded.subpixel_path, SubpixelSkip)
     with pytest.raises(ValueError, match="in_channels == out_channels"):
         ReDistillUNet2DModel(**{**skip.config, "out_channels": 6})
+
+
+@pytest.mark.parametrize("stem_stride", [2, 4])
+def test_subpixel_skip_at_any_stride_and_refiner_start_as_the_paper_student(stem_stride):
+    teacher = tiny_teacher()
+    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=stem_stride, head_init="random")
+    both = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=stem_stride, head_init="random", subpixel_skip=True, refiner_channels=4
+    )
+    assert isinstance(both.refiner, FullResolutionRefiner) and both.config.refiner_channels == 4
+    # stride s hides s^2 sub-pixel phases per channel: an s^2 x s^2 gain matrix each
+    assert both.subpixel_path.gain.out_features == 3 * stem_stride**4
+    missing, unexpected = both.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("subpixel_path.", "refiner.")) for k in missing)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(both(x, t).sample, plain(x, t).sample)  # zero-initialised: the paper's student
+        torch.nn.init.normal_(both.refiner.conv_out.weight)
+        changed = both(x, t).sample
+        assert not torch.equal(changed, plain(x, t).sample)
+        # the refiner sees single pixels: changing one input pixel changes the output around it
+        x2 = x.clone()
+        x2[:, :, 8, 8] += 1.0
+        delta = (both(x2, t).sample - changed).abs().sum(dim=(0, 1))
+        assert delta[7:10, 7:10].min() > 0
+    tuple_output = both(x, t, return_dict=False)[0]
+    assert torch.equal(tuple_output, changed)
+    reloaded = ReDistillUNet2DModel.from_config(both.config)
+    assert isinstance(reloaded.refiner, FullResolutionRefiner)
+    with pytest.raises(ValueError, match="refiner_channels must be a non-negative integer"):
+        ReDistillUNet2DModel(**{**both.config, "refiner_channels": -1})
+
+
+def test_refiner_leaves_the_exact_peak_unchanged_on_the_shipped_teachers():
+    from redistill_diffusion.memory import measure_peak_memory
+
+    for name, channels in (("tiny-ddpm-32", 8), ("google-ddpm-cifar10-32", 8)):
+        teacher = shipped_teacher(name)
+        plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, init="random")
+        refined = ReDistillUNet2DModel.from_teacher(
+            teacher, stem_stride=2, init="random", refiner_channels=channels
+        )
+        peaks = [
+            measure_peak_memory(m, input_shape=(3, 32, 32)).peak_bytes for m in (teacher, plain, refined)
+        ]
+        assert peaks[2] == peaks[1] and peaks[0] / peaks[2] > 3.9
+
+
+@pytest.mark.parametrize("stem_stride", [2, 4])
+def test_space_to_depth_stem_is_lossless_and_keeps_the_peak(stem_stride):
+    from redistill_diffusion.memory import measure_peak_memory
+
+    teacher = tiny_teacher()
+    student = ReDistillUNet2DModel.from_teacher(
+        teacher,
+        stem_stride=stem_stride,
+        stem="space_to_depth",
+        output_head="pixel_shuffle",
+        red_preset="paper",
+    )
+    unshuffle, conv = student.conv_in
+    assert isinstance(unshuffle, torch.nn.PixelUnshuffle) and conv.in_channels == 3 * stem_stride**2
+    x, y = forward(student, 16)
+    assert y.shape == x.shape
+    # lossless: two inputs that differ in one pixel give different first-layer inputs (a strided conv skips some)
+    x2 = x.clone()
+    x2[:, :, 1, 1] += 1.0
+    assert not torch.equal(unshuffle(x2), unshuffle(x))
+    conv_student = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=stem_stride, output_head="pixel_shuffle"
+    )
+    for convention in ("exact", "paper"):
+        peaks = [
+            measure_peak_memory(m, input_shape=(3, 16, 16), convention=convention).peak_bytes
+            for m in (student, conv_student)
+        ]
+        assert peaks[0] <= peaks[1], convention
+    reloaded = ReDistillUNet2DModel.from_config(student.config)
+    assert isinstance(reloaded.conv_in, torch.nn.Sequential)
+    with pytest.raises(ValueError, match="Unknown stem"):
+        ReDistillUNet2DModel(**{**student.config, "stem": "wavelet"})

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..hub import is_hub_id
 from ..model_cards import CARD_TAGS as SHARED_CARD_TAGS
+from ..redaction import redact_text
 from .spec import ClassifierSpec, build_classifier, spec_of
 from .surgery import StridePlan
 
@@ -77,7 +78,9 @@ def save_classifier(
     finally:
         model.train(was_training)
     if model_card is not None:
-        (folder / "README.md").write_text(classifier_model_card(model_card, folder.name), encoding="utf-8")
+        (folder / "README.md").write_text(
+            redact_text(classifier_model_card(model_card, folder.name)), encoding="utf-8"
+        )
     return folder
 
 

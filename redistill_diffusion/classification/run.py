@@ -20,8 +20,11 @@ from typing import Any
 
 from ..config import DataArguments, DistillationArguments, TrainingArguments, parse_args, to_dict
 from ..distillers import distillation_options, parse_distiller
+from ..files import check_output_dir_reads_nothing
 from ..red import init_red_blocks
+from ..redaction import redact_log_handlers
 from ..training.checkpointing import STATE_FILE, resolve_resume_path
+from ..training.outputs import recorded_outputs, write_text_atomic
 from .data import (
     as_tensor_dataset,
     build_classification_transform,
@@ -325,6 +328,13 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
 
     training_args, data_args, cls_args = parse_args(CLASSIFIER_ARGUMENTS, argv, defaults=CLASSIFIER_DEFAULTS)
     _validate(cls_args, training_args)
+    check_output_dir_reads_nothing(
+        training_args.output_dir,
+        {
+            "--teacher_model_name_or_path": cls_args.teacher_model_name_or_path,
+            "--model_name_or_path": cls_args.model_name_or_path,
+        },
+    )
     config = to_dict(training_args, data_args, cls_args)
     with Trainer(
         training_args, project_name="train_classifier_redistill", config=config, hub_api=hub_api
@@ -333,20 +343,23 @@ def run_classifier(argv: Sequence[str] | None = None, hub_api: Any = None):
         logging.getLogger("redistill_diffusion").setLevel(
             logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
         )
+        redact_log_handlers()
         task = build_classification_task(cls_args, data_args, training_args)
         from ..model_cards import training_command
 
         task.command = training_command(sys.argv[1:] if argv is None else argv, "redistill train classifier")
         result = trainer.train(task)
-    if trainer.accelerator.is_main_process:
-        results_path = Path(training_args.output_dir) / "results.json"
+    results_path = Path(training_args.output_dir) / "results.json"
+    # Only the run's own results.json (a user's file of that name was kept, not replaced: outputs.staged).
+    if trainer.accelerator.is_main_process and "results.json" in (
+        recorded_outputs(results_path.parent) or []
+    ):
         if results_path.is_file():
             with open(results_path, encoding="utf-8") as handle:
                 results = json.load(handle)
             results["seconds_per_step"] = result.seconds_per_step
             results["train_batch_size"] = training_args.train_batch_size
-            with open(results_path, "w", encoding="utf-8") as handle:
-                json.dump(results, handle, indent=2)
+            write_text_atomic(results_path, json.dumps(results, indent=2))
     return result
 
 

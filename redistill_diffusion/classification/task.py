@@ -233,7 +233,7 @@ class ClassificationTask:
             }
         if self._teacher_metrics:
             metrics.update({"teacher_top1": self._teacher_metrics["teacher_top1"]})
-        self._load_best(ctx.output_dir)
+        self._load_best(ctx.run_dir or ctx.output_dir)
         if self.best_top1 is None or metrics["top1"] > self.best_top1:
             self.best_top1 = metrics["top1"]
             folder = save_classifier(

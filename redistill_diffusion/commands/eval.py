@@ -16,6 +16,7 @@ Writes <output_dir>/metrics.json, metrics.md and samples_<name>.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,12 +180,46 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         add_help=False,
         prefix_chars="+",
+        allow_abbrev=False,
     )
     parser.add_argument("eval_args", nargs=argparse.REMAINDER, help="the flags of `redistill eval --help`")
     parser.set_defaults(func=lambda args: run(parse_eval_args(args.eval_args)))
 
 
 def run(settings: EvalArguments) -> int:
+    """Evaluate with ``output_dir`` locked: a second evaluation into the same folder is refused in one
+    line (exit 2) instead of both writing metrics.json and one result being lost; SIGTERM/SIGINT stop
+    it in one line (143 / 130) with metrics.json holding the finished rows, never half a file."""
+    from redistill_diffusion.files import check_output_dir_reads_nothing, ensure_output_dir
+    from redistill_diffusion.interrupts import Interrupted, SignalGuard
+    from redistill_diffusion.training.outputs import lock_output_dir
+
+    check_output_dir_reads_nothing(settings.output_dir, {"--pipelines": settings.pipelines})
+    created = not Path(settings.output_dir).expanduser().exists()
+    ensure_output_dir(settings.output_dir)
+    try:
+        lock = lock_output_dir(settings.output_dir)
+    except BaseException:
+        if created:
+            Path(settings.output_dir).rmdir()
+        raise
+    try:
+        with SignalGuard():
+            return _run_locked(settings)
+    except Interrupted as stop:
+        raise Interrupted(
+            stop.signum,
+            f"interrupted by {stop.signal_name}: {Path(settings.output_dir) / 'metrics.json'} holds only the "
+            "results finished before it (if any); run the same command again for all of them.",
+        ) from None
+    finally:
+        lock.release()
+        if created:
+            with contextlib.suppress(OSError):  # the evaluation wrote something: it stays
+                Path(settings.output_dir).rmdir()
+
+
+def _run_locked(settings: EvalArguments) -> int:
     import torch
 
     from redistill_diffusion.evaluation import evaluate_images, evaluate_pipelines
@@ -247,12 +282,15 @@ def run(settings: EvalArguments) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the standalone script, with the CLI's one-line errors."""
-    from ..errors import USER_ERRORS, report, report_keyboard_interrupt
+    from redistill_diffusion.errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
+    from redistill_diffusion.interrupts import Interrupted
 
     try:
         return run(parse_eval_args(argv, prog="evaluate_fid_is"))
     except USER_ERRORS as error:
         return report(error, prefix="evaluate_fid_is: error")
+    except Interrupted as stop:
+        return report_interrupt(stop, prefix="evaluate_fid_is")
     except KeyboardInterrupt:
         return report_keyboard_interrupt(prefix="evaluate_fid_is")
 

@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from ..redaction import redact_text
+
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 TEACHER_RECIPE = "quickstart_teacher_cpu.yaml"
 STUDENT_RECIPE = "quickstart_cpu.yaml"
@@ -36,6 +38,7 @@ def register(subparsers) -> None:
         help="train a tiny teacher and distil a 4x-lower-peak-memory student, offline, in minutes",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default: {DEFAULT_OUTPUT_DIR}")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="retrain even if outputs exist")
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     overwrite = args.overwrite_output_dir
     common = ["--mixed_precision", precision, "--overwrite_output_dir", "true" if overwrite else "false"]
     timings: dict[str, float] = {}
+    commands: dict[str, str] = {}
     start = time.perf_counter()
     if (teacher_dir / "model_index.json").is_file() and not args.overwrite_output_dir:
         print(
@@ -112,24 +116,33 @@ def run(args: argparse.Namespace) -> int:
         teacher_result = None
     else:
         print(f"[1/2] Training a tiny DDPM teacher on offline shapes -> {teacher_dir}")
-        teacher_result = run_teacher(
-            _stage_argv(TEACHER_RECIPE, teacher_dir, args.teacher_steps, common, overwrite)
-        )
+        teacher_argv = _stage_argv(TEACHER_RECIPE, teacher_dir, args.teacher_steps, common, overwrite)
+        commands["teacher"] = _shell("redistill train ddpm-teacher", teacher_argv)
+        teacher_result = run_teacher(teacher_argv)
     timings["teacher_seconds"] = time.perf_counter() - start
 
     distiller = args.distiller or load_recipe(str(recipe_path(STUDENT_RECIPE)))["distiller"]
     print(f"[2/2] Distilling a stem-stride-2 student with {distiller} -> {student_dir}")
     student_common = [*common, "--distiller", distiller, "--teacher_model_name_or_path", str(teacher_dir)]
     middle = time.perf_counter()
-    student_result = run_redistill(
-        _stage_argv(STUDENT_RECIPE, student_dir, args.student_steps, student_common, overwrite)
-    )
+    student_argv = _stage_argv(STUDENT_RECIPE, student_dir, args.student_steps, student_common, overwrite)
+    commands["student"] = _shell("redistill train ddpm", student_argv)
+    student_result = run_redistill(student_argv)
     timings["student_seconds"] = time.perf_counter() - middle
-    timings["total_seconds"] = time.perf_counter() - start
 
     memory_path = student_dir / "memory_report.json"
     memory = json.loads(memory_path.read_text()) if memory_path.is_file() else {}
+    compare_start = time.perf_counter()
     comparison = _compare(teacher_dir, student_dir, root)
+    timings["comparison_seconds"] = time.perf_counter() - compare_start
+    timings["total_seconds"] = time.perf_counter() - start
+    phases = {
+        "teacher": _phases(timings["teacher_seconds"], teacher_result),
+        "student": _phases(timings["student_seconds"], student_result),
+        "comparison (held-out losses, checkerboard share, side_by_side.png)": round(
+            timings["comparison_seconds"], 1
+        ),
+    }
     summary = {
         "teacher": str(teacher_dir),
         "student": str(student_dir),
@@ -149,9 +162,12 @@ def run(args: argparse.Namespace) -> int:
             "student": student_result.seconds_per_step,
         },
         **comparison,
+        "mixed_precision": precision,
+        "commands": commands,
+        "phase_seconds": phases,
         **{key: round(value, 1) for key, value in timings.items()},
     }
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    (root / "summary.json").write_text(redact_text(json.dumps(summary, indent=2)))
     print("\nDone in {:.0f} s.".format(timings["total_seconds"]))
     print(
         f"  student pipeline : {student_dir}  (DiffusionPipeline.from_pretrained, after `import redistill_diffusion`)"
@@ -174,7 +190,36 @@ def run(args: argparse.Namespace) -> int:
         f"teacher {grid['teacher']:.4f}  student {grid['student']:.4f}"
     )
     print(f"  side by side     : {comparison['side_by_side']}  (teacher | student | memory per layer)")
+    print(f"  time per phase   : {_format_phases(phases)} ({'bf16' if precision == 'bf16' else 'fp32'})")
     return 0
+
+
+def _shell(program: str, argv: list[str]) -> str:
+    import shlex
+
+    return " ".join([program, *(shlex.quote(a) for a in argv)])
+
+
+def _phases(total: float, result) -> dict[str, float] | float:
+    """A stage's wall time split into data/model preparation, the training loop and the final save (a reused
+    stage: its reuse time only)."""
+    if result is None or not result.phase_seconds:
+        return round(total, 1)
+    phases = dict(result.phase_seconds)
+    preparation = total - sum(phases.values())
+    return {"preparation": round(preparation, 1), **phases}
+
+
+def _format_phases(phases: dict) -> str:
+    parts = []
+    for name, value in phases.items():
+        label = name.split(" ")[0]
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in value.items())
+            parts.append(f"{label} {sum(value.values()):.0f} s ({inner})")
+        else:
+            parts.append(f"{label} {value:.0f} s")
+    return "; ".join(parts)
 
 
 HELDOUT_IMAGES = 256

@@ -41,6 +41,7 @@ def register(subparsers) -> None:
         description="\n".join(f"{kind}: {text}" for kind, (_, _, text) in KINDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
+        allow_abbrev=False,
     )
     parser.add_argument("kind", choices=sorted(KINDS), nargs="?", help="what to train")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="flags for the training script")

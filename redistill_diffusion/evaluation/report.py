@@ -156,6 +156,14 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
 
 def write_report(results: Sequence[dict], extractor: FeatureExtractorChoice, output_dir: str | Path) -> None:
     """``metrics.json`` (``{"results": [...]}``) and ``metrics.md`` in ``output_dir``."""
+    from ..interrupts import at_phase
+    from ..redaction import redact_text
+    from ..training.outputs import write_text_atomic
+
     output_dir = Path(output_dir)
-    (output_dir / "metrics.json").write_text(json.dumps({"results": list(results)}, indent=2) + "\n")
-    (output_dir / "metrics.md").write_text(format_metrics_table(results, extractor))
+    at_phase("eval_report")
+    # Atomic: an interruption leaves the previous report or the new one, never half of one.
+    write_text_atomic(
+        output_dir / "metrics.json", redact_text(json.dumps({"results": list(results)}, indent=2) + "\n")
+    )
+    write_text_atomic(output_dir / "metrics.md", redact_text(format_metrics_table(results, extractor)))

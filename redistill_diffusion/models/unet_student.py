@@ -35,6 +35,7 @@ from ..taps import match_by_resolution, parse_tap, probe_shapes
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
 OUTPUT_HEADS = ("transposed_conv", "overlapping_transposed_conv", "pixel_shuffle")
+STEMS = ("conv", "space_to_depth")
 RED_PRESETS = ("paper", "full")
 HEAD_INITS = ("paper", "random", "teacher")
 
@@ -115,7 +116,8 @@ class ReDistillUNet2DModel(UNet2DModel):
     more checkerboard than the paper's head: benchmarks/results/quickstart_variants.md);
     ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
     ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``),
-    ``subpixel_skip`` (`SubpixelSkip`). Everything else is UNet2DModel's config.
+    ``subpixel_skip`` (`SubpixelSkip`), ``refiner_channels`` (`FullResolutionRefiner`), ``stem`` (``"conv"``, the
+    paper's strided conv, or ``"space_to_depth"``, lossless). Everything else is UNet2DModel's config.
     """
 
     @register_to_config
@@ -161,7 +163,11 @@ class ReDistillUNet2DModel(UNet2DModel):
         red_variant: str = "full",
         red_norm: str = "batch",
         subpixel_skip: bool = False,
+        refiner_channels: int = 0,
+        stem: str = "conv",
     ):
+        if stem not in STEMS:
+            raise ValueError(f"Unknown stem {stem!r}; choose one of {', '.join(STEMS)}.")
         validate_student_config(
             stem_stride=stem_stride,
             down_block_types=down_block_types,
@@ -204,16 +210,28 @@ class ReDistillUNet2DModel(UNet2DModel):
             num_train_timesteps=num_train_timesteps,
         )
         self._move_strides(stem_stride, output_head, block_out_channels[0], out_channels)
+        if stem == "space_to_depth" and stem_stride > 1:
+            # Lossless: every pixel reaches the first conv (as s^2 channels), none is skipped by a stride.
+            self.conv_in = nn.Sequential(
+                nn.PixelUnshuffle(stem_stride),
+                nn.Conv2d(in_channels * stem_stride**2, block_out_channels[0], kernel_size=3, padding=1),
+            )
+        embedding_dim = self.time_embedding.linear_2.out_features
         self.subpixel_path = None
         if subpixel_skip and stem_stride > 1:
             if in_channels != out_channels:
                 raise ValueError(
                     "subpixel_skip needs in_channels == out_channels (a noise-predicting denoiser)."
                 )
-            self.subpixel_path = SubpixelSkip(
-                out_channels, stem_stride, self.time_embedding.linear_2.out_features
-            )
-            self._time_embedding = None
+            self.subpixel_path = SubpixelSkip(out_channels, stem_stride, embedding_dim)
+        bad_refiner = isinstance(refiner_channels, bool) or not isinstance(refiner_channels, int)
+        if bad_refiner or refiner_channels < 0:
+            raise ValueError(f"refiner_channels must be a non-negative integer, got {refiner_channels!r}.")
+        self.refiner = None
+        if refiner_channels and stem_stride > 1:
+            self.refiner = FullResolutionRefiner(in_channels, out_channels, refiner_channels, embedding_dim)
+        self._time_embedding = None
+        if self.subpixel_path is not None or self.refiner is not None:
             self.time_embedding.register_forward_hook(self._keep_time_embedding)
         install_red_blocks(
             self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
@@ -262,16 +280,21 @@ class ReDistillUNet2DModel(UNet2DModel):
         self._time_embedding = output
 
     def forward(self, sample: torch.Tensor, timestep, class_labels=None, return_dict: bool = True):
-        """UNet2DModel's forward, plus the `SubpixelSkip` term when the config asks for it."""
+        """UNet2DModel's forward, plus the `SubpixelSkip` term and the `FullResolutionRefiner` when the
+        config asks for them."""
         output = super().forward(sample, timestep, class_labels=class_labels, return_dict=return_dict)
-        if self.subpixel_path is None:
+        if self.subpixel_path is None and self.refiner is None:
             return output
         embedding, self._time_embedding = self._time_embedding, None
-        correction = self.subpixel_path(sample, embedding)
+        prediction = output.sample if return_dict else output[0]
+        if self.subpixel_path is not None:
+            prediction = prediction + self.subpixel_path(sample, embedding)
+        if self.refiner is not None:
+            prediction = self.refiner(sample, prediction, embedding)
         if return_dict:
-            output.sample = output.sample + correction
+            output.sample = prediction
             return output
-        return (output[0] + correction, *output[1:])
+        return (prediction, *output[1:])
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
@@ -313,6 +336,8 @@ class ReDistillUNet2DModel(UNet2DModel):
         head_init: str = "paper",
         red_norm: str = "group",
         subpixel_skip: bool = False,
+        refiner_channels: int = 0,
+        stem: str = "conv",
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
 
@@ -326,7 +351,11 @@ class ReDistillUNet2DModel(UNet2DModel):
         :func:`unet_tap_pairs`; ``None`` builds the plain student (vanilla / output distillation).
         ``red_norm``: ``"group"`` (default: a denoiser's batch mixes noise levels; measured better, see
         docs/red_norm.md) or ``"batch"`` (the paper's). A config without ``red_norm`` loads as BatchNorm.
-        ``subpixel_skip``: see `SubpixelSkip` (off: the paper's student).
+        ``subpixel_skip``: see `SubpixelSkip` (off: the paper's student). ``refiner_channels``: width of the
+        `FullResolutionRefiner` (0, the default: none, the paper's student). ``stem``: ``"conv"`` (the
+        paper's strided 3x3 conv) or ``"space_to_depth"`` (lossless: PixelUnshuffle(s) then a 3x3 conv at the
+        low resolution; pair it with ``output_head="pixel_shuffle"``, its inverse. A Haar-wavelet stem is the
+        same model up to a fixed orthogonal mix of the s^2 channels, which the first conv absorbs).
         """
         if not isinstance(teacher, UNet2DModel):
             raise ValueError(f"The teacher must be a diffusers UNet2DModel, got {type(teacher).__name__}.")
@@ -343,6 +372,8 @@ class ReDistillUNet2DModel(UNet2DModel):
             red_variant=red_variant,
             red_norm=red_norm,
             subpixel_skip=subpixel_skip,
+            refiner_channels=refiner_channels,
+            stem=stem,
         )
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}.")
@@ -389,6 +420,40 @@ class SubpixelSkip(nn.Module):
         gains = self.gain(embedding).to(sample.dtype).view(batch, channels, s * s, s * s)
         pattern = (gains @ means.reshape(batch, channels, s * s, 1)).view(batch, channels, s, s)
         return pattern.repeat(1, 1, height // s, width // s)
+
+
+class FullResolutionRefiner(nn.Module):
+    """A thin tail at the input's resolution: the only layers of the student that see single pixels.
+
+    The paper's student sees the image through its stride-s stem only and paints its output with a
+    per-block linear head, so the pixel-level part of denoising (telling fine detail from noise, which
+    decides the low-noise end of the schedule, where such a student's error is largest) has to be carried
+    through every coarse layer. This tail takes the noisy input and the coarse prediction, applies a 3x3 conv
+    to ``channels`` features, a time-conditioned scale and shift, SiLU, and a 3x3 conv back, and adds the
+    result to the prediction. The last conv starts at zero, so the student starts exactly as without it.
+
+    Memory: its largest tensors are ``channels`` x H x W; at ``channels`` <= C0 / s^2 (C0 the stem's
+    width) they are no larger than the stem's own output, so the exact peak of the student is unchanged
+    (tested for the quickstart and the google/ddpm-cifar10-32 students).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int, embedding_dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels + out_channels, channels, kernel_size=3, padding=1)
+        self.time_proj = nn.Linear(embedding_dim, 2 * channels)
+        self.conv_out = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.time_proj.weight)
+        nn.init.zeros_(self.time_proj.bias)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(
+        self, sample: torch.Tensor, prediction: torch.Tensor, embedding: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.conv_in(torch.cat([sample.to(prediction.dtype), prediction], dim=1))
+        scale, shift = self.time_proj(nn.functional.silu(embedding)).to(hidden.dtype).chunk(2, dim=1)
+        hidden = nn.functional.silu(torch.addcmul(shift[..., None, None], hidden, 1 + scale[..., None, None]))
+        return prediction + self.conv_out(hidden)
 
 
 def _make_resolution_preserving_downsampler(downsampler: nn.Module) -> None:

@@ -15,11 +15,13 @@ the commit (`prune_checkpoints`) are what this module keeps; the contents are ac
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -272,3 +274,55 @@ def prune_checkpoints(output_dir: str, total_limit: int | None) -> list[Path]:
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
+
+
+DISK_FULL = "disk full"
+_READ_ONLY = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+_LOW_SPACE_BYTES = 64 * 1024**2  # below this, a failed write is taken for a full disk
+
+
+def write_failure(error: BaseException, path: Path) -> str | None:
+    """What made a write under ``path`` fail, when the user can fix it: "disk full" (ENOSPC or EDQUOT
+    anywhere in the error's chain, or almost no space left: torch.save reports a full disk as a bare
+    RuntimeError), "read-only file system", "permission denied"; None for anything else (a bug)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            if seen.errno in (errno.ENOSPC, errno.EDQUOT):
+                return DISK_FULL
+            if seen.errno in _READ_ONLY:
+                return _READ_ONLY[seen.errno]
+        if "No space left on device" in str(seen):
+            return DISK_FULL
+        seen = seen.__cause__ or seen.__context__
+    try:
+        existing = next(p for p in [path, *path.parents] if p.exists())
+        if shutil.disk_usage(existing).free < _LOW_SPACE_BYTES:
+            return DISK_FULL
+    except (OSError, StopIteration):
+        pass
+    return None
+
+
+def _size_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def write_failure_advice(problem: str, args: Any) -> str:
+    """What to do about `write_failure`'s ``problem`` in ``args.output_dir``."""
+    if problem == DISK_FULL:
+        latest = find_latest_checkpoint(args.output_dir)
+        size = _size_bytes(latest) if latest is not None else 0
+        return f"free {max(size / 1e9, 0.01):.2f} GB or lower --checkpoints_total_limit"
+    return f"make {args.output_dir} writable or pass another --output_dir"
+
+
+def write_failure_message(problem: str, args: Any, name: str) -> str:
+    """One line for a checkpoint that could not be written (its .tmp is already removed)."""
+    if problem == DISK_FULL:
+        return f"disk full while writing {name}: {write_failure_advice(problem, args)}."
+    return f"cannot write {name} in {args.output_dir} ({problem}): {write_failure_advice(problem, args)}."

@@ -265,7 +265,7 @@ class DiffusionTask:
 
         unet = ctx.modules[self.main_module_name]
         root = Path(output_dir)
-        announce(f"Saving the pipeline and its model card to {root}")
+        announce(f"Saving the pipeline and its model card to {ctx.run_dir or root}")
         save_ddpm_pipeline(unet, self.noise_scheduler, root)
         memory = self._memory_report(unet, root)
         card = self.card
@@ -412,6 +412,8 @@ def build_redistill_task(
             red_variant=student_args.red_variant,
             red_norm=student_args.red_norm,
             subpixel_skip=student_args.subpixel_skip,
+            refiner_channels=student_args.refiner_channels,
+            stem=student_args.stem,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(

@@ -21,6 +21,8 @@ from ..config import (
     parse_args,
     to_dict,
 )
+from ..files import check_output_dir_reads_nothing
+from ..redaction import redact_log_handlers
 from .trainer import Trainer, TrainResult
 
 REDISTILL_ARGUMENTS = (TrainingArguments, DataArguments, DDPMArguments, StudentArguments)
@@ -34,6 +36,7 @@ def _setup_logging(trainer: Trainer) -> None:
     level = logging.INFO if trainer.accelerator.is_main_process else logging.ERROR
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("redistill_diffusion").setLevel(level)
+    redact_log_handlers()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
 
@@ -52,6 +55,9 @@ def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> Tra
     training_args, data_args, ddpm_args, student_args = parse_args(REDISTILL_ARGUMENTS, argv)
     if not student_args.teacher_model_name_or_path:
         raise ValueError("Pass --teacher_model_name_or_path (a DDPM pipeline or UNet2DModel folder/Hub id).")
+    check_output_dir_reads_nothing(
+        training_args.output_dir, {"--teacher_model_name_or_path": student_args.teacher_model_name_or_path}
+    )
     config = to_dict(training_args, data_args, ddpm_args, student_args)
     with Trainer(
         training_args, project_name="train_ddpm_redistill", config=config, hub_api=hub_api
@@ -67,6 +73,9 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
     from .diffusion import build_teacher_task
 
     training_args, data_args, ddpm_args, model_args = parse_args(TEACHER_ARGUMENTS, argv)
+    check_output_dir_reads_nothing(
+        training_args.output_dir, {"--model_config_name_or_path": model_args.model_config_name_or_path}
+    )
     config = to_dict(training_args, data_args, ddpm_args, model_args)
     with Trainer(training_args, project_name="train_ddpm_teacher", config=config, hub_api=hub_api) as trainer:
         _setup_logging(trainer)
@@ -77,12 +86,15 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
 
 def script_main(run, argv: Sequence[str] | None = None) -> int:
     """Entry point of the example scripts: bad input -> one line on stderr and exit status 2, as `redistill`."""
-    from ..errors import USER_ERRORS, report, report_keyboard_interrupt
+    from ..errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
+    from ..interrupts import Interrupted
 
     try:
         result = run(argv)
     except USER_ERRORS as error:
         return report(error)
+    except Interrupted as stop:  # SIGTERM / SIGINT: one line, no traceback, 143 / 130
+        return report_interrupt(stop)
     except KeyboardInterrupt:
         return report_keyboard_interrupt()
     print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")

@@ -90,6 +90,9 @@ class EvalContext:
     output_dir: str
     accelerator: Any
     metrics: dict[str, float] = field(default_factory=dict)  # latest evaluation metrics, for model cards
+    # The run's output_dir, to read what earlier evaluations left there; ``output_dir`` is where this
+    # evaluation / save writes (a staging folder whose files are committed when it succeeds).
+    run_dir: str | None = None
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from torch import nn
 
 from ..config import TrainingArguments
 from ..files import ensure_output_dir
+from ..interrupts import Interrupted, SignalGuard, at_phase
 from . import checkpointing as ckpt
 from . import outputs, run_checks
 from .ema import ModelEMA
@@ -53,16 +55,20 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
     last_logs: dict[str, float] = field(default_factory=dict)  # the named losses of the last step
+    # wall seconds of setup (+ resume), the training loop (with any evaluations in it) and the final save
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _flat_config(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Tracker hparams accept scalars only; lists become strings, secrets are dropped."""
-    flat = {}
-    for key, value in (config or {}).items():
-        if key == "hub_token":
-            continue
-        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+    """Tracker hparams accept scalars only; lists become strings, secrets are dropped (any key naming a
+    token) or masked (a token value inside another value)."""
+    from ..redaction import drop_secret_keys
+
+    flat = {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in (config or {}).items()
+    }
+    return drop_secret_keys(flat)
 
 
 def build_optimizer(
@@ -173,7 +179,13 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         )
         self._lock = None
+        self._signals: SignalGuard | None = None
+        self._stage = "setup"  # setup, training, between_steps, final: where a signal found the run
+        self._created_output_dir = not Path(args.output_dir).expanduser().exists()
+        self._kept: set[str] = set()  # the user's files this run did not replace (warned once each)
         self._claim_output_dir()
+        # SIGTERM / SIGINT from here on stop the run cleanly (see `_interrupted`); until the lock is given up.
+        self._signals = SignalGuard().__enter__()
         set_seed(args.seed)
         self.generator = torch.Generator(device=self.accelerator.device)
         self.generator.manual_seed(args.seed * 1009 + self.accelerator.process_index)
@@ -220,6 +232,7 @@ class Trainer:
                 self._lock = outputs.lock_output_dir(args.output_dir)
                 ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
                 if args.overwrite_output_dir and not args.resume_from_checkpoint:
+                    outputs.check_no_foreign_model(args.output_dir)
                     outputs.remove_previous_run(args.output_dir)
             except BaseException:
                 self.release_output_dir()
@@ -254,14 +267,29 @@ class Trainer:
         self._on_main_process(create)
 
     def release_output_dir(self) -> None:
-        """Give up the output_dir lock (also released by the OS when the process ends)."""
+        """Give up the output_dir lock and remove its file (the OS also releases the lock when the process
+        ends), restore the previous signal handlers, and remove output_dir again if this run created it
+        and left nothing in it (a run refused early)."""
+        signals = getattr(self, "_signals", None)
+        if signals is not None:
+            signals.__exit__(None, None, None)
+            self._signals = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+            if self._created_output_dir:
+                with contextlib.suppress(OSError):  # not empty: the run wrote something, it stays
+                    Path(self.args.output_dir).rmdir()
 
     def _recording(self):
         """Files written inside this block are recorded as this run's outputs (main process)."""
         return outputs.recording(self.args.output_dir, enabled=self.accelerator.is_main_process)
+
+    def _staged(self, final: bool = False):
+        """Outputs written into the yielded folder are committed to output_dir when the block succeeds
+        (recorded first, a user's file never replaced: `outputs.staged`); dropped if it fails."""
+        on_commit = (lambda name: at_phase("final_save")) if final else None
+        return outputs.staged(self.args.output_dir, kept=self._kept, on_commit=on_commit)
 
     # ------------------------------------------------------------------ checkpoint hooks
     def _save_hook(self, models, weights, output_dir):
@@ -305,15 +333,32 @@ class Trainer:
             self.ema.load(input_dir)
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoint-<step>`` atomically (all processes call this)."""
+        """Write ``checkpoint-<step>`` atomically (all processes call this). A first SIGTERM/SIGINT waits
+        for the save to finish; a failed or abandoned save leaves no ``.tmp`` behind, and a full disk or
+        an unwritable folder is one line saying what to do."""
+        tmp_dir = ckpt.temporary_checkpoint_dir(self.args.output_dir, self.global_step)
+        try:
+            with self._signals.deferring() if self._signals else contextlib.nullcontext():
+                return self._save_checkpoint(tmp_dir)
+        except BaseException as error:
+            problem = ckpt.write_failure(error, tmp_dir) if isinstance(error, Exception) else None
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            if problem is not None:
+                raise OSError(
+                    ckpt.write_failure_message(problem, self.args, tmp_dir.name[: -len(ckpt.TMP_SUFFIX)])
+                ) from error
+            raise
+
+    def _save_checkpoint(self, tmp_dir: Path) -> Path:
         accelerator, args = self.accelerator, self.args
-        tmp_dir = ckpt.temporary_checkpoint_dir(args.output_dir, self.global_step)
         final_dir = ckpt.final_checkpoint_dir(args.output_dir, self.global_step)
         if accelerator.is_main_process:
             ckpt.remove_stale_temporaries(args.output_dir)
             tmp_dir.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp_dir), safe_serialization=True)
+        at_phase("checkpoint_save")
         if accelerator.is_main_process:  # the completion marker, written last
             state = {"global_step": self.global_step, "epoch": self.epoch, **self._data_order_settings()}
             with open(tmp_dir / ckpt.STATE_FILE, "w") as handle:
@@ -346,23 +391,29 @@ class Trainer:
             return contextlib.nullcontext()
         return self.ema.swapped_into(self._main_module)
 
-    def _eval_context(self) -> EvalContext:
+    def _eval_context(self, write_to: Path | None = None) -> EvalContext:
         return EvalContext(
             modules={name: self.accelerator.unwrap_model(m) for name, m in self._modules.items()},
             device=self.accelerator.device,
             global_step=self.global_step,
             epoch=self.epoch,
-            output_dir=self.args.output_dir,
+            output_dir=str(write_to or self.args.output_dir),
             accelerator=self.accelerator,
             metrics=dict(self.metrics),
+            run_dir=self.args.output_dir,
         )
 
     def _evaluate(self, task) -> None:
         accelerator = self.accelerator
         if hasattr(task, "evaluate") and accelerator.is_main_process:
             # fork_rng: evaluation must not move the training RNG streams (exact resume).
-            with torch.random.fork_rng(devices=[]), self.ema_weights(), torch.no_grad(), self._recording():
-                metrics = task.evaluate(self._eval_context()) or {}
+            with (
+                torch.random.fork_rng(devices=[]),
+                self.ema_weights(),
+                torch.no_grad(),
+                self._staged() as where,
+            ):
+                metrics = task.evaluate(self._eval_context(where)) or {}
             self.metrics.update(metrics)
             if metrics:
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.global_step)
@@ -372,11 +423,54 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self, task) -> TrainResult:
-        """Train ``task``; the output_dir lock is released at the end, also on failure."""
+        """Train ``task``; the output_dir lock is released at the end, also on failure. A SIGTERM/SIGINT
+        ends it with `Interrupted`, whose message says what was saved and how to resume."""
+        self._stage = "setup"
         try:
             return self._train(task)
+        except Interrupted as stop:
+            raise self._interrupted(stop) from None
         finally:
             self.release_output_dir()
+
+    def _stop_agreed(self) -> bool:
+        """Whether a signal asks this run to stop after the current step (on every process alike)."""
+        if self._signals is None:
+            return False
+        if self.accelerator.num_processes == 1:
+            return self._signals.pending
+        if self._signals.pending:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
+
+    def _interrupted(self, stop: Interrupted) -> Interrupted:
+        """Save a checkpoint of the current step when checkpointing is on and none exists yet (after a
+        step, every process together; elsewhere, single-process runs only), then say how to go on."""
+        args = self.args
+        name = stop.signal_name
+        where = {
+            "setup": "before the first step",
+            "final": f"while saving the final model in {args.output_dir}",
+        }.get(self._stage, f"at step {self.global_step}")
+        latest = ckpt.find_latest_checkpoint(args.output_dir)
+        saved_now = False
+        agreed = self._stage == "between_steps" or self.accelerator.num_processes == 1
+        if args.checkpointing_steps and self.global_step > 0 and agreed:
+            if latest is None or latest.name != f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}":
+                try:
+                    latest = self.save_checkpoint()
+                    saved_now = True
+                except (Interrupted, OSError) as error:  # a second signal, a full disk: keep the older one
+                    logger.warning("No checkpoint at step %d: %s", self.global_step, error)
+                    latest = ckpt.find_latest_checkpoint(args.output_dir)
+        finish = "to finish it" if self._stage == "final" else "to continue"
+        if latest is not None:
+            what = f"saved {latest.name}" if saved_now else f"the newest checkpoint is {latest.name}"
+            how = f"run the same command with --resume_from_checkpoint latest {finish}."
+        else:
+            what = "no checkpoint" + (" (--checkpointing_steps 0)" if not args.checkpointing_steps else "")
+            how = "run the same command with --overwrite_output_dir to start over."
+        return Interrupted(stop.signum, f"interrupted by {name} {where}: {what}; {how}")
 
     def __enter__(self) -> Trainer:
         return self
@@ -385,10 +479,17 @@ class Trainer:
         self.release_output_dir()
 
     def _train(self, task) -> TrainResult:
+        start = time.perf_counter()
         self._setup(task)
         resume_path = self._resume()
+        at_phase("after_setup")
+        self._stage = "training"
+        loop_start = time.perf_counter()
         step_times = self._run_epochs(task)
+        final_start = time.perf_counter()
         self._finish(task)
+        phases = {"setup": loop_start - start, "training": final_start - loop_start}
+        phases["final_samples_and_save"] = time.perf_counter() - final_start
         # The first step includes warm-up work (allocations); report the median of the rest.
         timed = sorted(step_times[1:] or step_times)
         return TrainResult(
@@ -399,6 +500,7 @@ class Trainer:
             metrics=dict(self.metrics),
             resumed_from=str(resume_path) if resume_path else None,
             last_logs=dict(self.last_logs),
+            phase_seconds={k: round(v, 1) for k, v in phases.items()},
         )
 
     def _setup(self, task) -> None:
@@ -548,33 +650,39 @@ class Trainer:
         step_times: list[float] = []
         tick = time.perf_counter()
         first_epoch = self.global_step // schedule.steps_per_epoch
-        for epoch in range(first_epoch, schedule.num_epochs):
-            if self.global_step >= schedule.max_train_steps:
-                break
-            self.epoch = epoch
-            for module in self._modules.values():
-                module.train()
-            for batch in self._epoch_batches(epoch, first_epoch):
-                ctx.global_step = self.global_step
-                logs = self._step(task, batch, ctx)
-                if logs is None:  # a micro-batch of gradient accumulation
-                    continue
-                now = time.perf_counter()
-                step_times.append(now - tick)
-                tick = now
-                progress.update(1)
-                progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-                if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
-                    self.save_checkpoint()
-                if self._due(args.validation_steps, self.global_step):
-                    self._evaluate(task)
-                    tick = time.perf_counter()
+        try:  # closed on every way out, so a last one-line message starts on its own line
+            for epoch in range(first_epoch, schedule.num_epochs):
                 if self.global_step >= schedule.max_train_steps:
                     break
-            if self._due(args.validation_epochs, epoch + 1):
-                self._evaluate(task)
-                tick = time.perf_counter()
-        progress.close()
+                self.epoch = epoch
+                for module in self._modules.values():
+                    module.train()
+                for batch in self._epoch_batches(epoch, first_epoch):
+                    ctx.global_step = self.global_step
+                    with self._signals.deferring() if self._signals else contextlib.nullcontext():
+                        logs = self._step(task, batch, ctx)  # a first signal lets the step finish
+                    if logs is None:  # a micro-batch of gradient accumulation
+                        continue
+                    now = time.perf_counter()
+                    step_times.append(now - tick)
+                    tick = now
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                    if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
+                        self.save_checkpoint()
+                    if self._stop_agreed():
+                        self._stage = "between_steps"
+                        raise Interrupted(self._signals.received or 15)
+                    if self._due(args.validation_steps, self.global_step):
+                        self._evaluate(task)
+                        tick = time.perf_counter()
+                    if self.global_step >= schedule.max_train_steps:
+                        break
+                if self._due(args.validation_epochs, epoch + 1):
+                    self._evaluate(task)
+                    tick = time.perf_counter()
+        finally:
+            progress.close()
         return step_times
 
     def _due(self, every: int | None, count: int) -> bool:
@@ -587,6 +695,7 @@ class Trainer:
         with accelerator.accumulate(*self._trainable):
             with accelerator.autocast():
                 losses = task.compute_losses(batch, ctx)
+            at_phase("mid_step")
             total = combine_losses(losses.task, losses.distillation, args.distill_weight)
             check_finite(total, {"task": losses.task, **losses.distillation}, self.global_step)
             accelerator.backward(total)
@@ -618,9 +727,20 @@ class Trainer:
         accelerator.wait_for_everyone()
         if getattr(task, "final_samples", True):  # --no_final_samples skips the end-of-training grid
             self._evaluate(task)
+        self._stage = "final"
         if accelerator.is_main_process:
-            with self.ema_weights(), self._recording():
-                task.save_final(args.output_dir, self._eval_context())
+            try:
+                with self.ema_weights(), self._staged(final=True) as where:
+                    task.save_final(str(where), self._eval_context(where))
+            except Exception as error:
+                problem = ckpt.write_failure(error, Path(args.output_dir))
+                if problem is None:
+                    raise
+                raise OSError(
+                    f"{problem} while saving the final model in {args.output_dir} (nothing of it was kept); "
+                    f"{ckpt.write_failure_advice(problem, args)}, then run the same command with "
+                    "--resume_from_checkpoint latest to finish it."
+                ) from error
             if args.push_to_hub:
                 self._push(task)
         accelerator.wait_for_everyone()

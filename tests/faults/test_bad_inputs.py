@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -432,19 +434,39 @@ def test_push_refused_at_the_end_keeps_the_model_and_says_how_to_upload(fake_hub
 
 
 # --------------------------------------------------------------------------- item 10: Ctrl-C
+def _ctrl_c(*args, **kwargs):
+    """A real Ctrl-C (SIGINT to this process) where the patched function was called."""
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # the handler raises here at the latest
+    raise AssertionError("SIGINT was not delivered")
+
+
 @pytest.mark.parametrize("entry", ["script", "cli"])
 def test_ctrl_c_while_loading_data_is_one_line(monkeypatch, tmp_path, capfd, entry):
-    """Ctrl-C before the training loop (which has its own signal handling): no traceback, exit 130."""
+    """Loading data happens under the run's signal handling (`interrupts.SignalGuard`): one line, 130."""
     import redistill_diffusion.data as data
 
-    def interrupted(dataset):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(data, "drop_unreadable_images", interrupted)
+    monkeypatch.setattr(data, "drop_unreadable_images", _ctrl_c)
     argv = _teacher_run(tmp_path / "out")
     capfd.readouterr()
+    code = script_main(run_teacher, argv) if entry == "script" else cli_main(["train", "ddpm-teacher", *argv])
+    _assert_one_line(code, capfd.readouterr().err, "interrupted by SIGINT", exit_code=130)
+
+
+@pytest.mark.parametrize("entry", ["script", "memory"])
+def test_ctrl_c_before_any_signal_handling_is_one_line(monkeypatch, tmp_path, capfd, entry):
+    """Parsing flags or `redistill memory` run with Python's own SIGINT handler: KeyboardInterrupt, which
+    every entry point turns into one line and exit 130 instead of a traceback."""
+    import redistill_diffusion.models.configs as configs
+    import redistill_diffusion.training.runs as runs
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a user's shell process has
+    capfd.readouterr()
     if entry == "script":
-        code = script_main(run_teacher, argv)
+        monkeypatch.setattr(runs, "parse_args", _ctrl_c)
+        code = script_main(run_teacher, _teacher_run(tmp_path / "out"))
     else:
-        code = cli_main(["train", "ddpm-teacher", *argv])
-    _assert_one_line(code, capfd.readouterr().err, "interrupted (Ctrl-C)", exit_code=130)
+        monkeypatch.setattr(configs, "load_unet_config", _ctrl_c)
+        code = cli_main(["memory", "tiny-ddpm-32"])
+    _assert_one_line(code, capfd.readouterr().err, "interrupted by SIGINT (Ctrl-C)", exit_code=130)
+    assert not (tmp_path / "out").exists()
