@@ -757,9 +757,8 @@ class Trainer:
                 commit_message=f"End of training (step {self.global_step})",
                 api=self.hub_api,
             )
-        except (
-            OSError
-        ) as error:  # network / huggingface_hub errors (`hub.HubUnavailableError`); the model is safe
+        # Network and Hub failures (`hub.HubUnavailableError`) are OSErrors; the trained model is safe.
+        except OSError as error:
             from ..hub import upload_command
 
             raise OSError(
