@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import USER_ERRORS, report, report_interrupt
+from .errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
 from .interrupts import Interrupted
 
 SUBCOMMANDS = ("memory", "train", "quickstart", "eval", "export")
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(error, prefix=f"redistill {args.command}: error")
     except Interrupted as stop:
         return report_interrupt(stop, prefix=f"redistill {args.command}")
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt(prefix=f"redistill {args.command}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,13 @@ def make_shapes(num_images: int = 2048, resolution: int = 32, seed: int = 0) -> 
 def _shapes_dataset(num_images: int, resolution: int):
     import datasets
 
+    if num_images < 1:
+        raise ValueError(f"--builtin_num_images must be at least 1, got {num_images}.")
+    if resolution < 8:
+        raise ValueError(
+            f"redistill:shapes draws images of at least 8 pixels, got --resolution {resolution}; pass a larger one."
+        )
+
     images, labels = make_shapes(num_images=num_images, resolution=resolution)
     return datasets.Dataset.from_dict(
         {"image": [Image.fromarray(a) for a in images], "label": labels.tolist()},
@@ -114,8 +121,13 @@ def open_dataset(
 
     path = Path(spec).expanduser()
     if path.is_file():
-        return datasets.load_dataset(
-            _builder_for_files([str(path)]), data_files={split: [str(path)]}, split=split, cache_dir=cache_dir
+        return _load_split(
+            spec,
+            split,
+            _builder_for_files([str(path)]),
+            data_files={split: [str(path)]},
+            split=split,
+            cache_dir=cache_dir,
         )
     if path.is_dir():
         if (
@@ -126,12 +138,62 @@ def open_dataset(
             dataset = datasets.load_from_disk(str(path))
             return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
         # A folder of data files or of images: `datasets` infers the builder (parquet, imagefolder, ...).
-        return datasets.load_dataset(str(path), config_name, split=split, cache_dir=cache_dir)
+        return _load_split(spec, split, str(path), config_name, split=split, cache_dir=cache_dir)
     if looks_like_path(spec):
         raise FileNotFoundError(
-            f"{spec} does not exist (and is not a Hub dataset id of the form owner/name)."
+            f"{spec} does not exist (and is not a Hub dataset id of the form owner/name); pass an existing "
+            "file or folder, or a Hub dataset id."
         )
-    return datasets.load_dataset(spec, config_name, split=split, cache_dir=cache_dir)
+    return _load_split(spec, split, spec, config_name, split=split, cache_dir=cache_dir)
+
+
+def _load_split(description: str, which: str, /, *args, **kwargs):
+    """`datasets.load_dataset`, with a file that holds no rows said in one line that names it."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except ValueError as error:
+        if "corresponds to no data" not in str(error):
+            raise
+        raise ValueError(
+            f"{description} holds no rows (split {which!r} is empty); pass a dataset that holds images."
+        ) from None
+
+
+def as_image_column(dataset, column: str, description: str = "the dataset"):
+    """``dataset`` with ``column`` typed as `datasets.Image`, so its rows decode to PIL images.
+
+    A parquet file written by plain pyarrow (or pandas) carries no Hugging Face feature metadata: its
+    encoded images read as raw bytes, a ``{"bytes", "path"}`` struct or path strings, which no transform
+    can use. Those are cast to `datasets.Image`; image arrays stay as they are; anything else is an error
+    naming the column.
+    """
+    import datasets
+
+    feature = dataset.features[column]
+    if isinstance(feature, datasets.Image):
+        return dataset
+    if isinstance(feature, (datasets.Array2D, datasets.Array3D)) or _is_list_feature(feature):
+        return dataset  # pixel arrays, decoded by `image_decoding.decode_image`
+    if isinstance(feature, dict) and "bytes" in feature:
+        castable = True
+    elif isinstance(feature, datasets.Value):
+        castable = feature.dtype in ("binary", "large_binary", "string", "large_string")
+    else:
+        castable = False
+    if not castable:
+        raise ValueError(
+            f"Column {column!r} of {description} holds {feature} values, not images; pass --image_column "
+            "naming the column of encoded images (PNG/JPEG bytes or paths) or pixel arrays."
+        )
+    return dataset.cast_column(column, datasets.Image())
+
+
+def _is_list_feature(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, (list, datasets.List, datasets.LargeList))
 
 
 def find_column(
@@ -172,7 +234,6 @@ def load_image_dataset(
     ``max_samples`` keeps a random subset drawn with ``seed`` (`select_subset`).
     Raises one clear error for a missing source, an empty split or a missing image column.
     """
-    import datasets
 
     if isinstance(data_files, str):
         data_files = [data_files]
@@ -185,8 +246,10 @@ def load_image_dataset(
     elif data_files:
         missing = [f for f in data_files if not any(ch in f for ch in "*?[") and not os.path.exists(f)]
         if missing:
-            raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}.")
-        dataset = datasets.load_dataset(
+            raise FileNotFoundError(f"--data_files not found: {', '.join(missing)}; pass existing files.")
+        dataset = _load_split(
+            ", ".join(data_files),
+            split,
             _builder_for_files(data_files),
             data_files={split: list(data_files)},
             split=split,
@@ -194,9 +257,11 @@ def load_image_dataset(
         )
     elif train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
-            raise FileNotFoundError(f"train_data_dir {train_data_dir!r} is not a directory.")
-        dataset = datasets.load_dataset(
-            "imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir
+            raise FileNotFoundError(
+                f"--train_data_dir {train_data_dir!r} is not a directory; pass a folder of images."
+            )
+        dataset = _load_split(
+            train_data_dir, split, "imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir
         )
     else:
         raise ValueError(
@@ -204,18 +269,21 @@ def load_image_dataset(
             "--data_files or --train_data_dir."
         )
 
+    source = _source_of(dataset_name, data_files, train_data_dir)
     image_col = find_column(dataset.column_names, image_column, IMAGE_COLUMN_CANDIDATES, "image")
     if image_col is None:
         raise ValueError(
-            f"Could not find an image column among {', '.join(dataset.column_names)}; pass --image_column."
+            f"{source} has no image column among {', '.join(dataset.column_names)}; pass --image_column "
+            "with the one holding the images."
         )
     label_col = find_column(dataset.column_names, label_column, LABEL_COLUMN_CANDIDATES, "label")
     if require_labels and label_col is None:
         raise ValueError(
-            f"Could not find a label column among {', '.join(dataset.column_names)}; pass --label_column."
+            f"{source} has no label column among {', '.join(dataset.column_names)}; pass --label_column "
+            "with the one holding the class indices."
         )
     keep = [image_col] + ([label_col] if label_col else [])
-    dataset = dataset.select_columns(keep)
+    dataset = as_image_column(dataset.select_columns(keep), image_col, source)
     if image_col != "image":
         dataset = dataset.rename_column(image_col, "image")
     if label_col and label_col != "label":
@@ -224,10 +292,12 @@ def load_image_dataset(
         dataset = select_subset(dataset, max_samples, seed)
     dataset = drop_unreadable_images(dataset)
     if len(dataset) == 0:
-        raise ValueError(
-            "The training dataset is empty; check --dataset_name / --train_data_dir / --max_train_samples."
-        )
+        raise ValueError(f"{source} holds no readable images; pass a dataset that holds images.")
     return dataset
+
+
+def _source_of(dataset_name, data_files, train_data_dir) -> str:
+    return dataset_name or (", ".join(data_files) if data_files else None) or train_data_dir or "the dataset"
 
 
 def select_subset(dataset, max_samples: int | None, seed: int):
@@ -237,9 +307,22 @@ def select_subset(dataset, max_samples: int | None, seed: int):
     subset depends only on the data and the seed. When the data has labels, the classes it covers
     are logged, with a warning when one class holds more than twice its share.
     """
-    if max_samples is None or max_samples >= len(dataset):
+    if max_samples is None:
         return dataset
-    subset = dataset.shuffle(seed=seed).select(range(max(0, int(max_samples))))
+    if max_samples < 1:
+        raise ValueError(
+            f"--max_train_samples must be at least 1, got {max_samples}; leave it out to use every image."
+        )
+    if max_samples >= len(dataset):
+        if max_samples > len(dataset):
+            logger.warning(
+                "--max_train_samples %d is more than the %d images there are: training on all %d.",
+                max_samples,
+                len(dataset),
+                len(dataset),
+            )
+        return dataset
+    subset = dataset.shuffle(seed=seed).select(range(int(max_samples)))
     if "label" in subset.column_names and len(subset):
         log_class_balance(subset, num_classes=_label_count(dataset))
     return subset
@@ -319,9 +402,12 @@ def build_image_transform(resolution: int, channels: int = 3, center_crop: bool 
 
     Resize the short side, then crop (centre, or random when ``center_crop`` is False, as in
     diffusers' training scripts), convert to grayscale or RGB to match the model's in_channels.
-    Random flips are left to the task, which draws them from its checkpointed generator.
+    Random flips are left to the task, which draws them from its checkpointed generator. Every
+    image goes through `image_decoding.decode_image` (16-bit, palette, alpha, CMYK, EXIF orientation).
     """
     from torchvision import transforms
+
+    from .image_decoding import decode_image
 
     if channels not in (1, 3):
         raise ValueError(f"Images can be converted to 1 or 3 channels, not {channels}.")
@@ -336,9 +422,7 @@ def build_image_transform(resolution: int, channels: int = 3, center_crop: bool 
     )
 
     def transform(image) -> torch.Tensor:
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        return pipeline(image.convert(mode))
+        return pipeline(decode_image(image, mode))
 
     return transform
 

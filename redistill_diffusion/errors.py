@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 # unwritable files and failed downloads/uploads (OSError), damaged weights (SafetensorError).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, SafetensorError)
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def one_line(error: BaseException) -> str:
@@ -35,3 +36,15 @@ def report_interrupt(stop, prefix: str = "") -> int:
     message = one_line(stop) if stop.message else f"interrupted by {stop.signal_name}"
     print(f"{prefix}: {message}" if prefix else message, file=sys.stderr)
     return stop.exit_code
+
+
+def report_keyboard_interrupt(prefix: str = "") -> int:
+    """Ctrl-C where no `interrupts.SignalGuard` is installed (parsing flags, reading a recipe, ``redistill
+    memory``): one line on stderr instead of a traceback from wherever the work was; returns
+    `EXIT_INTERRUPTED`, as `report_interrupt` does for SIGINT."""
+    message = (
+        "interrupted by SIGINT (Ctrl-C) before any training step; run the same command again to redo it "
+        "(a training run that saved checkpoints continues with --resume_from_checkpoint latest)."
+    )
+    print(f"{prefix}: {message}" if prefix else message, file=sys.stderr)
+    return EXIT_INTERRUPTED

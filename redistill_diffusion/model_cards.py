@@ -7,12 +7,15 @@ metrics as a ``model-index`` block (huggingface_hub's `EvalResult`), all through
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 CARD_TAGS = ("redistill", "knowledge-distillation", "peak-memory")
 EVAL_BEGIN, EVAL_END = "<!-- redistill-eval -->", "<!-- /redistill-eval -->"
@@ -290,17 +293,27 @@ def write_model_card(
     """
     from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 
+    from .hub import hub_failure
+
+    card = None
     if repo_id:
-        card = load_or_create_model_card(
-            repo_id_or_path=repo_id,
-            token=token,
-            from_training=True,
-            base_model=base_model,
-            model_description=description,
-            license="apache-2.0",
-            inference=True,
-        )
-    else:
+        try:
+            card = load_or_create_model_card(
+                repo_id_or_path=repo_id,
+                token=token,
+                from_training=True,
+                base_model=base_model,
+                model_description=description,
+                license="apache-2.0",
+                inference=True,
+            )
+        except Exception as error:
+            reason = hub_failure(error)
+            if reason is None:
+                raise
+            # The trained model is saved already; a card the Hub cannot give back must not lose it.
+            logger.warning("Could not read the card of Hub repo %s (%s); writing a new one.", repo_id, reason)
+    if card is None:
         from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH
         from huggingface_hub import ModelCard, ModelCardData
 

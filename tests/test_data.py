@@ -112,7 +112,7 @@ def test_clear_errors_for_bad_data(tmp_path):
         load_image_dataset(str(path))
     with pytest.raises(ValueError, match="no image column 'photo'"):
         load_image_dataset(str(path), image_column="photo")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="--max_train_samples must be at least 1"):
         load_image_dataset(str(path), image_column="picture_data", max_samples=0)
     with pytest.raises(ValueError, match="label column"):
         load_image_dataset(BUILTIN_SHAPES, builtin_num_images=4, label_column="nope")

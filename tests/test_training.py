@@ -246,7 +246,7 @@ def test_bad_inputs_stop_before_training(tmp_path, tiny_teacher):
         run_redistill(base + ["--teacher_model_name_or_path", str(tmp_path / "missing")])
     with pytest.raises(ValueError, match="stride-8 student"):
         run_redistill(base + ["--teacher_model_name_or_path", str(tiny_teacher), "--stem_stride", "8"])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="--max_train_samples must be at least 1"):
         run_redistill(base + ["--teacher_model_name_or_path", str(tiny_teacher), "--max_train_samples", "0"])
     import datasets
 

@@ -33,10 +33,37 @@ def _num_classes(dataset) -> tuple[int, list[str] | None]:
         return len(names), names
     labels = dataset["label"]
     if not labels:
-        raise ValueError("The dataset has no labels.")
-    if min(labels) < 0:
-        raise ValueError(f"Labels must be class indices >= 0, found {min(labels)}.")
-    return int(max(labels)) + 1, None
+        raise ValueError("The dataset has no labels; pass a labelled dataset (and --label_column).")
+    return max(0, int(max(labels))) + 1, None
+
+
+def check_labels(dataset, num_classes: int, what: str) -> None:
+    """Every label of ``dataset`` a class index in [0, num_classes), else one line saying which and what to do
+    (cross-entropy would stop at the first batch with an IndexError otherwise)."""
+    import datasets
+
+    feature = dataset.features.get("label")
+    if isinstance(feature, datasets.Value) and not (
+        feature.dtype.startswith("int") or feature.dtype.startswith("uint")
+    ):
+        raise ValueError(
+            f"The label column of {what} holds {feature.dtype} values, not class indices; pass --label_column "
+            "naming a column of integer class indices."
+        )
+    labels = dataset["label"]
+    if not labels:
+        return
+    low, high = int(min(labels)), int(max(labels))
+    if low < 0:
+        raise ValueError(
+            f"{what} has label {low}: labels must be class indices >= 0 (-1 marks unlabelled rows, as in Hub "
+            "test splits); pass a labelled split or drop those rows."
+        )
+    if high >= num_classes:
+        raise ValueError(
+            f"{what} has label {high}, but the model predicts {num_classes} classes (0-{num_classes - 1}); pass "
+            f"--num_classes {high + 1} or more, or fix the labels."
+        )
 
 
 def split_validation(dataset, size: float, seed: int = 0):
@@ -46,7 +73,8 @@ def split_validation(dataset, size: float, seed: int = 0):
     count = int(round(size * len(dataset))) if size < 1 else int(size)
     if not 0 < count < len(dataset):
         raise ValueError(
-            f"--validation_split_size {size} leaves no training or no validation images out of {len(dataset)}."
+            f"--validation_split_size {size} leaves no training or no validation images out of {len(dataset)}; "
+            f"pass a fraction in (0, 1) or a count below {len(dataset)}."
         )
     parts = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
@@ -70,11 +98,13 @@ def load_classification_data(
     builtin_num_images: int = 2048,
     builtin_resolution: int = 32,
     seed: int = 0,
+    model_num_classes: int | None = None,
 ) -> ClassificationData:
     """Training and evaluation splits with labels; the validation slice is held out BEFORE
     ``max_train_samples`` is applied, so it never depends on how much training data is used.
     ``max_train_samples`` draws a random subset with ``seed`` (the run's seed), with or without a
-    validation slice."""
+    validation slice. Every label of both is checked against ``model_num_classes`` (--num_classes;
+    default: the training data's count)."""
     if eval_data and validation_split_size > 0:
         raise ValueError("Give either --eval_data or --validation_split_size, not both.")
     common = dict(
@@ -89,19 +119,21 @@ def load_classification_data(
         builtin_resolution=builtin_resolution,
         **common,
     )
+    num_classes, names = _num_classes(full)
+    model_classes = num_classes if model_num_classes is None else int(model_num_classes)
+    if model_classes < num_classes:
+        raise ValueError(
+            f"--num_classes {model_classes} is smaller than the {num_classes} classes of the training data; "
+            f"pass --num_classes {num_classes} or more, or leave it out."
+        )
+    check_labels(full, model_classes, f"the training data ({dataset_name or train_data_dir or 'data_files'})")
     train, held_out = split_validation(full, validation_split_size, validation_split_seed)
     if eval_data:
         held_out = load_image_dataset(dataset_name=eval_data, split=eval_split, **common)
+        check_labels(held_out, model_classes, f"--eval_data {eval_data} (split {eval_split})")
     train = select_subset(train, max_train_samples, seed)
     if held_out is not None and max_eval_samples is not None:
         held_out = held_out.select(range(min(int(max_eval_samples), len(held_out))))
-    num_classes, names = _num_classes(full)
-    if held_out is not None:
-        eval_classes, _ = _num_classes(held_out)
-        if eval_classes > num_classes:
-            raise ValueError(
-                f"The evaluation data has labels up to {eval_classes - 1}, the training data {num_classes - 1}."
-            )
     return ClassificationData(train, held_out, names, num_classes)
 
 
@@ -117,8 +149,11 @@ def build_classification_transform(
     std: tuple[float, ...] | None = None,
     crop_pct: float | None = None,
 ):
-    """timm's train/eval transform; the image is converted to the model's channel count first."""
+    """timm's train/eval transform; the image is decoded (`image_decoding.decode_image`) to the model's
+    channel count first."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    from ..image_decoding import decode_image
 
     if not 0 < scale_min <= 1:
         raise ValueError(f"--train_crop_scale_min must lie in (0, 1], got {scale_min}.")
@@ -137,12 +172,7 @@ def build_classification_transform(
     mode = "L" if input_size[0] == 1 else "RGB"
 
     def transform(image) -> torch.Tensor:
-        if not hasattr(image, "convert"):
-            import numpy as np
-            from PIL import Image
-
-            image = Image.fromarray(np.asarray(image))
-        return pipeline(image.convert(mode))
+        return pipeline(decode_image(image, mode))
 
     return transform
 

@@ -159,7 +159,10 @@ def _load_or_create(name: str, args: ClassifierArguments, num_classes: int, inpu
     if _is_folder(name):
         model = load_classifier(name)
         if model.num_classes != num_classes:
-            raise ValueError(f"{name} predicts {model.num_classes} classes, the data has {num_classes}.")
+            raise ValueError(
+                f"{name} predicts {model.num_classes} classes, the data has {num_classes}; pass a model trained "
+                f"on these classes (or --num_classes {model.num_classes} if the data uses fewer)."
+            )
         return model.train()
     return create_teacher(
         name,
@@ -195,6 +198,21 @@ def _validate(args: ClassifierArguments, training_args: TrainingArguments) -> di
     return options
 
 
+def _warn_if_stem_cut_is_moot(args: ClassifierArguments, resolution: int) -> None:
+    """At an input no larger than the student's stem stride, its stem leaves a 1-pixel map: the student
+    saves almost no peak memory (resnet18 at 8 px with stem stride 8: 1.01x)."""
+    stem = int(args.strides.split("-")[0]) if args.strides else args.stem_stride
+    if resolution <= stem:
+        logger.warning(
+            "At --resolution %d the student's stem stride %d leaves a 1-pixel feature map, so it saves almost "
+            "no peak memory over the teacher; train at a larger --resolution (or check with `redistill memory "
+            "--timm NAME --resolution %d`).",
+            resolution,
+            stem,
+            resolution,
+        )
+
+
 def build_classification_task(
     args: ClassifierArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> ClassificationTask:
@@ -203,7 +221,10 @@ def build_classification_task(
 
     options = _validate(args, training_args)
     if data_args.resolution is not None and data_args.resolution < 8:
-        raise ValueError(f"--resolution must be at least 8, got {data_args.resolution}.")
+        raise ValueError(
+            f"--resolution must be at least 8 pixels, got {data_args.resolution}; leave it out for 32 (with "
+            "--cifar_stem) or 224."
+        )
     data = load_classification_data(
         dataset_name=data_args.dataset_name,
         train_data_dir=data_args.train_data_dir,
@@ -221,12 +242,9 @@ def build_classification_task(
         builtin_num_images=data_args.builtin_num_images,
         builtin_resolution=data_args.resolution or 32,
         seed=training_args.seed,
+        model_num_classes=args.num_classes,
     )
     num_classes = args.num_classes or data.num_classes
-    if num_classes < data.num_classes:
-        raise ValueError(
-            f"--num_classes {num_classes} is smaller than the dataset's {data.num_classes} classes."
-        )
     resolution = data_args.resolution or (32 if args.cifar_stem else 224)
     input_size = (3, resolution, resolution)
 
@@ -251,6 +269,7 @@ def build_classification_task(
         )
         spec_of(student).input_size = input_size
         init_red_blocks(student, args.red_init)
+        _warn_if_stem_cut_is_moot(args, resolution)
     else:
         student = _load_or_create(args.model_name_or_path, args, num_classes, input_size)
         spec_of(student).input_size = input_size

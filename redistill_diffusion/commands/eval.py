@@ -282,7 +282,7 @@ def _run_locked(settings: EvalArguments) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the standalone script, with the CLI's one-line errors."""
-    from redistill_diffusion.errors import USER_ERRORS, report, report_interrupt
+    from redistill_diffusion.errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
     from redistill_diffusion.interrupts import Interrupted
 
     try:
@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(error, prefix="evaluate_fid_is: error")
     except Interrupted as stop:
         return report_interrupt(stop, prefix="evaluate_fid_is")
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt(prefix="evaluate_fid_is")
 
 
 if __name__ == "__main__":

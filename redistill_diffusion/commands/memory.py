@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 CONVENTION_CHOICES = ("exact", "paper", "both")
@@ -128,7 +129,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _build_pair(args: argparse.Namespace):
-    """(teacher, student, input_shape, description); every check runs before a model is built."""
+    """(teacher, student, input_shape, description, stem stride); every check runs before a model is built."""
     from ..models.configs import load_unet_config
     from ..models.pairs import build_unet_pair, check_unet_student
 
@@ -143,6 +144,7 @@ def _build_pair(args: argparse.Namespace):
             student,
             (3, resolution, resolution),
             f"timm {args.timm}, student stem stride {stem_stride}",
+            stem_stride,
         )
     stem_stride = args.stem_stride or DEFAULT_UNET_STEM_STRIDE
     loaded = load_unet_config(args.teacher)
@@ -154,6 +156,25 @@ def _build_pair(args: argparse.Namespace):
         student,
         (channels, resolution, resolution),
         (f"UNet2DModel from {loaded.source}, student stem stride {stem_stride}"),
+        stem_stride,
+    )
+
+
+# Below this teacher/student peak ratio the stem cut is not worth a student (the input is too small).
+MIN_USEFUL_RATIO = 1.1
+
+
+def small_input_warning(
+    teacher_bytes: int, student_bytes: int, resolution: str, stem_stride: int
+) -> str | None:
+    """One line when the student saves (almost) nothing: at a tiny input the teacher's own maps are already
+    a few pixels, so a larger stem stride has nothing left to cut (resnet18 at 7 px: 1.01x)."""
+    ratio = teacher_bytes / student_bytes if student_bytes else float("inf")
+    if ratio >= MIN_USEFUL_RATIO:
+        return None
+    return (
+        f"at input {resolution} the student with stem stride {stem_stride} saves only {ratio:.2f}x peak memory: "
+        "the input is too small for the stem cut to matter; measure at the resolution you will run (--resolution)."
     )
 
 
@@ -161,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from ..memory import comparison_dict, format_comparison, measure_peak_memory, plot_memory_per_layer
 
     _check_args(args)
-    teacher, student, input_shape, description = _build_pair(args)
+    teacher, student, input_shape, description, stem_stride = _build_pair(args)
     conventions = ("exact", "paper") if args.convention == "both" else (args.convention,)
     pairs = []
     for convention in conventions:
@@ -177,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         f"{description}; input {resolution}, batch {args.batch_size} (paper convention: per sample); MB = bytes / 1024^2"
     )
     print(format_comparison(pairs))
+    warning = small_input_warning(pairs[0][0].peak_bytes, pairs[0][1].peak_bytes, resolution, stem_stride)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     for teacher_report, student_report in pairs:
         if teacher_report.alive_at_peak:
             for label, report in (("teacher", teacher_report), ("student", student_report)):

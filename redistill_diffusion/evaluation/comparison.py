@@ -71,12 +71,13 @@ def write_side_by_side(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from PIL import Image
+
+    from ..image_decoding import decode_image
 
     missing = [str(image) for image, _ in panels if not Path(image).is_file()]
     if missing:
         raise FileNotFoundError(f"side-by-side figure: no image at {', '.join(missing)}.")
-    images = [Image.open(image).convert("RGB") for image, _ in panels]
+    images = [decode_image(image, "RGB") for image, _ in panels]
     if columns is None or columns >= len(images):
         widths = [image.width / image.height for image in images]  # panels share one height
         figure, axes = plt.subplots(

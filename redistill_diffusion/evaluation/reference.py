@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
+
+from ..image_decoding import decode_image
 
 # Fixed, so a capped reference always draws the same images and its cache entry stays valid.
 REFERENCE_SUBSET_SEED = 0
@@ -44,7 +45,8 @@ class UInt8ImageDataset(Dataset):
 
 def to_rgb_uint8(image, resolution: tuple[int, int] | None = None) -> torch.Tensor:
     """PIL image, array or tensor -> uint8 3xHxW tensor; grayscale gets 3 channels; resize + center crop
-    to ``resolution`` (H, W) when the size differs, as torch-fidelity's ``samples_resize_and_crop`` does."""
+    to ``resolution`` (H, W) when the size differs, as torch-fidelity's ``samples_resize_and_crop`` does.
+    Images are decoded as for training (`image_decoding.decode_image`: 16-bit scaled, alpha flattened)."""
     if isinstance(image, torch.Tensor):
         tensor = image
         if tensor.dim() == 2:
@@ -52,9 +54,7 @@ def to_rgb_uint8(image, resolution: tuple[int, int] | None = None) -> torch.Tens
         if tensor.dtype != torch.uint8:
             raise ValueError(f"reference tensors must be uint8, got {tensor.dtype}")
     else:
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        tensor = TF.pil_to_tensor(decode_image(image, "RGB"))
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
         raise ValueError(f"images must have 1, 3 or 4 channels (C x H x W), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 1:
@@ -254,6 +254,9 @@ def _open_named_reference(spec: str, *, split: str, datasets_root: str | None) -
         if not message.startswith("reference "):
             message = f"reference {spec} could not be read: {message}"
         raise ValueError(message) from error
+    from ..data import as_image_column
+
     column = _detect_image_column(dataset, spec)
-    dataset = dataset.select_columns([column])  # rows then decode the image only
+    # Rows then decode the image only; a plain pyarrow parquet's bytes become images.
+    dataset = as_image_column(dataset.select_columns([column]), column, f"reference {spec}")
     return ReferenceImages(dataset, description=spec, source_identity=identity, image_column=column)

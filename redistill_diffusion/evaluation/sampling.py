@@ -63,6 +63,12 @@ def load_pipeline(source: str | os.PathLike | DiffusionPipeline) -> DiffusionPip
         raise ValueError(
             f"pipeline {source} has no unet and scheduler; expected an unconditional image pipeline"
         )
+    from ..models.configs import check_unconditional
+
+    check_unconditional(
+        pipeline.unet.config,
+        f"pipeline {source if isinstance(source, (str, os.PathLike)) else type(source).__name__}",
+    )
     return pipeline
 
 

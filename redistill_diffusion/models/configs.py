@@ -39,6 +39,25 @@ class LoadedConfig:
         return {k: v for k, v in self.config.items() if not k.startswith("_")}
 
 
+def check_unconditional(config: Any, what: str) -> None:
+    """Refuse a class-conditional UNet where the package trains or samples it, in one line.
+
+    Training, sample grids, the held-out loss and evaluation call the UNet without class labels, as
+    diffusers' `DDPMPipeline` (the saved format) does, so a UNet with ``num_class_embeds`` or a
+    ``class_embed_type`` would fail at its first step. Deriving and measuring one (`from_teacher`,
+    ``redistill memory``) does work: that path passes class labels.
+    """
+    classes = config.get("num_class_embeds")
+    embedding = config.get("class_embed_type")
+    if classes is None and embedding is None:
+        return
+    kind = f"num_class_embeds {classes}" if classes is not None else f"class_embed_type {embedding!r}"
+    raise ValueError(
+        f"{what} is a class-conditional UNet2DModel ({kind}); training and evaluation take unconditional "
+        "UNets only (DDPMPipeline samples without class labels): pass an unconditional teacher or config."
+    )
+
+
 def shipped_names() -> list[str]:
     return sorted(p.name for p in CONFIG_DIR.iterdir() if (p / "unet" / "config.json").is_file())
 

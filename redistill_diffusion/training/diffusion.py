@@ -333,15 +333,29 @@ def _heldout_images(ddpm_args: DDPMArguments, resolution: int, channels: int) ->
     from ..evaluation.denoising import load_heldout_images
 
     if ddpm_args.heldout_num_images < 1 or ddpm_args.heldout_timesteps < 1:
-        raise ValueError("--heldout_num_images and --heldout_timesteps must be positive.")
+        raise ValueError(
+            f"--heldout_num_images ({ddpm_args.heldout_num_images}) and --heldout_timesteps "
+            f"({ddpm_args.heldout_timesteps}) must be at least 1."
+        )
     return load_heldout_images(ddpm_args.heldout_data, resolution, channels, ddpm_args.heldout_num_images)
+
+
+def _check_resolution_flag(data_args: DataArguments) -> None:
+    """--resolution 0 used to fall back to the model's sample_size without a word."""
+    if data_args.resolution is not None and data_args.resolution < 1:
+        raise ValueError(
+            f"--resolution must be a positive number of pixels, got {data_args.resolution}; leave it out to "
+            "use the model's sample_size."
+        )
 
 
 def _check_resolution(resolution: int, unet) -> None:
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % factor:
         raise ValueError(
-            f"--resolution {resolution} must be divisible by {factor} for this UNet ({len(unet.config.block_out_channels)} levels)."
+            f"--resolution {resolution} must be divisible by {factor} for this UNet "
+            f"({len(unet.config.block_out_channels)} levels); pass a multiple of {factor} such as "
+            f"{max(factor, resolution // factor * factor)}."
         )
 
 
@@ -371,17 +385,20 @@ def build_redistill_task(
     """
     from ..distillers import build_model_distiller, distillation_options, parse_distiller
     from ..hub import is_hub_id
+    from ..models.configs import check_unconditional
     from ..models.pipeline_folder import load_teacher
     from ..models.unet_student import ReDistillUNet2DModel, red_specs, unet_example_inputs, unet_tap_pairs
     from ..red import init_red_blocks
 
     # An unknown method, or an option it does not take: one clear error before loading anything.
+    _check_resolution_flag(data_args)
     method = parse_distiller(student_args.distiller)
     options = distillation_options(student_args.distiller, student_args)
     explicit_pairs = parse_pairs(student_args.distill_pairs)
     teacher, teacher_scheduler = load_teacher(
         student_args.teacher_model_name_or_path, cache_dir=data_args.cache_dir
     )
+    check_unconditional(teacher.config, f"Teacher {student_args.teacher_model_name_or_path}")
     preset = None if student_args.red_preset == "none" else student_args.red_preset
     try:
         student = ReDistillUNet2DModel.from_teacher(
@@ -467,13 +484,15 @@ def build_teacher_task(
     """A UNet2DModel from a config, trained from scratch as a plain DDPM (a teacher for ReDistill)."""
     from diffusers import UNet2DModel
 
-    from ..models.configs import load_scheduler_config, load_unet_config
+    from ..models.configs import check_unconditional, load_scheduler_config, load_unet_config
 
     if not model_args.model_config_name_or_path:
         raise ValueError(
             "Pass --model_config_name_or_path (a UNet config folder/json or a shipped name such as tiny-ddpm-32)."
         )
+    _check_resolution_flag(data_args)
     config = load_unet_config(model_args.model_config_name_or_path).model_kwargs()
+    check_unconditional(config, f"UNet config {model_args.model_config_name_or_path}")
     if data_args.resolution:
         config["sample_size"] = data_args.resolution
     try:

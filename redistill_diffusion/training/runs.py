@@ -86,7 +86,7 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
 
 def script_main(run, argv: Sequence[str] | None = None) -> int:
     """Entry point of the example scripts: bad input -> one line on stderr and exit status 2, as `redistill`."""
-    from ..errors import USER_ERRORS, report, report_interrupt
+    from ..errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
     from ..interrupts import Interrupted
 
     try:
@@ -95,5 +95,7 @@ def script_main(run, argv: Sequence[str] | None = None) -> int:
         return report(error)
     except Interrupted as stop:  # SIGTERM / SIGINT: one line, no traceback, 143 / 130
         return report_interrupt(stop)
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt()
     print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")
     return 0

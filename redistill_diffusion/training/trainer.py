@@ -38,7 +38,7 @@ from ..config import TrainingArguments
 from ..files import ensure_output_dir
 from ..interrupts import Interrupted, SignalGuard, at_phase
 from . import checkpointing as ckpt
-from . import outputs
+from . import outputs, run_checks
 from .ema import ModelEMA
 from .losses import check_finite, combine_losses
 from .task import EvalContext, HubPublishingTask, StepContext
@@ -130,6 +130,11 @@ def validate_training_args(args: TrainingArguments) -> None:
     _scaled_step_rules(step_rules, 1)  # malformed rules fail here, before any work
     if args.checkpointing_steps < 0:
         raise ValueError("--checkpointing_steps must be >= 0 (0 disables checkpoints).")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(
+            f"--checkpoints_total_limit must be at least 1 (it keeps the newest N checkpoints), got "
+            f"{args.checkpoints_total_limit}; leave it out to keep every checkpoint."
+        )
     if args.push_to_hub and not (args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))):
         raise ValueError("--push_to_hub needs --hub_model_id.")
 
@@ -246,9 +251,18 @@ class Trainer:
             )
 
         def create() -> None:
-            self.hub_repo_id = task.create_hub_repo(
-                self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
-            )
+            from ..hub import HubUnavailableError, upload_command
+
+            try:
+                self.hub_repo_id = task.create_hub_repo(
+                    self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
+                )
+            except HubUnavailableError as error:
+                raise HubUnavailableError(
+                    f"--push_to_hub: {error}; log in with `hf auth login` (or set HF_TOKEN) and check the "
+                    "network, or train without --push_to_hub and upload the saved model later with "
+                    f"`{upload_command(self.hub_repo_id, args.output_dir)}`."
+                ) from None
 
         self._on_main_process(create)
 
@@ -346,11 +360,7 @@ class Trainer:
         accelerator.save_state(str(tmp_dir), safe_serialization=True)
         at_phase("checkpoint_save")
         if accelerator.is_main_process:  # the completion marker, written last
-            state = {
-                "global_step": self.global_step,
-                "epoch": self.epoch,
-                "num_processes": accelerator.num_processes,
-            }
+            state = {"global_step": self.global_step, "epoch": self.epoch, **self._data_order_settings()}
             with open(tmp_dir / ckpt.STATE_FILE, "w") as handle:
                 json.dump(state, handle)
         accelerator.wait_for_everyone()
@@ -360,6 +370,19 @@ class Trainer:
             logger.info("Saved %s%s", final_dir, f" (removed {len(removed)} old)" if removed else "")
         accelerator.wait_for_everyone()
         return final_dir
+
+    def _data_order_settings(self) -> dict[str, int]:
+        """What fixes the data order (`run_checks.DATA_ORDER_SETTINGS`), recorded in every checkpoint."""
+        return {
+            "train_batch_size": self.args.train_batch_size,
+            "gradient_accumulation_steps": self.args.gradient_accumulation_steps,
+            "num_processes": self.accelerator.num_processes,
+        }
+
+    def _warn(self, message: str | None) -> None:
+        """One warning line (`run_checks`), from the main process only."""
+        if message and self.accelerator.is_main_process:
+            logger.warning("%s", message)
 
     # ------------------------------------------------------------------ EMA and evaluation
     def ema_weights(self):
@@ -485,6 +508,7 @@ class Trainer:
         schedule, prepared by accelerate; the EMA, the checkpoint hooks and the trackers."""
         accelerator, args = self.accelerator, self.args
         self._create_hub_repo(task)  # first: a bad token or repo name stops the run before any work
+        self._warn(run_checks.mixed_precision_warning(args.mixed_precision, accelerator.device.type))
         if hasattr(task, "setup"):
             task.setup(accelerator)
         modules = OrderedDict(task.trainable_modules())
@@ -524,7 +548,12 @@ class Trainer:
 
         dataset = task.train_dataset()
         if len(dataset) == 0:
-            raise ValueError("The training dataset is empty; check the dataset flags.")
+            raise ValueError(
+                "The training dataset is empty; check --dataset_name, --data_files or --train_data_dir."
+            )
+        self._warn(
+            run_checks.small_dataset_warning(len(dataset), args.train_batch_size, accelerator.num_processes)
+        )
         dataloader = torch.utils.data.DataLoader(
             dataset,
             batch_size=args.train_batch_size,
@@ -579,12 +608,7 @@ class Trainer:
             return None
         with open(resume_path / ckpt.STATE_FILE) as handle:
             saved = json.load(handle)
-        if saved.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
-            logger.warning(
-                "Resuming a %s-process checkpoint with %s processes: data order will differ.",
-                saved.get("num_processes"),
-                accelerator.num_processes,
-            )
+        self._warn(run_checks.resume_mismatch_warning(resume_path.name, saved, self._data_order_settings()))
         try:
             accelerator.load_state(str(resume_path))
         except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's weights
@@ -733,9 +757,12 @@ class Trainer:
                 commit_message=f"End of training (step {self.global_step})",
                 api=self.hub_api,
             )
-        except OSError as error:  # requests/huggingface_hub errors; the trained model is safe
+        # Network and Hub failures (`hub.HubUnavailableError`) are OSErrors; the trained model is safe.
+        except OSError as error:
+            from ..hub import upload_command
+
             raise OSError(
                 f"Training finished and the model is saved in {args.output_dir}, but --push_to_hub to "
                 f"{self.hub_repo_id} failed ({' '.join(str(error).split())}); upload it later with "
-                f"`huggingface-cli upload {self.hub_repo_id} {args.output_dir}`."
+                f"`{upload_command(self.hub_repo_id, args.output_dir)}`."
             ) from error
