@@ -266,3 +266,24 @@ def test_diffusion_reuse_accepts_a_flag_only_when_the_saved_config_records_its_v
         saved, ["train.py", "--distiller", "red", "--red_norm", "batch", "--seed", "1"], tmp_path
     )
     assert not _same_run(None, named, tmp_path)
+
+
+def test_parity_curve_reads_resumed_logs_and_the_plateau_fit_finds_the_asymptote(tmp_path):
+    """bench_parity: the held-out curve of a log with several segments (a resumed run repeats a step: the
+    last value wins) and the a + b * s^-c fit that says how far the newest point is from the plateau."""
+    import bench_parity
+
+    log = tmp_path / "teacher.log"
+    steps = list(range(1000, 21000, 1000))
+    values = {s: 0.03 + 0.4 * s**-0.5 for s in steps}
+    lines = [f"INFO step {s}: held-out denoising loss {values[s]:.6f} (low 0.1)" for s in steps[:10]]
+    lines += ["# segment started at commit abc1234", "INFO step 10000: held-out denoising loss 0.999000"]
+    lines += [f"INFO step {s}: held-out denoising loss {values[s]:.6f}" for s in steps[10:]]
+    log.write_text("\n".join(lines) + "\n")
+    points = bench_parity.read_curve(log)
+    assert [s for s, _ in points] == steps and dict(points)[10000] == 0.999
+    fixed = [(s, values[s]) for s in steps]
+    fit = bench_parity.fit_plateau(fixed)
+    assert fit["a"] == pytest.approx(0.03, rel=0.02) and fit["c"] == pytest.approx(0.5, abs=0.05)
+    assert fit["gap_to_plateau"] == pytest.approx(values[20000] / fit["a"] - 1, rel=1e-6)
+    assert bench_parity.fit_plateau(fixed[:3]) is None  # too few points past warm-up
