@@ -444,6 +444,23 @@ def write_curve() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # resume state across machines
 # ------------------------------------------------------------------------------------------------
+def compact_log(source: Path, target: Path) -> None:
+    """The log without its progress-bar redraws (a 60k-step run writes ~10 MB of them): every other line,
+    and the last redraw before each of those, so the committed log keeps the curve, the commands and the pace."""
+    with open(source, encoding="utf-8", errors="replace", newline="") as handle:  # keep the bars' \r
+        text = handle.read()
+    kept: list[str] = []
+    for line in text.split("\n"):
+        pieces = [p for p in line.split("\r") if p.strip()]
+        bars = [p for p in pieces if p.startswith(("Steps:", "sample grid"))]
+        rest = [p for p in pieces if not p.startswith(("Steps:", "sample grid"))]
+        if bars:
+            kept.append(bars[-1].rstrip())
+        kept.extend(p.rstrip() for p in rest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+
 def snapshot() -> Path | None:
     """The newest teacher checkpoint copied into benchmarks/artefacts/parity_teacher_checkpoint (committed), so
     a fresh machine resumes exactly where this one stopped."""
