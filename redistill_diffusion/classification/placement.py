@@ -1,6 +1,6 @@
 """Where RED blocks go on a classifier, and which teacher feature each one learns from.
 
-The paper's placement (README "Classifiers (timm)"): one block on the stem output and one on the input and on the output of every
+The paper's placement (docs/classification.md): one block on the stem output and one on the input and on the output of every
 later student layer that still downsamples; each is paired with the first teacher feature (in
 forward order) of the same spatial size, found among the teacher's own stem output and
 downsampling-layer inputs/outputs. For an ImageNet ResNet18 with a stride-8 stem this gives the

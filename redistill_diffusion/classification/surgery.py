@@ -1,7 +1,7 @@
 """Stride surgery on timm classifiers: move downsampling into the stem, keep every weight shape.
 
 ReDistill derives its student from the teacher by changing strides only (the paper's student;
-README "Classifiers (timm)"):
+docs/classification.md):
 the stem downsamples harder (``stem_stride`` 4 or 8 instead of 2 or 4) and as many later stride-2
 stages become stride 1, so the deepest feature map, the head and every weight keep their shapes
 and the teacher's weights can be copied into the student.

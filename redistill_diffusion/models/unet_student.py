@@ -1,7 +1,7 @@
 """`ReDistillUNet2DModel`: a diffusers `UNet2DModel` that downsamples hard at the stem.
 
 The student keeps every block and width of its teacher; only strides change (the paper's
-student; README "The student: `ReDistillUNet2DModel`"):
+student; docs/method.md "The student: `ReDistillUNet2DModel`"):
 ``conv_in`` gets stride ``stem_stride``, the last log2(stem_stride) ``Downsample2D`` layers get
 stride 1, the matching ``Upsample2D`` layers skip their interpolation, and the output head
 restores full resolution. The deepest feature map keeps the teacher's size, so every weight but
