@@ -1,13 +1,31 @@
 """redistill-diffusion: ReDistill students with 4x lower peak activation memory for diffusers UNets
 and timm CNNs, trained with residual encoded distillation against the frozen teacher."""
 
+import logging as _logging
+
+
+class _DropTorchaoImportNoise(_logging.Filter):
+    """With the [deploy] extra, ExecuTorch brings torchao, which diffusers imports at start-up to allow
+    torchao-quantised checkpoints; torchao 0.18 on torch 2.14 then logs two deprecation warnings (from torch's
+    pytree) and diffusers one import warning, in every process, about quantisation this library never uses.
+    Only those three messages are dropped."""
+
+    NOISE = ("is an Enum subclass and is now natively supported", "Unable to import `torchao` Tensor objects")
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not any(text in str(record.msg) for text in self.NOISE)
+
+
+for _name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    _logging.getLogger(_name).addFilter(_DropTorchaoImportNoise())
+
 # DiffusionPipeline.from_pretrained resolves the unet class named in model_index.json through this
 # package and needs `ModelMixin` at its top level to recognise it as a model.
-from diffusers import ModelMixin  # noqa: F401
+from diffusers import ModelMixin  # noqa: E402, F401
 
-from .models.remote_code import register_with_diffusers
-from .models.unet_student import ReDistillUNet2DModel
-from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance
+from .models.remote_code import register_with_diffusers  # noqa: E402
+from .models.unet_student import ReDistillUNet2DModel  # noqa: E402
+from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance  # noqa: E402
 
 # Saved students name the component module "redistill_unet" (a file in the folder, for processes
 # without this package); here it resolves to the package's class, with no trust_remote_code needed.

@@ -235,3 +235,15 @@ def test_memory_runtime_without_its_extra_is_one_line(tmp_path, capsys, monkeypa
     assert cli_main(["memory", "tiny-ddpm-32", "--runtime", "executorch"]) == 2
     err = capsys.readouterr().err
     assert "'executorch'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_importing_the_package_beside_the_deploy_extra_prints_nothing():
+    """ExecuTorch brings torchao, which diffusers imports at start-up; its three import-time warnings would
+    precede every one-line error and every run's output."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchao")
+    code = "import redistill_diffusion; from diffusers import DDPMPipeline, UNet2DModel"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
