@@ -106,6 +106,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "P, teacher-initialised (every same-shape weight and the head from the teacher)",
         [*TEACHER_INIT_TRANSPOSED, *COSINE, *SKIP, "--distiller", "output_mse"],
     ),
+    "W_vanilla_skip_teacher_init_2000": (
+        "T, teacher-initialised (the plain student with the skip, 2,000 steps, every same-shape weight and the "
+        "head from the teacher)",
+        [*TEACHER_INIT_TRANSPOSED, *COSINE, *SKIP, "--distiller", "vanilla", "--max_train_steps", "2000"],
+    ),
     "V_output_mse_skip_2000": (
         "P for 2,000 steps",
         [*SCRATCH, *COSINE, *SKIP, "--distiller", "output_mse", "--max_train_steps", "2000"],
