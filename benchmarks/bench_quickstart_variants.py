@@ -167,6 +167,8 @@ def _train(script: str, recipe: str, out: Path, extra: list[str]) -> float | Non
         *extra,
     ]
     print(f"[quickstart variants] {' '.join(argv[1:])}", flush=True)
+    # the commit that trains it, read before the run (a worktree moved on meanwhile must not relabel it)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     start = time.perf_counter()
     with open(out.with_suffix(".log"), "w", encoding="utf-8") as log:
         subprocess.run(
@@ -178,7 +180,6 @@ def _train(script: str, recipe: str, out: Path, extra: list[str]) -> float | Non
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
     wall = time.perf_counter() - start
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     record = {
         "commit": commit.stdout.strip(),
         "command": " ".join(["python", *argv[1:]]),
