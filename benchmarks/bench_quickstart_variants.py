@@ -235,6 +235,7 @@ def main() -> int:
         HELDOUT_SHAPES_SEED,
         checkerboard_share,
         heldout_shapes,
+        mean_brightness,
         pipeline_denoising_loss,
         write_side_by_side,
     )
@@ -277,6 +278,7 @@ def main() -> int:
                     if k in ("denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high")
                 },
                 "checkerboard_share": round(checkerboard_share(samples), 4),
+                "mean_brightness": round(mean_brightness(samples), 1),
                 "error_t300_grid_frequencies": round(grid_error, 3),
                 "error_t300_neighbour_frequencies": round(neighbour_error, 3),
                 "grid": str(grid),

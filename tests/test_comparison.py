@@ -75,3 +75,14 @@ def test_sample_grid_round_trips(tmp_path):
     assert torch.equal(load_sample_grid(path, 16), images)
     with pytest.raises(ValueError, match="not a grid of 32-pixel images"):
         load_sample_grid(path, 32)
+
+
+def test_mean_brightness_reads_uint8_and_model_range_alike():
+    import torch
+
+    from redistill_diffusion.evaluation.comparison import mean_brightness
+
+    dark = torch.full((2, 3, 4, 4), 64, dtype=torch.uint8)
+    assert mean_brightness(dark) == 64.0
+    assert mean_brightness(torch.full((2, 3, 4, 4), 0.0)) == pytest.approx(127.5)  # [-1, 1]: 0 is mid-grey
+    assert mean_brightness(torch.full((1, 3, 2, 2), 5.0)) == 255.0  # clamped like a saved image

@@ -191,6 +191,9 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
         assert set(phases[stage]) == {"preparation", "setup", "training", "final_samples_and_save"}
         assert all(v >= 0 for v in phases[stage].values())
     assert "time per phase   : teacher" in printed and "(fp32)" in printed
+    light = summary["mean_brightness"]
+    assert set(light) == {"teacher", "student"} and all(0 <= v <= 255 for v in light.values())
+    assert f"teacher {light['teacher']:.0f}  student {light['student']:.0f}" in printed
     # A second call reuses the finished teacher; the student folder is protected unless overwritten.
     assert (
         main(

@@ -268,6 +268,10 @@ def run(args: argparse.Namespace) -> int:
         f"  checkerboard share of the sample grids (power at the 2-pixel grid's frequencies; ~0 = none): "
         f"teacher {grid['teacher']:.4f}  student {grid['student']:.4f}"
     )
+    light = comparison["mean_brightness"]
+    print(
+        f"  mean brightness of the sample grids (0-255): teacher {light['teacher']:.0f}  student {light['student']:.0f}"
+    )
     print(f"  side by side     : {comparison['side_by_side']}  (teacher | student | memory per layer)")
     print(f"  time per phase   : {_format_phases(phases)} ({'bf16' if precision == 'bf16' else 'fp32'})")
     return 0
@@ -306,7 +310,12 @@ HELDOUT_IMAGES = 256
 
 def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     """The teacher's and the student's held-out denoising loss and one side-by-side PNG."""
-    from ..evaluation.comparison import checkerboard_share, pipeline_denoising_loss, write_side_by_side
+    from ..evaluation.comparison import (
+        checkerboard_share,
+        mean_brightness,
+        pipeline_denoising_loss,
+        write_side_by_side,
+    )
     from ..evaluation.report import load_sample_grid
     from ..progress import announce
 
@@ -335,13 +344,16 @@ def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
         for name, value in losses.items()
     }
     resolution = json.loads((student_dir / "unet" / "config.json").read_text())["sample_size"]
-    grid_share = {
-        name: checkerboard_share(load_sample_grid(folder / "samples" / "latest.png", resolution))
+    grids = {
+        name: load_sample_grid(folder / "samples" / "latest.png", resolution)
         for name, folder in (("teacher", teacher_dir), ("student", student_dir))
     }
+    grid_share = {name: checkerboard_share(grid) for name, grid in grids.items()}
+    brightness = {name: round(mean_brightness(grid), 1) for name, grid in grids.items()}
     return {
         "heldout_denoising_loss": loss,
         "heldout_denoising_loss_bands": bands,
         "checkerboard_share": grid_share,
+        "mean_brightness": brightness,
         "side_by_side": str(figure),
     }

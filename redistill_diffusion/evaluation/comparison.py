@@ -43,6 +43,17 @@ def pipeline_denoising_loss(
     return denoising_loss(unet, pipeline.scheduler, images, num_timesteps=num_timesteps)
 
 
+def mean_brightness(images: torch.Tensor) -> float:
+    """Mean pixel value of a batch of samples on the 0-255 scale (uint8 images, or floats in [-1, 1]).
+
+    A student whose noise prediction is biased at the image-wide mean drifts darker or lighter over a
+    sampling chain; the held-out loss barely sees that bias, a person sees it at once."""
+    x = images.float()
+    if images.dtype != torch.uint8:
+        x = (x.clamp(-1, 1) + 1) * 127.5
+    return float(x.mean())
+
+
 def checkerboard_share(images: torch.Tensor, period: int = 2) -> float:
     """Share of the images' power (mean removed) at the frequencies of a ``period``-pixel grid.
 
