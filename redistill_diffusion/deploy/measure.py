@@ -95,8 +95,14 @@ def runtime_memory(
     work_dir: str | os.PathLike | None = None,
     backends: tuple[str, ...] = ("portable", "xnnpack"),
     progress=print,
+    keep_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{runtime, measure, batch, teacher, student, ratio}`` for ``{"teacher": ..., "student": ...}``."""
+    """Rows ``{runtime, measure, batch, teacher, student, ratio}`` for ``{"teacher": ..., "student": ...}``.
+
+    ``keep_dir``: where to keep the exported files (``{role}.onnx``, ``{role}_{backend}_b{batch}.pte``) for
+    a later use such as `runtime_latency` (each export of a large UNet takes minutes); by default they go
+    to a temporary folder removed at the end.
+    """
     from .export import executorch_program, export_onnx, planned_bytes
 
     for runtime in runtimes:
@@ -116,7 +122,12 @@ def runtime_memory(
                         row["batch"] = batch
                         for role, deployable in pair.items():
                             progress(f"ExecuTorch {backend} memory plan: {role}, batch {batch}")
-                            row[role] = planned_bytes(executorch_program(deployable, batch, backend))
+                            program = executorch_program(deployable, batch, backend)
+                            row[role] = planned_bytes(program)
+                            if keep_dir is not None:
+                                (Path(keep_dir) / f"{role}_{backend}_b{batch}.pte").write_bytes(
+                                    program.buffer
+                                )
                         rows.append(_with_ratio(row))
                 continue
             models = {}
@@ -125,7 +136,7 @@ def runtime_memory(
                     models[role] = save_for_eager(deployable.module, scratch / role)
                 else:
                     progress(f"exporting the {role} to ONNX")
-                    models[role] = scratch / f"{role}.onnx"
+                    models[role] = Path(keep_dir or scratch) / f"{role}.onnx"
                     export_onnx(deployable, models[role])
             for batch in batches:
                 inputs = _save_inputs(pair["teacher"], batch, scratch / f"inputs_{batch}.safetensors")
