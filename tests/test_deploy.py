@@ -203,6 +203,23 @@ def test_executorch_export_matches_eager_and_plans_less_for_the_student(student_
     assert planned[0] / planned[1] >= 0.9 * traced[0] / traced[1]
 
 
+@needs_executorch
+def test_executorch_plan_holds_no_run_time_copy_of_linear_weights():
+    """Without constant folding, the portable plan held each nn.Linear weight transposed at run time (1 MiB
+    for the CIFAR-10 UNet's time embedding: the stride-4 student's whole peak, docs/deploy.md)."""
+    from torch import nn
+
+    from redistill_diffusion.deploy.export import executorch_program, planned_bytes
+    from redistill_diffusion.deploy.sources import classifier_deployable
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 256), nn.SiLU(), nn.Linear(256, 10)).eval()
+    deployable = classifier_deployable(model, (16, 4, 4), "linear model")
+    weight_bytes = 256 * 256 * 4
+    planned = planned_bytes(executorch_program(deployable, 1, "portable"))
+    assert 0 < planned < weight_bytes // 8  # activations of a few KB, not a 256 KB weight copy
+
+
 @needs_onnx
 def test_memory_runtime_reports_resident_memory_in_fresh_processes(tmp_path, capsys):
     from redistill_diffusion.deploy import probe
