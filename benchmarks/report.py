@@ -106,14 +106,24 @@ def _part_section(name: str, data: dict[str, Any] | None, results_dir: Path, rep
     for plot in data.get("plots") or []:
         path = Path(plot["path"]) if isinstance(plot, dict) else Path(plot)
         title = plot.get("title", path.stem) if isinstance(plot, dict) else path.stem
-        try:
-            link = path.resolve().relative_to(report_dir.resolve())
-        except ValueError:
-            link = path
-        lines += [f"![{title}]({link.as_posix()})", ""]
+        lines += [f"![{title}]({_plot_link(path, report_dir).as_posix()})", ""]
     if data.get("notes"):
         lines += ["Notes:", ""] + [f"- {note}" for note in data["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _plot_link(path: Path, report_dir: Path) -> Path:
+    """A plot's link relative to RESULTS.md; a plot recorded in another checkout (an absolute path there)
+    links to the same file under this report's folder, ``results/...``, when it is there."""
+    try:
+        return path.resolve().relative_to(report_dir.resolve())
+    except ValueError:
+        pass
+    if "results" in path.parts:
+        tail = Path(*path.parts[len(path.parts) - 1 - path.parts[::-1].index("results") :])
+        if (report_dir / tail).exists():
+            return tail
+    return path
 
 
 def _commands_section(parts: dict[str, dict[str, Any]]) -> str:

@@ -138,6 +138,17 @@ def test_report_merges_every_part_present(tmp_path):
     assert json.loads((results / "classification.json").read_text())["machine"]["logical_cores"] >= 1
 
 
+def test_report_links_plots_recorded_in_another_checkout_to_its_own_copy(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "plot.png").write_bytes(b"png")
+    elsewhere = "/elsewhere/checkout/benchmarks/results/"
+    plots = [{"path": elsewhere + "plot.png", "title": "here"}, {"path": elsewhere + "gone.png"}]
+    common.write_json(tmp_path / "results" / "memory.json", common.part_result("memory", "cpu", plots=plots))
+    text = report.render(tmp_path).read_text()
+    assert "![here](results/plot.png)" in text
+    assert f"![gone]({elsewhere}gone.png)" in text  # no copy here: the recorded path, not a broken guess
+
+
 # -- classification protocol v2 (issue 11): the plan of runs and the paired rows, without training --------
 def test_classification_cpu_budget_follows_protocol_v2():
     import bench_classification as cls

@@ -31,6 +31,17 @@ from .sources import Deployable
 
 PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 WARMUP = {"eager": 1, "onnxruntime": 0, "executorch": 1}
+# Starts the probe with the package and deploy/ as bare namespaces: importing redistill_diffusion runs
+# its __init__, which imports diffusers (~5 s a process, and 4 to 48 processes a measurement).
+LIGHT_START = (
+    "import sys, types\n"
+    "for name, path in (('redistill_diffusion', {root!r} + '/redistill_diffusion'),\n"
+    "                   ('redistill_diffusion.deploy', {root!r} + '/redistill_diffusion/deploy')):\n"
+    "    sys.modules[name] = module = types.ModuleType(name)\n"
+    "    module.__path__ = [path]\n"
+    "from redistill_diffusion.deploy.probe import main\n"
+    "sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _save_inputs(deployable: Deployable, batch: int, path: Path) -> Path:
@@ -54,6 +65,10 @@ def probe_rss(
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "redistill_diffusion.deploy.probe", "--runtime", runtime]
+    if (
+        runtime != "eager"
+    ):  # the probe of a .onnx/.pte file needs neither the package's __init__ nor diffusers
+        argv[1:3] = ["-c", LIGHT_START.format(root=package_root)]
     argv += ["--model", str(model), "--inputs", str(inputs), "--threads", str(threads)]
     argv += ["--warmup", str(WARMUP[runtime])]
     figures = []
@@ -95,8 +110,14 @@ def runtime_memory(
     work_dir: str | os.PathLike | None = None,
     backends: tuple[str, ...] = ("portable", "xnnpack"),
     progress=print,
+    keep_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{runtime, measure, batch, teacher, student, ratio}`` for ``{"teacher": ..., "student": ...}``."""
+    """Rows ``{runtime, measure, batch, teacher, student, ratio}`` for ``{"teacher": ..., "student": ...}``.
+
+    ``keep_dir``: where to keep the exported files (``{role}.onnx``, ``{role}_{backend}_b{batch}.pte``) for
+    a later use such as `runtime_latency` (each export of a large UNet takes minutes); by default they go
+    to a temporary folder removed at the end.
+    """
     from .export import executorch_program, export_onnx, planned_bytes
 
     for runtime in runtimes:
@@ -116,7 +137,12 @@ def runtime_memory(
                         row["batch"] = batch
                         for role, deployable in pair.items():
                             progress(f"ExecuTorch {backend} memory plan: {role}, batch {batch}")
-                            row[role] = planned_bytes(executorch_program(deployable, batch, backend))
+                            program = executorch_program(deployable, batch, backend)
+                            row[role] = planned_bytes(program)
+                            if keep_dir is not None:
+                                (Path(keep_dir) / f"{role}_{backend}_b{batch}.pte").write_bytes(
+                                    program.buffer
+                                )
                         rows.append(_with_ratio(row))
                 continue
             models = {}
@@ -125,7 +151,7 @@ def runtime_memory(
                     models[role] = save_for_eager(deployable.module, scratch / role)
                 else:
                     progress(f"exporting the {role} to ONNX")
-                    models[role] = scratch / f"{role}.onnx"
+                    models[role] = Path(keep_dir or scratch) / f"{role}.onnx"
                     export_onnx(deployable, models[role])
             for batch in batches:
                 inputs = _save_inputs(pair["teacher"], batch, scratch / f"inputs_{batch}.safetensors")
