@@ -2,9 +2,9 @@
 
 1. starts from the tiny DDPM teacher (``tiny-ddpm-32``) shipped with the package, trained on the built-in
    coloured shapes by ``quickstart_teacher_cpu.yaml`` (``--train_teacher`` trains it here instead),
-2. derives the stem-stride-2 student (4x lower peak memory, with the sub-pixel skip) and trains it for 2,000
-   steps (the plain objective measured best per minute on these shapes; ``--distiller output_mse`` or ``red``
-   distils from the teacher at about twice the time per step),
+2. derives the stem-stride-2 student (4x lower peak memory, with the sub-pixel skip), initialises it from the
+   teacher's weights and trains it for 2,000 steps (the plain objective measured best per minute on these
+   shapes; ``--distiller output_mse`` or ``red`` distils from the teacher at about twice the time per step),
 3. leaves sample grids, two DDPMPipeline folders with model cards and a memory report (json + png).
 
 Its settings are the packaged recipes ``redistill_diffusion/recipes/quickstart_teacher_cpu.yaml`` and
@@ -196,8 +196,8 @@ def run(args: argparse.Namespace) -> int:
 
     distiller = args.distiller or load_recipe(str(recipe_path(STUDENT_RECIPE)))["distiller"]
     how = (
-        "trained on the teacher's data (--distiller vanilla, measured best per minute here; "
-        "--distiller output_mse or red distils from the teacher)"
+        "initialised from the teacher's weights and trained on its data (--distiller vanilla, measured best "
+        "per minute here; --distiller output_mse or red distils from the teacher)"
         if distiller == "vanilla"
         else f"distilled with {distiller}"
     )
