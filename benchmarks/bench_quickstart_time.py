@@ -92,8 +92,7 @@ def main() -> int:
             flush=True,
         )
     result = {
-        "command": "python benchmarks/bench_quickstart_time.py "
-        + " ".join(f"--modes {m}" for m in args.modes),
+        "command": "python benchmarks/bench_quickstart_time.py --modes " + " ".join(args.modes),
         "git_revision": git_revision(),
         "machine": machine_info(),
         "rows": rows,
