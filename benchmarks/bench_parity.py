@@ -132,14 +132,22 @@ def teacher_argv(paths: dict[str, Path], resume: bool) -> list[str]:
 
 def train_teacher(threads: int) -> int:
     """Train or resume the teacher in the foreground; the log grows by one segment per (re)start."""
-    import subprocess
 
     paths = slices()
     resume = any(TEACHER_DIR.glob("checkpoint-*"))
     record = CommandRecord("parity teacher", teacher_argv(paths, resume))
+    return run_segment(record, TEACHER_LOG, threads)
+
+
+def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
+    """Run one (re)start of a training in the foreground, appending to its log a header that names the commit
+    and the machine, so a run resumed across sessions says what trained each part."""
+    import subprocess
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    LOGS.mkdir(parents=True, exist_ok=True)
-    with open(TEACHER_LOG, "a", encoding="utf-8") as log:
+    env["TQDM_MININTERVAL"] = "60"  # one progress line a minute, not one a step
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
         log.write(
             f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
         )
@@ -283,7 +291,6 @@ def student_argv(arm: str, seed: int, steps: int, resume: bool) -> list[str]:
 
 def train_student(arm: str, seed: int, steps: int, threads: int) -> int:
     """Train or resume one student; its log (one segment per start) holds the held-out curve."""
-    import subprocess
 
     if not (TEACHER_ARTEFACT / "model_index.json").is_file():
         raise SystemExit(
@@ -295,18 +302,7 @@ def train_student(arm: str, seed: int, steps: int, threads: int) -> int:
         return 0
     resume = any(out.glob("checkpoint-*"))
     record = CommandRecord(f"parity {arm} seed {seed}", student_argv(arm, seed, steps, resume))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), TQDM_MININTERVAL="60")
-    log_path = student_log(arm, seed)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(
-            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
-        )
-        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
-        log.flush()
-        return subprocess.run(
-            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        ).returncode
+    return run_segment(record, student_log(arm, seed), threads)
 
 
 def write_student_curves() -> dict[str, Any]:
