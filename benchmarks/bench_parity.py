@@ -5,8 +5,6 @@ Stages (each resumable; run them from a frozen worktree so every figure names th
     python benchmarks/bench_parity.py slices            # train / select / report slices of CIFAR-10
     python benchmarks/bench_parity.py teacher           # train (or resume) the teacher, held-out curve in its log
     python benchmarks/bench_parity.py curve             # the teacher's curve and plateau fit -> results/
-    python benchmarks/bench_parity.py snapshot          # copy the newest checkpoint into benchmarks/artefacts/
-    python benchmarks/bench_parity.py restore           # ... and back, on a fresh machine, before `teacher`
     python benchmarks/bench_parity.py finalize --step N # end the teacher at checkpoint N: its EMA pipeline,
                                                         # committed as benchmarks/artefacts/parity_teacher
     python benchmarks/bench_parity.py student --arm A --seed S [--steps N]   # one student's curve (resumable)
@@ -42,6 +40,7 @@ from common import (  # noqa: E402
     git_revision,
     machine_info,
     python_argv,
+    read_json,
     relative,
     stratified_slices,
     write_json,
@@ -308,11 +307,7 @@ def train_student(arm: str, seed: int, steps: int, threads: int) -> int:
 def write_student_curves() -> dict[str, Any]:
     """Each student's held-out loss divided by the final teacher's (same select slice) against its steps."""
     teacher_points = read_curve()
-    info = (
-        json.loads((TEACHER_ARTEFACT / "parity_teacher.json").read_text())
-        if (TEACHER_ARTEFACT / "parity_teacher.json").is_file()
-        else {}
-    )
+    info = read_json(TEACHER_ARTEFACT / "parity_teacher.json") or {}
     teacher_step = info.get("step")
     teacher_loss = dict(teacher_points).get(teacher_step) if teacher_step else None
     curves = {}
@@ -438,7 +433,7 @@ def write_curve() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# resume state across machines
+# committed logs
 # ------------------------------------------------------------------------------------------------
 def compact_log(source: Path, target: Path) -> None:
     """The log without its progress-bar redraws (a 60k-step run writes ~10 MB of them): every other line,
@@ -457,39 +452,13 @@ def compact_log(source: Path, target: Path) -> None:
     target.write_text("\n".join(kept) + "\n", encoding="utf-8")
 
 
-def snapshot() -> Path | None:
-    """The newest teacher checkpoint copied into benchmarks/artefacts/parity_teacher_checkpoint (committed), so
-    a fresh machine resumes exactly where this one stopped."""
-    checkpoints = sorted(TEACHER_DIR.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
-        return None
-    target = ARTEFACTS / "parity_teacher_checkpoint"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoints[-1], tmp / checkpoints[-1].name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target / checkpoints[-1].name
-
-
-def restore() -> Path | None:
-    saved = sorted((ARTEFACTS / "parity_teacher_checkpoint").glob("checkpoint-*"))
-    if not saved:
-        return None
-    TEACHER_DIR.mkdir(parents=True, exist_ok=True)
-    target = TEACHER_DIR / saved[-1].name
-    if not target.exists():
-        shutil.copytree(saved[-1], target)
-    return target
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "stage",
-        choices=("slices", "teacher", "curve", "snapshot", "restore", "finalize", "student", "curves"),
+        choices=("slices", "teacher", "curve", "finalize", "student", "curves"),
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
@@ -516,10 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "curve":
         fit = write_curve()["plateau_fit"]
         print(json.dumps(fit, indent=2) if fit else "not enough points for a plateau fit yet")
-    elif args.stage == "snapshot":
-        print(snapshot() or "no checkpoint to snapshot")
-    else:
-        print(restore() or "no committed checkpoint to restore")
     return 0
 
 
