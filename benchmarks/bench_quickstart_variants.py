@@ -116,6 +116,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*SCRATCH, *COSINE, *SKIP, "--distiller", "output_mse", "--max_train_steps", "2000"],
     ),
 }
+# Round 3 (issue 23): the packaged teacher is trained once by us, not in the quickstart, so its length is free.
+# The 800-step teacher's samples are far lighter than its data (mean brightness 136 vs 55): a student that
+# learns the data better looks "darker" next to it. name -> (what it is, extra flags on the teacher recipe)
+TEACHERS: dict[str, tuple[str, list[str]]] = {
+    "teacher": ("teacher (800 steps)", []),
+    "teacher_4000": ("teacher, 4,000 steps", ["--max_train_steps", "4000"]),
+    "teacher_4000_cosine": (
+        "teacher, 4,000 steps, cosine decay",
+        ["--max_train_steps", "4000", "--lr_scheduler", "cosine"],
+    ),
+}
 
 
 def grid_frequency_error(pipeline_dir: Path, images, timestep: int = 300) -> tuple[float, float]:
@@ -206,7 +217,20 @@ def _merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
         row.setdefault("heldout_seed", 1)
     fresh = {(r["run"], r["heldout_seed"]) for r in new_rows}
     merged = [r for r in old_rows if (r["run"], r["heldout_seed"]) not in fresh] + new_rows
-    return sorted(merged, key=lambda r: (r["heldout_seed"], r["run"] != "teacher", r["run"]))
+    return sorted(
+        merged, key=lambda r: (r["heldout_seed"], _teacher_of(r["run"]), r["run"] not in TEACHERS, r["run"])
+    )
+
+
+def _ratio(row: dict, teacher_loss: dict[str, float]) -> str:
+    """The run's held-out loss over its own teacher's (same slice)."""
+    reference = teacher_loss.get(_teacher_of(row["run"]))
+    return "-" if reference is None else format(row["denoise_loss"] / reference, ".2f")
+
+
+def _teacher_of(run: str) -> str:
+    """The teacher a run started from: the run itself for a teacher, ``<variant>@<teacher>``, else the default."""
+    return run if run in TEACHERS else run.partition("@")[2] or "teacher"
 
 
 def main() -> int:
@@ -217,6 +241,13 @@ def main() -> int:
     parser.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument(
         "--only", nargs="+", choices=list(VARIANTS), default=None, help="train and score only these variants"
+    )
+    parser.add_argument(
+        "--teacher",
+        choices=list(TEACHERS),
+        default="teacher",
+        help="the teacher the variants start from and distil (runs from another teacher than the default are "
+        "named <variant>@<teacher>)",
     )
     parser.add_argument(
         "--heldout_seed",
@@ -242,23 +273,28 @@ def main() -> int:
     from redistill_diffusion.evaluation.report import save_sample_grid
     from redistill_diffusion.evaluation.sampling import generate_samples
 
-    teacher = work / "teacher"
+    teacher = work / args.teacher
     walls = {
-        "teacher": _train(
-            "examples/train_ddpm_teacher.py", "recipes/quickstart_teacher_cpu.yaml", teacher, []
+        args.teacher: _train(
+            "examples/train_ddpm_teacher.py",
+            "recipes/quickstart_teacher_cpu.yaml",
+            teacher,
+            TEACHERS[args.teacher][1],
         )
     }
+    suffix = "" if args.teacher == "teacher" else f"@{args.teacher}"
     chosen = args.only or list(VARIANTS)
-    for name, (_, extra) in ((n, VARIANTS[n]) for n in chosen):
-        walls[name] = _train(
+    runs = {f"{name}{suffix}": name for name in chosen}
+    for run, name in runs.items():
+        walls[run] = _train(
             "examples/train_ddpm_redistill.py",
             "recipes/quickstart_cpu.yaml",
-            work / name,
-            ["--teacher_model_name_or_path", str(teacher), *extra],
+            work / run,
+            ["--teacher_model_name_or_path", str(teacher), *VARIANTS[name][1]],
         )
     images = heldout_shapes(num_images=256, resolution=32, seed=args.heldout_seed)
     rows = []
-    for name in ["teacher", *chosen]:
+    for name in [args.teacher, *runs]:
         print(f"[quickstart variants] {name}: held-out denoising loss, {NUM_SAMPLES} samples", flush=True)
         loss = pipeline_denoising_loss(work / name, images)
         # Fresh samples with one seed for every run (the training grids come from different writers).
@@ -270,8 +306,10 @@ def main() -> int:
         rows.append(
             {
                 "run": name,
-                "what": "teacher (800 steps)" if name == "teacher" else VARIANTS[name][0],
-                "flags": [] if name == "teacher" else VARIANTS[name][1],
+                "what": TEACHERS[name][0]
+                if name in TEACHERS
+                else VARIANTS[runs[name]][0] + suffix.replace("@", " from "),
+                "flags": TEACHERS[name][1] if name in TEACHERS else VARIANTS[runs[name]][1],
                 **{
                     k: round(v, 4)
                     for k, v in loss.items()
@@ -313,17 +351,22 @@ def main() -> int:
             f"Held-out shapes of seed {seed} ({slice_name}):",
             "",
             "| run | student | held-out denoising loss | x teacher | low / mid / high noise | checkerboard share "
-            "| error at t=300: grid frequencies / neighbours |",
-            "|---|---|---|---|---|---|---|",
+            "| error at t=300: grid frequencies / neighbours | mean brightness |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         same = [r for r in rows if r["heldout_seed"] == seed]
-        teacher_loss = next((r["denoise_loss"] for r in same if r["run"] == "teacher"), None)
+        teacher_loss = {r["run"]: r["denoise_loss"] for r in same if r["run"] in TEACHERS}
+
+        data = heldout_shapes(num_images=256, resolution=32, seed=seed)
+        lines[-3] = (
+            f"{lines[-3]} The held-out images themselves have a mean brightness of {mean_brightness(data):.0f}."
+        )
         lines += [
-            f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | "
-            f"{'-' if teacher_loss is None else format(r['denoise_loss'] / teacher_loss, '.2f')} | "
+            f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | {_ratio(r, teacher_loss)} | "
             f"{r['denoise_loss_low']:.4f} / {r['denoise_loss_mid']:.4f} / {r['denoise_loss_high']:.4f} | "
             f"{r['checkerboard_share']:.4f} "
-            f"| {r['error_t300_grid_frequencies']:.3f} / {r['error_t300_neighbour_frequencies']:.3f} |"
+            f"| {r['error_t300_grid_frequencies']:.3f} / {r['error_t300_neighbour_frequencies']:.3f} "
+            f"| {r.get('mean_brightness', '-')} |"
             for r in same
         ]
         lines.append("")
