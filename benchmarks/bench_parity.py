@@ -236,7 +236,23 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "output distillation + skip + refiner, teacher-initialised",
         [*TEACHER_INIT, *SKIP, *REFINER, "--distiller", "output_mse"],
     ),
+    "plain_skip_teacher_init": (
+        "plain + skip, teacher-initialised (the quickstart's student)",
+        [*TEACHER_INIT, *SKIP, "--distiller", "vanilla"],
+    ),
+    "output_mse_skip_teacher_init": (
+        "output distillation + skip, teacher-initialised",
+        [*TEACHER_INIT, *SKIP, "--distiller", "output_mse"],
+    ),
+    "plain_space_to_depth": (
+        "plain, lossless space-to-depth stem (pixel-shuffle head)",
+        [*SCRATCH, "--stem", "space_to_depth", "--distiller", "vanilla"],
+    ),
     "plain_s4": ("plain, stem stride 4", [*SCRATCH, "--stem_stride", "4", "--distiller", "vanilla"]),
+    "plain_skip_teacher_init_s4": (
+        "plain + skip, teacher-initialised, stem stride 4",
+        [*TEACHER_INIT, *SKIP, "--stem_stride", "4", "--distiller", "vanilla"],
+    ),
     "output_mse_skip_refiner_s4": (
         "output distillation + skip + refiner, stem stride 4",
         [*SCRATCH, *SKIP, *REFINER, "--stem_stride", "4", "--distiller", "output_mse"],
@@ -296,8 +312,8 @@ def train_student(arm: str, seed: int, steps: int, threads: int) -> int:
             f"{relative(TEACHER_ARTEFACT)} is missing: run `bench_parity.py finalize --step N` first."
         )
     out = student_dir(arm, seed)
-    if (out / "model_index.json").is_file():
-        print(f"{relative(out)} is finished")
+    if (out / f"checkpoint-{steps}").is_dir() and (out / "model_index.json").is_file():
+        print(f"{relative(out)} has reached {steps} steps")
         return 0
     resume = any(out.glob("checkpoint-*"))
     record = CommandRecord(f"parity {arm} seed {seed}", student_argv(arm, seed, steps, resume))
