@@ -19,16 +19,17 @@ class _DropTorchaoImportNoise(_logging.Filter):
 for _name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
     _logging.getLogger(_name).addFilter(_DropTorchaoImportNoise())
 
-# DiffusionPipeline.from_pretrained resolves the unet class named in model_index.json through this
-# package and needs `ModelMixin` at its top level to recognise it as a model.
+# Folders saved before the component file existed name this package in model_index.json; diffusers
+# then needs `ModelMixin` at its top level to recognise the student class as a model.
 from diffusers import ModelMixin  # noqa: E402, F401
 
 from .models.remote_code import register_with_diffusers  # noqa: E402
 from .models.unet_student import ReDistillUNet2DModel  # noqa: E402
 from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance  # noqa: E402
 
-# Saved students name the component module "redistill_unet" (a file in the folder, for processes
-# without this package); here it resolves to the package's class, with no trust_remote_code needed.
+# Saved students name the component module "redistill_unet" (their copy of models/unet_student.py, for
+# processes without this package); here that name resolves to the package's own module, so they load
+# without trust_remote_code and without running the folder's code (models/remote_code.py says why).
 register_with_diffusers()
 
 __version__ = "0.1.0"

@@ -209,8 +209,8 @@ class TeacherModelArguments:
 class DistillationArguments:
     """The distillation flags shared by both tasks (diffusion's `StudentArguments`, classification's
     `ClassifierArguments` inherit them): how the student starts, the method and its options, the RED
-    blocks. The method options (``red_alpha``, ``kd_temperature``, ...) are the keyword arguments of
-    the distillers' ``__init__`` (`distillers.all_distiller_options`, checked by a test); ``None``
+    blocks. The method options (``red_alpha``, ``kd_temperature``, ...) are the fields of the
+    distillers' option dataclasses (`distillers.all_distiller_options`, checked by a test); ``None``
     leaves the method's own default. A task overrides a field only where its meaning differs
     (``stem_stride``)."""
 

@@ -10,18 +10,17 @@ Methods (``build_distiller(name, ...)``): ``vanilla``, ``student_plus``, ``outpu
 ``at``, ``red``, ``kd``, ``dkd``, and composites such as ``red+output_mse`` or ``red+kd`` whose
 term is the average of their components (docs/architecture.md, "Distiller interface").
 
-A method's options are the keyword arguments of its ``__init__`` (after ``pairs``, ``student_shapes``
-and ``teacher_shapes``), with their defaults: `distiller_options` reads them from there, and the
-builders pass a method only the options it takes, so the CLI flags, the builder and the methods
-cannot disagree. `build_model_distiller` is the one path from (name, student, teacher, pairs,
+A method's options are the fields of its ``Options`` dataclass (`REDOptions`, `KDOptions`, ...), named
+after the method (``red_alpha``, ``kd_temperature``) and with their defaults; the method reads its
+values from it, `distiller_options` lists them, and the builders pass a method only the options it
+takes, so the CLI flags, the builder and the methods cannot disagree. `build_model_distiller` is the one path from (name, student, teacher, pairs,
 options) to a distiller that both tasks use.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -41,7 +40,7 @@ def register_distiller(cls: type[Distiller]) -> type[Distiller]:
     """Class decorator: make a Distiller subclass available to :func:`build_distiller` under ``cls.name``.
 
     The builder calls ``cls(pairs=..., student_shapes=..., teacher_shapes=..., **options)`` with only
-    the options its ``__init__`` declares (keyword arguments with defaults, prefixed with the method
+    the options its ``Options`` dataclass declares (fields with defaults, prefixed with the method
     name: ``kd_temperature``).
     """
     if not cls.name or "+" in cls.name:
@@ -55,16 +54,23 @@ def available_distillers() -> tuple[str, ...]:
     return tuple(_DISTILLERS)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none."""
+
+
 class Distiller(nn.Module):
     """Base class: one distillation method.
 
     Subclasses set ``name``, ``requires_teacher`` (False: the trainer need not run the teacher),
     ``requires_target`` (True: ``forward`` needs the ground-truth labels), ``uses_pairs`` (True:
     the method compares tapped features and needs at least one (student_tap, teacher_tap) pair)
-    and ``uses_red_blocks`` (True: the student carries RED blocks for this method). Their options
-    are the keyword arguments of ``__init__`` after ``pairs``, ``student_shapes``, ``teacher_shapes``.
+    and ``uses_red_blocks`` (True: the student carries RED blocks for this method), and ``Options``,
+    the dataclass of the method's options; ``__init__`` takes ``pairs``, ``student_shapes``,
+    ``teacher_shapes`` and those options by keyword (``self.Options(**options)`` checks them).
     """
 
+    Options: ClassVar[type] = NoOptions
     name: ClassVar[str] = ""
     requires_teacher: bool = True
     requires_target: bool = False
@@ -155,8 +161,9 @@ class VanillaDistiller(Distiller):
     name = "vanilla"
     requires_teacher = False
 
-    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(())  # pairs are irrelevant without a teacher
+        self.Options(**options)
 
     def forward(
         self,
@@ -184,17 +191,22 @@ class StudentPlusDistiller(VanillaDistiller):
 # --- response (output) methods --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OutputMSEOptions:
+    output_mse_weight: float = 1.0  # scale of the output mse
+
+
 @register_distiller
 class OutputMSEDistiller(Distiller):
     """Response distillation: mse between student and teacher outputs (noise predictions for DDPM)."""
 
     name = "output_mse"
+    Options = OutputMSEOptions
 
-    def __init__(
-        self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, output_mse_weight=1.0
-    ):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(())  # compares outputs only
-        self.weight = _non_negative("output_mse_weight", output_mse_weight)
+        options = self.Options(**options)
+        self.weight = _non_negative("output_mse_weight", options.output_mse_weight)
 
     def forward(
         self, *, student_output, teacher_output, student_features=None, teacher_features=None, target=None
@@ -213,6 +225,12 @@ def _check_logits(name: str, student: torch.Tensor, teacher: torch.Tensor) -> No
         )
 
 
+@dataclass(frozen=True)
+class KDOptions:
+    kd_temperature: float = 2.0  # softmax temperature T
+    kd_weight: float = 1.0  # scale of the KD term
+
+
 @register_distiller
 class KDDistiller(Distiller):
     """Hinton knowledge distillation: KL(p_t || p_s) on temperature-softened logits, times T^2.
@@ -221,18 +239,13 @@ class KDDistiller(Distiller):
     """
 
     name = "kd"
+    Options = KDOptions
 
-    def __init__(
-        self,
-        pairs: Iterable[Pair] = (),
-        student_shapes=None,
-        teacher_shapes=None,
-        kd_temperature=2.0,
-        kd_weight=1.0,
-    ):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(())
-        self.temperature = _positive("kd_temperature", kd_temperature)
-        self.weight = _non_negative("kd_weight", kd_weight)
+        options = self.Options(**options)
+        self.temperature = _positive("kd_temperature", options.kd_temperature)
+        self.weight = _non_negative("kd_weight", options.kd_weight)
 
     def forward(
         self, *, student_output, teacher_output, student_features=None, teacher_features=None, target=None
@@ -259,6 +272,13 @@ def _hard_labels(name: str, target: torch.Tensor | None, logits: torch.Tensor) -
     return target.long()
 
 
+@dataclass(frozen=True)
+class DKDOptions:
+    dkd_alpha: float = 1.0  # weight of TCKD
+    dkd_beta: float = 8.0  # weight of NCKD
+    dkd_temperature: float = 4.0  # softmax temperature T
+
+
 @register_distiller
 class DKDDistiller(Distiller):
     """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD, each times T^2.
@@ -270,20 +290,14 @@ class DKDDistiller(Distiller):
 
     name = "dkd"
     requires_target = True
+    Options = DKDOptions
 
-    def __init__(
-        self,
-        pairs: Iterable[Pair] = (),
-        student_shapes=None,
-        teacher_shapes=None,
-        dkd_alpha=1.0,
-        dkd_beta=8.0,
-        dkd_temperature=4.0,
-    ):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(())
-        self.alpha = _non_negative("dkd_alpha", dkd_alpha)
-        self.beta = _non_negative("dkd_beta", dkd_beta)
-        self.temperature = _positive("dkd_temperature", dkd_temperature)
+        options = self.Options(**options)
+        self.alpha = _non_negative("dkd_alpha", options.dkd_alpha)
+        self.beta = _non_negative("dkd_beta", options.dkd_beta)
+        self.temperature = _positive("dkd_temperature", options.dkd_temperature)
 
     @staticmethod
     def _binary_and_non_target(logits: torch.Tensor, target_mask: torch.Tensor):
@@ -315,6 +329,12 @@ class DKDDistiller(Distiller):
 # --- feature methods --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class REDOptions:
+    red_alpha: float | Sequence[float] = 1.0  # weight of each pair's RED loss (one for all, or one per pair)
+    red_distance: str = "cosine"  # between channel-mean maps: cosine or mse
+
+
 @register_distiller
 class REDDistiller(Distiller):
     """The ReDistill loss (the paper's RED loss; `red.red_distance`): mean over pairs of
@@ -329,17 +349,13 @@ class REDDistiller(Distiller):
     name = "red"
     uses_pairs = True
     uses_red_blocks = True
+    Options = REDOptions
 
-    def __init__(
-        self,
-        pairs: Iterable[Pair] = (),
-        student_shapes=None,
-        teacher_shapes=None,
-        red_alpha=1.0,
-        red_distance="cosine",
-    ):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(pairs)
         check_pairs(self.pairs, student_shapes, teacher_shapes, same_resolution=True, name=self.name)
+        options = self.Options(**options)
+        red_alpha, red_distance = options.red_alpha, options.red_distance
         if red_distance not in RED_DISTANCES:
             raise ValueError(
                 f"Unknown red_distance {red_distance!r}; choose one of {', '.join(RED_DISTANCES)}."
@@ -370,6 +386,11 @@ class REDDistiller(Distiller):
         return f"distance={self.distance!r}, alphas={self.alphas}, pairs={self.pairs}"
 
 
+@dataclass(frozen=True)
+class FitNetOptions:
+    fitnet_weight: float = 1.0  # scale of the hint loss
+
+
 @register_distiller
 class FitNetDistiller(Distiller):
     """FitNets hints (Romero et al. 2015): mse(regressor(s), t), mean over pairs, times ``fitnet_weight``.
@@ -380,11 +401,11 @@ class FitNetDistiller(Distiller):
 
     name = "fitnet"
     uses_pairs = True
+    Options = FitNetOptions
 
-    def __init__(
-        self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, fitnet_weight=1.0
-    ):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(pairs)
+        fitnet_weight = self.Options(**options).fitnet_weight
         student_shapes, teacher_shapes = _normalize_shapes(student_shapes), _normalize_shapes(teacher_shapes)
         if student_shapes is None or teacher_shapes is None:
             raise ValueError(
@@ -425,6 +446,12 @@ def attention_map(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(x.float().abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
+@dataclass(frozen=True)
+class ATOptions:
+    at_weight: float = 1000.0  # the paper's beta
+    at_p: float = 2.0  # exponent of the attention map
+
+
 @register_distiller
 class ATDistiller(Distiller):
     """Attention transfer (Zagoruyko & Komodakis 2017): mean over pairs of mse(att(s), att(t)), times ``at_weight``.
@@ -435,14 +462,14 @@ class ATDistiller(Distiller):
 
     name = "at"
     uses_pairs = True
+    Options = ATOptions
 
-    def __init__(
-        self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, at_weight=1000.0, at_p=2.0
-    ):
+    def __init__(self, pairs: Iterable[Pair] = (), student_shapes=None, teacher_shapes=None, **options):
         super().__init__(pairs)
         check_pairs(self.pairs, student_shapes, teacher_shapes, same_resolution=False, name=self.name)
-        self.weight = _non_negative("at_weight", at_weight)
-        self.p = _positive("at_p", at_p)
+        options = self.Options(**options)
+        self.weight = _non_negative("at_weight", options.at_weight)
+        self.p = _positive("at_p", options.at_p)
 
     def forward(
         self, *, student_output=None, teacher_output=None, student_features, teacher_features, target=None
@@ -496,22 +523,9 @@ class CompositeDistiller(Distiller):
         return ""
 
 
-_BUILDER_ARGUMENTS = ("self", "pairs", "student_shapes", "teacher_shapes")
-
-
-def _own_options(cls: type[Distiller]) -> dict[str, Any]:
-    """The options a method takes: the keyword arguments of its ``__init__`` with their defaults."""
-    options = {}
-    for parameter in inspect.signature(cls.__init__).parameters.values():
-        if parameter.name in _BUILDER_ARGUMENTS or parameter.kind in (
-            parameter.VAR_POSITIONAL,
-            parameter.VAR_KEYWORD,
-        ):
-            continue
-        if parameter.default is parameter.empty:
-            raise TypeError(f"{cls.__name__}.__init__ option {parameter.name!r} needs a default.")
-        options[parameter.name] = parameter.default
-    return options
+def option_defaults(cls: type[Distiller]) -> dict[str, Any]:
+    """The options a method takes, with their defaults: the fields of its ``Options`` dataclass."""
+    return asdict(cls.Options())
 
 
 @dataclass(frozen=True)
@@ -530,7 +544,7 @@ class DistillerSpec:
         """Every option the components take, with its default."""
         merged: dict[str, Any] = {}
         for cls in self.classes:
-            merged.update(_own_options(cls))
+            merged.update(option_defaults(cls))
         return merged
 
     @property
@@ -580,7 +594,7 @@ def all_distiller_options() -> dict[str, Any]:
     """Every option of every registered method, with its default (the distillation CLI flags)."""
     merged: dict[str, Any] = {}
     for cls in _DISTILLERS.values():
-        merged.update(_own_options(cls))
+        merged.update(option_defaults(cls))
     return merged
 
 
@@ -607,7 +621,7 @@ def build_distiller(
     pairs = list(pairs)
     components = []
     for cls in spec.classes:
-        own = {k: v for k, v in given.items() if k in _own_options(cls)}
+        own = {k: v for k, v in given.items() if k in option_defaults(cls)}
         components.append(
             cls(pairs=pairs, student_shapes=student_shapes, teacher_shapes=teacher_shapes, **own)
         )
@@ -699,14 +713,21 @@ def build_model_distiller(
 
 __all__ = [
     "ATDistiller",
+    "ATOptions",
     "CompositeDistiller",
     "DKDDistiller",
+    "DKDOptions",
     "Distiller",
     "DistillerSpec",
     "FitNetDistiller",
+    "FitNetOptions",
     "KDDistiller",
+    "KDOptions",
+    "NoOptions",
     "OutputMSEDistiller",
+    "OutputMSEOptions",
     "REDDistiller",
+    "REDOptions",
     "StudentPlusDistiller",
     "VanillaDistiller",
     "all_distiller_options",
@@ -716,6 +737,7 @@ __all__ = [
     "build_model_distiller",
     "distillation_options",
     "distiller_options",
+    "option_defaults",
     "parse_distiller",
     "register_distiller",
 ]

@@ -1,8 +1,9 @@
 """Tap names, feature capture by hooks, the one shape probe, and pairing student/teacher taps.
 
 A tap is ``"<module name>:<input|output>"`` (``":output"`` when the suffix is omitted); see
-docs/architecture.md. This module depends on nothing else in the package: `red`, `distillers`,
-the UNet student and the classifiers all name features through it.
+docs/architecture.md. `red`, `distillers`, the UNet student and the classifiers all name features
+through it; it imports only the tap-name functions of `models.unet_student` (a file that imports nothing
+from the package).
 """
 
 from __future__ import annotations
@@ -12,24 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-
-def parse_tap(tap: str) -> tuple[str, str]:
-    """'module:where' -> (module, where); where defaults to 'output'."""
-    module, _, where = tap.rpartition(":") if ":" in tap else (tap, ":", "output")
-    if where not in ("input", "output"):
-        raise ValueError(f"Tap {tap!r} must end in ':input' or ':output'.")
-    return module, where
-
-
-def tap_to_key(tap: str) -> str:
-    """A tap as a valid nn.ModuleDict key ('.' and ':' are not allowed there)."""
-    module, where = parse_tap(tap)
-    return f"{module.replace('.', '_')}__{where}"
-
-
-def normalize_tap(tap: str) -> str:
-    module, where = parse_tap(tap)
-    return f"{module}:{where}"
+# Tap names are defined once, in the self-contained student file (its RED blocks are keyed by them).
+from .models.unet_student import normalize_tap, parse_tap, tap_to_key
 
 
 def _first_tensor(value):
@@ -180,3 +165,14 @@ def check_pairs(
                     f"{name}: pair {s_tap} <-> {t_tap} has different spatial sizes ({s_hw} vs {t_hw}); "
                     "pair features of the same resolution."
                 )
+
+
+__all__ = [
+    "FeatureTaps",
+    "check_pairs",
+    "match_by_resolution",
+    "normalize_tap",
+    "parse_tap",
+    "probe_shapes",
+    "tap_to_key",
+]

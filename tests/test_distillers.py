@@ -9,9 +9,11 @@ from torch import nn
 
 from redistill_diffusion.distillers import (
     Distiller,
+    KDDistiller,
     available_distillers,
     build_distiller,
     distiller_options,
+    option_defaults,
 )
 from redistill_diffusion.taps import FeatureTaps, match_by_resolution, probe_shapes
 
@@ -341,6 +343,11 @@ def test_builder_errors_and_options():
         build_distiller("kd", kd_temperature=0)
     # Options left at None (unset CLI flags) count as not given.
     assert build_distiller("kd", red_alpha=None, kd_temperature=None).temperature == 2.0
+    # A method's options are its dataclass's fields, which it reads its values from when built directly.
+    assert option_defaults(KDDistiller) == {"kd_temperature": 2.0, "kd_weight": 1.0}
+    assert KDDistiller(kd_temperature=3.0).temperature == 3.0
+    with pytest.raises(TypeError, match="kd_temprature"):
+        KDDistiller(kd_temprature=3.0)
     assert distiller_options("red+kd") == {
         "red_alpha": 1.0,
         "red_distance": "cosine",

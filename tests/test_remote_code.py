@@ -1,22 +1,23 @@
-"""The component file saved with every student is the package's own code and nothing else."""
+"""The component file saved with every student is the package's student file, as it is; folders saved by
+earlier versions (with the file generated from three modules) keep loading."""
 
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import json
+import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
-import pytest
 import torch
 
-from redistill_diffusion.models.remote_code import (
-    SOURCE_MODULES,
-    _strip_module,
-    component_source,
-    make_pipeline_self_contained,
-)
+from redistill_diffusion.models import unet_student
+from redistill_diffusion.models.remote_code import component_source, make_pipeline_self_contained
+
+LEGACY = Path(__file__).parent / "fixtures" / "student_pipeline_2176d4f"
 
 
 def _imported_roots(source: str) -> set[str]:
@@ -25,49 +26,26 @@ def _imported_roots(source: str) -> set[str]:
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import left in the component file: line {node.lineno}"
+            assert node.level == 0, f"relative import in the student file: line {node.lineno}"
             roots.add(node.module.split(".")[0])
     return roots
 
 
-def test_component_file_imports_only_torch_diffusers_and_the_standard_library():
-    roots = _imported_roots(component_source())
+def test_component_file_is_the_student_module_verbatim_and_imports_only_torch_and_diffusers():
+    source = component_source()
+    assert source == Path(unet_student.__file__).read_text(encoding="utf-8")
+    roots = _imported_roots(source)
     assert {"torch", "diffusers"} <= roots
     assert all(r in ("torch", "diffusers") or r in sys.stdlib_module_names for r in roots), roots
-
-
-def test_component_file_holds_every_definition_of_the_package_modules_verbatim():
-    """Generated, not copied: any change to the RED block or the student (a new argument or config
-    key) is in the next saved file, so the two cannot drift."""
-    source = component_source()
-    for name in SOURCE_MODULES:
-        module = importlib.import_module(name)
-        for attr, obj in vars(module).items():
-            if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == name:
-                assert inspect.getsource(obj) in source, f"{name}.{attr} missing from the component file"
+    # It runs on its own and defines the student the package uses (the same class, by its source).
     namespace: dict = {"__name__": "redistill_unet_check"}
-    exec(compile(source, "redistill_unet.py", "exec"), namespace)  # noqa: S102 - our own generated code
-    student = namespace["ReDistillUNet2DModel"]
-    from redistill_diffusion import ReDistillUNet2DModel
+    exec(compile(source, "redistill_unet.py", "exec"), namespace)  # noqa: S102 - the package's own file
+    from redistill_diffusion import REDBlock, ReDistillUNet2DModel
 
-    assert inspect.signature(student.__init__) == inspect.signature(ReDistillUNet2DModel.__init__)
-    assert (
-        inspect.signature(namespace["REDBlock"].__init__).parameters.keys()
-        == inspect.signature(
-            importlib.import_module("redistill_diffusion.red").REDBlock.__init__
-        ).parameters.keys()
+    assert ReDistillUNet2DModel is unet_student.ReDistillUNet2DModel and REDBlock is unet_student.REDBlock
+    assert inspect.signature(namespace["ReDistillUNet2DModel"].__init__) == inspect.signature(
+        ReDistillUNet2DModel.__init__
     )
-
-
-def test_generation_refuses_code_the_component_file_could_not_run():
-    with pytest.raises(ValueError, match="only torch and diffusers"):
-        _strip_module("import numpy\n", "m")
-    with pytest.raises(ValueError, match="inside a function"):
-        _strip_module("def f():\n    from .red import REDBlock\n", "m")
-    body, defined = _strip_module(
-        '"""doc"""\nfrom __future__ import annotations\nfrom .red import x\nA = 1\n', "m"
-    )
-    assert body == "A = 1\n" and defined == {"A"}
 
 
 def _tiny_student():
@@ -106,14 +84,83 @@ def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(
     DDPMPipeline(unet=_tiny_student(), scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(
         str(tmp_path / "old")
     )
-    assert json.loads((tmp_path / "old" / "model_index.json").read_text())["unet"][0].startswith(
-        "redistill_diffusion"
-    )
+    index = json.loads((tmp_path / "old" / "model_index.json").read_text())
+    assert index["unet"] == ["redistill_diffusion.models.unet_student", "ReDistillUNet2DModel"]
     assert isinstance(DiffusionPipeline.from_pretrained(str(tmp_path / "old")).unet, ReDistillUNet2DModel)
     # ... and can be made self-contained afterwards; a teacher pipeline is left alone.
     assert make_pipeline_self_contained(tmp_path / "old") == ["unet"]
-    assert (tmp_path / "old" / "unet" / "redistill_unet.py").is_file()
+    assert (tmp_path / "old" / "unet" / "redistill_unet.py").read_text() == component_source()
     pipeline = DiffusionPipeline.from_pretrained(str(tmp_path / "old"))
     assert isinstance(pipeline.unet, ReDistillUNet2DModel)
     out = pipeline.unet(torch.zeros(1, 3, 16, 16), 0).sample
     assert out.shape == (1, 3, 16, 16)
+
+
+# In a fresh interpreter where `import redistill_diffusion` fails: each folder loads through its own
+# component file (trust_remote_code) and reproduces the output recorded when it was saved.
+LOAD_WITHOUT_PACKAGE = """
+import sys
+sys.modules["redistill_diffusion"] = None
+import torch
+from diffusers import AutoModel, DiffusionPipeline
+from safetensors.torch import load_file
+expected = load_file(sys.argv[1])
+for folder in sys.argv[2:]:
+    pipeline = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    unet = AutoModel.from_pretrained(folder + "/unet", trust_remote_code=True)
+    for model in (pipeline.unet, unet):
+        assert type(model).__name__ == "ReDistillUNet2DModel", type(model)
+        assert not type(model).__module__.startswith("redistill_diffusion")
+        with torch.no_grad():
+            y = model.eval()(expected["x"], expected["t"]).sample
+        print(folder, float((y - expected["y"]).abs().max()))
+"""
+
+
+def test_a_folder_saved_by_the_generated_component_file_version_still_loads(tmp_path):
+    """The fixture was saved at 2176d4f: model_index names ["redistill_unet", ...], unet/config.json has
+    `auto_map`, and unet/redistill_unet.py is the file generated from taps, red and unet_student."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from redistill_diffusion import ReDistillUNet2DModel
+    from redistill_diffusion.models.pipeline_folder import load_teacher
+
+    folder = tmp_path / "legacy"
+    shutil.copytree(LEGACY, folder, ignore=shutil.ignore_patterns("README.md"))
+    (folder / "unet" / "redistill_unet.py.txt").rename(folder / "unet" / "redistill_unet.py")
+    legacy_file = (folder / "unet" / "redistill_unet.py").read_text()
+    assert "# ---- from redistill_diffusion.red ----" in legacy_file and legacy_file != component_source()
+    assert json.loads((folder / "model_index.json").read_text())["unet"] == [
+        "redistill_unet",
+        "ReDistillUNet2DModel",
+    ]
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    assert config["_class_name"] == "ReDistillUNet2DModel"
+    assert config["auto_map"] == {"AutoModel": "redistill_unet.ReDistillUNet2DModel"}
+    expected = load_file(str(folder / "expected_output.safetensors"))
+
+    # With the package: the package's class, the same output, through every loading path.
+    unets = [
+        DiffusionPipeline.from_pretrained(str(folder)).unet,
+        ReDistillUNet2DModel.from_pretrained(str(folder / "unet")),
+        load_teacher(str(folder))[0],
+    ]
+    for unet in unets:
+        assert type(unet) is ReDistillUNet2DModel and len(unet.red_blocks) == 2
+        with torch.no_grad():
+            torch.testing.assert_close(unet.eval()(expected["x"], expected["t"]).sample, expected["y"])
+
+    # Without the package: the folder's own (generated) file, and, once upgraded, the current one.
+    upgraded = tmp_path / "upgraded"
+    shutil.copytree(folder, upgraded)
+    assert make_pipeline_self_contained(upgraded) == ["unet"]
+    assert (upgraded / "unet" / "redistill_unet.py").read_text() == component_source()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    argv = [sys.executable, "-c", LOAD_WITHOUT_PACKAGE, str(folder / "expected_output.safetensors")]
+    result = subprocess.run(
+        argv + [str(folder), str(upgraded)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = [float(line.split()[-1]) for line in result.stdout.splitlines()]
+    assert len(errors) == 4 and max(errors) < 1e-5, result.stdout

@@ -8,8 +8,8 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from redistill_diffusion import ReDistillUNet2DModel
-from redistill_diffusion.models import unet_tap_pairs
 from redistill_diffusion.models.unet_student import OUTPUT_HEADS, FullResolutionRefiner, SubpixelSkip
+from redistill_diffusion.models.unet_taps import red_specs, unet_tap_pairs
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -153,6 +153,8 @@ def test_red_presets_pair_by_resolution(preset, expected):
     student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, red_preset=preset)
     pairs = unet_tap_pairs(student, teacher, preset)
     assert len(pairs) == expected == len(student.red_blocks)
+    # The student file reads the preset's channel counts from the modules; a forward probe sees the same.
+    assert student.config.red_placement == red_specs(student, [s for s, _ in pairs])
     assert pairs[:2] == [
         ("conv_in:output", "down_blocks.0.downsamplers.0:output"),
         ("conv_norm_out:input", "up_blocks.1.upsamplers.0:input"),  # the reference: before the tail norm

@@ -9,13 +9,10 @@ imported ``redistill_diffusion``. Its model card is written by `model_cards.writ
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from ..hub import UNET_SUBFOLDERS, is_hub_id, local_unet_folder
-
-logger = logging.getLogger(__name__)
 
 
 def _unet_class(class_name: str | None):
@@ -111,8 +108,8 @@ def load_teacher(name_or_path: str, cache_dir: str | None = None, revision: str 
 def save_ddpm_pipeline(unet, scheduler, output_dir: str | os.PathLike):
     """Save ``unet`` + ``scheduler`` as a DDPMPipeline folder (safetensors) and return the pipeline.
 
-    A student's folder also gets its component file (`models.remote_code`), so it loads with
-    ``trust_remote_code=True`` where this package is not installed.
+    A student's folder also gets its component file (`models.remote_code`: `models/unet_student.py`
+    as it is), so it loads with ``trust_remote_code=True`` where this package is not installed.
     """
     from diffusers import DDPMPipeline
 
@@ -120,12 +117,7 @@ def save_ddpm_pipeline(unet, scheduler, output_dir: str | os.PathLike):
 
     pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.save_pretrained(str(output_dir), safe_serialization=True)
-    try:
-        make_pipeline_self_contained(output_dir)
-    except ValueError as error:  # the weights are saved; the folder still loads with the package imported
-        logger.warning(
-            "Student saved without its component file (load it with redistill_diffusion imported): %s", error
-        )
+    make_pipeline_self_contained(output_dir)
     return pipeline
 
 

@@ -387,7 +387,8 @@ def build_redistill_task(
     from ..hub import is_hub_id
     from ..models.configs import check_unconditional
     from ..models.pipeline_folder import load_teacher
-    from ..models.unet_student import ReDistillUNet2DModel, red_specs, unet_example_inputs, unet_tap_pairs
+    from ..models.unet_student import ReDistillUNet2DModel
+    from ..models.unet_taps import red_specs, unet_example_inputs, unet_tap_pairs
     from ..red import init_red_blocks
 
     # An unknown method, or an option it does not take: one clear error before loading anything.
