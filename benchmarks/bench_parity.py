@@ -7,7 +7,7 @@ Stages (each resumable; run them from a frozen worktree so every figure names th
     python benchmarks/bench_parity.py curve             # the teacher's curve and plateau fit -> results/
     python benchmarks/bench_parity.py finalize --step N # end the teacher at checkpoint N: its EMA pipeline,
                                                         # committed as benchmarks/artefacts/parity_teacher
-    python benchmarks/bench_parity.py student --arm A --seed S [--steps N]   # one student's curve (resumable)
+    python benchmarks/bench_parity.py student --arm A [B ...] --seed S [--steps N]  # students one after another (resumable)
     python benchmarks/bench_parity.py curves            # every student's held-out loss / the teacher's -> results/
 
 Data: the CIFAR-10 training parquet minus its last 500 images per class (45,000 to train on, the same split as
@@ -478,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
-    parser.add_argument("--arm", choices=list(ARMS), help="student: which arm")
-    parser.add_argument("--seed", type=int, default=0, help="student: training seed")
+    parser.add_argument(
+        "--arm", nargs="+", choices=list(ARMS), help="student: which arms, run one after another"
+    )
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="student: training seeds")
     parser.add_argument("--steps", type=int, default=20_000, help="student: step budget")
     args = parser.parse_args(argv)
     if args.stage == "finalize":
@@ -489,7 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "student":
         if args.arm is None:
             parser.error("student needs --arm")
-        return train_student(args.arm, args.seed, args.steps, args.threads)
+        for seed in args.seed:
+            for arm in args.arm:
+                code = train_student(arm, seed, args.steps, args.threads)
+                if code != 0:
+                    print(
+                        f"{arm} seed {seed} stopped with exit code {code}; see {relative(student_log(arm, seed))}"
+                    )
+                    return code
+        return 0
     if args.stage == "curves":
         result = write_student_curves()
         print(json.dumps({k: v["points"][-1] for k, v in result["students"].items()}, indent=2))
