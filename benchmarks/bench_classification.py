@@ -485,6 +485,8 @@ def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
     """One (re)start of a training in the foreground; the log grows by one segment, headed by the commit."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["TQDM_MININTERVAL"] = "60"
+    # the library of this checkout, whatever the venv's editable install points at: the row's commit is its
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(
@@ -1029,6 +1031,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be at least 1, got {args.threads}.")
     if args.synthetic and not args.smoke:
         parser.error("--synthetic is for --smoke only (the report needs CIFAR-10).")
+    import redistill_diffusion
+
+    library = Path(redistill_diffusion.__file__).resolve()
+    if REPO_ROOT.resolve() not in library.parents:
+        parser.error(
+            f"redistill_diffusion is imported from {library.parent}, not from this checkout {REPO_ROOT}: run with "
+            f"PYTHONPATH={REPO_ROOT} so the rows record the commit whose library trained them."
+        )
     layout = make_layout(args.smoke, args.work_dir, args.output_dir)
     if args.stage == "summary":
         result = summary_stage(layout)
