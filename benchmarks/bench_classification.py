@@ -385,9 +385,11 @@ def explicit_settings(argv: list[str]) -> dict[str, str]:
 
 
 def _dirty() -> bool:
+    """Uncommitted changes to what trains (the library, the scripts, this harness): results and logs the
+    stages write into the checkout do not count."""
     try:
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--", "redistill_diffusion", "examples", "benchmarks/*.py"],
             cwd=REPO_ROOT, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     except Exception:
@@ -593,6 +595,10 @@ def run_arm(
     layout, arm: Arm, seed: int, paths, threads, teacher_path: str, kind: str
 ) -> dict[str, Any] | None:
     recipe = layout.recipe
+    finished = read_json(layout.run_dir(kind, arm.name, seed) / "row.json")
+    if finished is not None and "arm" in finished:
+        print(f"{finished['output_dir']}: finished, skipped")
+        return finished
     timm_args = widened_args(recipe) if arm.wide else None
     teacher = "resnet18" if arm.wide else teacher_path
     flags = [*student_flags(recipe, arm, teacher, timm_args), *recipe_flags(recipe, paths), "--seed", seed]
@@ -629,13 +635,9 @@ def run_arm(
 
 def select_stage(layout, paths, threads, allow_weak, only: str | None) -> dict[str, Any]:
     teacher = trained_teacher(layout, allow_weak)
-    rows = {}
     for name, arm in SELECT_CANDIDATES.items():
-        if only and name != only:
-            continue
-        row = run_arm(layout, arm, SELECT_SEED, paths, threads, teacher["output_dir"], "select")
-        if row is not None:
-            rows[name] = row
+        if only is None or name == only:
+            run_arm(layout, arm, SELECT_SEED, paths, threads, teacher["output_dir"], "select")
     return choose(layout)
 
 

@@ -321,3 +321,25 @@ def test_parity_curve_reads_resumed_logs_and_the_plateau_fit_finds_the_asymptote
     assert fit["a"] == pytest.approx(0.03, rel=0.02) and fit["c"] == pytest.approx(0.5, abs=0.05)
     assert fit["gap_to_plateau"] == pytest.approx(values[20000] / fit["a"] - 1, rel=1e-6)
     assert bench_parity.fit_plateau(fixed[:3]) is None  # too few points past warm-up
+
+
+def test_classification_run_is_skipped_when_finished_or_held_by_a_live_process(tmp_path, monkeypatch):
+    """A rerun never retrains a finished run, and two processes never train the same one: no training
+    starts in either case (run_segment would raise)."""
+    import os
+
+    import bench_classification as cls
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished or held run was trained again")
+
+    monkeypatch.setattr(cls, "run_segment", no_training)
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / ".lock").write_text(str(os.getpid()))  # this test's process: alive
+    assert cls.train_run(layout, "held", ["--seed", 0], held, 1, {}) is None
+    assert (held / ".lock").read_text() == str(os.getpid())  # another process's lock is left alone
+    done = tmp_path / "done"
+    common.write_json(done / "row.json", {"name": "done", "top1": {"report": 0.5}})
+    assert cls.train_run(layout, "done", ["--seed", 0], done, 1, {})["top1"] == {"report": 0.5}
