@@ -62,8 +62,6 @@ from common import (  # noqa: E402
 SCRIPT = REPO_ROOT / "examples/train_classifier_redistill.py"
 PROTOCOL = 3
 WORK = REPO_ROOT / "benchmarks/_work/classification_v3"
-RESULTS = REPO_ROOT / "benchmarks/results"
-LOGS = REPO_ROOT / "benchmarks/logs"
 TEACHER_TARGET = 0.85  # top-1 on the select slice before any student starts
 SEEDS = (0, 1, 2)
 SELECT_SEED = 100  # the selection runs' seed, none of the report seeds
@@ -94,8 +92,13 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe(
-        # The narrow ResNet18 of the earlier protocols (1.24 M parameters). The estimate of epochs and hours is
-        # in docs/benchmarks.md and in the comment of `candidates` below; `candidates` measures it here.
+        # The narrow ResNet18 of the earlier protocols (1.24 M parameters). `candidates` measured 119 training
+        # images/s at one thread on the shared 2-core Xeon under a diffusion teacher's load (the 2.81 M two-block
+        # variant 81, the full-width one-block 4.90 M 71): 30 epochs of 45,000 images = 3.1 h. Estimate of the
+        # epochs: ResNet-20-sized CIFAR-10 networks reach ~88-91% with 30-epoch cosine SGD (lr 0.1, momentum 0.9,
+        # wd 5e-4, crop + flip, batch 128); this one has 4.6x ResNet-20's parameters and should pass 85% on the
+        # select slice by epoch ~20. If it misses, the teacher stage says so: raise num_epochs and retrain (a
+        # cosine schedule cannot be extended by resuming).
         timm_model_args={"channels": [32, 64, 128, 256], "stem_width": 32, "layers": [1, 1, 1, 1]},
         stem_stride=4,
         heldout_per_class=500,
@@ -182,8 +185,14 @@ def arms(choice: dict[str, Any]) -> dict[str, Arm]:
     }
 
 
-# The table's row order (prefixes of arm names).
-ARM_ORDER = ["plain_half", "plain_wide_half", "plain", "student_plus_half", "red_kd", "red", "kd", "other_"]
+# The table's row order ("other" stands for the selected other distiller's arm, other_<name>).
+ARM_ORDER = ["plain", "plain_half", "plain_wide_half", "student_plus_half", "red", "red_kd", "kd", "other"]
+
+
+def _arm_rank(name: str) -> int:
+    key = "other" if name.startswith("other_") else name
+    return ARM_ORDER.index(key) if key in ARM_ORDER else len(ARM_ORDER)
+
 
 # What the select stage compares (one seed, SELECT_SEED, scored on the select slice).
 SELECT_CANDIDATES = {
@@ -759,10 +768,10 @@ def summarise(
                 "peak_bytes_exact": memory.get("student_peak_bytes"),
                 "teacher_peak_bytes_exact": memory.get("teacher_peak_bytes"),
                 "commits": sorted({c for r in seeds.values() for c in r.get("commits", [])}),
+                "dirty": any(r.get("dirty") for r in seeds.values()),
             }
         )
-    order = [n for n in ARM_ORDER]
-    arm_rows.sort(key=lambda a: next((i for i, n in enumerate(order) if a["arm"].startswith(n)), len(order)))
+    arm_rows.sort(key=lambda a: _arm_rank(a["arm"]))
     values = {a["arm"]: a["top1_per_seed"] for a in arm_rows}
     contrasts = []
     for name, left, right, meaning in CONTRASTS:
@@ -817,7 +826,7 @@ def summary_markdown(
             f"{teacher_peak / a['peak_bytes_exact']:.2f}x"
             if teacher_peak and a.get("peak_bytes_exact")
             else "-",
-            ", ".join(a["commits"]),
+            ", ".join(a["commits"]) + (" (with uncommitted changes)" if a.get("dirty") else ""),
         ]
         for a in summary["arms"]
     ]
@@ -1031,6 +1040,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}.")
+    every_arm = {
+        n for other in ("dkd", "at", "fitnet") for n in arms({"red_alpha": 1, "other_distiller": other})
+    }
+    if args.arm is not None and args.arm not in every_arm:
+        parser.error(f"--arm {args.arm}: not an arm; choose one of {', '.join(sorted(every_arm))}.")
     if args.synthetic and not args.smoke:
         parser.error("--synthetic is for --smoke only (the report needs CIFAR-10).")
     import redistill_diffusion
