@@ -1,717 +1,1139 @@
-"""Part 2: classification on CIFAR-10. One teacher, one aggressively downsampled student, every distiller.
+"""Part 2, protocol 3 (issue 27): a trained CIFAR-10 teacher, students from scratch with its recipe, equal
+objectives, >= 3 seeds, paired 95% intervals. Resumable stages; launch them from a frozen worktree so every
+row names the commit that trained it:
 
-Protocol v2 (issue 11), two regimes in separate tables:
+    python benchmarks/bench_classification.py slices       # train / select / report slices of CIFAR-10
+    python benchmarks/bench_classification.py candidates   # images/s of candidate teachers (~1 min) -> estimate
+    python benchmarks/bench_classification.py teacher      # train (or resume) the teacher; refuses students below
+                                                           # TEACHER_TARGET top-1 on the select slice
+    python benchmarks/bench_classification.py select       # one seed per candidate setting, scored on the select
+                                                           # slice: RED alpha (1 or 50) and the best other distiller
+    python benchmarks/bench_classification.py students [--arm A] [--seed S]   # the arms x seeds (resumable)
+    python benchmarks/bench_classification.py summary      # rows -> results/classification.json + RESULTS.md
 
-(a) paper regime: every student, vanilla included, trained from scratch (``--student_init random``, as
-    the reference code does) with the teacher's own recipe and the same number of steps as the teacher;
-(b) fine-tune regime, what a user with a trained teacher does: students initialised from the teacher
-    (``--student_init teacher``; RED rows and student_plus with identity-initialised RED blocks) at a
-    stated, smaller budget.
+Every stage takes ``--smoke`` (a few images, 1 epoch, tiny widths, into ``--work_dir``, never benchmarks/_work)
+and ``--threads`` (torch threads of the training process). A finished run writes ``row.json`` next to its model
+and a rerun skips it; an unfinished one resumes from its newest accelerate checkpoint.
 
-Every run is `examples/train_classifier_redistill.py` (a logged subprocess) with the same data and data
-order per seed; the numbers come from the ``results.json`` each run writes (final and best top-1 on the
-held-out slice or ``--eval_data``, peak memory from `redistill_diffusion.memory`, parameters, seconds per
-step). Rows give mean ± s.d. over seeds and the per-seed paired difference to the vanilla student of
-the same regime.
+Data: the CIFAR-10 training parquet minus the last 500 images of every class (45,000 to train on); those 5,000
+cut in two per class: *select* (first 250 per class) monitors training and chooses settings, *report* (last 250
+per class) is read once per finished run, for the final-epoch top-1 that the tables report.
+
+Arms (each at seeds 0, 1, 2): the plain student at 1 x CE and at 0.5 x CE (``--task_weight 0.5``), student+
+(RED blocks, no RED loss) at 0.5 x CE, RED, KD, RED+KD and the best other distiller (chosen on the select
+slice) at 0.5 x CE + 0.5 x distillation (the reference's weights), and a plain student widened to the RED
+student's parameter count at 0.5 x CE (does RED win by capacity?). So 'what the RED loss adds' is RED -
+student+, 'what the blocks add' is student+ - plain (0.5 x CE), both at equal task weight.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
 import statistics
-from dataclasses import dataclass
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from common import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    CIFAR10_PARQUET,
     REPO_ROOT,
-    CommandFailed,
     CommandRecord,
-    ComponentMissing,
-    Variant,
     fmt_bytes,
+    git_revision,
+    machine_info,
     markdown_table,
-    not_run,
     part_result,
     python_argv,
+    read_json,
     relative,
-    require_file,
-    run_logged,
     run_paper_commands,
     slug,
-    stratified_slices,
     write_json,
 )
 
 SCRIPT = REPO_ROOT / "examples/train_classifier_redistill.py"
-# The paper budget's arms (one run per distiller with the shipped ImageNet recipe).
-DISTILLERS = ("vanilla", "red", "red+kd", "kd", "dkd", "fitnet", "at", "student_plus")
-REGIMES = {
-    "scratch": "(a) paper regime: students from scratch, the teacher's recipe and number of steps",
-    "finetune": "(b) fine-tune regime: students initialised from the teacher",
-}
-VALIDATION_PER_CLASS = 500  # 5,000 held-out images, 500 per CIFAR-10 class
-# Runs written before protocol v2 trained with the library's old defaults (students from the teacher's
-# weights, gradients clipped at 1.0) under commands that can look the same: never reuse them.
-PROTOCOL = 2
-# The reference code's RED alpha for the closest setting to small CIFAR-10 data (STL10); alpha 1
-# (ImageNet, and the library default) is a variant row.
-RED_ALPHA = 50.0
-EVALUATIONS = 4  # evaluations per run (every steps / 4 and at the end): top-1 final and best
+PROTOCOL = 3
+WORK = REPO_ROOT / "benchmarks/_work/classification_v3"
+TEACHER_TARGET = 0.85  # top-1 on the select slice before any student starts
+SEEDS = (0, 1, 2)
+SELECT_SEED = 100  # the selection runs' seed, none of the report seeds
 
 
-@dataclass
-class ClassificationBudget:
-    architecture: str
+@dataclass(frozen=True)
+class Recipe:
+    """The teacher's recipe, which every student shares (only the distiller and its options differ)."""
+
     timm_model_args: dict[str, Any]
     stem_stride: int
+    heldout_per_class: int  # held out of training; half select, half report
+    train_per_class: int | None  # None: every remaining image
     train_batch_size: int
-    teacher_steps: int  # also the steps of every regime (a) student
-    finetune_steps: int  # regime (b)
+    num_epochs: int
     learning_rate: float
-    seeds: dict[str, tuple[int, ...]]  # per regime
-    arms: dict[str, list[Variant]]  # per regime, in run order, seed-less (the seeds multiply them)
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    mixed_precision: str = "bf16"
-    threads: int = 2
-    synthetic: bool = False
-    synthetic_images: int = 256
-    note: str = ""  # why these steps and seeds, for the table text
-
-    def steps_of(self, variant: Variant) -> int:
-        return self.teacher_steps if variant.regime == "scratch" else self.finetune_steps
-
-    def variants(self, seeds: tuple[int, ...] | None = None) -> list[Variant]:
-        """Every run in order, so a run cut short still answers the main questions: regime (a)'s core arms
-        (the plain student, RED, RED+KD, RED-GroupNorm, KD: the first ``CORE_ARMS``) at every seed, then
-        regime (b)'s core arms at the first seed, then the other arms at the first seed, then the rest.
-        ``seeds`` (``--seeds``) replaces both regimes' seeds."""
-        per_regime = {r: tuple(seeds) if seeds else self.seeds.get(r, ()) for r in REGIMES}
-
-        def runs(regime: str, arms: list[Variant], seed_list) -> list[Variant]:
-            return [
-                Variant(arm.label, arm.distiller, regime, dict(arm.flags), seed)
-                for seed in seed_list
-                if seed in per_regime[regime]
-                for arm in arms
-            ]
-
-        core = {r: self.arms.get(r, [])[: CORE_ARMS[r]] for r in REGIMES}
-        rest = {r: self.arms.get(r, [])[CORE_ARMS[r] :] for r in REGIMES}
-        every = sorted(set().union(*per_regime.values()))
-        first, later = every[:1], every[1:]
-        ordered = runs("scratch", core["scratch"], every) + runs("finetune", core["finetune"], first)
-        ordered += runs("scratch", rest["scratch"], first) + runs("finetune", rest["finetune"], first)
-        ordered += runs("finetune", core["finetune"], later)
-        ordered += runs("scratch", rest["scratch"], later) + runs("finetune", rest["finetune"], later)
-        return ordered
+    warmup_epochs: int
+    weight_decay: float
+    crop_scale_min: float  # RandomResizedCrop(scale=(s, 1)): the library's crop; plus horizontal flip
+    mixed_precision: str
+    checkpointing_steps: int
+    validation_epochs: int
+    eval_batch_size: int
+    teacher_target: float
+    seeds: tuple[int, ...] = SEEDS
+    note: str = ""
 
 
-# The leading arms of each regime that run at every seed before the other arms run at all.
-CORE_ARMS = {"scratch": 5, "finetune": 3}
-
-
-RED = {"red_alpha": RED_ALPHA}
-IDENTITY = {"red_init": "identity"}
-
-
-def _arms() -> dict[str, list[Variant]]:
-    """Protocol v2 arms. Run order: the method and the plain student first, so a budget cut short still
-    answers the question; regime (a) adds the alpha-1 and GroupNorm (issue 16) RED variants."""
-    scratch = [
-        Variant("vanilla", "vanilla"),
-        Variant("red", "red", flags=RED),
-        Variant("red+kd", "red+kd", flags=RED),
-        Variant("red (GroupNorm)", "red", flags={**RED, "red_norm": "group"}),
-        Variant("kd", "kd"),
-        Variant("dkd", "dkd"),
-        Variant("fitnet", "fitnet"),
-        Variant("at", "at"),
-        Variant("student_plus", "student_plus"),
-        Variant("red (alpha 1)", "red", flags={"red_alpha": 1.0}),
-    ]
-    finetune = [
-        Variant("vanilla", "vanilla", "finetune"),
-        Variant("red (identity init)", "red", "finetune", flags={**RED, **IDENTITY}),
-        Variant("red+kd (identity init)", "red+kd", "finetune", flags={**RED, **IDENTITY}),
-        Variant("kd", "kd", "finetune"),
-        Variant("dkd", "dkd", "finetune"),
-        Variant("fitnet", "fitnet", "finetune"),
-        Variant("at", "at", "finetune"),
-        # The same identity-initialised blocks as the RED rows, without the RED loss.
-        Variant("student_plus (identity init)", "student_plus", "finetune", flags=IDENTITY),
-    ]
-    return {"scratch": scratch, "finetune": finetune}
-
-
-BUDGETS: dict[str, ClassificationBudget] = {
-    "smoke": ClassificationBudget(
-        architecture="resnet18",
-        timm_model_args={"channels": [8, 16, 16, 16], "stem_width": 8, "layers": [1, 1, 1, 1]},
-        stem_stride=4,
-        train_batch_size=16,
-        teacher_steps=4,
-        finetune_steps=2,
-        learning_rate=0.05,
-        seeds={"scratch": (0,), "finetune": (0,)},
-        arms={
-            "scratch": [Variant("vanilla", "vanilla"), Variant("red+kd", "red+kd", flags=RED)],
-            "finetune": [
-                Variant(
-                    "red (GroupNorm, identity init)",
-                    "red",
-                    "finetune",
-                    flags={**RED, "red_norm": "group", **IDENTITY},
-                )
-            ],
-        },
-        mixed_precision="no",
-        synthetic=True,
-        note="Smoke budget: synthetic shapes, a few steps, one seed; it checks the harness, not the method.",
-    ),
-    "cpu": ClassificationBudget(
-        # Sized to about 100 min on this 2-core machine when idle. Measured there (batch 64, bf16): teacher
-        # 0.215 s/step (0.27 s/step of wall time with data and evaluation), students 0.09 s/step (vanilla,
-        # student_plus ~0.10) and ~0.14 s/step with a teacher forward (every distiller), ~0.11 and ~0.155 s
-        # of wall time per step, plus ~23 s per run (start-up, teacher top-1, 4 evaluations, peak memory).
-        # Estimate: teacher 1,200 x 0.27 + 20 = 344 s; (a) 10 arms x 2 seeds x 1,200 steps:
-        # 2 x (1,200 x (0.107 + 0.116 + 8 x 0.155) + 230) = 3,971 s; (b) 8 arms x 2 seeds x 500 steps:
-        # 2 x (500 x (0.107 + 0.116 + 6 x 0.155) + 184) = 1,522 s; total 5,837 s = 97 min.
-        # The old budget (3,000-step teacher, 600-step students) cannot hold from-scratch students at the
-        # teacher's steps: 3,000-step students alone would take ~4 h. 1,200 steps (1.7 epochs) is the
-        # longest teacher/student length that leaves room for (b) with every arm at two seeds; three seeds
-        # would need ~45 min more, so both regimes use two (the minimum the protocol allows).
-        architecture="resnet18",
+RECIPES: dict[str, Recipe] = {
+    "cpu": Recipe(
+        # The narrow ResNet18 of the earlier protocols (1.24 M parameters). `candidates` measured 119 training
+        # images/s at one thread on the shared 2-core Xeon under a diffusion teacher's load (the 2.81 M two-block
+        # variant 81, the full-width one-block 4.90 M 71): 30 epochs of 45,000 images = 3.1 h. Estimate of the
+        # epochs: ResNet-20-sized CIFAR-10 networks reach ~88-91% with 30-epoch cosine SGD (lr 0.1, momentum 0.9,
+        # wd 5e-4, crop + flip, batch 128); this one has 4.6x ResNet-20's parameters and should pass 85% on the
+        # select slice by epoch ~20. If it misses, the teacher stage says so: raise num_epochs and retrain (a
+        # cosine schedule cannot be extended by resuming).
         timm_model_args={"channels": [32, 64, 128, 256], "stem_width": 32, "layers": [1, 1, 1, 1]},
         stem_stride=4,
-        train_batch_size=64,
-        teacher_steps=1200,
-        finetune_steps=500,
+        heldout_per_class=500,
+        train_per_class=None,
+        train_batch_size=128,
+        num_epochs=30,
+        learning_rate=0.1,
+        warmup_epochs=1,
+        weight_decay=5e-4,
+        crop_scale_min=0.35,
+        mixed_precision="bf16",
+        checkpointing_steps=350,  # ~1 epoch of 352 steps: a kill loses at most one epoch
+        validation_epochs=5,
+        eval_batch_size=500,
+        teacher_target=TEACHER_TARGET,
+    ),
+    "smoke": Recipe(
+        timm_model_args={"channels": [8, 16, 16, 16], "stem_width": 8, "layers": [1, 1, 1, 1]},
+        stem_stride=4,
+        heldout_per_class=4,
+        train_per_class=12,
+        train_batch_size=16,
+        num_epochs=1,
         learning_rate=0.05,
-        seeds={"scratch": (0, 1), "finetune": (0, 1)},
-        arms=_arms(),
-        note=(
-            "The budget is sized for about 100 minutes on 2 idle CPU cores: regime (a) needs students as long as "
-            "the teacher, so the teacher trains 1,200 steps (1.7 epochs; the earlier tables used 3,000) and both "
-            "regimes use two seeds, the protocol's minimum (three would need ~45 min more; the comment of "
-            "`BUDGETS['cpu']` in benchmarks/bench_classification.py gives the arithmetic)."
-        ),
+        warmup_epochs=0,
+        weight_decay=5e-4,
+        crop_scale_min=0.35,
+        mixed_precision="no",
+        checkpointing_steps=4,
+        validation_epochs=1,
+        eval_batch_size=64,
+        teacher_target=0.0,
+        seeds=(0, 1),
+        note="smoke: checks the harness, not the method",
     ),
 }
 
-PAPER_RECIPE = "recipes/cls_imagenet_resnet18_red.yaml"
+
+# ------------------------------------------------------------------------------------------------
+# arms
+# ------------------------------------------------------------------------------------------------
+HALF_CE = ["--task_weight", "0.5"]
 
 
-def _common_flags(
-    spec: ClassificationBudget, train_data: Path, eval_data: Path, out: Path, steps: int, seed: int
-) -> list[Any]:
-    """The teacher's recipe, which regime (a) students share (no gradient clipping: the library's
-    classification default, as in the reference code)."""
-    flags: list[Any] = [
-        "--dataset_name",
-        relative(train_data),
-        "--eval_data",
-        relative(eval_data),
-        "--resolution",
-        32,
-        "--train_batch_size",
-        spec.train_batch_size,
-        "--max_train_steps",
-        steps,
-        "--optimizer",
-        "sgd",
-        "--learning_rate",
-        spec.learning_rate,
-        "--sgd_nesterov",
-        "--sgd_weight_decay",
-        5e-4,
-        "--lr_scheduler",
-        "cosine",
-        "--lr_warmup_steps",
-        max(1, steps // 20),
-        "--use_ema",
-        "False",
-        "--mixed_precision",
-        spec.mixed_precision,
-        "--checkpointing_steps",
-        0,
-        "--validation_steps",
-        max(1, steps // EVALUATIONS),
-        "--logger",
-        "none",
-        "--train_crop_scale_min",
-        0.35,
-        "--color_jitter",
-        0,
-        "--eval_crop_pct",
-        1.0,
-        "--eval_batch_size",
-        500,
-        "--seed",
-        seed,
-        "--output_dir",
-        relative(out),
-        "--overwrite_output_dir",
-    ]
-    if spec.max_eval_samples is not None:
-        flags += ["--max_eval_samples", spec.max_eval_samples]
-    if spec.max_train_samples is not None:
-        flags += ["--max_train_samples", spec.max_train_samples]
-    return flags
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    distiller: str
+    flags: tuple[str, ...] = ()
+    objective: str = "0.5 CE + 0.5 distillation"
+    wide: bool = False  # the student of a widened (random) teacher: a plain student at the RED student's size
 
 
-def _read_results(out: Path) -> dict[str, Any]:
-    path = out / "results.json"
-    if not path.is_file():
-        raise CommandFailed(f"{relative(path)} was not written")
-    return json.loads(path.read_text())
+def arms(choice: dict[str, Any]) -> dict[str, Arm]:
+    """The report's arms, with the settings the select stage chose (``choice``)."""
+    alpha = ["--red_alpha", str(choice["red_alpha"])]
+    other = choice["other_distiller"]
+    return {
+        a.name: a
+        for a in (
+            Arm("plain", "plain student", "vanilla", objective="1 CE"),
+            Arm("plain_half", "plain student", "vanilla", tuple(HALF_CE), "0.5 CE"),
+            Arm(
+                "student_plus_half",
+                "student+ (RED blocks, no RED loss)",
+                "student_plus",
+                tuple(HALF_CE),
+                "0.5 CE",
+            ),
+            Arm("red", "RED", "red", tuple(alpha)),
+            Arm("kd", "KD", "kd"),
+            Arm("red_kd", "RED+KD", "red+kd", tuple(alpha)),
+            Arm(f"other_{other}", f"{other.upper()} (best other, chosen on select)", other),
+            Arm(
+                "plain_wide_half",
+                "plain student widened to RED's parameters",
+                "vanilla",
+                tuple(HALF_CE),
+                "0.5 CE",
+                True,
+            ),
+        )
+    }
 
 
-def _num_rows(path: Path) -> int:
+# The table's row order ("other" stands for the selected other distiller's arm, other_<name>).
+ARM_ORDER = ["plain", "plain_half", "plain_wide_half", "student_plus_half", "red", "red_kd", "kd", "other"]
+
+
+def _arm_rank(name: str) -> int:
+    key = "other" if name.startswith("other_") else name
+    return ARM_ORDER.index(key) if key in ARM_ORDER else len(ARM_ORDER)
+
+
+# What the select stage compares (one seed, SELECT_SEED, scored on the select slice).
+SELECT_CANDIDATES = {
+    "red_alpha_1": Arm("red_alpha_1", "RED alpha 1", "red", ("--red_alpha", "1")),
+    "red_alpha_50": Arm("red_alpha_50", "RED alpha 50", "red", ("--red_alpha", "50")),
+    "dkd": Arm("dkd", "DKD", "dkd"),
+    "at": Arm("at", "AT", "at"),
+    "fitnet": Arm("fitnet", "FitNet", "fitnet"),
+}
+
+# The paired differences the summary reports: (name, minuend arm, subtrahend arm, what it measures).
+CONTRASTS = [
+    ("red - plain (1 CE)", "red", "plain", "the headline of the earlier protocols, objectives unequal"),
+    ("red - plain (0.5 CE)", "red", "plain_half", "RED (blocks + loss) at equal task weight"),
+    ("red - student+ (0.5 CE)", "red", "student_plus_half", "what the RED loss adds"),
+    ("student+ - plain (0.5 CE)", "student_plus_half", "plain_half", "what the blocks add"),
+    ("red - plain wide (0.5 CE)", "red", "plain_wide_half", "RED against equal parameters without RED"),
+    ("plain wide - plain (0.5 CE)", "plain_wide_half", "plain_half", "what the extra parameters add"),
+    ("plain (0.5 CE) - plain (1 CE)", "plain_half", "plain", "the effect of halving the task weight"),
+    ("kd - plain (0.5 CE)", "kd", "plain_half", "what KD adds"),
+    ("red+kd - kd", "red_kd", "kd", "what RED adds to KD"),
+    ("red - kd", "red", "kd", "RED against KD"),
+    ("other - plain (0.5 CE)", "other_*", "plain_half", "what the best other distiller adds"),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# paths and data
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Layout:
+    work: Path
+    results: Path  # where classification.json and RESULTS.md's folder live (results/ under it)
+    logs: Path
+    recipe: Recipe
+    smoke: bool = False
+
+    def run_dir(self, kind: str, name: str, seed: int) -> Path:
+        return self.work / kind / f"{name}_seed{seed}"
+
+
+def slices(layout: Layout, data: Path) -> dict[str, Path]:
+    """train / select / report parquets (disjoint; positional per class, so the same on every machine)."""
+    import numpy as np
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows
+    paths = {k: layout.work / f"{k}.parquet" for k in ("train", "select", "report")}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    recipe = layout.recipe
+    table = pq.read_table(data)
+    labels = np.asarray(table["label"].to_pylist())
+    role = np.full(len(labels), "", dtype=object)
+    half = recipe.heldout_per_class // 2
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) <= recipe.heldout_per_class:
+            raise SystemExit(
+                f"{data}: class {label} has {len(rows)} rows, too few to hold out {recipe.heldout_per_class}."
+            )
+        held = rows[-recipe.heldout_per_class :]
+        role[held[:half]] = "select"
+        role[held[half:]] = "report"
+        train = rows[: -recipe.heldout_per_class]
+        role[train if recipe.train_per_class is None else train[: recipe.train_per_class]] = "train"
+    layout.work.mkdir(parents=True, exist_ok=True)
+    for name, path in paths.items():
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table.filter(role == name), tmp)
+        os.replace(tmp, path)
+    return paths
 
 
-def _reusable(out: Path, argv: list[str]) -> dict[str, Any] | None:
-    """The record of a finished run of exactly this command under this protocol, if there is one."""
-    stamp = out / "benchmark_run.json"
-    if not (out / "results.json").is_file() or not stamp.is_file():
-        return None
-    saved = json.loads(stamp.read_text())
-    same = saved.get("argv") == [str(a) for a in argv[1:]] and saved.get("protocol") == PROTOCOL
-    return saved if same else None
+def synthetic_source(work: Path) -> Path:
+    """Labelled coloured shapes as a CIFAR-style parquet (run.py's smoke budget, no CIFAR-10 needed)."""
+    import datasets
+    from PIL import Image
+
+    from redistill_diffusion.data import make_shapes
+
+    path = work / "shapes_labelled.parquet"
+    if not path.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        images, labels = make_shapes(num_images=200, resolution=32, seed=0)
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+        rows = {"img": [Image.fromarray(a) for a in images], "label": [int(x) for x in labels]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return path
 
 
-def _train(
-    name: str, argv: list[str], out: Path, log_dir: Path, spec: ClassificationBudget, reuse: bool
-) -> dict[str, Any]:
-    previous = _reusable(out, argv) if reuse else None
-    if previous is not None:
-        return previous | {"reused": True, "results": _read_results(out)}
-    record = CommandRecord(name=name, argv=argv)
-    run_logged(record, log_dir / f"classification_{slug(name)}.log", threads=spec.threads)
-    info = {"argv": [str(a) for a in argv[1:]], "protocol": PROTOCOL, "command": record.to_dict()}
-    (out / "benchmark_run.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info | {"reused": False, "results": _read_results(out)}
+# ------------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------------
+def recipe_flags(recipe: Recipe, paths: dict[str, Path]) -> list[Any]:
+    """Every setting of the recipe spelled out (none left to a library default that may change)."""
+    return [
+        "--dataset_name", relative(paths["train"]),
+        "--eval_data", relative(paths["select"]),
+        "--resolution", 32,
+        "--train_batch_size", recipe.train_batch_size,
+        "--num_epochs", recipe.num_epochs,
+        "--optimizer", "sgd",
+        "--learning_rate", recipe.learning_rate,
+        "--sgd_momentum", 0.9,
+        "--sgd_nesterov", "True",
+        "--sgd_weight_decay", recipe.weight_decay,
+        "--lr_scheduler", "cosine",
+        "--lr_warmup_steps", _warmup_steps(recipe, paths),
+        "--max_grad_norm", 0,
+        "--use_ema", "False",
+        "--mixed_precision", recipe.mixed_precision,
+        "--checkpointing_steps", recipe.checkpointing_steps,
+        "--checkpoints_total_limit", 2,
+        "--validation_epochs", recipe.validation_epochs,
+        "--logger", "none",
+        "--train_crop_scale_min", recipe.crop_scale_min,
+        "--hflip", 0.5,
+        "--color_jitter", 0,
+        "--mixup_alpha", 0,
+        "--cutmix_alpha", 0,
+        "--label_smoothing", 0,
+        "--eval_crop_pct", 1.0,
+        "--eval_batch_size", recipe.eval_batch_size,
+        "--dataloader_num_workers", 0,
+    ]  # fmt: skip
 
 
-def run(
-    output_dir: Path,
-    work_dir: Path,
-    budget: str,
-    data: Path,
-    eval_data: Path | None = None,
-    seeds=None,
-    reuse_runs: bool = True,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    if budget == "paper":
-        return paper_commands(output_dir, dry_run)
-    spec = BUDGETS[budget]
+def _warmup_steps(recipe: Recipe, paths: dict[str, Path]) -> int:
+    import pyarrow.parquet as pq
+
+    steps_per_epoch = math.ceil(pq.ParquetFile(paths["train"]).metadata.num_rows / recipe.train_batch_size)
+    return max(1, recipe.warmup_epochs * steps_per_epoch)
+
+
+def model_flags(recipe: Recipe, timm_model_args: dict[str, Any] | None = None) -> list[Any]:
+    args = json.dumps(timm_model_args or recipe.timm_model_args, separators=(",", ":"))
+    return ["--cifar_stem", "True", "--timm_model_args", args]
+
+
+def student_flags(
+    recipe: Recipe, arm: Arm, teacher: str, timm_model_args: dict[str, Any] | None
+) -> list[Any]:
+    flags = ["--teacher_model_name_or_path", teacher, *model_flags(recipe, timm_model_args)]
+    flags += ["--stem_stride", recipe.stem_stride, "--student_init", "random"]
+    flags += ["--teacher_mode", "eval", "--distill_weight", 0.5]
+    if parse_uses_red_blocks(arm.distiller):
+        flags += [
+            "--red_norm",
+            "batch",
+            "--red_init",
+            "paper",
+            "--red_kernel_size",
+            3,
+            "--red_variant",
+            "full",
+        ]
+    return [*flags, "--distiller", arm.distiller, *arm.flags]
+
+
+def parse_uses_red_blocks(distiller: str) -> bool:
+    from redistill_diffusion.distillers import parse_distiller
+
+    return parse_distiller(distiller).uses_red_blocks
+
+
+# ------------------------------------------------------------------------------------------------
+# one resumable run
+# ------------------------------------------------------------------------------------------------
+def library_defaults() -> dict[str, Any]:
+    """Every classification training option's default at this commit (CLASSIFIER_DEFAULTS applied)."""
+    from redistill_diffusion.classification.run import CLASSIFIER_ARGUMENTS, CLASSIFIER_DEFAULTS
+
+    defaults: dict[str, Any] = {}
+    for cls in CLASSIFIER_ARGUMENTS:
+        for f in fields(cls):
+            if f.name in ("hub_token",):
+                continue
+            value = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            defaults[f.name] = (
+                value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
+            )
+    defaults.update(CLASSIFIER_DEFAULTS)
+    return defaults
+
+
+def explicit_settings(argv: list[str]) -> dict[str, str]:
+    """The ``--flag value`` pairs of a training command (what the row states, whatever the defaults)."""
+    out, i = {}, 0
+    args = [str(a) for a in argv]
+    while i < len(args):
+        if args[i].startswith("--"):
+            key = args[i][2:]
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                out[key], i = args[i + 1], i + 2
+                continue
+            out[key] = "True"
+        i += 1
+    return out
+
+
+def _dirty() -> bool:
+    """Uncommitted changes to what trains (the library, the scripts, this harness): results and logs the
+    stages write into the checkout do not count."""
     try:
-        require_file(SCRIPT, "issue 5: classification training script")
-    except ComponentMissing as error:
-        return not_run("classification", budget, str(error))
-    if spec.synthetic:
-        from bench_diffusion import synthetic_parquet
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "redistill_diffusion", "examples", "benchmarks/*.py"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    except Exception:
+        return True
+    return bool(status.strip())
 
-        train_data, held_out = synthetic_parquet(work_dir, spec.synthetic_images, 32)
-    else:
-        train_data, held_out = stratified_slices(data, work_dir, VALIDATION_PER_CLASS)
-    evaluation = eval_data or held_out
-    variants = spec.variants(tuple(seeds) if seeds else None)
-    num_train = (
-        _num_rows(train_data)
-        if spec.max_train_samples is None
-        else min(spec.max_train_samples, _num_rows(train_data))
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def train_run(
+    layout: Layout, name: str, argv_flags: list[Any], out: Path, threads: int, score_on: dict[str, Path]
+) -> dict[str, Any] | None:
+    """Train (or resume) one run to its end, score its final model, write ``row.json``; skip a finished run
+    and one another process holds (``.lock`` with a live pid). Returns the row, None when skipped as held."""
+    row_path = out / "row.json"
+    if row_path.is_file():
+        print(f"{relative(out)}: finished, skipped")
+        return read_json(row_path)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            holder = 0
+        if holder and _alive(holder):
+            print(f"{relative(out)}: running in process {holder}, skipped")
+            return None
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        return _train_locked(layout, name, argv_flags, out, threads, score_on)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train_locked(layout, name, argv_flags, out, threads, score_on) -> dict[str, Any]:
+    from redistill_diffusion.training.checkpointing import list_checkpoints
+
+    flags = [*argv_flags, "--output_dir", relative(out)]
+    canonical = python_argv(SCRIPT, *flags)  # the command a row states (a fresh start of the same run)
+    resuming = bool(list_checkpoints(str(out))) or (out / "results.json").is_file()
+    argv = (
+        [*canonical, "--resume_from_checkpoint", "latest"]
+        if resuming
+        else [*canonical, "--overwrite_output_dir"]
     )
-    work = work_dir / "classification"
-    log_dir = output_dir / "logs"
+    segments_path = out / "segments.json"
+    segments = (read_json(segments_path) or {}).get("segments", [])
+    if not (out / "results.json").is_file():
+        segment = {"commit": git_revision(), "dirty": _dirty(), "library_defaults": library_defaults()}
+        segments.append(segment | {"threads": threads, "cpu": machine_info()["cpu_model"]})
+        write_json(segments_path, {"segments": segments})
+        log = layout.logs / f"classification_v{PROTOCOL}_{slug(name)}.log"
+        code = run_segment(CommandRecord(name, argv), log, threads)
+        if code != 0:
+            raise SystemExit(
+                f"{name} failed (exit {code}); see {relative(log)}; rerun the stage to resume it."
+            )
+    results = read_json(out / "results.json") or {}
+    scores = {split: top1(out, path) for split, path in score_on.items()}
+    row = {
+        "protocol": PROTOCOL,
+        "name": name,
+        "output_dir": relative(out),
+        "command": CommandRecord(name, canonical).shell,
+        "explicit": explicit_settings(flags),
+        "segments": segments,
+        "commits": sorted({s["commit"] for s in segments}),
+        "dirty": any(s.get("dirty") for s in segments),
+        "library_defaults": segments[-1]["library_defaults"] if segments else library_defaults(),
+        "final_step": results.get("global_step"),
+        "epochs": results.get("epoch"),
+        "top1": scores,
+        "params": results.get("params"),
+        "peak_memory": results.get("peak_memory"),
+    }
+    write_json(out / "row.json", row)
+    return row
+
+
+def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
+    """One (re)start of a training in the foreground; the log grows by one segment, headed by the commit."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["TQDM_MININTERVAL"] = "60"
+    # the library of this checkout, whatever the venv's editable install points at: the row's commit is its
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(
+            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
+        )
+        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
+        log.flush()
+        return subprocess.run(
+            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
+
+
+def top1(model_dir: Path, data: Path) -> float:
+    """Top-1 of the final model in ``model_dir`` on a parquet, with the evaluation transform of training."""
+    import timm.data
+    import torch
+
+    from redistill_diffusion.classification.data import as_tensor_dataset, build_classification_transform
+    from redistill_diffusion.classification.hub import load_classifier
+    from redistill_diffusion.data import load_image_dataset
+
+    model = load_classifier(str(model_dir)).eval()
+    config = timm.data.resolve_model_data_config(model)
+    transform = build_classification_transform(
+        (3, 32, 32), False, crop_pct=1.0, interpolation="bilinear", mean=config["mean"], std=config["std"]
+    )
+    dataset = as_tensor_dataset(load_image_dataset(dataset_name=str(data), require_labels=True), transform)
+    correct = count = 0
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=250):
+            correct += (model(batch["images"]).argmax(dim=1) == batch["labels"]).sum().item()
+            count += batch["labels"].numel()
+    return correct / count
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+def teacher_dir(layout: Layout) -> Path:
+    return layout.work / "teacher"
+
+
+def train_teacher(layout: Layout, paths: dict[str, Path], threads: int) -> dict[str, Any] | None:
+    recipe = layout.recipe
+    flags = ["--model_name_or_path", "resnet18", *model_flags(recipe), "--distiller", "none"]
+    flags += [*recipe_flags(recipe, paths), "--seed", 0]
+    row = train_run(
+        layout,
+        "teacher",
+        flags,
+        teacher_dir(layout),
+        threads,
+        {"select": paths["select"], "report": paths["report"]},
+    )
+    if row is not None:
+        verdict = "reaches" if row["top1"]["select"] >= recipe.teacher_target else "MISSES"
+        print(
+            f"teacher: top-1 {row['top1']['select']:.4f} on select ({verdict} the target {recipe.teacher_target})"
+        )
+    return row
+
+
+def trained_teacher(layout: Layout, allow_weak: bool) -> dict[str, Any]:
+    row = read_json(teacher_dir(layout) / "row.json")
+    if row is None:
+        raise SystemExit("No finished teacher: run `bench_classification.py teacher` first.")
+    if row["top1"]["select"] < layout.recipe.teacher_target and not allow_weak:
+        raise SystemExit(
+            f"The teacher reaches {row['top1']['select']:.4f} top-1 on the select slice, below the target "
+            f"{layout.recipe.teacher_target}: train it longer (raise Recipe.num_epochs) or pass --allow_weak_teacher."
+        )
+    return row
+
+
+def widened_args(recipe: Recipe) -> dict[str, Any]:
+    """timm arguments of a teacher whose plain stem-stride student has the RED student's parameter count
+    (channels scaled by one factor, rounded; the closest count wins)."""
+    from redistill_diffusion.classification import create_student, create_teacher
+
+    def student_params(args: dict[str, Any], red: bool) -> int:
+        teacher = create_teacher("resnet18", num_classes=10, cifar_stem=True, input_size=(3, 32, 32), **args)
+        student = create_student(
+            teacher, stem_stride=recipe.stem_stride, init="random", red_placement="paper" if red else None
+        )
+        return sum(p.numel() for p in student.parameters())
+
+    base = recipe.timm_model_args
+    target = student_params(base, red=True)
+    best = None
+    for step in range(0, 301):  # factors 1.00 .. 4.00; the count grows with the factor, so stop past it
+        factor = 1 + step / 100
+        args = dict(base)
+        args["channels"] = [max(1, round(c * factor)) for c in base["channels"]]
+        args["stem_width"] = max(1, round(base.get("stem_width", base["channels"][0]) * factor))
+        params = student_params(args, red=False)
+        if best is None or abs(params - target) < best[0]:
+            best = (abs(params - target), args)
+        if params > target:
+            break
+    return best[1]
+
+
+def run_arm(
+    layout, arm: Arm, seed: int, paths, threads, teacher_path: str, kind: str
+) -> dict[str, Any] | None:
+    recipe = layout.recipe
+    finished = read_json(layout.run_dir(kind, arm.name, seed) / "row.json")
+    if finished is not None and "arm" in finished:
+        print(f"{finished['output_dir']}: finished, skipped")
+        return finished
+    timm_args = widened_args(recipe) if arm.wide else None
+    teacher = "resnet18" if arm.wide else teacher_path
+    flags = [*student_flags(recipe, arm, teacher, timm_args), *recipe_flags(recipe, paths), "--seed", seed]
+    score_on = (
+        {"select": paths["select"]}
+        if kind == "select"
+        else {"select": paths["select"], "report": paths["report"]}
+    )
+    row = train_run(
+        layout,
+        f"{kind} {arm.name} seed {seed}",
+        flags,
+        layout.run_dir(kind, arm.name, seed),
+        threads,
+        score_on,
+    )
+    if row is not None:
+        row.update(
+            {
+                "arm": arm.name,
+                "label": arm.label,
+                "seed": seed,
+                "objective": arm.objective,
+                "distiller": arm.distiller,
+            }
+        )
+        row["reproduce"] = (
+            f"python benchmarks/bench_classification.py {'select' if kind == 'select' else 'students'} "
+            + (f"--arm {arm.name} --seed {seed}" if kind != "select" else f"--candidate {arm.name}")
+        )
+        write_json(layout.run_dir(kind, arm.name, seed) / "row.json", row)
+    return row
+
+
+def select_stage(layout, paths, threads, allow_weak, only: str | None) -> dict[str, Any]:
+    teacher = trained_teacher(layout, allow_weak)
+    for name, arm in SELECT_CANDIDATES.items():
+        if only is None or name == only:
+            run_arm(layout, arm, SELECT_SEED, paths, threads, teacher["output_dir"], "select")
+    return choose(layout)
+
+
+def choose(layout: Layout) -> dict[str, Any]:
+    """The settings the select runs chose; None until the runs they compare have finished."""
+    scores = {}
+    for name in SELECT_CANDIDATES:
+        row = read_json(layout.run_dir("select", name, SELECT_SEED) / "row.json")
+        if row is not None:
+            scores[name] = row["top1"]["select"]
+    alphas = {n: s for n, s in scores.items() if n.startswith("red_alpha_")}
+    others = {n: s for n, s in scores.items() if n in ("dkd", "at", "fitnet")}
+    choice = {
+        "select_top1": scores,
+        "red_alpha": int(max(alphas, key=alphas.get).rsplit("_", 1)[1]) if len(alphas) == 2 else None,
+        "other_distiller": max(others, key=others.get) if len(others) == 3 else None,
+    }
+    write_json(layout.work / "choice.json", choice)
+    return choice
+
+
+def students_stage(layout, paths, threads, allow_weak, arm_filter, seed_filter) -> None:
+    teacher = trained_teacher(layout, allow_weak)
+    choice = choose(layout)
+    if choice["red_alpha"] is None or choice["other_distiller"] is None:
+        raise SystemExit(
+            "The select stage has not finished (RED alpha, best other distiller): run `select` first."
+        )
+    plan = arms(choice)
+    if arm_filter and arm_filter not in plan:
+        raise SystemExit(f"--arm {arm_filter}: not an arm; choose one of {', '.join(plan)}.")
+    for seed in layout.recipe.seeds if seed_filter is None else (seed_filter,):
+        for arm in plan.values():
+            if arm_filter is None or arm.name == arm_filter:
+                run_arm(layout, arm, seed, paths, threads, teacher["output_dir"], "students")
+
+
+# ------------------------------------------------------------------------------------------------
+# summary: paired differences, 95% t-intervals, the refusal to mix library defaults
+# ------------------------------------------------------------------------------------------------
+class MixedDefaults(ValueError):
+    """Rows compared in one table were trained under different library defaults of a setting neither states."""
+
+
+def check_mixable(rows: list[dict[str, Any]]) -> None:
+    """Refuse rows whose recorded library defaults differ for a setting that some of them leave unstated
+    (each resumed segment of a row counts as its own record)."""
+    records = []
+    for row in rows:
+        for segment in row.get("segments") or [{"library_defaults": row.get("library_defaults") or {}}]:
+            records.append(
+                (row.get("name"), row.get("explicit") or {}, segment.get("library_defaults") or {})
+            )
+    keys = set().union(*(d for _, _, d in records)) if records else set()
+    for key in sorted(keys):
+        unstated = {
+            (name, json.dumps(d.get(key), sort_keys=True)) for name, stated, d in records if key not in stated
+        }
+        values = {v for _, v in unstated}
+        if len(values) > 1:
+            which = "; ".join(f"{name}: {v}" for name, v in sorted(unstated))
+            raise MixedDefaults(
+                f"rows trained under different library defaults of --{key} without stating it ({which}): "
+                f"retrain them with --{key} explicit, or report them in separate tables."
+            )
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile (scipy when present, else the table)."""
+    try:
+        from scipy import stats
+
+        return float(stats.t.ppf(0.975, df))
+    except ImportError:
+        return T_975.get(df, 1.96 + 2.4 / df)
+
+
+def paired_interval(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean and 95% t-interval of the per-seed differences a - b over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.mean(diffs)
+    out = {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": None, "ci95": None}
+    if len(diffs) > 1:
+        sd = statistics.stdev(diffs)
+        half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+        out.update(sd=sd, ci95=[mean - half, mean + half])
+    return out
+
+
+def summarise(
+    teacher: dict[str, Any] | None, rows: list[dict[str, Any]], split: str = "report"
+) -> dict[str, Any]:
+    """Per-arm mean ± s.d. of the final-epoch top-1 and the paired contrasts (``CONTRASTS``)."""
+    check_mixable(([teacher] if teacher else []) + rows)
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], {})[int(row["seed"])] = row
+    arm_rows = []
+    for arm, seeds in by_arm.items():
+        values = {s: r["top1"][split] for s, r in seeds.items()}
+        first = next(iter(seeds.values()))
+        memory = (first.get("peak_memory") or {}).get("exact") or {}
+        arm_rows.append(
+            {
+                "arm": arm,
+                "label": first.get("label"),
+                "objective": first.get("objective"),
+                "seeds": sorted(values),
+                "top1_per_seed": values,
+                "top1_mean": statistics.mean(values.values()),
+                "top1_sd": statistics.stdev(values.values()) if len(values) > 1 else None,
+                "params": first.get("params"),
+                "peak_bytes_exact": memory.get("student_peak_bytes"),
+                "teacher_peak_bytes_exact": memory.get("teacher_peak_bytes"),
+                "commits": sorted({c for r in seeds.values() for c in r.get("commits", [])}),
+                "dirty": any(r.get("dirty") for r in seeds.values()),
+            }
+        )
+    arm_rows.sort(key=lambda a: _arm_rank(a["arm"]))
+    values = {a["arm"]: a["top1_per_seed"] for a in arm_rows}
+    contrasts = []
+    for name, left, right, meaning in CONTRASTS:
+        if left.endswith("*"):
+            left = next((a for a in values if a.startswith(left[:-1])), left)
+        if left in values and right in values:
+            interval = paired_interval(values[left], values[right])
+            if interval:
+                contrasts.append(
+                    {"contrast": name, "minuend": left, "subtrahend": right, "meaning": meaning, **interval}
+                )
+    return {"arms": arm_rows, "contrasts": contrasts}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def summary_markdown(
+    teacher: dict[str, Any] | None, summary: dict[str, Any], recipe: Recipe, choice: dict
+) -> str:
+    t = (teacher or {}).get("top1") or {}
+    args = recipe.timm_model_args
+    lines = [
+        f"Protocol {PROTOCOL} (issue 27). Teacher: timm resnet18, CIFAR stem, channels {args['channels']}, blocks "
+        f"{args['layers']}, trained from scratch for {recipe.num_epochs} epochs at batch {recipe.train_batch_size} "
+        f"(SGD momentum 0.9 nesterov, lr {recipe.learning_rate} cosine after {recipe.warmup_epochs} warm-up epoch(s), "
+        f"weight decay {recipe.weight_decay:g}, RandomResizedCrop scale ({recipe.crop_scale_min}, 1) + flip, "
+        f"{recipe.mixed_precision} autocast, no gradient clipping): top-1 {_pct(t.get('select'))}% on the select slice, "
+        f"{_pct(t.get('report'))}% on the report slice. Students: stem stride {recipe.stem_stride}, from scratch, the "
+        "teacher's recipe; RED blocks at the paper placement with BatchNorm; RED alpha "
+        f"{choice.get('red_alpha')} and the other distiller {str(choice.get('other_distiller')).upper()} chosen on the select slice "
+        f"(select top-1 of the candidates at seed {SELECT_SEED}: "
+        + ", ".join(f"{k} {_pct(v)}" for k, v in (choice.get("select_top1") or {}).items())
+        + f"). Top-1: the final epoch's model on the report slice ({10 * (recipe.heldout_per_class - recipe.heldout_per_class // 2)} "
+        "images, read once per run). Intervals: "
+        "mean and 95% Student-t interval of the per-seed paired differences, in points.",
+        "",
+    ]
+    teacher_peak = next(
+        (a["teacher_peak_bytes_exact"] for a in summary["arms"] if a.get("teacher_peak_bytes_exact")), None
+    )
+    table = [
+        [
+            a["label"],
+            a["objective"],
+            len(a["seeds"]),
+            _pct(a["top1_mean"]) + ("" if a["top1_sd"] is None else f" ± {_pct(a['top1_sd'])}"),
+            ", ".join(_pct(v) for _, v in sorted(a["top1_per_seed"].items())),
+            f"{a['params'] / 1e6:.3f} M" if a.get("params") else "-",
+            fmt_bytes(a.get("peak_bytes_exact")),
+            f"{teacher_peak / a['peak_bytes_exact']:.2f}x"
+            if teacher_peak and a.get("peak_bytes_exact")
+            else "-",
+            ", ".join(a["commits"]) + (" (with uncommitted changes)" if a.get("dirty") else ""),
+        ]
+        for a in summary["arms"]
+    ]
+    header = [
+        "arm",
+        "objective",
+        "seeds",
+        "top-1 % (mean ± s.d.)",
+        "per seed",
+        "params",
+        "peak (exact)",
+        "teacher / arm",
+        "trained at",
+    ]
+    lines += [markdown_table(header, table), ""]
+    crows = []
+    for c in summary["contrasts"]:
+        ci = c["ci95"]
+        crows.append(
+            [
+                c["contrast"],
+                c["meaning"],
+                f"{100 * c['mean']:+.2f}",
+                "-" if ci is None else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]",
+                ", ".join(f"{100 * d:+.2f}" for d in c["diffs"]),
+            ]
+        )
+    if crows:
+        lines += [
+            markdown_table(
+                ["paired difference", "measures", "mean (points)", "95% interval", "per seed"], crows
+            )
+        ]
+    return "\n".join(lines)
+
+
+def summary_stage(layout: Layout) -> dict[str, Any]:
+    teacher = read_json(teacher_dir(layout) / "row.json")
+    rows = [read_json(p) for p in sorted((layout.work / "students").glob("*/row.json"))]
+    rows = [r for r in rows if r]
+    choice = read_json(layout.work / "choice.json") or {}
+    target = layout.results / "results" / "classification.json"
+    previous = read_json(target) or {}
+    try:
+        summary = summarise(teacher, rows)
+    except MixedDefaults as error:
+        raise SystemExit(f"summary refused: {error}") from None
+    commands = [
+        {
+            "name": r["name"] + f" (at {', '.join(r['commits'])})",
+            "command": r["command"],
+            "wall_s": None,
+            "returncode": 0,
+            "log": r.get("reproduce"),
+        }
+        for r in ([teacher] if teacher else []) + rows
+    ]
+    status = "ok" if rows else "not run"
     result = part_result(
         "classification",
-        budget,
-        status="running",
-        budget_settings={
-            "protocol": PROTOCOL,
-            "architecture": spec.architecture,
-            "timm_model_args": spec.timm_model_args,
-            "stem_stride": spec.stem_stride,
-            "train_batch_size": spec.train_batch_size,
-            "teacher_steps": spec.teacher_steps,
-            "scratch_steps": spec.teacher_steps,
-            "finetune_steps": spec.finetune_steps,
-            "train_images": num_train,
-            "eval_data": relative(evaluation),
-            "seeds": {r: sorted({v.seed for v in variants if v.regime == r}) for r in REGIMES},
-            "mixed_precision": spec.mixed_precision,
-            "learning_rate": spec.learning_rate,
-            "red_alpha": RED_ALPHA,
-            "evaluations_per_run": EVALUATIONS,
-            "max_grad_norm": None,
-            "teacher_mode": "eval",
-            "variants": [vars(v) | {"key": v.key} for v in variants],
-            "note": spec.note,
-        },
+        "smoke" if layout.smoke else "cpu",
+        status=status,
+        reason=None
+        if rows
+        else f"protocol {PROTOCOL}: no student has finished yet (the stages of benchmarks/bench_classification.py).",
+        protocol=PROTOCOL,
+        recipe=vars(layout.recipe),
+        choice=choice,
+        teacher=teacher,
+        rows=rows,
+        arms=summary["arms"],
+        contrasts=summary["contrasts"],
+        commands=commands,
+        markdown=summary_markdown(teacher, summary, layout.recipe, choice) if rows else PENDING_MARKDOWN,
+        summary=_answer(teacher, summary),
+        history=previous.get("history", []),
     )
-    commands = result["commands"]
+    write_json(target, result)
+    from report import render
 
-    teacher_dir = work / "teacher"
-    teacher_argv = python_argv(
-        SCRIPT,
-        "--model_name_or_path",
-        spec.architecture,
-        "--cifar_stem",
-        "--timm_model_args",
-        json.dumps(spec.timm_model_args, separators=(",", ":")),
-        # One teacher (seed 0) for every seed and both regimes: --seeds varies the students only.
-        "--distiller",
-        "none",
-        *_common_flags(spec, train_data, evaluation, teacher_dir, spec.teacher_steps, 0),
-    )
-    try:
-        teacher = _train("teacher", teacher_argv, teacher_dir, log_dir, spec, reuse_runs)
-    except CommandFailed as error:
-        return not_run("classification", budget, f"teacher training failed: {error}", commands=commands)
-    commands.append(
-        teacher["command"]
-        | ({"name": "teacher (reused from an earlier identical run)"} if teacher["reused"] else {})
-    )
-
-    runs: dict[str, dict[str, Any]] = {}
-    failures: list[str] = []
-    for variant in variants:
-        out = work / "students" / slug(variant.key)
-        argv = python_argv(
-            SCRIPT,
-            "--teacher_model_name_or_path",
-            relative(teacher_dir),
-            "--stem_stride",
-            spec.stem_stride,
-            "--student_init",
-            "random" if variant.regime == "scratch" else "teacher",
-            "--teacher_mode",
-            "eval",
-            "--distiller",
-            variant.distiller,
-            "--distill_weight",
-            0.5,
-            *[x for k, v in variant.flags.items() for x in (f"--{k}", v)],
-            *_common_flags(spec, train_data, evaluation, out, spec.steps_of(variant), variant.seed),
-        )
-        try:
-            info = _train(f"student {variant.key}", argv, out, log_dir, spec, reuse=reuse_runs)
-            commands.append(
-                info["command"]
-                | (
-                    {"name": f"student {variant.key} (reused from an earlier identical run)"}
-                    if info["reused"]
-                    else {}
-                )
-            )
-            runs[variant.key] = info | {"variant": variant}
-        except CommandFailed as error:
-            failures.append(str(error))
-        _publish(result, teacher, runs, spec, num_train, failures, output_dir)
-    result["status"] = "ok" if not failures else ("partial" if runs else "not run")
-    _publish(result, teacher, runs, spec, num_train, failures, output_dir)
+    render(layout.results)
     return result
 
 
-def _publish(result, teacher, runs, spec, num_train, failures, output_dir: Path) -> None:
-    """Rows and tables so far, written after every run: a run cut short still reports what finished."""
-    rows = _rows(teacher, runs, spec, num_train)
-    result["rows"] = rows
-    result["markdown"] = _markdown(rows, result["budget_settings"])
-    result["summary"] = _summary(rows)
-    if failures:
-        result["reason"] = "; ".join(failures)
-    write_json(output_dir / "results" / "classification.json", result)
-    try:
-        from report import render
-
-        render(output_dir)
-    except Exception as error:  # the report is regenerated at the end anyway
-        print(f"[benchmarks] report not rendered: {error}")
+PENDING_MARKDOWN = (
+    f"Protocol {PROTOCOL} (issue 27) is under way: a teacher trained to >= 85% top-1, students from scratch with its "
+    "recipe, equal task weights, 3 seeds, final-epoch top-1 on a report slice that chooses nothing. No row of it has "
+    "finished yet; the earlier protocols' tables are under History below and are not results of this protocol."
+)
 
 
-def _metric(results: dict[str, Any], key: str) -> float | None:
-    metrics = results.get("metrics") or {}
-    value = metrics.get(key)
-    return float(value) if value is not None else None
-
-
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _row(
-    regime: str, label: str, infos: list[dict[str, Any]], steps: int, batch: int, num_train: int
-) -> dict[str, Any]:
-    final = {i["variant"].seed: _metric(i["results"], "top1") for i in infos}
-    best = {i["variant"].seed: _metric(i["results"], "best_top1") for i in infos}
-    memory = infos[0]["results"].get("peak_memory") or {}
-    sps = [i["results"].get("seconds_per_step") for i in infos if i["results"].get("seconds_per_step")]
-    walls = [(i.get("command") or {}).get("wall_s") for i in infos if (i.get("command") or {}).get("wall_s")]
-    first = infos[0]["variant"]
-    top1_mean, top1_std = _mean_std(list(final.values()))
-    best_mean, best_std = _mean_std(list(best.values()))
-    return {
-        "regime": regime,
-        "model": label,
-        "distiller": first.distiller,
-        "flags": first.flags,
-        "seeds": sorted(final),
-        "steps": steps,
-        "top1_mean": top1_mean,
-        "top1_std": top1_std,
-        "top1_per_seed": final,
-        "best_top1_mean": best_mean,
-        "best_top1_std": best_std,
-        "best_top1_per_seed": best,
-        "params": infos[0]["results"].get("params"),
-        "peak_bytes_exact": (memory.get("exact") or {}).get("student_peak_bytes"),
-        "peak_bytes_paper": (memory.get("paper") or {}).get("student_peak_bytes"),
-        "teacher_peak_bytes_exact": (memory.get("exact") or {}).get("teacher_peak_bytes"),
-        "teacher_peak_bytes_paper": (memory.get("paper") or {}).get("teacher_peak_bytes"),
-        "ratio_exact": (memory.get("exact") or {}).get("ratio"),
-        "seconds_per_step": statistics.mean(sps) if sps else None,
-        "seconds_per_epoch": statistics.mean(sps) * num_train / batch if sps else None,
-        "wall_s": statistics.mean(walls) if walls else None,
-    }
-
-
-def _rows(
-    teacher: dict[str, Any], runs: dict[str, dict[str, Any]], spec: ClassificationBudget, num_train: int
-) -> list[dict[str, Any]]:
-    """The teacher, then one row per (regime, label) aggregated over seeds, with the paired per-seed
-    difference to the vanilla student of the same regime."""
-    t = teacher["results"]
-    batch = spec.train_batch_size
-    teacher_row = {
-        "regime": "teacher",
-        "model": "teacher",
-        "seeds": [0],
-        "top1_mean": _metric(t, "top1"),
-        "top1_std": None,
-        "best_top1_mean": _metric(t, "best_top1"),
-        "best_top1_std": None,
-        "params": t.get("params"),
-        "seconds_per_step": t.get("seconds_per_step"),
-        "seconds_per_epoch": t["seconds_per_step"] * num_train / batch if t.get("seconds_per_step") else None,
-        "wall_s": (teacher.get("command") or {}).get("wall_s"),
-        "steps": t.get("global_step"),
-    }
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for info in runs.values():
-        variant = info["variant"]
-        groups.setdefault((variant.regime, variant.label), []).append(info)
-    rows = [teacher_row] + [
-        _row(regime, label, infos, spec.steps_of(infos[0]["variant"]), batch, num_train)
-        for (regime, label), infos in groups.items()
-    ]
-    # The teacher's peak memory is measured by every student run (compare(teacher, student)).
-    for row in rows[1:]:
-        if row.get("teacher_peak_bytes_exact"):
-            teacher_row["peak_bytes_exact"] = row["teacher_peak_bytes_exact"]
-            teacher_row["peak_bytes_paper"] = row["teacher_peak_bytes_paper"]
-            break
-    for row in rows[1:]:
-        vanilla = next((r for r in rows if r["regime"] == row["regime"] and r["model"] == "vanilla"), None)
-        if vanilla is None or row is vanilla:
-            continue
-        for key in ("top1", "best_top1"):
-            mine, theirs = row[f"{key}_per_seed"], vanilla[f"{key}_per_seed"]
-            diffs = {
-                s: mine[s] - theirs[s]
-                for s in mine
-                if s in theirs and mine[s] is not None and theirs[s] is not None
-            }
-            row[f"{key}_diff_per_seed"] = diffs
-            row[f"{key}_diff_mean"], row[f"{key}_diff_std"] = _mean_std(list(diffs.values()))
-        if vanilla.get("seconds_per_step") and row.get("seconds_per_step"):
-            row["step_time_vs_vanilla"] = row["seconds_per_step"] / vanilla["seconds_per_step"]
-    return rows
-
-
-def _pct(mean: float | None, std: float | None, signed: bool = False) -> str:
-    if mean is None:
-        return "-"
-    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
-    return text + (f" ± {100 * std:.2f}" if std is not None else "")
-
-
-def _paired(row: dict[str, Any], key: str = "top1") -> str:
-    """Mean ± s.d. of the per-seed differences to vanilla, then each seed's difference."""
-    diffs = row.get(f"{key}_diff_per_seed")
-    if not diffs:
-        return "-"
-    each = ", ".join(f"{100 * d:+.2f}" for _, d in sorted(diffs.items()))
-    return f"{_pct(row[f'{key}_diff_mean'], row[f'{key}_diff_std'], signed=True)} ({each})"
-
-
-def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    teacher = next((r for r in rows if r["regime"] == "teacher"), None)
-    teacher_peak = (teacher or {}).get("peak_bytes_exact")
-    header = [
-        "model",
-        "seeds",
-        "steps",
-        "top-1 % final (mean ± s.d.)",
-        "final vs vanilla (paired; per seed)",
-        "top-1 % best",
-        "best vs vanilla (paired)",
-        "peak memory (exact)",
-        "teacher / model",
-        "peak (paper conv.)",
-        "params",
-        "s / step",
-        "s / step vs vanilla",
-    ]
-    args = settings["timm_model_args"]
-    seeds = settings["seeds"]
-    text = [
-        f"Teacher: timm {settings['architecture']} with a CIFAR stem (3x3 stride 1, no max-pool), channels "
-        f"{args.get('channels')}, blocks {args.get('layers')}, trained from scratch for {settings['teacher_steps']} steps "
-        f"at batch {settings['train_batch_size']} (SGD nesterov lr {settings['learning_rate']}, cosine with 5% warm-up, "
-        f"weight decay 5e-4, {settings['mixed_precision']} autocast, no gradient clipping) on {settings['train_images']} "
-        f"training images; top-1 on {settings['eval_data']}. Students: the same network with stem stride "
-        f"{settings['stem_stride']} (the deepest stride-2 stages give the stride back), the teacher's recipe, objective "
-        "0.5 CE + 0.5 distillation, no gradient clipping (the reference never clips in classification), the teacher "
-        "frozen in eval mode (BatchNorm running statistics; the library default, `--teacher_mode eval`), RED blocks at "
-        f"the paper placement with BatchNorm and the reference's alpha {settings['red_alpha']:g} (its STL10 setting, the "
-        "closest to small data) unless a row says otherwise; the same data order per seed across arms. Top-1 final: "
-        f"at the last step; best: the best of {settings['evaluations_per_run']} evaluations (every quarter of the run). "
-        "'vs vanilla (paired)': mean ± s.d. over seeds of the per-seed difference to the vanilla student of the same "
-        "regime, in points (positive = better than vanilla), then each seed's difference.",
-        "",
-        f"Regime (a) is the paper's: every student from scratch (`--student_init random`, as the reference code), "
-        f"{settings['scratch_steps']} steps like the teacher, seeds {seeds.get('scratch')}. Regime (b) is what a user "
-        f"with a trained teacher does, not the paper's experiment: students initialised from the teacher's weights "
-        f"(`--student_init teacher`; RED rows and student_plus with identity-initialised RED blocks, `--red_init "
-        f"identity`) for {settings['finetune_steps']} steps, seeds {seeds.get('finetune')}. {settings.get('note', '')}",
-    ]
-    for regime, title in REGIMES.items():
-        chosen = [r for r in rows if r["regime"] == regime]
-        if not chosen:
-            continue
-        steps = settings["scratch_steps"] if regime == "scratch" else settings["finetune_steps"]
-        table = []
-        for r in ([teacher] if teacher else []) + chosen:
-            table.append(
-                [
-                    r["model"],
-                    len(r["seeds"]) if r["regime"] != "teacher" else "-",
-                    r.get("steps"),
-                    _pct(r.get("top1_mean"), r.get("top1_std")),
-                    _paired(r),
-                    _pct(r.get("best_top1_mean"), r.get("best_top1_std")),
-                    _paired(r, "best_top1"),
-                    fmt_bytes(r.get("peak_bytes_exact")),
-                    f"{teacher_peak / r['peak_bytes_exact']:.2f}x"
-                    if teacher_peak and r.get("peak_bytes_exact")
-                    else "-",
-                    fmt_bytes(r.get("peak_bytes_paper")),
-                    f"{r['params'] / 1e6:.3f} M" if r.get("params") else "-",
-                    None if r.get("seconds_per_step") is None else round(r["seconds_per_step"], 3),
-                    None if r.get("step_time_vs_vanilla") is None else f"{r['step_time_vs_vanilla']:.2f}x",
-                ]
-            )
-        text += ["", f"#### {title} ({steps} steps)", "", markdown_table(header, table)]
-    return "\n".join(text)
-
-
-def _summary(rows: list[dict[str, Any]]) -> str:
-    teacher = next((r for r in rows if r["regime"] == "teacher"), {})
+def _answer(teacher, summary) -> str:
+    if not summary["contrasts"]:
+        return f"Classification: protocol {PROTOCOL} has no finished comparison yet (see History for the earlier protocols)."
     parts = []
-    for regime, title in REGIMES.items():
-        chosen = [r for r in rows if r["regime"] == regime and r.get("top1_mean") is not None]
-        if not chosen:
-            continue
-        best = max(chosen, key=lambda r: r["top1_mean"])
-        text = f"{title}: best student {best['model']} at {100 * best['top1_mean']:.2f}% top-1"
-        red = [r for r in chosen if r["distiller"].startswith("red")]
-        others = [r for r in chosen if not r["distiller"].startswith("red") and r["model"] != "vanilla"]
-        if red:
-            best_red = max(red, key=lambda r: r["top1_mean"])
-            text += f"; best RED row {best_red['model']} {100 * best_red['top1_mean']:.2f}%"
-            if best_red.get("top1_diff_mean") is not None:
-                text += f", {_paired(best_red)} points vs vanilla (paired)"
-            if others:
-                beaten = [r["model"] for r in others if best_red["top1_mean"] > r["top1_mean"]]
-                top = max(others, key=lambda r: r["top1_mean"])
-                text += (
-                    f", above {', '.join(beaten) or 'no other baseline'}; best other baseline {top['model']} "
-                    f"{100 * top['top1_mean']:.2f}%"
-                )
-        parts.append(text)
-    ratios = sorted(
-        {round(r["ratio_exact"], 2) for r in rows if r["regime"] != "teacher" and r.get("ratio_exact")}
-    )
-    memory = ""
-    if ratios:
-        span = (
-            f"{ratios[0]:.1f}x"
-            if len(ratios) == 1
-            else f"{ratios[0]:.1f}x (with RED blocks) to {ratios[-1]:.1f}x"
+    for c in summary["contrasts"][:5]:
+        ci = c["ci95"]
+        parts.append(
+            f"{c['contrast']} {100 * c['mean']:+.2f} points"
+            + (
+                ""
+                if ci is None
+                else f" (95% interval [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}], {len(c['seeds'])} seeds)"
+            )
         )
-        memory = f" (student exact peak memory {span} below the teacher's"
-        memory += (
-            f"; teacher {100 * teacher['top1_mean']:.2f}% top-1)"
-            if teacher.get("top1_mean") is not None
-            else ")"
-        )
+    t = (teacher or {}).get("top1", {}).get("report")
     return (
-        "Classification" + memory + ": " + "; ".join(parts) + "."
-        if parts
-        else "Classification: no student evaluated yet."
+        f"Classification (protocol {PROTOCOL}, teacher {_pct(t)}% top-1 on the report slice): "
+        + "; ".join(parts)
+        + "."
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# candidates: which teacher trains to the target in a few CPU hours
+# ------------------------------------------------------------------------------------------------
+CANDIDATE_TEACHERS = {
+    "narrow resnet18 [32..256] x1": {
+        "channels": [32, 64, 128, 256],
+        "stem_width": 32,
+        "layers": [1, 1, 1, 1],
+    },
+    "narrow resnet18 [32..256] x2": {
+        "channels": [32, 64, 128, 256],
+        "stem_width": 32,
+        "layers": [2, 2, 2, 2],
+    },
+    "resnet18 [64..512] x1": {"channels": [64, 128, 256, 512], "stem_width": 64, "layers": [1, 1, 1, 1]},
+}
+
+
+def candidates_stage(layout: Layout, threads: int, seconds: float = 20.0) -> dict[str, Any]:
+    """Training images/s of each candidate teacher (batch 128, the recipe's precision, ``threads``), and the
+    hours that 30 epochs of 45,000 images would take at that pace."""
+    import time
+
+    import torch
+    from bench_classification_timing import measure
+
+    from redistill_diffusion.classification import create_teacher
+
+    torch.set_num_threads(threads)
+    out = {}
+    candidates = {"smoke": layout.recipe.timm_model_args} if layout.smoke else CANDIDATE_TEACHERS
+    for name, args in candidates.items():
+        model = create_teacher("resnet18", num_classes=10, cifar_stem=True, input_size=(3, 32, 32), **args)
+        start = time.perf_counter()
+        row = measure({name: model}, 128 if not layout.smoke else 8, steps=2, repeats=1, warmup=1,
+                      mixed_precision=layout.recipe.mixed_precision, distillation_pair=None)[0]  # fmt: skip
+        per_round = time.perf_counter() - start
+        repeats = max(1, int(seconds / max(per_round, 1e-3)))
+        row = measure({name: model}, 128 if not layout.smoke else 8, steps=2, repeats=repeats, warmup=0,
+                      mixed_precision=layout.recipe.mixed_precision, distillation_pair=None)[0]  # fmt: skip
+        rate = row["train_images_per_s"]
+        out[name] = {"timm_model_args": args, "params": row["params"], "train_images_per_s": rate,
+                     "hours_for_30_epochs": 30 * 45_000 / rate / 3600}  # fmt: skip
+        print(
+            f"{name}: {row['params'] / 1e6:.2f} M params, {rate:.0f} images/s -> {out[name]['hours_for_30_epochs']:.1f} h for 30 epochs"
+        )
+    result = {"threads": threads, "machine": machine_info(), "commit": git_revision(), "candidates": out}
+    write_json(layout.work / "candidates.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points
+# ------------------------------------------------------------------------------------------------
+def make_layout(smoke: bool, work_dir: str | None, output_dir: str | None) -> Layout:
+    recipe = RECIPES["smoke" if smoke else "cpu"]
+    if smoke:
+        base = Path(work_dir or Path(tempfile.gettempdir()) / "redistill-cls-smoke").resolve()
+        if (REPO_ROOT / "benchmarks").resolve() in [base, *base.parents]:
+            raise SystemExit(
+                f"--smoke writes to a temporary folder, not under benchmarks/ (got --work_dir {base})."
+            )
+        out = Path(output_dir).resolve() if output_dir else base / "out"
+        return Layout(base / "work", out, out / "logs", recipe, smoke=True)
+    out = Path(output_dir).resolve() if output_dir else REPO_ROOT / "benchmarks"
+    return Layout(Path(work_dir).resolve() if work_dir else WORK, out, out / "logs", recipe)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "stage", choices=("slices", "candidates", "teacher", "select", "students", "summary", "all")
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny scale into a temporary folder (checks the harness)"
+    )
+    parser.add_argument("--data", default=str(CIFAR10_PARQUET), help="CIFAR-10 parquet (columns img, label)")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="--smoke on labelled shapes instead of CIFAR-10"
+    )
+    parser.add_argument(
+        "--work_dir", default=None, help="models and slices (default benchmarks/_work/classification_v3)"
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="results/ and RESULTS.md go here (default benchmarks/)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each training process")
+    parser.add_argument("--arm", default=None, help="students: only this arm")
+    parser.add_argument("--seed", type=int, default=None, choices=SEEDS, help="students: only this seed")
+    parser.add_argument(
+        "--candidate", default=None, choices=list(SELECT_CANDIDATES), help="select: only this one"
+    )
+    parser.add_argument(
+        "--allow_weak_teacher", action="store_true", help="train students under a teacher below the target"
+    )
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}.")
+    every_arm = {
+        n for other in ("dkd", "at", "fitnet") for n in arms({"red_alpha": 1, "other_distiller": other})
+    }
+    if args.arm is not None and args.arm not in every_arm:
+        parser.error(f"--arm {args.arm}: not an arm; choose one of {', '.join(sorted(every_arm))}.")
+    if args.synthetic and not args.smoke:
+        parser.error("--synthetic is for --smoke only (the report needs CIFAR-10).")
+    import redistill_diffusion
+
+    library = Path(redistill_diffusion.__file__).resolve()
+    if REPO_ROOT.resolve() not in library.parents:
+        parser.error(
+            f"redistill_diffusion is imported from {library.parent}, not from this checkout {REPO_ROOT}: run with "
+            f"PYTHONPATH={REPO_ROOT} so the rows record the commit whose library trained them."
+        )
+    layout = make_layout(args.smoke, args.work_dir, args.output_dir)
+    if args.stage == "summary":
+        result = summary_stage(layout)
+        print(result["summary"])
+        return 0
+    if args.stage == "candidates":
+        candidates_stage(layout, args.threads, seconds=2.0 if args.smoke else 20.0)
+        return 0
+    data = synthetic_source(layout.work) if args.synthetic else Path(args.data)
+    if not data.is_file():
+        print(f"[bench_classification] {data} not found: skipped (pass --data PATH to a CIFAR-10 parquet).")
+        return 0
+    paths = slices(layout, data)
+    allow_weak = args.allow_weak_teacher or args.smoke
+    if args.stage in ("teacher", "all"):
+        train_teacher(layout, paths, args.threads)
+    if args.stage in ("select", "all"):
+        print(json.dumps(select_stage(layout, paths, args.threads, allow_weak, args.candidate)))
+    if args.stage in ("students", "all"):
+        students_stage(layout, paths, args.threads, allow_weak, args.arm, args.seed)
+    if args.stage == "all":
+        print(summary_stage(layout)["summary"])
+    if args.stage == "slices":
+        print(json.dumps({k: relative(v) for k, v in paths.items()}))
+    return 0
+
+
+# run.py's classification part --------------------------------------------------------------------
+PAPER_RECIPE = "recipes/cls_imagenet_resnet18_red.yaml"
+DISTILLERS = ("vanilla", "red", "red+kd", "kd", "dkd", "fitnet", "at", "student_plus")
+
+
+def run(
+    output_dir: Path, work_dir: Path, budget: str, data: Path, dry_run: bool = False, **_: Any
+) -> dict[str, Any]:
+    """`benchmarks/run.py --only classification`: smoke runs every stage at the smoke scale (synthetic shapes
+    without CIFAR-10); cpu only summarises the finished rows (the stages are launched one by one, see the
+    module docstring); paper lists or runs the paper's ImageNet commands."""
+    if budget == "paper":
+        return paper_commands(output_dir, dry_run)
+    if budget == "smoke":
+        layout = make_layout(True, str(work_dir / "classification"), str(output_dir))
+        source = data if data.is_file() else synthetic_source(layout.work)
+        layout = replace(layout, logs=output_dir / "logs")
+        paths = slices(layout, source)
+        train_teacher(layout, paths, 1)
+        select_stage(layout, paths, 1, True, None)
+        for arm in ("plain_half", "red"):  # two arms at one seed: the CI check stays within minutes
+            students_stage(layout, paths, 1, True, arm, 0)
+        return summary_stage(layout)
+    return summary_stage(make_layout(False, None, str(output_dir)))
 
 
 def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
     """The paper's ImageNet ResNet18 comparison (the shipped recipe, one run per distiller): run one after another
     on this machine's GPUs, or with ``dry_run`` only listed."""
-    records, outputs = [], {}
-    for distiller in DISTILLERS:
-        out = f"outputs/paper/imagenet_resnet18_{distiller.replace('+', '_')}"
-        outputs[distiller] = REPO_ROOT / out
-        argv = [
-            "accelerate",
-            "launch",
-            "examples/train_classifier_redistill.py",
-            "--recipe",
-            PAPER_RECIPE,
-            "--distiller",
-            distiller,
-            "--output_dir",
-            out,
-        ]
-        records.append(CommandRecord(name=distiller, argv=argv))
+    records = [
+        CommandRecord(
+            name=d,
+            argv=[
+                "accelerate",
+                "launch",
+                "examples/train_classifier_redistill.py",
+                "--recipe",
+                PAPER_RECIPE,
+                "--distiller",
+                d,
+                "--output_dir",
+                f"outputs/paper/imagenet_resnet18_{d.replace('+', '_')}",
+            ],
+        )  # fmt: skip
+        for d in DISTILLERS
+    ]
     status, failures = run_paper_commands("classification", records, output_dir / "logs", dry_run)
     markdown = (
         f"The paper's ImageNet ResNet18 protocol is `{PAPER_RECIPE}` (pretrained torchvision ResNet18 teacher, student "
         "strides 8-11221, SGD lr 0.2, 300 epochs, RED cosine alpha 1); each baseline swaps `--distiller`. Published top-1 "
         "(the paper: published results): teacher 69.75, aggressive-pool student 61.79, ReviewKD 63.30, MLLD 64.66, RED 65.23."
     )
-    finished = {
-        d: json.loads((o / "results.json").read_text())
-        for d, o in outputs.items()
-        if (o / "results.json").is_file()
-    }
-    if not dry_run and finished:
-        rows = [
-            [
-                d,
-                _metric(r, "top1"),
-                fmt_bytes(((r.get("peak_memory") or {}).get("exact") or {}).get("student_peak_bytes")),
-            ]
-            for d, r in finished.items()
-        ]
-        markdown += "\n\n" + markdown_table(["distiller", "top-1", "student peak memory (exact)"], rows)
     return part_result(
         "classification",
         "paper",
@@ -722,4 +1144,7 @@ def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
     )
 
 
-__all__ = ["BUDGETS", "run"]
+__all__ = ["RECIPES", "check_mixable", "main", "paired_interval", "run", "summarise"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,6 +19,13 @@ TITLES = {
     "cuda": "4. On a GPU: torch.cuda.max_memory_allocated, teacher vs student",
     "deploy": "5. Deployed: memory and latency in ExecuTorch, onnxruntime and eager PyTorch, teacher vs student",
 }
+# Sections written by a benchmark script of their own (not a run.py part): rendered after the part they follow.
+EXTRA_SECTIONS = {
+    "classification_timing": (
+        "classification",
+        "2b. Step time and images/s of the classification models (one process, median of repeats)",
+    ),
+}
 
 INTRO = """# ReDistill benchmarks
 
@@ -35,17 +42,19 @@ in `benchmarks/results/`). `--budget paper` runs the paper's recipes (GPUs).
 CPU_CAVEATS = """## How far these numbers go
 
 - The `cpu` budget is a sanity-scale reproduction, not the paper's experiment: models of 0.1-1.3 M
-  parameters trained for 1-3 thousand optimizer steps (about two CIFAR-10 epochs), where the paper
-  trains for hundreds of epochs. Regime (a) follows the paper's protocol at that scale (students from
-  scratch, the teacher's recipe and number of steps); regime (b) is what a user with a trained teacher
-  does. Spreads are over 2 seeds where a row says so; a difference smaller than the spread is noise.
+  parameters, where the paper trains larger models for hundreds of epochs. Diffusion: 1-3 thousand
+  optimizer steps; regime (a) follows the paper's protocol at that scale (students from scratch, the
+  teacher's recipe and number of steps), regime (b) is what a user with a trained teacher does; spreads
+  over 2 seeds where a row says so. Classification (protocol 3): a teacher trained to >= 85% top-1, students
+  from scratch with its recipe, equal task weights, 3 seeds, 95% intervals of paired differences.
 - Diffusion quality is judged by the held-out denoising loss (the quantity the models are trained on,
   on images they never saw, at fixed timesteps and noise: deterministic and cheap) and by the sample
   grids; a student whose grid shows no images has not learnt to generate at this budget, whatever its
   numbers. FID/KID with the real TF-FID Inception appear where the table says so; at a few hundred
   samples FID is strongly biased (compare it only within a table, next to KID and the real-data floor).
-- Wall times, seconds per step and images/s are from this 2-core machine and were measured while other
-  jobs ran at a much lower scheduling priority; compare them only within a table.
+- Wall times are from this 2-core machine, measured while other jobs ran; compare them only within a table.
+  Step time and images/s of the classification models come from a dedicated timing benchmark (section 2b:
+  one process, warm-up, median of repeats, every model in the same run), not from the accuracy runs.
 - Peak memory is a property of the architecture (batch 1, fp32, weights excluded) and does not depend
   on the budget: those figures hold as they are.
 """
@@ -81,7 +90,8 @@ def _machine_section(parts: dict[str, dict[str, Any]]) -> str:
 
 
 def _part_section(name: str, data: dict[str, Any] | None, results_dir: Path, report_dir: Path) -> str:
-    lines = [f"## {TITLES[name]}", ""]
+    title = TITLES.get(name) or next(t for k, (_, t) in EXTRA_SECTIONS.items() if k == name)
+    lines = [f"## {title}", ""]
     if data is None:
         lines += ["Not run yet: no `results/" + name + ".json`.", ""]
         return "\n".join(lines)
@@ -109,6 +119,16 @@ def _part_section(name: str, data: dict[str, Any] | None, results_dir: Path, rep
         lines += [f"![{title}]({_plot_link(path, report_dir).as_posix()})", ""]
     if data.get("notes"):
         lines += ["Notes:", ""] + [f"- {note}" for note in data["notes"]] + [""]
+    if data.get("history"):
+        lines += [
+            f"### History: earlier protocols of {name}",
+            "",
+            "Superseded tables, kept so the record shows what was measured before and why it was replaced; "
+            "they are not results of the current protocol and their commands need the commits they ran at.",
+            "",
+        ]
+        for entry in data["history"]:
+            lines += [entry.get("markdown", "").strip(), ""]
     return "\n".join(lines)
 
 
@@ -149,7 +169,8 @@ def render(output_dir: Path) -> Path:
     """Write ``<output_dir>/RESULTS.md`` from ``<output_dir>/results/*.json`` and return its path."""
     results_dir = output_dir / "results"
     parts = {name: read_json(results_dir / f"{name}.json") for name in PARTS}
-    present = {k: v for k, v in parts.items() if v is not None}
+    extras = {name: read_json(results_dir / f"{name}.json") for name in EXTRA_SECTIONS}
+    present = {k: v for k, v in {**parts, **extras}.items() if v is not None}
     sections = [INTRO]
     summary = [v.get("summary") for v in present.values() if v.get("summary")]
     discussion = results_dir / "discussion.md"  # written by a person after reading the tables
@@ -164,6 +185,9 @@ def render(output_dir: Path) -> Path:
         sections.append(CPU_CAVEATS)
     for name in PARTS:
         sections.append(_part_section(name, parts[name], results_dir, output_dir))
+        for extra, (after, _) in EXTRA_SECTIONS.items():
+            if after == name and extras[extra] is not None:
+                sections.append(_part_section(extra, extras[extra], results_dir, output_dir))
     if present:
         sections.append(_commands_section(present))
     path = output_dir / "RESULTS.md"

@@ -8,6 +8,10 @@
     REDISTILL_BENCH_THREADS=1 python benchmarks/run.py --budget cpu --only diffusion &  # two parts side by side,
     REDISTILL_BENCH_THREADS=1 python benchmarks/run.py --budget cpu --only classification  # one core each
 
+Classification at ``--budget cpu`` trains nothing here: it summarises the finished rows of the resumable stages of
+``benchmarks/bench_classification.py`` (protocol 3, hours of CPU; launched one by one); ``--budget smoke`` runs
+those stages at a tiny scale.
+
 Each part writes ``<output_dir>/results/<part>.json`` (+ PNGs); ``<output_dir>/RESULTS.md`` is
 regenerated from every part's JSON present. Models and data slices go to ``--work_dir``
 (default ``benchmarks/_work``, ignored by git), so a later run can reuse a finished teacher.

@@ -93,6 +93,14 @@ class TrainingArguments:
             "help": "a in (1 - a) * task + a * distillation (docs/architecture.md, Distiller interface)."
         },
     )
+    task_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the task loss (cross-entropy, denoising MSE); default 1 - distill_weight with a "
+            "distillation loss, 1 without (vanilla, student_plus, a teacher). 0.5 trains a plain student at the "
+            "task weight of a distiller at --distill_weight 0.5."
+        },
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         default="no", metadata={"help": "bf16 is ~1.7x faster on recent CPUs."}
     )

@@ -149,107 +149,130 @@ def test_report_links_plots_recorded_in_another_checkout_to_its_own_copy(tmp_pat
     assert f"![gone]({elsewhere}gone.png)" in text  # no copy here: the recorded path, not a broken guess
 
 
-# -- classification protocol v2 (issue 11): the plan of runs and the paired rows, without training --------
-def test_classification_cpu_budget_follows_protocol_v2():
-    import bench_classification as cls
-
-    spec = cls.BUDGETS["cpu"]
-    variants = spec.variants()
-    for regime in cls.REGIMES:
-        chosen = [v for v in variants if v.regime == regime]
-        assert {v.distiller for v in chosen} >= {
-            "vanilla",
-            "student_plus",
-            "red",
-            "kd",
-            "fitnet",
-            "at",
-            "dkd",
-            "red+kd",
-        }
-        assert len({v.seed for v in chosen}) >= 2
-        # RED rows use the reference's small-data alpha unless the row says "alpha 1".
-        for v in chosen:
-            if v.distiller.startswith("red"):
-                assert v.flags["red_alpha"] == (1.0 if "alpha 1" in v.label else cls.RED_ALPHA)
-    assert any(v.flags.get("red_norm") == "group" for v in variants)  # issue 16
-    assert all(spec.steps_of(v) == spec.teacher_steps for v in variants if v.regime == "scratch")
-    with_blocks = ("red", "red+kd", "student_plus")  # the arms whose student carries RED blocks
-    assert all(
-        v.flags.get("red_init") == "identity"
-        for v in variants
-        if v.regime == "finetune" and v.distiller in with_blocks
-    )
-    assert len({v.key for v in variants}) == len(variants)
-    # Regime (a)'s core arms run at every seed before any other arm, so a budget cut short still pairs them.
-    core = variants[: 2 * cls.CORE_ARMS["scratch"]]
-    assert all(v.regime == "scratch" for v in core) and {v.seed for v in core} == {0, 1}
-    assert {v.distiller for v in core} == {"vanilla", "red", "red+kd", "kd"}
-    # --seeds replaces both regimes' seeds.
-    override = spec.variants((7,))
-    assert {v.seed for v in override} == {7} and len(override) == len(variants) // 2
-
-
-def test_classification_rows_pair_each_seed_with_vanilla():
-    import bench_classification as cls
-
-    spec = cls.BUDGETS["cpu"]
-
-    def info(label, distiller, seed, top1, best):
-        variant = cls.Variant(label, distiller, "scratch", seed=seed)
-        return {
-            "variant": variant,
-            "results": {"metrics": {"top1": top1, "best_top1": best}, "seconds_per_step": 0.1},
-        }
-
-    runs = [
-        info("vanilla", "vanilla", 0, 0.50, 0.51),
-        info("vanilla", "vanilla", 1, 0.40, 0.40),
-        info("red", "red", 0, 0.52, 0.52),
-        info("red", "red", 1, 0.41, 0.45),
-    ]
-    teacher = {"results": {"metrics": {"top1": 0.6, "best_top1": 0.6}, "global_step": 1200}}
-    rows = cls._rows(teacher, {r["variant"].key: r for r in runs}, spec, num_train=45000)
-    red = next(r for r in rows if r["model"] == "red")
-    assert red["top1_diff_per_seed"] == pytest.approx({0: 0.02, 1: 0.01})
-    assert red["top1_diff_mean"] == pytest.approx(0.015)
-    assert red["best_top1_diff_per_seed"] == pytest.approx({0: 0.01, 1: 0.05})
-    assert red["top1_mean"] == pytest.approx(0.465)
-    text = cls._markdown(
-        rows, {**_classification_settings(spec), "seeds": {"scratch": [0, 1], "finetune": []}}
-    )
-    assert "+1.50 ± 0.71 (+2.00, +1.00)" in text and "teacher frozen in eval mode" in text
-    assert "no gradient clipping" in text and "fine-tuning setting" not in text
-
-
-def _classification_settings(spec):
-    return {
-        "architecture": spec.architecture,
-        "timm_model_args": spec.timm_model_args,
-        "stem_stride": spec.stem_stride,
-        "train_batch_size": spec.train_batch_size,
-        "teacher_steps": spec.teacher_steps,
-        "scratch_steps": spec.teacher_steps,
-        "finetune_steps": spec.finetune_steps,
-        "train_images": 45000,
-        "eval_data": "x.parquet",
-        "mixed_precision": "bf16",
-        "learning_rate": spec.learning_rate,
-        "red_alpha": 50.0,
-        "evaluations_per_run": 4,
-        "note": spec.note,
+# -- classification protocol 3 (issue 27): arms, paired 95% intervals, the mixed-defaults refusal ---------
+def _row(arm, seed, top1, defaults=None, explicit=None, segments=None):
+    row = {
+        "name": f"students {arm} seed {seed}",
+        "arm": arm,
+        "seed": seed,
+        "label": arm,
+        "objective": "0.5 CE",
+        "top1": {"report": top1, "select": top1},
+        "explicit": explicit if explicit is not None else {"distiller": "red"},
+        "library_defaults": defaults
+        if defaults is not None
+        else {"red_norm": "batch", "max_grad_norm": None},
+        "commits": ["abc1234"],
     }
+    if segments is not None:
+        row["segments"] = segments
+    return row
 
 
-def test_classification_never_reuses_a_run_from_before_protocol_v2(tmp_path):
+def test_classification_arms_compare_at_equal_task_weight():
     import bench_classification as cls
 
-    argv = ["python", "examples/train_classifier_redistill.py", "--distiller", "red"]
-    (tmp_path / "results.json").write_text("{}")
-    (tmp_path / "benchmark_run.json").write_text(json.dumps({"argv": argv[1:]}))
-    assert cls._reusable(tmp_path, argv) is None
-    (tmp_path / "benchmark_run.json").write_text(json.dumps({"argv": argv[1:], "protocol": cls.PROTOCOL}))
-    assert cls._reusable(tmp_path, argv) is not None
+    plan = cls.arms({"red_alpha": 50, "other_distiller": "dkd"})
+    assert {
+        "plain",
+        "plain_half",
+        "student_plus_half",
+        "red",
+        "kd",
+        "red_kd",
+        "other_dkd",
+        "plain_wide_half",
+    } == set(plan)
+    # the controls carry --task_weight 0.5; the distillers keep the reference's 0.5 CE + 0.5 distillation
+    for name in ("plain_half", "student_plus_half", "plain_wide_half"):
+        assert plan[name].flags[:2] == ("--task_weight", "0.5")
+    assert "--task_weight" not in plan["plain"].flags and "--task_weight" not in plan["red"].flags
+    assert plan["red"].flags == ("--red_alpha", "50") and plan["plain_wide_half"].wide
+    assert cls.RECIPES["cpu"].seeds == (0, 1, 2) and cls.SELECT_SEED not in cls.RECIPES["cpu"].seeds
+    recipe = cls.RECIPES["cpu"]
+    flags = cls.student_flags(recipe, plan["red"], "teacher_dir", None)
+    # every setting the arms differ in, and the RED block settings whose defaults changed before, are stated
+    stated = cls.explicit_settings(flags)
+    assert (
+        stated["red_norm"] == "batch"
+        and stated["student_init"] == "random"
+        and stated["distill_weight"] == "0.5"
+    )
+
+
+def test_paired_interval_is_a_student_t_interval_over_shared_seeds():
+    import bench_classification as cls
+
+    out = cls.paired_interval({0: 0.60, 1: 0.62, 2: 0.64, 3: 0.9}, {0: 0.50, 1: 0.51, 2: 0.55})
+    assert out["seeds"] == [0, 1, 2]  # seed 3 has no partner
+    diffs = [0.10, 0.11, 0.09]
+    assert out["diffs"] == pytest.approx(diffs) and out["mean"] == pytest.approx(0.10)
+    half = 4.302653 * 0.01 / 3**0.5  # t(0.975, 2) * s.d. / sqrt(n); s.d. of the diffs is 0.01
+    assert out["ci95"] == pytest.approx([0.10 - half, 0.10 + half], rel=1e-4)
+    assert cls.paired_interval({0: 0.6}, {0: 0.5})["ci95"] is None  # one seed: no interval
+    assert cls.paired_interval({0: 0.6}, {1: 0.5}) is None
+    assert cls.T_975[2] == pytest.approx(cls.t_quantile(2), rel=1e-3)
+
+
+def test_summary_pairs_seeds_and_names_each_contrast():
+    import bench_classification as cls
+
+    rows = [_row("red", s, v) for s, v in enumerate((0.60, 0.62, 0.64))]
+    rows += [_row("plain_half", s, v) for s, v in enumerate((0.50, 0.51, 0.55))]
+    rows += [_row("student_plus_half", s, v) for s, v in enumerate((0.58, 0.61, 0.60))]
+    summary = cls.summarise(None, rows)
+    contrasts = {c["contrast"]: c for c in summary["contrasts"]}
+    assert set(contrasts) == {"red - plain (0.5 CE)", "red - student+ (0.5 CE)", "student+ - plain (0.5 CE)"}
+    assert contrasts["red - student+ (0.5 CE)"]["diffs"] == pytest.approx([0.02, 0.01, 0.04])
+    red = next(a for a in summary["arms"] if a["arm"] == "red")
+    assert red["top1_mean"] == pytest.approx(0.62) and red["top1_sd"] == pytest.approx(0.02)
+    text = cls.summary_markdown(
+        None, summary, cls.RECIPES["cpu"], {"red_alpha": 50, "other_distiller": "dkd"}
+    )
+    assert "+10.00" in text and "what the RED loss adds" in text and "s / step" not in text
+
+
+def test_summary_refuses_rows_trained_under_different_unstated_defaults():
+    import bench_classification as cls
+
+    old = {"red_norm": "group", "max_grad_norm": None}
+    rows = [_row("red", 0, 0.6), _row("plain_half", 0, 0.5, defaults=old)]
+    with pytest.raises(cls.MixedDefaults, match="--red_norm"):
+        cls.summarise(None, rows)
+    # a row that states the setting is comparable whatever the default was when it trained
+    stated = {"distiller": "vanilla", "red_norm": "batch"}
+    cls.summarise(
+        None, [_row("red", 0, 0.6, explicit={"red_norm": "batch"}), _row("plain_half", 0, 0.5, old, stated)]
+    )
+    # a run resumed across commits whose defaults differ is refused too (each segment is a record)
+    segments = [{"library_defaults": {"red_norm": "batch"}}, {"library_defaults": {"red_norm": "group"}}]
+    with pytest.raises(cls.MixedDefaults, match="red_norm"):
+        cls.check_mixable([_row("red", 0, 0.6, segments=segments)])
+
+
+def test_classification_library_defaults_are_recorded_as_json():
+    import bench_classification as cls
+
+    defaults = cls.library_defaults()
+    assert defaults["max_grad_norm"] is None  # CLASSIFIER_DEFAULTS applied over the shared default 1.0
+    assert "task_weight" in defaults and "red_norm" in defaults and "hub_token" not in defaults
+    json.dumps(defaults)
+
+
+def test_classification_summary_stage_keeps_history_and_refuses_mixed_rows(tmp_path, capsys):
+    import bench_classification as cls
+
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    common.write_json(tmp_path / "results" / "classification.json", {"history": [{"markdown": "OLD TABLE"}]})
+    result = cls.summary_stage(layout)
+    assert result["status"] == "not run" and result["history"] == [{"markdown": "OLD TABLE"}]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "History: earlier protocols of classification" in text and "OLD TABLE" in text
+    for row in (_row("red", 0, 0.6), _row("plain_half", 0, 0.5, defaults={"red_norm": "group"})):
+        folder = layout.work / "students" / f"{row['arm']}_seed0"
+        common.write_json(folder / "row.json", {**row, "command": "python x.py"})
+    with pytest.raises(SystemExit, match="summary refused: .*--red_norm"):
+        cls.summary_stage(layout)
 
 
 def test_cuda_part_is_skipped_in_one_line_without_a_gpu(tmp_path):
@@ -298,3 +321,25 @@ def test_parity_curve_reads_resumed_logs_and_the_plateau_fit_finds_the_asymptote
     assert fit["a"] == pytest.approx(0.03, rel=0.02) and fit["c"] == pytest.approx(0.5, abs=0.05)
     assert fit["gap_to_plateau"] == pytest.approx(values[20000] / fit["a"] - 1, rel=1e-6)
     assert bench_parity.fit_plateau(fixed[:3]) is None  # too few points past warm-up
+
+
+def test_classification_run_is_skipped_when_finished_or_held_by_a_live_process(tmp_path, monkeypatch):
+    """A rerun never retrains a finished run, and two processes never train the same one: no training
+    starts in either case (run_segment would raise)."""
+    import os
+
+    import bench_classification as cls
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished or held run was trained again")
+
+    monkeypatch.setattr(cls, "run_segment", no_training)
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / ".lock").write_text(str(os.getpid()))  # this test's process: alive
+    assert cls.train_run(layout, "held", ["--seed", 0], held, 1, {}) is None
+    assert (held / ".lock").read_text() == str(os.getpid())  # another process's lock is left alone
+    done = tmp_path / "done"
+    common.write_json(done / "row.json", {"name": "done", "top1": {"report": 0.5}})
+    assert cls.train_run(layout, "done", ["--seed", 0], done, 1, {})["top1"] == {"report": 0.5}

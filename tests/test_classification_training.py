@@ -262,6 +262,44 @@ def test_run_rejects_bad_flags_before_training(tmp_path, flags, message):
     assert not (tmp_path / "bad" / "results.json").exists()
 
 
+def test_task_weight_halves_the_plain_students_gradient(tmp_path):
+    """Plain SGD with momentum is linear in the gradient: 0.5 x CE at twice the learning rate takes the same
+    steps as 1 x CE, so equal weights after training show --task_weight reached the optimised loss."""
+    common = [
+        "--teacher_model_name_or_path",
+        "resnet18",
+        "--timm_model_args",
+        TINY_JSON,
+        "--cifar_stem",
+        "--stem_stride",
+        "4",
+        "--student_init",
+        "random",
+        "--distiller",
+        "vanilla",
+        "--sgd_weight_decay",
+        "0",
+        "--max_train_steps",
+        "3",
+        "--checkpointing_steps",
+        "0",
+    ]
+    full = _flags(tmp_path / "full", *common)
+    half = _flags(tmp_path / "half", *common, "--task_weight", "0.5")
+    half[half.index("--learning_rate") + 1] = "0.1"  # _flags' 0.05, doubled
+    run_classifier(full)
+    run_classifier(half)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "half")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    unchanged = _flags(tmp_path / "lr", *common)
+    unchanged[unchanged.index("--learning_rate") + 1] = "0.1"
+    run_classifier(unchanged)  # without the flag, twice the learning rate moves the weights elsewhere
+    c = _weights(tmp_path / "lr")
+    assert not all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+    with pytest.raises(ValueError, match="--task_weight"):
+        run_classifier(_flags(tmp_path / "bad", *common, "--task_weight", "0"))
+
+
 def test_augmentation_depends_only_on_seed_epoch_and_index():
     from redistill_diffusion.classification.data import as_tensor_dataset, build_classification_transform
 

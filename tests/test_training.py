@@ -43,6 +43,18 @@ def test_combine_losses_weights_task_and_distillation():
         combine_losses(task, {"red": task}, 1.5)
 
 
+def test_task_weight_replaces_the_task_losss_weight_with_or_without_distillation():
+    task = torch.tensor(2.0)
+    assert combine_losses(task, {}, 0.5, task_weight=0.5).item() == pytest.approx(1.0)  # plain at 0.5 x CE
+    total = combine_losses(task, {"kd": torch.tensor(4.0)}, 0.5, task_weight=0.3)
+    assert total.item() == pytest.approx(0.3 * 2.0 + 0.5 * 4.0)
+    # the default is unchanged: 1 - distill_weight with a distillation loss
+    assert combine_losses(task, {"kd": torch.tensor(4.0)}, 0.25).item() == pytest.approx(0.75 * 2 + 0.25 * 4)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="task_weight"):
+            combine_losses(task, {}, 0.5, task_weight=bad)
+
+
 # --------------------------------------------------------------------------- every distiller trains
 @pytest.mark.parametrize(
     "distiller", ["vanilla", "student_plus", "output_mse", "fitnet", "at", "red", "red+output_mse"]

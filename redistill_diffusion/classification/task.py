@@ -3,7 +3,8 @@
 One batch: (optional mixup/cutmix) -> `training.task.distillation_forward` (student forward with its
 taps recorded, frozen teacher forward under no_grad with its taps, the distiller's named losses; the
 same call as the diffusion task) -> cross-entropy + those losses. The loop weights them
-``(1 - a) * CE + a * distillation`` (``--distill_weight`` a, default 0.5; docs/architecture.md). The same task
+``(1 - a) * CE + a * distillation`` (``--distill_weight`` a, default 0.5; ``--task_weight`` sets CE's weight
+explicitly, e.g. 0.5 for a plain student at the distillers' task weight; docs/architecture.md). The same task
 trains a plain classifier (a teacher): no teacher, no distiller.
 
 Evaluation (every epoch with ``--validation_epochs 1``) reports top-1/top-5 and keeps the best

@@ -34,7 +34,8 @@ Rules the loop relies on:
 - Losses are returned *separately*: the task loss, and the named, already-weighted distillation
   losses of a `Distiller`. The loop combines them in one place (`combine_losses`):
   ``total = (1 - distill_weight) * task + distill_weight * sum(distillation)`` when the distiller
-  returned any loss, else ``total = task``. Every named loss is logged.
+  returned any loss, else ``total = task``; ``--task_weight`` replaces the task's weight in both cases.
+  Every named loss is logged.
 - `create_hub_repo` runs on the main process before the first step (bad credentials or names stop
   the run then); `push_to_hub` uploads ``output_dir`` after `save_final`. ``api`` is a
   ``huggingface_hub.HfApi`` or a stand-in (tests), None for the default.

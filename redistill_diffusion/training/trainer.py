@@ -122,6 +122,12 @@ def validate_training_args(args: TrainingArguments) -> None:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
     if not 0.0 <= args.distill_weight <= 1.0:
         raise ValueError(f"--distill_weight must lie in [0, 1], got {args.distill_weight}.")
+    task_weight = getattr(args, "task_weight", None)
+    if task_weight is not None and not (math.isfinite(task_weight) and task_weight > 0):
+        raise ValueError(
+            f"--task_weight must be a positive number, got {task_weight}; leave it out for the default "
+            "(1 - --distill_weight with a distillation loss, 1 without)."
+        )
     step_rules = getattr(args, "lr_step_rules", None)
     if args.lr_scheduler == "piecewise_constant" and not step_rules:
         raise ValueError(
@@ -696,7 +702,9 @@ class Trainer:
             with accelerator.autocast():
                 losses = task.compute_losses(batch, ctx)
             at_phase("mid_step")
-            total = combine_losses(losses.task, losses.distillation, args.distill_weight)
+            total = combine_losses(
+                losses.task, losses.distillation, args.distill_weight, getattr(args, "task_weight", None)
+            )
             check_finite(total, {"task": losses.task, **losses.distillation}, self.global_step)
             accelerator.backward(total)
             if accelerator.sync_gradients and args.max_grad_norm:
