@@ -442,6 +442,15 @@ def _metric(results: dict[str, Any], key: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _peak_bytes(results: dict[str, Any], convention: str, role: str) -> int | None:
+    """The teacher's or student's peak bytes in ``convention`` from results.json's ``peak_memory`` (the
+    schema of ``redistill_diffusion.memory.MemorySummary``, or the flat one of earlier runs)."""
+    from redistill_diffusion.memory import MemorySummary
+
+    summary = MemorySummary.from_dict(results.get("peak_memory"))
+    return getattr(summary[convention], role).peak_bytes if convention in summary else None
+
+
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -454,7 +463,8 @@ def _row(
 ) -> dict[str, Any]:
     final = {i["variant"].seed: _metric(i["results"], "top1") for i in infos}
     best = {i["variant"].seed: _metric(i["results"], "best_top1") for i in infos}
-    memory = infos[0]["results"].get("peak_memory") or {}
+    results = infos[0]["results"]
+    memory = results.get("peak_memory") or {}
     sps = [i["results"].get("seconds_per_step") for i in infos if i["results"].get("seconds_per_step")]
     walls = [(i.get("command") or {}).get("wall_s") for i in infos if (i.get("command") or {}).get("wall_s")]
     first = infos[0]["variant"]
@@ -474,10 +484,10 @@ def _row(
         "best_top1_std": best_std,
         "best_top1_per_seed": best,
         "params": infos[0]["results"].get("params"),
-        "peak_bytes_exact": (memory.get("exact") or {}).get("student_peak_bytes"),
-        "peak_bytes_paper": (memory.get("paper") or {}).get("student_peak_bytes"),
-        "teacher_peak_bytes_exact": (memory.get("exact") or {}).get("teacher_peak_bytes"),
-        "teacher_peak_bytes_paper": (memory.get("paper") or {}).get("teacher_peak_bytes"),
+        "peak_bytes_exact": _peak_bytes(results, "exact", "student"),
+        "peak_bytes_paper": _peak_bytes(results, "paper", "student"),
+        "teacher_peak_bytes_exact": _peak_bytes(results, "exact", "teacher"),
+        "teacher_peak_bytes_paper": _peak_bytes(results, "paper", "teacher"),
         "ratio_exact": (memory.get("exact") or {}).get("ratio"),
         "seconds_per_step": statistics.mean(sps) if sps else None,
         "seconds_per_epoch": statistics.mean(sps) * num_train / batch if sps else None,
@@ -707,7 +717,7 @@ def paper_commands(output_dir: Path, dry_run: bool = False) -> dict[str, Any]:
             [
                 d,
                 _metric(r, "top1"),
-                fmt_bytes(((r.get("peak_memory") or {}).get("exact") or {}).get("student_peak_bytes")),
+                fmt_bytes(_peak_bytes(r, "exact", "student")),
             ]
             for d, r in finished.items()
         ]
