@@ -62,23 +62,10 @@ class PeakComparison:
 
     @classmethod
     def measure(
-        cls,
-        teacher: nn.Module,
-        student: nn.Module,
-        input_shape: Sequence[int] | None = None,
-        *,
-        inputs: ModelInputs | None = None,
-        convention: str = "exact",
-        batch_size: int = 1,
+        cls, teacher: nn.Module, student: nn.Module, input_shape: Sequence[int] | None = None, **options: Any
     ) -> PeakComparison:
-        """Both models measured on the same input (see ``measure_peak_memory``)."""
-        reports = [
-            measure_peak_memory(
-                model, input_shape, inputs=inputs, convention=convention, batch_size=batch_size
-            )
-            for model in (teacher, student)
-        ]
-        return cls(*reports)
+        """Both models measured on the same input; ``options`` as ``measure_peak_memory`` takes them."""
+        return cls(*(measure_peak_memory(model, input_shape, **options) for model in (teacher, student)))
 
     @property
     def convention(self) -> str:
