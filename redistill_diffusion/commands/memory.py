@@ -79,6 +79,12 @@ def register(subparsers) -> None:
         metavar="N",
         help="also print the N largest layers of each model (0: only the summary)",
     )
+    _add_runtime_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--runtime and its settings: the same comparison in deployment runtimes (the [deploy] extra)."""
     parser.add_argument(
         "--runtime",
         nargs="+",
@@ -105,7 +111,6 @@ def register(subparsers) -> None:
         default=3,
         help="fresh processes per resident-memory figure, median taken (default 3)",
     )
-    parser.set_defaults(func=run)
 
 
 def _check_args(args: argparse.Namespace) -> None:
