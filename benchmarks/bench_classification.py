@@ -742,6 +742,17 @@ def paired_interval(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] 
     return out
 
 
+def _exact_peak(peak_memory: dict[str, Any] | None) -> dict[str, int]:
+    """Teacher and student peak bytes (exact convention) of a row's ``peak_memory``, in the schema of
+    ``redistill_diffusion.memory.MemorySummary`` or the flat one earlier runs wrote."""
+    from redistill_diffusion.memory import MemorySummary
+
+    summary = MemorySummary.from_dict(peak_memory)
+    if "exact" not in summary:
+        return {}
+    return {"teacher": summary["exact"].teacher.peak_bytes, "student": summary["exact"].student.peak_bytes}
+
+
 def summarise(
     teacher: dict[str, Any] | None, rows: list[dict[str, Any]], split: str = "report"
 ) -> dict[str, Any]:
@@ -754,7 +765,7 @@ def summarise(
     for arm, seeds in by_arm.items():
         values = {s: r["top1"][split] for s, r in seeds.items()}
         first = next(iter(seeds.values()))
-        memory = (first.get("peak_memory") or {}).get("exact") or {}
+        memory = _exact_peak(first.get("peak_memory"))
         arm_rows.append(
             {
                 "arm": arm,
@@ -765,8 +776,8 @@ def summarise(
                 "top1_mean": statistics.mean(values.values()),
                 "top1_sd": statistics.stdev(values.values()) if len(values) > 1 else None,
                 "params": first.get("params"),
-                "peak_bytes_exact": memory.get("student_peak_bytes"),
-                "teacher_peak_bytes_exact": memory.get("teacher_peak_bytes"),
+                "peak_bytes_exact": memory.get("student"),
+                "teacher_peak_bytes_exact": memory.get("teacher"),
                 "commits": sorted({c for r in seeds.values() for c in r.get("commits", [])}),
                 "dirty": any(r.get("dirty") for r in seeds.values()),
             }

@@ -271,7 +271,7 @@ def main() -> int:
         write_side_by_side,
     )
     from redistill_diffusion.evaluation.report import save_sample_grid
-    from redistill_diffusion.evaluation.sampling import generate_samples
+    from redistill_diffusion.evaluation.sampling import sample_images
 
     teacher = work / args.teacher
     walls = {
@@ -298,9 +298,9 @@ def main() -> int:
         print(f"[quickstart variants] {name}: held-out denoising loss, {NUM_SAMPLES} samples", flush=True)
         loss = pipeline_denoising_loss(work / name, images)
         # Fresh samples with one seed for every run (the training grids come from different writers).
-        samples = generate_samples(
+        samples = sample_images(
             work / name, NUM_SAMPLES, sampler="ddpm", num_inference_steps=100, seed=0, progress=False
-        )
+        ).images
         grid = save_sample_grid(samples[:16], work / f"{name}_grid.png")
         grid_error, neighbour_error = grid_frequency_error(work / name, images[:128])
         rows.append(

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .memory.summary import MemorySummary
+
 logger = logging.getLogger(__name__)
 
 CARD_TAGS = ("redistill", "knowledge-distillation", "peak-memory")
@@ -32,23 +34,34 @@ def training_command(argv: Sequence[str], program: str) -> str:
     return " ".join([program, *(shlex.quote(w) for w in drop_secret_options(argv))])
 
 
-def memory_markdown(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """Teacher vs student peak activation memory, one row per convention (``memory_report.json``)."""
-    lines = [
-        "| convention | teacher | student | ratio |",
-        "|---|---|---|---|",
-    ]
-    names = {
-        "exact": "exact (every tensor alive in an eager forward)",
-        "paper": "paper (the ReDistill estimator)",
-    }
-    for convention, entry in summary.items():
-        teacher = entry["teacher"]["peak_bytes"] / 1024**2
-        student = entry["student"]["peak_bytes"] / 1024**2
+MEMORY_CONVENTION_NAMES = {
+    "exact": "exact (every tensor alive in an eager forward)",
+    "paper": "paper (the ReDistill estimator)",
+}
+
+
+def _as_summary(memory: MemorySummary | Mapping[str, Any]) -> MemorySummary:
+    """A summary as measured, or read back from a dictionary of this or an earlier version."""
+    return memory if isinstance(memory, MemorySummary) else MemorySummary.from_dict(memory)
+
+
+def memory_markdown(memory: MemorySummary | Mapping[str, Any]) -> str:
+    """Teacher vs student peak activation memory, one table row per convention (the pipeline card)."""
+    lines = ["| convention | teacher | student | ratio |", "|---|---|---|---|"]
+    for comparison in _as_summary(memory):
         lines.append(
-            f"| {names.get(convention, convention)} | {teacher:.3f} MB | {student:.3f} MB | {entry['ratio']:.3f}x |"
+            f"| {MEMORY_CONVENTION_NAMES.get(comparison.convention, comparison.convention)} "
+            f"| {comparison.teacher.peak_mb:.3f} MB | {comparison.student.peak_mb:.3f} MB "
+            f"| {comparison.ratio:.3f}x |"
         )
     return "\n".join(lines)
+
+
+def memory_details(
+    memory: MemorySummary | Mapping[str, Any], student_label: str = "student"
+) -> dict[str, str]:
+    """The same summary as an entry of timm's card details (the classifier card), one line per convention."""
+    return {comparison.convention: comparison.describe(student_label) for comparison in _as_summary(memory)}
 
 
 def _metric_type(key: str) -> str | None:
@@ -185,23 +198,21 @@ def update_model_card(
 # ---------------------------------------------------------------------------------------------
 # The card of a saved DDPM pipeline (teacher or student), written when training saves it
 # ---------------------------------------------------------------------------------------------
-def _format_mb(num_bytes: float | None) -> str:
-    return "n/a" if num_bytes is None else f"{num_bytes / 1024**2:.3f} MB"
-
-
 def model_card_description(
     *,
     title: str,
     teacher: str | None,
     method: str | None,
     stem_stride: int | None,
-    memory: Mapping[str, Any] | None = None,
+    memory: MemorySummary | Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
     sample_grid: str | None = None,
     details: Mapping[str, Any] | None = None,
     command: str | None = None,
 ) -> str:
-    """The markdown body of the card: what the model is, how much memory it saves, how to use it."""
+    """The markdown body of the card: what the model is, how much memory it saves, how to use it.
+
+    ``memory``: a ``MemorySummary`` (or its dictionary, of this or an earlier version)."""
     lines = [f"# {title}", ""]
     if teacher:
         lines += [
@@ -220,35 +231,16 @@ def model_card_description(
     ]
     rows += list((details or {}).items())
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows] + [""]
-    if memory and memory.get("all"):
+    if memory:
         lines += [
             "## Peak activation memory (batch 1, weights excluded)",
             "",
-            memory_markdown(memory["all"]),
+            memory_markdown(memory),
             "",
             "Measured with `redistill_diffusion.memory` (`redistill memory`): *exact* follows every tensor alive "
             "during a real forward pass, *paper* is the ReDistill paper's estimator.",
             "",
         ]
-    elif memory:
-        lines += [
-            "## Peak activation memory (batch 1, weights excluded)",
-            "",
-            "| model | peak |",
-            "|---|---|",
-        ]
-        for key in ("teacher_peak_bytes", "student_peak_bytes"):
-            if memory.get(key) is not None:
-                lines.append(f"| {key.split('_')[0]} | {_format_mb(memory[key])} |")
-        if memory.get("teacher_peak_bytes") and memory.get("student_peak_bytes"):
-            lines.append(
-                f"| reduction | {memory['teacher_peak_bytes'] / memory['student_peak_bytes']:.2f}x |"
-            )
-        if memory.get("convention"):
-            lines.append(
-                f"\nMeasured with `redistill_diffusion.memory` (convention: {memory['convention']})."
-            )
-        lines.append("")
     if metrics:
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [

@@ -23,9 +23,9 @@ from redistill_diffusion.commands.eval import parse_eval_args
 from redistill_diffusion.evaluation import (
     compute_metrics,
     evaluate_pipelines,
-    generate_samples,
     load_reference,
     register_classifier_feature_extractor,
+    sample_images,
 )
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -124,23 +124,35 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 def test_same_seed_gives_same_images_whatever_the_batch_size(pipeline_folders):
     teacher, _ = pipeline_folders
     kwargs = dict(sampler="ddim", num_inference_steps=2, progress=False)
-    first = generate_samples(teacher, 5, batch_size=2, seed=3, **kwargs)
-    again = generate_samples(teacher, 5, batch_size=5, seed=3, **kwargs)
-    other = generate_samples(teacher, 5, batch_size=2, seed=4, **kwargs)
+    first = sample_images(teacher, 5, batch_size=2, seed=3, **kwargs).images
+    again = sample_images(teacher, 5, batch_size=5, seed=3, **kwargs).images
+    other = sample_images(teacher, 5, batch_size=2, seed=4, **kwargs).images
     assert first.dtype == torch.uint8 and first.shape == (5, 3, 16, 16)
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     assert len({img.numpy().tobytes() for img in first}) == 5  # every sample has its own noise
 
 
+def test_generate_samples_is_a_deprecated_name_of_sample_images(pipeline_folders):
+    from redistill_diffusion.evaluation import generate_samples
+
+    teacher, _ = pipeline_folders
+    kwargs = dict(sampler="ddim", num_inference_steps=2, seed=3, progress=False)
+    with pytest.warns(DeprecationWarning, match="sample_images"):
+        images = generate_samples(teacher, 2, **kwargs)
+    assert torch.equal(images, sample_images(teacher, 2, **kwargs).images)
+
+
 def test_ddpm_sampler_and_grayscale_pipeline_give_rgb_uint8():
     pipeline = DDPMPipeline(unet=tiny_unet(in_channels=1, out_channels=1), scheduler=DDPMScheduler())
-    images = generate_samples(
+    images = sample_images(
         pipeline, 3, sampler="ddpm", num_inference_steps=3, batch_size=2, progress=False
-    )
+    ).images
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8
     assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])
-    again = generate_samples(pipeline, 3, sampler="ddpm", num_inference_steps=3, batch_size=3, progress=False)
+    again = sample_images(
+        pipeline, 3, sampler="ddpm", num_inference_steps=3, batch_size=3, progress=False
+    ).images
     assert torch.equal(images, again)  # ancestral noise is per sample too
 
 
@@ -358,6 +370,27 @@ def test_kid_subset_larger_than_the_sets_is_lowered_with_a_warning(classifier_we
     assert result["kid_subset_size"] == 6 and np.isfinite(result["kd_test_resnet_mean"])
 
 
+def test_compute_metrics_is_the_single_set_case_of_evaluate_images(classifier_weights, tmp_path):
+    from redistill_diffusion.evaluation import evaluate_images
+
+    kwargs = dict(
+        metrics=("fid", "kid"), feature_extractor=CLASSIFIER, feature_extractor_weights_path=classifier_weights,
+        kid_subset_size=4, cache_root=str(tmp_path), progress=False,
+    )  # fmt: skip
+    samples, reference = noisy_images(6, 1), smooth_images(8, 0)
+    single = compute_metrics(samples, reference, **kwargs)
+    [row] = evaluate_images({"mine": samples}, reference, **kwargs)
+    assert (row["images"], row["resolution"], row["seed"]) == ("mine", [16, 16], 0)
+    assert (
+        single["reference_cache_hit"] is False and row["reference_cache_hit"] is True
+    )  # the same cache entry
+    context = ("images", "reference", "resolution", "seed", "device", "reference_cache_hit")
+    assert {k: v for k, v in row.items() if k not in context} == {
+        k: v for k, v in single.items() if k != "reference_cache_hit"
+    }
+    assert np.isfinite(single["fd_test_resnet"]) and single["kid_subset_size"] == 4
+
+
 # ---------------------------------------------------------------- `redistill eval` end to end
 
 
@@ -460,9 +493,9 @@ def test_pil_samples_are_the_uint8_samples(tmp_path):
         (DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000)), "ddim"),
     ):
         pil = sample_pil_images(pipeline, 3, seed=5, num_inference_steps=2)
-        tensors = generate_samples(
+        tensors = sample_images(
             pipeline, 3, sampler=sampler, num_inference_steps=2, seed=5, device="cpu", progress=False
-        )
+        ).images
         assert [image.mode for image in pil] == ["RGB"] * 3
         assert torch.equal(
             torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors

@@ -13,6 +13,7 @@ from torch import nn
 from redistill_diffusion.cli import main
 from redistill_diffusion.memory import (
     LayerMemory,
+    MemorySummary,
     compare,
     default_inputs,
     measure_peak_memory,
@@ -105,6 +106,41 @@ def test_paper_convention_reproduces_the_published_ddpm_figures(cifar10_teacher)
     # The peak is the first full-resolution up ResBlock (concat of upsampled map and skip).
     assert result["teacher"]["peak_layer"] == result["student"]["peak_layer"] == "up_blocks.3.resnets.0"
     assert result["convention"] == "paper" and result["resolution"] == 32
+
+
+def test_memory_summary_round_trips_and_reads_what_earlier_versions_wrote(caplog):
+    """One schema: a measured summary survives JSON; results.json's flat entries, the cards' dictionaries and
+    `redistill memory`'s single-convention object of earlier versions read back to the same numbers."""
+    teacher, student = tiny_convnet(), nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+    measured = MemorySummary.measure(teacher, student, (3, 8, 8))  # no paper convention: left out, warned
+    assert list(measured.comparisons) == ["exact"] and "paper convention" in caplog.text
+    assert measured["exact"].teacher.peak_bytes == 4096 and measured["exact"].ratio == 4096 / 1024
+    saved = json.loads(json.dumps(measured.to_dict(include_layers=True)))
+    assert MemorySummary.from_dict(saved).to_dict(include_layers=True) == saved
+    assert saved["exact"] == compare(teacher, student, (3, 8, 8))
+    with pytest.raises(ValueError, match="paper convention"):
+        MemorySummary.measure(teacher, student, (3, 8, 8), conventions=("paper",), strict=True)
+
+    flat = {
+        "teacher_mb": 1.0,
+        "student_mb": 0.25,
+        "ratio": 4.0,
+        "teacher_peak_bytes": MB,
+        "student_peak_bytes": MB // 4,
+    }
+    earlier = [
+        {"exact": flat},  # results.json's peak_memory
+        {"exact": {"teacher_mb": 1.0, "student_mb": 0.25, "ratio": 4.0}},  # quickstart summary, card dicts
+        {"convention": "exact", "teacher_peak_bytes": MB, "student_peak_bytes": MB // 4, "all": {"exact": flat}},
+        {"convention": "exact", "resolution": 8, "teacher": {"peak_bytes": MB}, "student": {"peak_bytes": MB // 4},
+         "ratio": 4.0, "runtimes": []},  # redistill memory --json, one convention
+    ]  # fmt: skip
+    for data in earlier:
+        summary = MemorySummary.from_dict(data)
+        assert list(summary.comparisons) == ["exact"], data
+        assert (summary["exact"].teacher.peak_bytes, summary["exact"].student.peak_bytes) == (MB, MB // 4)
+        assert summary["exact"].describe() == "teacher 1.000 MB -> student 0.250 MB (4.00x)"
+    assert not MemorySummary.from_dict({}) and not MemorySummary.from_dict(None)
 
 
 def test_exact_count_ratio_for_stem_stride_2_and_4(cifar10_teacher):

@@ -24,7 +24,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..hub import is_hub_id
+from ..memory import MemorySummary
 from ..model_cards import CARD_TAGS as SHARED_CARD_TAGS
+from ..model_cards import memory_details
 from ..redaction import redact_text
 from .spec import ClassifierSpec, build_classifier, spec_of
 from .surgery import StridePlan
@@ -155,14 +157,15 @@ def card_for(
     distiller: str | None = None,
     dataset: str | None = None,
     metrics: Mapping[str, float] | None = None,
-    memory: Mapping[str, Any] | None = None,
+    memory: MemorySummary | Mapping[str, Any] | None = None,
     command: str | None = None,
     base_model: str | None = None,
 ) -> dict[str, Any]:
     """A timm-style model card dict (``details``, ``usage``, ...) describing a saved classifier.
 
     ``command`` (the training command) and ``base_model`` (the teacher's Hub id, when it has one) go
-    into the card; ``metrics`` also into its ``model-index`` block.
+    into the card; ``metrics`` also into its ``model-index`` block; ``memory`` (a ``MemorySummary``, or its
+    dictionary of this or an earlier version) into its details.
     """
     spec = spec_of(model)
     is_student = spec.teacher is not None
@@ -190,10 +193,7 @@ def card_for(
     if dataset:
         details["Dataset"] = dataset
     if memory:
-        details["Peak activation memory (batch 1, fp32)"] = {
-            key: f"teacher {value['teacher_mb']:.3f} MB -> this model {value['student_mb']:.3f} MB ({value['ratio']:.2f}x)"
-            for key, value in memory.items()
-        }
+        details["Peak activation memory (batch 1, fp32)"] = memory_details(memory, student_label="this model")
     if metrics:
         details["Metrics"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
     usage = (

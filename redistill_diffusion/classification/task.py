@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from ..training.task import distillation_forward, freeze_teacher
 from .hub import card_for, save_classifier
 from .placement import classifier_example_inputs, paper_pairs
 from .spec import build_classifier, spec_of
+
+if TYPE_CHECKING:
+    from ..memory import MemorySummary
 
 logger = logging.getLogger(__name__)
 
@@ -256,37 +259,21 @@ class ClassificationTask:
         return metrics
 
     # -- the final artefact -------------------------------------------------------------------
-    def _memory(self, student: nn.Module) -> dict[str, Any]:
-        from ..memory import compare
+    def _memory(self, student: nn.Module) -> MemorySummary:
+        """Teacher vs student peak memory in both conventions (results.json's ``peak_memory``, the card)."""
+        from ..memory import MemorySummary
 
         spec = spec_of(student)
         if self.teacher is None or spec.input_size is None:
-            return {}
+            return MemorySummary()
         # Measure a fresh fp32 copy: accelerate patches a prepared model's forward with autocast under
         # --mixed_precision, and the exact tracer would count autocast's weight casts as activations.
-        student = build_classifier(spec).eval()
-        summary = {}
-        for convention in ("exact", "paper"):
-            try:
-                result = compare(
-                    self.teacher, student, tuple(spec.input_size), convention=convention, include_layers=False
-                )
-            except ValueError as error:  # e.g. no paper convention for this family
-                logger.warning("Peak memory (%s) not measured: %s", convention, error)
-                continue
-            summary[convention] = {
-                "teacher_mb": result["teacher"]["peak_mb"],
-                "student_mb": result["student"]["peak_mb"],
-                "ratio": result["ratio"],
-                "teacher_peak_bytes": result["teacher"]["peak_bytes"],
-                "student_peak_bytes": result["student"]["peak_bytes"],
-            }
-        return summary
+        return MemorySummary.measure(self.teacher, build_classifier(spec).eval(), tuple(spec.input_size))
 
     def save_final(self, output_dir: str, ctx: EvalContext) -> None:
         student = ctx.modules["student"]
         student.eval()
-        memory = self._memory(student) if self.measure_memory else {}
+        memory = self._memory(student) if self.measure_memory else None
         metrics = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
         card = card_for(
             student,
@@ -304,7 +291,7 @@ class ClassificationTask:
             "global_step": ctx.global_step,
             "epoch": ctx.epoch,
             "metrics": metrics,
-            "peak_memory": memory,
+            "peak_memory": memory.to_dict() if memory else {},
             "params": sum(p.numel() for p in student.parameters()),
             "spec": spec_of(student).to_dict(),
         }

@@ -13,6 +13,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..memory import MemorySummary
 
 CONVENTION_CHOICES = ("exact", "paper", "both")
 DEFAULT_UNET_STEM_STRIDE = 2
@@ -75,6 +79,12 @@ def register(subparsers) -> None:
         metavar="N",
         help="also print the N largest layers of each model (0: only the summary)",
     )
+    _add_runtime_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--runtime and its settings: the same comparison in deployment runtimes (the [deploy] extra)."""
     parser.add_argument(
         "--runtime",
         nargs="+",
@@ -101,7 +111,6 @@ def register(subparsers) -> None:
         default=3,
         help="fresh processes per resident-memory figure, median taken (default 3)",
     )
-    parser.set_defaults(func=run)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -178,42 +187,41 @@ def small_input_warning(
     )
 
 
+def _print_peaks(summary: MemorySummary, show_layers: int) -> None:
+    """Where each exact peak is and what was alive there; with --show_layers, each model's largest layers."""
+    for comparison in summary:
+        reports = (("teacher", comparison.teacher), ("student", comparison.student))
+        for label, report in reports if comparison.teacher.alive_at_peak else ():
+            largest = ", ".join(
+                f"{'x'.join(map(str, r.shape))} ({r.op} in {r.module})" for r in report.alive_at_peak[:4]
+            )
+            print(f"{label} exact peak at {report.peak_op} in {report.peak_layer}; largest alive: {largest}")
+        if show_layers:
+            for report in (comparison.teacher, comparison.student):
+                print()
+                print(report.format(max_layers=show_layers))
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..memory import comparison_dict, format_comparison, measure_peak_memory, plot_memory_per_layer
+    from ..memory import MemorySummary, plot_memory_per_layer
 
     _check_args(args)
     teacher, student, input_shape, description, stem_stride = _build_pair(args)
     conventions = ("exact", "paper") if args.convention == "both" else (args.convention,)
-    pairs = []
-    for convention in conventions:
-        pairs.append(
-            tuple(
-                measure_peak_memory(model, input_shape, convention=convention, batch_size=args.batch_size)
-                for model in (teacher, student)
-            )
-        )
+    summary = MemorySummary.measure(
+        teacher, student, input_shape, conventions=conventions, batch_size=args.batch_size, strict=True
+    )
 
     resolution = "x".join(str(s) for s in input_shape[1:])
     print(
         f"{description}; input {resolution}, batch {args.batch_size} (paper convention: per sample); MB = bytes / 1024^2"
     )
-    print(format_comparison(pairs))
-    warning = small_input_warning(pairs[0][0].peak_bytes, pairs[0][1].peak_bytes, resolution, stem_stride)
+    print(summary.format())
+    first = summary[conventions[0]]
+    warning = small_input_warning(first.teacher.peak_bytes, first.student.peak_bytes, resolution, stem_stride)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    for teacher_report, student_report in pairs:
-        if teacher_report.alive_at_peak:
-            for label, report in (("teacher", teacher_report), ("student", student_report)):
-                largest = ", ".join(
-                    f"{'x'.join(map(str, r.shape))} ({r.op} in {r.module})" for r in report.alive_at_peak[:4]
-                )
-                print(
-                    f"{label} exact peak at {report.peak_op} in {report.peak_layer}; largest alive: {largest}"
-                )
-        if args.show_layers:
-            for report in (teacher_report, student_report):
-                print()
-                print(report.format(max_layers=args.show_layers))
+    _print_peaks(summary, args.show_layers)
 
     runtime_rows = None
     if args.runtime:
@@ -224,8 +232,9 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_runtime_rows(runtime_rows))
     if args.json_path:
-        results = {t.convention: comparison_dict(t, s) for t, s in pairs}
-        payload = results[conventions[0]] if len(conventions) == 1 else results
+        # One convention: the comparison object itself; both: {"exact": {...}, "paper": {...}}.
+        payload = summary.to_dict(include_layers=True)
+        payload = payload[conventions[0]] if len(conventions) == 1 else payload
         if runtime_rows is not None:
             payload = {**payload, "runtimes": runtime_rows}
         path = Path(args.json_path)
@@ -235,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot_path:
         name = args.timm or Path(str(args.teacher)).name
         written = plot_memory_per_layer(
-            pairs, args.plot_path, title=f"Peak activation memory per layer: {name}"
+            summary.pairs(), args.plot_path, title=f"Peak activation memory per layer: {name}"
         )
         print(f"wrote {written}")
     return 0

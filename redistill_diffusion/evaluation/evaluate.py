@@ -1,4 +1,5 @@
-"""Side-by-side evaluation of diffusion pipelines: sample, measure, score, report.
+"""Side-by-side evaluation of diffusion pipelines: sample each one, then score the samples through the
+one image-scoring path (``image_sets``), with its throughput, peak memory and held-out denoising loss.
 
 Everything that can fail (pipelines, reference, feature extractor, metric sizes) is checked before
 the first sample is drawn.
@@ -10,6 +11,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,18 +19,8 @@ from diffusers import DiffusionPipeline
 
 from ..progress import announce
 from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
-from .metrics import (
-    BINARY_METRICS,
-    DEFAULT_ISC_SPLITS,
-    DEFAULT_KID_SUBSETS,
-    check_metrics,
-    check_save_reference_stats,
-    check_stats_fit,
-    default_metrics,
-    plan_against,
-    prepare_reference,
-    score_against,
-)
+from .image_sets import ImageScoring, check_scoring, scoring_options
+from .metrics import DEFAULT_ISC_SPLITS, DEFAULT_KID_SUBSETS, MetricSettings
 from .reference import UInt8ImageDataset
 from .report import save_sample_grid, write_report
 from .sampling import (
@@ -45,51 +37,57 @@ from .stats_file import ReferenceStats
 logger = logging.getLogger(__name__)
 
 PipelineSource = str | os.PathLike | DiffusionPipeline
+# metrics.json's keys for the denoiser's peak memory in each convention (batch 1).
+PEAK_MEMORY_KEYS = {"exact": "peak_bytes", "paper": "peak_bytes_paper"}
 
 
 def denoiser_peak_memory(unet: torch.nn.Module, resolution: tuple[int, int]) -> dict[str, int]:
     """Peak activation memory of one denoiser forward at batch 1 (``redistill_diffusion.memory``):
     ``peak_bytes`` (exact liveness count) and ``peak_bytes_paper`` (the paper's convention) where
-    available. Empty when the memory module cannot measure this model."""
-    try:
-        from redistill_diffusion.memory import measure_peak_memory
-    except ImportError as error:
-        logger.warning("peak memory not reported: redistill_diffusion.memory unavailable (%s)", error)
-        return {}
-    shape = (unet.config.in_channels, *resolution)
-    out: dict[str, int] = {}
-    for key, convention in (("peak_bytes", "exact"), ("peak_bytes_paper", "paper")):
+    available; a convention that cannot measure this model is a warning, not a failed evaluation."""
+    from ..memory import measure_conventions
+
+    reports = measure_conventions(
+        unet, (unet.config.in_channels, *resolution), conventions=tuple(PEAK_MEMORY_KEYS)
+    )
+    return {PEAK_MEMORY_KEYS[convention]: int(report.peak_bytes) for convention, report in reports.items()}
+
+
+@dataclass
+class _HeldOut:
+    """The held-out denoising loss asked for with ``"denoise"`` among the metrics; its images are loaded
+    once per (resolution, channels)."""
+
+    source: str | os.PathLike
+    num_images: int
+    timesteps: int
+    images: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    def scores(self, pipeline: DiffusionPipeline, resolution: tuple[int, int], device: torch.device) -> dict:
+        """Held-out denoising loss of the pipeline's denoiser (fp32, eval mode, put back afterwards)."""
+        from .denoising import denoising_loss, load_heldout_images
+
+        unet = pipeline.unet
+        key = (int(resolution[0]), int(unet.config.in_channels))
+        if key not in self.images:
+            logger.info("loading %d held-out images from %s", self.num_images, self.source)
+            self.images[key] = load_heldout_images(str(self.source), key[0], key[1], self.num_images)
+        was_training, dtype = unet.training, unet.dtype
+        unet.eval().float().to(device)
         try:
-            out[key] = int(measure_peak_memory(unet, shape, convention=convention).peak_bytes)
-        except Exception as error:  # a model family without a convention must not stop the evaluation
-            logger.warning("peak memory (%s) not reported for %s: %s", convention, type(unet).__name__, error)
-    return out
-
-
-def _denoise_scores(
-    pipeline, resolution, cache: dict, source, num_images: int, timesteps: int, device
-) -> dict:
-    """Held-out denoising loss of the pipeline's denoiser (fp32, eval mode); the held-out images are loaded
-    once per resolution."""
-    from .denoising import denoising_loss, load_heldout_images
-
-    unet = pipeline.unet
-    key = (int(resolution[0]), int(unet.config.in_channels))
-    if key not in cache:
-        logger.info("loading %d held-out images from %s", num_images, source)
-        cache[key] = load_heldout_images(str(source), key[0], key[1], num_images)
-    was_training, dtype = unet.training, unet.dtype
-    unet.eval().float().to(device)
-    try:
-        scores = denoising_loss(unet, pipeline.scheduler, cache[key], num_timesteps=timesteps, device=device)
-    finally:
-        unet.train(was_training).to(dtype)
-    per_step = {k[len("denoise_loss_t") :]: v for k, v in scores.items() if k.startswith("denoise_loss_t")}
-    return {
-        **{k: v for k, v in scores.items() if not k.startswith("denoise_loss_t")},
-        "denoise_loss_per_timestep": per_step,
-        "heldout_num_images": int(cache[key].shape[0]),
-    }
+            scores = denoising_loss(
+                unet, pipeline.scheduler, self.images[key], num_timesteps=self.timesteps, device=device
+            )
+        finally:
+            unet.train(was_training).to(dtype)
+        per_step = {
+            k[len("denoise_loss_t") :]: v for k, v in scores.items() if k.startswith("denoise_loss_t")
+        }
+        return {
+            **{k: v for k, v in scores.items() if not k.startswith("denoise_loss_t")},
+            "denoise_loss_per_timestep": per_step,
+            "heldout_num_images": int(self.images[key].shape[0]),
+        }
 
 
 def _pipeline_names(pipelines) -> list[tuple[str, PipelineSource]]:
@@ -121,6 +119,115 @@ def grid_file_names(names: Sequence[str]) -> list[str]:
     return files
 
 
+def _check_denoise(
+    metrics: Sequence[str] | None, heldout_data, heldout_num_images: int, heldout_timesteps: int
+) -> tuple[list[str] | None, _HeldOut | None]:
+    """The metrics without ``"denoise"``, and the held-out set it asks for (None when not asked)."""
+    if metrics is None or "denoise" not in [m.lower() for m in metrics]:
+        return metrics, None
+    if not heldout_data:
+        raise ValueError(
+            "the denoise metric needs --heldout_data: held-out images the models were not trained on"
+        )
+    if heldout_num_images < 1 or heldout_timesteps < 1:
+        raise ValueError("--heldout_num_images and --heldout_timesteps must be positive")
+    return [m for m in metrics if m.lower() != "denoise"], _HeldOut(
+        heldout_data, heldout_num_images, heldout_timesteps
+    )
+
+
+def _check_sampling(sampler: str, num_inference_steps: int | None, batch_size: int, num_samples: int) -> int:
+    """The number of sampling steps (the sampler's default when not given), after checking every count."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    steps = DEFAULT_STEPS[sampler] if num_inference_steps is None else int(num_inference_steps)
+    if steps < 1 or batch_size < 1 or num_samples < 1:
+        raise ValueError("num_samples, num_inference_steps and batch_size must be positive")
+    return steps
+
+
+def _check_pipelines(pipelines) -> list[tuple[str, PipelineSource]]:
+    """The named pipelines, every local folder checked (one line for a folder that is no pipeline)."""
+    named = _pipeline_names(pipelines)
+    if not named:
+        raise ValueError("give at least one pipeline")
+    for _, source in named:
+        if not isinstance(source, DiffusionPipeline):
+            check_pipeline_source(source)
+    return named
+
+
+def _load_pipelines(
+    named: list[tuple[str, PipelineSource]], progress: bool
+) -> list[tuple[str, DiffusionPipeline]]:
+    loaded = []
+    for name, source in named:
+        if progress:
+            announce(f"loading pipeline {name}")
+        loaded.append((name, load_pipeline(source)))
+    return loaded
+
+
+@dataclass
+class _PipelineRun:
+    """Everything one evaluation does to each pipeline, checked before the first one is sampled."""
+
+    extractor: FeatureExtractorChoice
+    scoring: ImageScoring | None  # None: no image metric (only the held-out denoising loss)
+    settings: MetricSettings | None
+    heldout: _HeldOut | None
+    sampling: dict
+    measure_memory: bool
+    mixed_precision: str
+    device: torch.device
+    progress: bool
+
+    def row(self, name: str, pipeline: DiffusionPipeline) -> tuple[dict, torch.Tensor]:
+        """metrics.json's row of one pipeline, and its samples."""
+        resolution = sample_resolution(pipeline)
+        result: dict = {"pipeline": name}
+        if self.heldout is not None:
+            result.update(self.heldout.scores(pipeline, resolution, self.device))
+        sampled = sample_images(
+            pipeline,
+            mixed_precision=self.mixed_precision,
+            device=self.device,
+            progress=self.progress,
+            description=f"sampling {name}",
+            **self.sampling,
+        )
+        scores = (
+            {}
+            if self.scoring is None
+            else self.scoring.score(UInt8ImageDataset(sampled.images), self.settings)
+        )
+        context = ("feature_extractor", "num_samples", "kid_subset_size")
+        result.update(
+            {k: v for k, v in scores.items() if not k.startswith("reference_") and k not in context}
+        )
+        result.update(
+            num_samples=self.sampling["num_samples"],
+            sampler=self.sampling["sampler"],
+            num_inference_steps=self.sampling["num_inference_steps"],
+            images_per_second=sampled.images_per_second,
+            sampling_seconds=sampled.seconds,
+        )
+        if self.measure_memory:
+            if self.progress:
+                announce(f"peak memory of {name}'s denoiser (exact and paper conventions)")
+            result.update(denoiser_peak_memory(pipeline.unet, resolution))
+        result.update(
+            feature_extractor=self.extractor.description,
+            reference=self.scoring.reference_description if self.scoring is not None else None,
+            **{k: v for k, v in scores.items() if k.startswith("reference_") or k == "kid_subset_size"},
+            resolution=list(resolution),
+            seed=self.sampling["seed"],
+            device=str(self.device),
+            mixed_precision=self.mixed_precision,
+        )
+        return result, sampled.images
+
+
 def evaluate_pipelines(
     pipelines: Sequence[PipelineSource] | Mapping[str, PipelineSource] | PipelineSource,
     reference=None,
@@ -150,7 +257,8 @@ def evaluate_pipelines(
     heldout_num_images: int = 500,
     heldout_timesteps: int = 10,
 ) -> list[dict]:
-    """Sample every pipeline with the same seeds and score it against ``reference``.
+    """Sample every pipeline with the same seeds and score the samples against ``reference``
+    (``evaluate_images``'s scoring: the same reference, metrics and options).
 
     ``"denoise"`` among the metrics adds the held-out denoising loss (``evaluation.denoising``) of each
     denoiser on ``heldout_num_images`` images of ``heldout_data`` (images it was not trained on), at
@@ -166,139 +274,43 @@ def evaluate_pipelines(
     """
     # ---- validation: nothing is sampled until every input has been checked ----
     extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
-    wants_denoise = metrics is not None and "denoise" in [m.lower() for m in metrics]
-    if wants_denoise:
-        if not heldout_data:
-            raise ValueError(
-                "the denoise metric needs --heldout_data: held-out images the models were not trained on"
-            )
-        if heldout_num_images < 1 or heldout_timesteps < 1:
-            raise ValueError("--heldout_num_images and --heldout_timesteps must be positive")
-        metrics = [m for m in metrics if m.lower() != "denoise"]
-    metrics = (
-        (check_metrics(metrics) if metrics else ()) if metrics is not None else default_metrics(extractor)
-    )
-    if not metrics and not wants_denoise:
+    metrics, heldout = _check_denoise(metrics, heldout_data, heldout_num_images, heldout_timesteps)
+    if metrics is not None and not metrics and heldout is None:
         raise ValueError("give at least one metric")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    steps = DEFAULT_STEPS[sampler] if num_inference_steps is None else int(num_inference_steps)
-    if steps < 1 or batch_size < 1 or num_samples < 1:
-        raise ValueError("num_samples, num_inference_steps and batch_size must be positive")
-    named = _pipeline_names(pipelines)
-    if not named:
-        raise ValueError("give at least one pipeline")
-    for _, source in named:
-        if not isinstance(source, DiffusionPipeline):
-            check_pipeline_source(source)
-    needs_reference = any(m in BINARY_METRICS for m in metrics)
-    if needs_reference and reference is None and reference_stats is None:
-        raise ValueError("FID / KID / precision-recall need a --reference (or --reference_stats)")
-    base_reference = (
-        prepare_reference(reference, reference_stats, split=reference_split, max_images=reference_max_images)
-        if needs_reference
-        else None
-    )
-    save_reference_stats_to = check_save_reference_stats(save_reference_stats_to, metrics)
-    settings = (
-        None
-        if not metrics
-        else plan_against(
-            metrics,
-            num_samples,
-            base_reference,
-            extractor,
-            kid_subset_size=kid_subset_size,
-            kid_subsets=kid_subsets,
-            isc_splits=isc_splits,
-        )
-    )
-    if isinstance(base_reference, ReferenceStats):
-        check_stats_fit(base_reference, extractor)
-    loaded = []
-    for name, source in named:
-        if progress:
-            announce(f"loading pipeline {name}")
-        loaded.append((name, load_pipeline(source)))
-    heldout_images: dict[tuple[int, int], torch.Tensor] = {}
+    steps = _check_sampling(sampler, num_inference_steps, batch_size, num_samples)
+    named = _check_pipelines(pipelines)
+    scoring = None
+    if metrics is None or metrics:
+        scoring = check_scoring(extractor, metrics, reference, **scoring_options(locals()))
     device = torch.device(device) if device is not None else default_device()
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-    grid_files = grid_file_names([name for name, _ in loaded])
-
-    # ---- work ----
-    results = []
-    for (name, pipeline), grid_file in zip(loaded, grid_files):
-        resolution = sample_resolution(pipeline)
-        result: dict = {"pipeline": name}
-        if wants_denoise:
-            result.update(
-                _denoise_scores(
-                    pipeline,
-                    resolution,
-                    heldout_images,
-                    heldout_data,
-                    heldout_num_images,
-                    heldout_timesteps,
-                    device,
-                )
-            )
-        sampled = sample_images(
-            pipeline,
-            num_samples,
+    run = _PipelineRun(
+        extractor=extractor,
+        scoring=scoring,
+        settings=scoring.plan(num_samples) if scoring is not None else None,
+        heldout=heldout,
+        sampling=dict(
+            num_samples=num_samples,
             sampler=sampler,
             num_inference_steps=steps,
             batch_size=batch_size,
             seed=seed,
-            device=device,
-            mixed_precision=mixed_precision,
-            progress=progress,
-            description=f"sampling {name}",
-        )
-        scores = (
-            {}
-            if settings is None
-            else score_against(
-                UInt8ImageDataset(sampled.images),
-                resolution,
-                base_reference,
-                extractor,
-                settings,
-                cache_root,
-                batch_size=batch_size,
-                seed=seed,
-                device=device,
-                progress=progress,
-                save_reference_stats_to=save_reference_stats_to if not results else None,
-            )
-        )
-        context = ("feature_extractor", "num_samples", "kid_subset_size")
-        result.update(
-            {k: v for k, v in scores.items() if not k.startswith("reference_") and k not in context}
-        )
-        result.update(
-            num_samples=num_samples,
-            sampler=sampler,
-            num_inference_steps=steps,
-            images_per_second=sampled.images_per_second,
-            sampling_seconds=sampled.seconds,
-        )
-        if measure_memory:
-            if progress:
-                announce(f"peak memory of {name}'s denoiser (exact and paper conventions)")
-            result.update(denoiser_peak_memory(pipeline.unet, resolution))
-        result.update(
-            feature_extractor=extractor.description,
-            reference=base_reference.description if base_reference is not None else None,
-            **{k: v for k, v in scores.items() if k.startswith("reference_") or k == "kid_subset_size"},
-            resolution=list(resolution),
-            seed=seed,
-            device=str(device),
-            mixed_precision=mixed_precision,
-        )
+        ),
+        measure_memory=measure_memory,
+        mixed_precision=mixed_precision,
+        device=device,
+        progress=progress,
+    )
+    loaded = _load_pipelines(named, progress)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- work ----
+    results: list[dict] = []
+    for (name, pipeline), grid_file in zip(loaded, grid_file_names([name for name, _ in loaded])):
+        result, samples = run.row(name, pipeline)
         if output_dir is not None:
-            save_sample_grid(sampled.images, output_dir / grid_file)
+            save_sample_grid(samples, output_dir / grid_file)
             result["sample_grid"] = grid_file
         results.append(result)
         if output_dir is not None:  # after every pipeline, so a long run keeps what it has finished

@@ -21,7 +21,7 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.utils_torch import torch_atomic_save
 
-from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
+from .extractors import FeatureExtractorChoice
 from .feature_cache import cache_features, cached_fid_statistics, metric_layers, stat_file
 from .reference import ReferenceImages, UInt8ImageDataset, load_reference
 from .stats_file import ReferenceStats, check_stats_output, load_reference_stats, save_reference_stats
@@ -204,79 +204,6 @@ def check_stats_fit(reference: ReferenceStats, extractor: FeatureExtractorChoice
         )
 
 
-def compute_metrics(
-    samples: torch.Tensor | Dataset | str | os.PathLike,
-    reference=None,
-    *,
-    metrics: Sequence[str] | None = None,
-    feature_extractor: str | FeatureExtractorChoice | torch.nn.Module = AUTO,
-    feature_extractor_weights_path: str | None = None,
-    kid_subset_size: int | None = None,
-    kid_subsets: int = DEFAULT_KID_SUBSETS,
-    isc_splits: int = DEFAULT_ISC_SPLITS,
-    batch_size: int = 64,
-    reference_max_images: int | None = None,
-    reference_split: str = "train",
-    reference_stats: str | os.PathLike | ReferenceStats | None = None,
-    save_reference_stats_to: str | os.PathLike | None = None,
-    max_images: int | None = None,
-    cache_root: str | None = None,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> dict:
-    """Metrics of ``samples`` against ``reference`` (or a pytorch-fid ``reference_stats`` .npz).
-
-    ``samples``: uint8 N x 3 x H x W, a Dataset of such tensors, or an image set on disk / on the Hub
-    (parquet, image folder, saved dataset; ``max_images`` keeps a fixed subset). ``reference``: see
-    ``load_reference``; it is resized to the samples' resolution. ``metrics=None``: FID and KID (+ IS when
-    the extractor has logits). Keys: ``fid``, ``kid_mean``/``kid_std``, ``isc_mean``/``isc_std`` with the
-    TF FID Inception; ``fd_<label>``, ``kd_<label>_*``, ``is_<label>_*`` with another extractor;
-    ``precision``/``recall``/``f_score``; plus ``feature_extractor``, ``num_samples``,
-    ``reference_cache_hit``, ``reference_num_images`` and the settings used.
-    """
-    extractor = resolve_feature_extractor(feature_extractor, feature_extractor_weights_path)
-    samples = open_image_set(samples, split=reference_split, max_images=max_images)
-    needs_reference = any(m in BINARY_METRICS for m in (metrics or default_metrics(extractor)))
-    if needs_reference and reference is None and reference_stats is None:
-        raise ValueError("FID / KID / precision-recall need a reference (images or a statistics file)")
-    reference = prepare_reference(
-        reference if needs_reference else None,
-        reference_stats if needs_reference else None,
-        split=reference_split,
-        max_images=reference_max_images,
-        resolution=sample_resolution_of(samples),
-    )
-    if save_reference_stats_to is not None:
-        save_reference_stats_to = check_stats_output(save_reference_stats_to)
-    settings = plan_metrics(
-        metrics,
-        num_samples=len(samples),
-        num_reference=len(reference) if isinstance(reference, ReferenceImages) else None,
-        extractor=extractor,
-        kid_subset_size=kid_subset_size,
-        kid_subsets=kid_subsets,
-        isc_splits=isc_splits,
-        reference_is_stats=isinstance(reference, ReferenceStats),
-    )
-    if save_reference_stats_to is not None and "fid" not in settings.metrics:
-        raise ValueError("--save_reference_stats needs fid among the metrics")
-    if isinstance(reference, ReferenceStats):
-        check_stats_fit(reference, extractor)
-    return score_images(
-        samples,
-        reference,
-        extractor,
-        settings,
-        batch_size=batch_size,
-        cache_root=cache_root,
-        seed=seed,
-        device=device,
-        progress=progress,
-        save_reference_stats_to=save_reference_stats_to,
-    )
-
-
 class _StatisticsOnly(Dataset):
     """Stands in for reference images when only FID statistics are known: torch-fidelity finds the statistics
     in its cache and never reads an image (reading one is a bug, hence the error)."""
@@ -298,44 +225,6 @@ def check_save_reference_stats(save_reference_stats_to, metrics: Sequence[str]):
     return path
 
 
-def plan_against(
-    metrics: Sequence[str],
-    num_samples: int,
-    reference: ReferenceImages | ReferenceStats | None,
-    extractor: FeatureExtractorChoice,
-    **options,
-) -> MetricSettings:
-    """`plan_metrics` for ``num_samples`` images scored against ``reference`` (images, statistics or none)."""
-    return plan_metrics(
-        metrics,
-        num_samples=num_samples,
-        num_reference=len(reference) if isinstance(reference, ReferenceImages) else None,
-        extractor=extractor,
-        reference_is_stats=isinstance(reference, ReferenceStats),
-        **options,
-    )
-
-
-def score_against(
-    images: Dataset,
-    resolution: tuple[int, int],
-    reference: ReferenceImages | ReferenceStats | None,
-    extractor: FeatureExtractorChoice,
-    settings: MetricSettings,
-    cache_root: str | os.PathLike | None = None,
-    **options,
-) -> dict:
-    """`score_images` of one image set against the reference resized to the set's ``resolution``."""
-    return score_images(
-        images,
-        reference.at_resolution(resolution) if isinstance(reference, ReferenceImages) else reference,
-        extractor,
-        settings,
-        cache_root=None if cache_root is None else str(cache_root),
-        **options,
-    )
-
-
 def score_images(
     samples: Dataset,
     reference: ReferenceImages | ReferenceStats | None,
@@ -349,8 +238,9 @@ def score_images(
     progress: bool,
     save_reference_stats_to: str | os.PathLike | None = None,
 ) -> dict:
-    """One torch-fidelity call on inputs already validated by ``plan_metrics`` (no checks repeated). Image
-    sets on disk are first cached in resumable chunks (``feature_cache``)."""
+    """One torch-fidelity call on inputs already validated by ``plan_metrics`` (no checks repeated), the
+    reference at the samples' resolution. Image sets on disk are first cached in resumable chunks
+    (``feature_cache``)."""
     cache_root = os.path.abspath(cache_root or default_cache_root())
     device = (
         torch.device(device)
@@ -387,27 +277,13 @@ def score_images(
         name = reference_cache_name(samples, extractor)
         _cache(samples, name, extractor, description=f"features of {samples.description}", **cached)
         kwargs["input1_cache_name"] = name
-    result: dict = {"feature_extractor": extractor.description, "num_samples": len(samples)}
-    reference_name = None
-    if isinstance(reference, ReferenceStats):
-        reference_name = reference.cache_name
-        path = stat_file(cache_root, reference_name, extractor, metric_layers(extractor, ["fid"])[0])
-        if not os.path.exists(path):
-            os.makedirs(cache_root, exist_ok=True)
-            torch_atomic_save({"mu": reference.mu, "sigma": reference.sigma}, path)
-        result["reference_stats"] = reference.description
-        kwargs.update(input2=_StatisticsOnly(), input2_cache_name=reference_name)
-    elif reference is not None:
-        reference_name = reference_cache_name(reference, extractor)
-        result["reference_cache_hit"] = _cache(
-            reference,
-            reference_name,
-            extractor,
-            description=f"reference features ({reference.description})",
-            **cached,
-        )
-        result["reference_num_images"] = len(reference)
-        kwargs.update(input2=reference, input2_cache_name=reference_name)
+    reference_result, reference_kwargs, reference_name = _reference_input(reference, extractor, cached)
+    kwargs.update(reference_kwargs)
+    result: dict = {
+        "feature_extractor": extractor.description,
+        "num_samples": len(samples),
+        **reference_result,
+    }
     raw = torch_fidelity.calculate_metrics(**kwargs)
     names = extractor.metric_keys()
     result.update({ours: float(raw[theirs]) for theirs, ours in names.items() if theirs in raw})
@@ -419,6 +295,33 @@ def score_images(
         )
         result["reference_stats_saved"] = str(save_reference_stats_to)
     return result
+
+
+def _reference_input(
+    reference: ReferenceImages | ReferenceStats | None, extractor: FeatureExtractorChoice, cached: dict
+) -> tuple[dict, dict, str | None]:
+    """What the result says of the reference, torch-fidelity's ``input2`` arguments, and the reference's
+    cache name: statistics are written into torch-fidelity's cache (it then reads no image); reference images
+    get their features cached in resumable chunks first."""
+    if isinstance(reference, ReferenceStats):
+        name, cache_root = reference.cache_name, cached["cache_root"]
+        path = stat_file(cache_root, name, extractor, metric_layers(extractor, ["fid"])[0])
+        if not os.path.exists(path):
+            os.makedirs(cache_root, exist_ok=True)
+            torch_atomic_save({"mu": reference.mu, "sigma": reference.sigma}, path)
+        return (
+            {"reference_stats": reference.description},
+            dict(input2=_StatisticsOnly(), input2_cache_name=name),
+            name,
+        )
+    if reference is None:
+        return {}, {}, None
+    name = reference_cache_name(reference, extractor)
+    hit = _cache(
+        reference, name, extractor, description=f"reference features ({reference.description})", **cached
+    )
+    said = {"reference_cache_hit": hit, "reference_num_images": len(reference)}
+    return said, dict(input2=reference, input2_cache_name=name), name
 
 
 def _cache(images, name, extractor, *, metrics, **kwargs) -> bool:

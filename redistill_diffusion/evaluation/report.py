@@ -135,6 +135,12 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
 
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines + _table_notes(results, extractor, pipelines)) + "\n"
+
+
+def _table_notes(results: Sequence[dict], extractor: FeatureExtractorChoice, pipelines: bool) -> list[str]:
+    """What the table's numbers are: the extractor (FD-<name> unless Inception), the reference, and for
+    pipelines where throughput and memory were measured."""
     first = results[0] if results else {}
     notes = [
         "",
@@ -151,7 +157,7 @@ def format_metrics_table(results: Sequence[dict], extractor: FeatureExtractorCho
             f"Throughput measured on `{first.get('device', '?')}`; peak memory: one denoiser forward at batch 1,"
             " weights excluded (`redistill_diffusion.memory`, exact liveness count)."
         )
-    return "\n".join(lines + notes) + "\n"
+    return notes
 
 
 def write_report(results: Sequence[dict], extractor: FeatureExtractorChoice, output_dir: str | Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,7 @@ class SamplingResult:
 
 
 def sample_images(
-    pipeline: DiffusionPipeline,
+    pipeline: DiffusionPipeline | str | os.PathLike,
     num_samples: int,
     *,
     sampler: str = "ddim",
@@ -128,7 +129,8 @@ def sample_images(
     progress: bool = True,
     description: str = "sampling",
 ) -> SamplingResult:
-    """Draw ``num_samples`` images as uint8 N x 3 x H x W (grayscale repeated to 3 channels), timed."""
+    """Draw ``num_samples`` reproducible images of a pipeline (object, Hub id or folder) as uint8
+    N x 3 x H x W (grayscale repeated to 3 channels), timed: ``.images``, ``.seconds``."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     if batch_size < 1:
@@ -141,6 +143,8 @@ def sample_images(
     if steps is None or steps < 1:
         raise ValueError(f"num_inference_steps must be positive, got {steps}")
     device = torch.device(device) if device is not None else default_device()
+    if not isinstance(pipeline, DiffusionPipeline):
+        pipeline = load_pipeline(pipeline)
     sampling_pipeline = with_sampler(pipeline, sampler).to(device)
     # The denoising steps always show (one batch of a 1,000-step grid is minutes on a CPU); with several
     # batches an outer bar counts the images and each batch's step bar clears when done.
@@ -173,29 +177,13 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def generate_samples(
-    pipeline: DiffusionPipeline | str | os.PathLike,
-    num_samples: int,
-    *,
-    sampler: str = "ddim",
-    num_inference_steps: int | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    mixed_precision: str = "no",
-    progress: bool = True,
+    pipeline: DiffusionPipeline | str | os.PathLike, num_samples: int, **options
 ) -> torch.Tensor:
-    """Reproducible samples of a pipeline (object, Hub id or folder) as a uint8 N x 3 x H x W tensor."""
-    return sample_images(
-        load_pipeline(pipeline),
-        num_samples,
-        sampler=sampler,
-        num_inference_steps=num_inference_steps,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        mixed_precision=mixed_precision,
-        progress=progress,
-    ).images
+    """Deprecated: ``sample_images(pipeline, num_samples, ...).images``."""
+    warnings.warn(
+        "generate_samples is deprecated; use sample_images(...).images", DeprecationWarning, stacklevel=2
+    )
+    return sample_images(load_pipeline(pipeline), num_samples, **options).images
 
 
 def sampler_of(pipeline: DiffusionPipeline) -> str:

@@ -3,11 +3,12 @@
 ``measure_peak_memory(model, input_shape, convention="exact"|"paper")`` returns a
 :class:`MemoryReport` (``peak_bytes``, ``peak_layer``, the per-layer ``layers`` timeline and, for
 the exact count, the tensors alive at the peak). ``compare(teacher, student, ...)`` gives the JSON
-of ``redistill memory``. New model families get a paper convention with
+of ``redistill memory``; ``MemorySummary`` is that comparison in each convention, the one schema of
+``memory_report.json``, results.json's ``peak_memory`` and the model cards. New model families get a paper convention with
 ``register_paper_convention(predicate, estimate)``. See docs/memory.md.
 """
 
-from .api import CONVENTIONS, compare, default_inputs, measure_peak_memory
+from .api import CONVENTIONS, default_inputs, measure_peak_memory
 from .conventions import (
     ShapeProbe,
     find_paper_convention,
@@ -18,7 +19,8 @@ from .conventions import (
     unregister_paper_convention,
 )
 from .plot import plot_memory_per_layer
-from .report import MB, LayerMemory, MemoryReport, TensorRecord, comparison_dict, format_comparison, to_mb
+from .report import MB, LayerMemory, MemoryReport, TensorRecord, to_mb
+from .summary import MemorySummary, PeakComparison, compare, measure_conventions
 from .tracer import StorageLivenessMode, trace_forward
 
 __all__ = [
@@ -26,14 +28,15 @@ __all__ = [
     "MB",
     "LayerMemory",
     "MemoryReport",
+    "MemorySummary",
+    "PeakComparison",
     "ShapeProbe",
     "StorageLivenessMode",
     "TensorRecord",
     "compare",
-    "comparison_dict",
     "default_inputs",
     "find_paper_convention",
-    "format_comparison",
+    "measure_conventions",
     "measure_peak_memory",
     "plot_memory_per_layer",
     "red_block_bytes",

@@ -1,4 +1,4 @@
-"""`measure_peak_memory` and `compare`: one entry point for both conventions and any nn.Module."""
+"""`measure_peak_memory`: one entry point for both conventions and any nn.Module (pairs: ``summary.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .conventions import ShapeProbe, find_paper_convention
-from .report import MemoryReport, comparison_dict
+from .report import MemoryReport
 from .tracer import trace_forward
 
 CONVENTIONS = ("exact", "paper")
@@ -137,24 +137,3 @@ def measure_peak_memory(
         layers=layers,
         notes=[f"paper convention '{estimator.name}': per sample, weights excluded (docs/memory.md)"],
     )
-
-
-def compare(
-    teacher: nn.Module,
-    student: nn.Module,
-    input_shape: Sequence[int] | None = None,
-    *,
-    inputs: ModelInputs | None = None,
-    convention: str = "exact",
-    batch_size: int = 1,
-    include_layers: bool = True,
-) -> dict[str, Any]:
-    """Teacher vs student peak memory as ``redistill memory --json`` writes it:
-    ``{"convention", "resolution", "teacher": {...}, "student": {...}, "ratio"}``."""
-    teacher_report = measure_peak_memory(
-        teacher, input_shape, inputs=inputs, convention=convention, batch_size=batch_size
-    )
-    student_report = measure_peak_memory(
-        student, input_shape, inputs=inputs, convention=convention, batch_size=batch_size
-    )
-    return comparison_dict(teacher_report, student_report, include_layers=include_layers)

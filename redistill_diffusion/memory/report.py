@@ -1,4 +1,4 @@
-"""What a peak-memory measurement returns: one report per model, and the teacher/student comparison.
+"""What a peak-memory measurement returns: one report per model (the teacher/student pair: ``summary.py``).
 
 Both conventions (``exact`` and ``paper``) fill the same :class:`MemoryReport`, so printing,
 JSON and plots do not care how the numbers were obtained. MB means bytes / 1024**2, as in the paper.
@@ -6,7 +6,7 @@ JSON and plots do not care how the numbers were obtained. MB means bytes / 1024*
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,6 +87,25 @@ class MemoryReport:
             data["layers"] = [asdict(layer) for layer in self.layers]
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], convention: str | None = None) -> MemoryReport:
+        """Reads ``to_dict``'s output back (``layers`` and ``alive_at_peak`` may be absent)."""
+        return cls(
+            convention=data.get("convention") or convention or "exact",
+            model=data.get("model", ""),
+            input_shape=tuple(int(s) for s in data.get("input_shape", ())),
+            peak_bytes=int(data["peak_bytes"]),
+            peak_layer=data.get("peak_layer") or "",
+            layers=[LayerMemory(**layer) for layer in data.get("layers", ())],
+            peak_op=data.get("peak_op"),
+            alive_at_peak=[
+                TensorRecord(**{**record, "shape": tuple(record["shape"])})
+                for record in data.get("alive_at_peak", ())
+            ],
+            cuda_max_memory_allocated=data.get("cuda_max_memory_allocated"),
+            notes=list(data.get("notes", ())),
+        )
+
     def format(self, max_layers: int | None = 40, max_alive: int = 12) -> str:
         """A readable per-layer table: the ``max_layers`` largest layers in forward order, then what was alive."""
         lines = [
@@ -120,40 +139,3 @@ class MemoryReport:
                 lines.append(f"  ... {len(records) - max_alive} more, {to_mb(rest):.4f} MB")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
-
-
-def resolution_of(input_shape: Sequence[int]) -> int | list[int]:
-    """The H x W of an image input shape: an int when square (the paper's single-number resolution)."""
-    height, width = int(input_shape[-2]), int(input_shape[-1])
-    return height if height == width else [height, width]
-
-
-def comparison_dict(
-    teacher: MemoryReport, student: MemoryReport, include_layers: bool = True
-) -> dict[str, Any]:
-    """The JSON contract of ``redistill memory``: convention, resolution, teacher, student, ratio."""
-    if teacher.convention != student.convention:
-        raise ValueError(
-            f"Teacher and student were measured with different conventions ({teacher.convention} vs {student.convention})."
-        )
-    return {
-        "convention": teacher.convention,
-        "resolution": resolution_of(teacher.input_shape),
-        "teacher": teacher.to_dict(include_layers),
-        "student": student.to_dict(include_layers),
-        "ratio": teacher.peak_bytes / student.peak_bytes if student.peak_bytes else float("inf"),
-    }
-
-
-def format_comparison(pairs: Sequence[tuple[MemoryReport, MemoryReport]]) -> str:
-    """One summary line per convention: teacher MB, student MB, ratio and where each peak is."""
-    lines = [
-        f"{'convention':<11} {'teacher MB':>11} {'student MB':>11} {'ratio':>7}  teacher peak in / student peak in"
-    ]
-    for teacher, student in pairs:
-        ratio = teacher.peak_bytes / student.peak_bytes if student.peak_bytes else float("inf")
-        lines.append(
-            f"{teacher.convention:<11} {teacher.peak_mb:>11.4f} {student.peak_mb:>11.4f} {ratio:>6.2f}x  "
-            f"{teacher.peak_layer} / {student.peak_layer}"
-        )
-    return "\n".join(lines)

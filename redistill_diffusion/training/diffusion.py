@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from torch import nn
 from ..config import DataArguments, DDPMArguments, StudentArguments, TeacherModelArguments, TrainingArguments
 from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
 from .task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
+
+if TYPE_CHECKING:
+    from ..memory import MemorySummary
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +213,11 @@ class DiffusionTask:
                 tracker.writer.add_images("samples", array, ctx.global_step, dataformats="NHWC")
         return metrics
 
-    def _memory_report(self, unet, output_dir: Path) -> dict[str, Any] | None:
-        """Teacher vs student peak memory (json + png) when there is a teacher and the memory module is there."""
+    def _memory_report(self, unet, output_dir: Path) -> MemorySummary | None:
+        """Teacher vs student peak memory in both conventions (memory_report.json + .png), when there is a teacher."""
         if self.teacher is None or not self.ddpm_args.measure_memory:
             return None
-        try:
-            from ..memory import comparison_dict, measure_peak_memory, plot_memory_per_layer
-        except ImportError:  # the memory package is optional for training
-            return None
+        from ..memory import MemorySummary, plot_memory_per_layer
         from ..progress import announce
 
         shape = (unet.config.in_channels, _sample_size(unet), _sample_size(unet))
@@ -226,36 +226,18 @@ class DiffusionTask:
         )
         # Measure fresh fp32 copies: under --mixed_precision accelerate wraps the trained model's forward
         # in autocast, whose bf16 casts would be counted as activations.
-        unet = _clean_copy(unet)
-        teacher = _clean_copy(self.teacher)
-        summary: dict[str, Any] = {}
-        pairs = []
-        for convention in ("exact", "paper"):
-            try:
-                teacher_report = measure_peak_memory(teacher, shape, convention=convention)
-                student_report = measure_peak_memory(unet, shape, convention=convention)
-            except Exception as error:  # noqa: BLE001 - a report we cannot make must not lose the model
-                logger.warning("Peak memory (%s convention) not measured: %s", convention, error)
-                continue
-            summary[convention] = comparison_dict(teacher_report, student_report, include_layers=False)
-            pairs.append((teacher_report, student_report))
-        if not pairs:
+        summary = MemorySummary.measure(_clean_copy(self.teacher), _clean_copy(unet), shape)
+        if not summary:
             return None
         with open(output_dir / "memory_report.json", "w") as handle:
-            json.dump(summary, handle, indent=2)
+            json.dump(summary.to_dict(), handle, indent=2)
         try:
             plot_memory_per_layer(
-                pairs, output_dir / "memory_report.png", title="Peak activation memory per layer"
+                summary.pairs(), output_dir / "memory_report.png", title="Peak activation memory per layer"
             )
         except Exception as error:  # noqa: BLE001
             logger.warning("Memory plot not written: %s", error)
-        convention = "paper" if "paper" in summary else "exact"
-        return {
-            "convention": convention,
-            "teacher_peak_bytes": summary[convention]["teacher"]["peak_bytes"],
-            "student_peak_bytes": summary[convention]["student"]["peak_bytes"],
-            "all": summary,
-        }
+        return summary
 
     def save_final(self, output_dir: str, ctx: EvalContext) -> None:
         """DDPMPipeline folder (EMA weights) + memory report + README.md model card."""

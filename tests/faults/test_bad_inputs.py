@@ -322,14 +322,14 @@ def test_class_conditional_teacher_is_refused_at_the_start(conditional_teacher, 
 
 
 def test_class_conditional_teacher_config_and_pipeline_are_refused(conditional_teacher, tmp_path, capfd):
-    from redistill_diffusion.evaluation.sampling import generate_samples
+    from redistill_diffusion.evaluation.sampling import sample_images
 
     capfd.readouterr()
     argv = _teacher_run(tmp_path / "out")
     argv[argv.index("tiny-ddpm-32")] = str(conditional_teacher / "unet" / "config.json")
     _assert_one_line(script_main(run_teacher, argv), capfd.readouterr().err, "class-conditional")
     with pytest.raises(ValueError, match="class-conditional"):
-        generate_samples(str(conditional_teacher), 1, num_inference_steps=1, progress=False)
+        sample_images(str(conditional_teacher), 1, num_inference_steps=1, progress=False)
 
 
 def test_class_conditional_student_can_still_be_derived(conditional_teacher):
