@@ -449,6 +449,58 @@ def write_curve() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# FID / KID (parity_fid.py): samples of the finished pipelines against 10,000 training images
+# ------------------------------------------------------------------------------------------------
+FID_CACHE = WORK / "fid_cache"
+
+
+def fid_stage(names: list[str], seed: int) -> dict[str, Any]:
+    """Score the teacher (``teacher``), the real-data floor (``real``: report-slice images) and finished
+    students (``<arm>_seed<S>``); rows are merged into results/parity_fid.json, one per name."""
+    import parity_fid as pf
+
+    from redistill_diffusion.evaluation import load_reference
+
+    paths = slices()
+    reference_images = load_reference(str(paths["train"]), max_images=pf.FID_REFERENCE_IMAGES)
+    print(f"reference: {pf.FID_REFERENCE_IMAGES} training images", flush=True)
+    reference = pf.reference_statistics(pf.set_features(reference_images, "parity-train-10k", FID_CACHE))
+    results_path = RESULTS / "parity_fid.json"
+    rows = {row["name"]: row for row in (read_json(results_path) or {}).get("rows", [])}
+    for name in names:
+        if name == "real":
+            images = load_reference(str(paths["report"]), max_images=pf.FID_NUM_SAMPLES)
+            features = pf.set_features(images, "parity-report-2k", FID_CACHE)
+            row: dict[str, Any] = {"name": name, "what": "held-out real images (report slice)"}
+        else:
+            pipeline = TEACHER_ARTEFACT if name == "teacher" else STUDENTS / name
+            if not (pipeline / "model_index.json").is_file():
+                raise SystemExit(f"{relative(pipeline)} has no finished pipeline: train it first.")
+            from redistill_diffusion.evaluation import UInt8ImageDataset
+
+            npy = FID_CACHE / "samples" / f"{name}_sampleseed{seed}.npy"
+            images = pf.sample_file(pipeline, npy, pf.FID_NUM_SAMPLES, seed)
+            features = pf.set_features(
+                UInt8ImageDataset(images), f"parity-{name}-sampleseed{seed}", FID_CACHE
+            )
+            row = {
+                "name": name,
+                "pipeline": relative(pipeline),
+                "sampler": f"{pf.FID_SAMPLER} {pf.FID_STEPS} steps",
+            }
+            row["sample_seed"] = seed
+        row.update(pf.score(features, reference))
+        row.update({"reference": f"{pf.FID_REFERENCE_IMAGES} training images", "scored_at": git_revision()})
+        rows[name] = row
+        print(json.dumps(row), flush=True)
+        write_json(
+            results_path,
+            {"command": "python benchmarks/bench_parity.py fid --names ...", "rows": list(rows.values())},
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
 # committed logs
 # ------------------------------------------------------------------------------------------------
 def compact_log(source: Path, target: Path) -> None:
@@ -474,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "stage",
-        choices=("slices", "teacher", "curve", "finalize", "student", "curves"),
+        choices=("slices", "teacher", "curve", "finalize", "student", "curves", "fid"),
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
@@ -483,7 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="student: training seeds")
     parser.add_argument("--steps", type=int, default=20_000, help="student: step budget")
+    parser.add_argument("--names", nargs="+", help="fid: teacher, real and/or <arm>_seed<S> student folders")
     args = parser.parse_args(argv)
+    if args.stage == "fid":
+        if not args.names:
+            parser.error("fid needs --names (teacher, real, <arm>_seed<S>)")
+        fid_stage(args.names, seed=args.seed[0])
+        return 0
     if args.stage == "finalize":
         if args.step is None:
             parser.error("finalize needs --step N (a saved teacher checkpoint)")

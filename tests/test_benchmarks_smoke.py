@@ -343,3 +343,29 @@ def test_classification_run_is_skipped_when_finished_or_held_by_a_live_process(t
     done = tmp_path / "done"
     common.write_json(done / "row.json", {"name": "done", "top1": {"report": 0.5}})
     assert cls.train_run(layout, "done", ["--seed", 0], done, 1, {})["top1"] == {"report": 0.5}
+
+
+def test_parity_fid_matches_torch_fidelity_and_its_bootstrap_interval_matches_independent_draws():
+    """bench_parity's FID (one symmetric eigen-decomposition per resample) is torch-fidelity's Frechet
+    distance, and its bootstrap half-width is about 1.96 x the spread of FID over independent sample sets."""
+    import numpy as np
+    import parity_fid
+    import torch
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(2000, 16, generator=generator, dtype=torch.float64)
+
+    def draw() -> torch.Tensor:
+        return 0.9 * torch.randn(300, 16, generator=generator, dtype=torch.float64) + 0.2
+
+    samples = draw()
+    expected = fid_statistics_to_metric(
+        fid_features_to_statistics(samples), fid_features_to_statistics(reference), verbose=False
+    )["frechet_inception_distance"]
+    stats = parity_fid.reference_statistics(reference)
+    assert parity_fid.fid(samples.numpy(), stats) == pytest.approx(expected, rel=1e-6)
+    independent = np.std([parity_fid.fid(draw().numpy(), stats) for _ in range(40)], ddof=1)
+    result = parity_fid.bootstrap_fid(samples, stats, resamples=100)
+    assert result["fid_ci95_low"] < result["fid"] < result["fid_ci95_high"]
+    assert 0.5 < result["fid_ci95"] / (1.96 * independent) < 2.0
