@@ -358,8 +358,8 @@ def main() -> int:
         teacher_loss = {r["run"]: r["denoise_loss"] for r in same if r["run"] in TEACHERS}
 
         data = heldout_shapes(num_images=256, resolution=32, seed=seed)
-        lines[-3] = (
-            f"{lines[-3]} The held-out images themselves have a mean brightness of {mean_brightness(data):.0f}."
+        lines[-4] = (
+            f"{lines[-4]} The held-out images themselves have a mean brightness of {mean_brightness(data):.0f}."
         )
         lines += [
             f"| {r['run']} | {r['what']} | {r['denoise_loss']:.4f} | {_ratio(r, teacher_loss)} | "

@@ -192,8 +192,15 @@ def test_quickstart_runs_teacher_then_student_and_reuses_the_teacher(tmp_path, m
         assert all(v >= 0 for v in phases[stage].values())
     assert "time per phase   : teacher" in printed and "(fp32)" in printed
     light = summary["mean_brightness"]
-    assert set(light) == {"teacher", "student"} and all(0 <= v <= 255 for v in light.values())
+    assert set(light) == {"teacher", "student", "heldout_images"} and all(
+        0 <= v <= 255 for v in light.values()
+    )
     assert f"teacher {light['teacher']:.0f}  student {light['student']:.0f}" in printed
+    # the yardstick: the built-in shapes are dark (backgrounds 0-80 of 255)
+    assert (
+        40 < light["heldout_images"] < 70
+        and f"the held-out shapes themselves: {light['heldout_images']:.0f}" in printed
+    )
     # A second call reuses the finished teacher; the student folder is protected unless overwritten.
     assert (
         main(

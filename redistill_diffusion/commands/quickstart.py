@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
     light = comparison["mean_brightness"]
     print(
         f"  mean brightness of the sample grids (0-255): teacher {light['teacher']:.0f}  student {light['student']:.0f}"
+        f"  (the held-out shapes themselves: {light['heldout_images']:.0f})"
     )
     print(f"  side by side     : {comparison['side_by_side']}  (teacher | student | memory per layer)")
     print(f"  time per phase   : {_format_phases(phases)} ({'bf16' if precision == 'bf16' else 'fp32'})")
@@ -312,6 +313,7 @@ def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     """The teacher's and the student's held-out denoising loss and one side-by-side PNG."""
     from ..evaluation.comparison import (
         checkerboard_share,
+        heldout_shapes,
         mean_brightness,
         pipeline_denoising_loss,
         write_side_by_side,
@@ -350,6 +352,11 @@ def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     }
     grid_share = {name: checkerboard_share(grid) for name, grid in grids.items()}
     brightness = {name: round(mean_brightness(grid), 1) for name, grid in grids.items()}
+    # The yardstick for both: the 800-step teacher's samples are lighter than its data (its backgrounds
+    # greyer), so a student that is darker than the teacher can be the closer of the two to the data.
+    brightness["heldout_images"] = round(
+        mean_brightness(heldout_shapes(num_images=HELDOUT_IMAGES, resolution=resolution)), 1
+    )
     return {
         "heldout_denoising_loss": loss,
         "heldout_denoising_loss_bands": bands,
