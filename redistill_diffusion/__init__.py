@@ -23,8 +23,8 @@ for _name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quant
 # then needs `ModelMixin` at its top level to recognise the student class as a model.
 from diffusers import ModelMixin  # noqa: E402, F401
 
-from .models.remote_code import register_with_diffusers  # noqa: E402
-from .models.unet_student import ReDistillUNet2DModel  # noqa: E402
+from .diffusion.component_file import register_with_diffusers  # noqa: E402
+from .diffusion.model import ReDistillUNet2DModel  # noqa: E402
 from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance  # noqa: E402
 
 # Saved students name the component module "redistill_unet" (their copy of models/unet_student.py, for

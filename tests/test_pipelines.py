@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers_training import fast_args, make_tiny_teacher
 
+from redistill_diffusion.diffusion.configs import load_scheduler_config, load_unet_config
+from redistill_diffusion.diffusion.pipeline_io import load_teacher
+from redistill_diffusion.diffusion.run import run_redistill
 from redistill_diffusion.hub import push_folder_to_hub
-from redistill_diffusion.models.configs import load_scheduler_config, load_unet_config
-from redistill_diffusion.models.pipeline_folder import load_teacher
-from redistill_diffusion.training.runs import run_redistill
 
 SECRET = "hf_do_not_print_this_token_123"
 
@@ -177,7 +177,7 @@ def test_model_card_names_teacher_method_stride_memory_and_grid(trained_student)
 def test_saved_student_loads_without_the_package_and_samples_the_same_images(trained_student, tmp_path):
     import numpy as np
 
-    from redistill_diffusion.models.remote_code import component_source
+    from redistill_diffusion.diffusion.component_file import component_source
 
     _, out = trained_student
     index = json.loads((out / "model_index.json").read_text())

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from redistill_diffusion.models import unet_student
-from redistill_diffusion.models.remote_code import component_source, make_pipeline_self_contained
+from redistill_diffusion.diffusion import model as unet_student
+from redistill_diffusion.diffusion.component_file import component_source, make_pipeline_self_contained
 
 LEGACY = Path(__file__).parent / "fixtures" / "student_pipeline_2176d4f"
 
@@ -68,7 +68,7 @@ def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(
     from diffusers.utils import logging as diffusers_logging
 
     from redistill_diffusion import ReDistillUNet2DModel
-    from redistill_diffusion.models.pipeline_folder import save_ddpm_pipeline
+    from redistill_diffusion.diffusion.pipeline_io import save_ddpm_pipeline
 
     save_ddpm_pipeline(_tiny_student(), DDPMScheduler(num_train_timesteps=10), tmp_path / "new")
     diffusers_logging.enable_propagation()
@@ -85,7 +85,7 @@ def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(
         str(tmp_path / "old")
     )
     index = json.loads((tmp_path / "old" / "model_index.json").read_text())
-    assert index["unet"] == ["redistill_diffusion.models.unet_student", "ReDistillUNet2DModel"]
+    assert index["unet"] == ["redistill_diffusion.diffusion.model", "ReDistillUNet2DModel"]
     assert isinstance(DiffusionPipeline.from_pretrained(str(tmp_path / "old")).unet, ReDistillUNet2DModel)
     # ... and can be made self-contained afterwards; a teacher pipeline is left alone.
     assert make_pipeline_self_contained(tmp_path / "old") == ["unet"]
@@ -124,7 +124,7 @@ def test_a_folder_saved_by_the_generated_component_file_version_still_loads(tmp_
     from safetensors.torch import load_file
 
     from redistill_diffusion import ReDistillUNet2DModel
-    from redistill_diffusion.models.pipeline_folder import load_teacher
+    from redistill_diffusion.diffusion.pipeline_io import load_teacher
 
     folder = tmp_path / "legacy"
     shutil.copytree(LEGACY, folder, ignore=shutil.ignore_patterns("README.md"))

@@ -159,7 +159,7 @@ def _stage_argv(
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_recipe
-    from ..training.runs import run_redistill, run_teacher
+    from ..diffusion.run import run_redistill, run_teacher
 
     root = Path(args.output_dir)
     teacher_dir, student_dir = root / "teacher", root / "student"

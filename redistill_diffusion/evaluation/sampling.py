@@ -64,7 +64,7 @@ def load_pipeline(source: str | os.PathLike | DiffusionPipeline) -> DiffusionPip
         raise ValueError(
             f"pipeline {source} has no unet and scheduler; expected an unconditional image pipeline"
         )
-    from ..models.configs import check_unconditional
+    from ..diffusion.configs import check_unconditional
 
     check_unconditional(
         pipeline.unet.config,

@@ -26,8 +26,8 @@ from conftest import (
 )
 
 from redistill_diffusion.cli import main as cli_main
+from redistill_diffusion.diffusion.run import run_redistill, run_teacher, script_main
 from redistill_diffusion.training import checkpointing as ckpt
-from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
 
 
 def _run(capfd, entry, argv) -> tuple[int, str]:

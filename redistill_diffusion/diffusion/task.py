@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DataArguments, DDPMArguments, StudentArguments, TeacherModelArguments, TrainingArguments
+from ..config import DataArguments, TrainingArguments
 from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
-from .task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
+from ..training.task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
+from .arguments import DDPMArguments, StudentArguments, TeacherModelArguments
 
 if TYPE_CHECKING:
     from ..memory import MemorySummary
@@ -241,9 +242,9 @@ class DiffusionTask:
 
     def save_final(self, output_dir: str, ctx: EvalContext) -> None:
         """DDPMPipeline folder (EMA weights) + memory report + README.md model card."""
-        from ..model_cards import model_card_description, write_model_card
-        from ..models.pipeline_folder import save_ddpm_pipeline
         from ..progress import announce
+        from .card import model_card_description, write_model_card
+        from .pipeline_io import save_ddpm_pipeline
 
         unet = ctx.modules[self.main_module_name]
         root = Path(output_dir)
@@ -367,11 +368,11 @@ def build_redistill_task(
     """
     from ..distillers import build_model_distiller, distillation_options, parse_distiller
     from ..hub import is_hub_id
-    from ..models.configs import check_unconditional
-    from ..models.pipeline_folder import load_teacher
-    from ..models.unet_student import ReDistillUNet2DModel
-    from ..models.unet_taps import red_specs, unet_example_inputs, unet_tap_pairs
     from ..red import init_red_blocks
+    from .configs import check_unconditional
+    from .model import ReDistillUNet2DModel
+    from .pipeline_io import load_teacher
+    from .unet_taps import red_specs, unet_example_inputs, unet_tap_pairs
 
     # An unknown method, or an option it does not take: one clear error before loading anything.
     _check_resolution_flag(data_args)
@@ -467,7 +468,7 @@ def build_teacher_task(
     """A UNet2DModel from a config, trained from scratch as a plain DDPM (a teacher for ReDistill)."""
     from diffusers import UNet2DModel
 
-    from ..models.configs import check_unconditional, load_scheduler_config, load_unet_config
+    from .configs import check_unconditional, load_scheduler_config, load_unet_config
 
     if not model_args.model_config_name_or_path:
         raise ValueError(
