@@ -352,8 +352,7 @@ def test_memory_report_measures_a_copy_free_of_autocast_wrappers(tiny_teacher):
 def test_heldout_denoising_loss_is_logged_and_matches_the_eval_api(tmp_path, tiny_teacher):
     """--heldout_data: the final evaluation logs the held-out denoising loss of the saved (EMA) weights, the
     same number `denoising_loss` gives for the saved pipeline; --teacher_mode train and red_norm group run."""
-    from diffusers import DDPMPipeline
-
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
     from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
 
     heldout = tmp_path / "heldout.parquet"
@@ -368,7 +367,7 @@ def test_heldout_denoising_loss_is_logged_and_matches_the_eval_api(tmp_path, tin
     assert {"denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"} <= set(
         result.metrics
     )
-    pipeline = DDPMPipeline.from_pretrained(str(out))
+    pipeline = load_pipeline(out)
     assert pipeline.unet.config.red_norm == "group"
     images = load_heldout_images(str(heldout), 16, 3, 8)
     again = denoising_loss(pipeline.unet.eval(), pipeline.scheduler, images, num_timesteps=3)

@@ -74,8 +74,9 @@ def model_card_description(
 
 USAGE_SNIPPET = """from diffusers import DiffusionPipeline
 
-# The student's code ships in unet/redistill_unet.py (a diffusers community component); with
-# redistill-diffusion installed and imported, trust_remote_code is not needed.
+# The student's code ships in unet/redistill_unet.py (a diffusers community component). With
+# redistill-diffusion installed, redistill_diffusion.diffusion.pipeline_io.load_pipeline("{name}") loads it
+# with the package's own class instead, without running the folder's code.
 pipeline = DiffusionPipeline.from_pretrained("{name}", trust_remote_code=True)
 images = pipeline(batch_size=4, num_inference_steps=1000).images"""
 

@@ -6,12 +6,8 @@ model folder whose ``config.json`` has ``auto_map``. The file written here is `d
 copied as it is: it imports only torch and diffusers, and it is the package's own definition of the
 student, so the saved code cannot drift from the package's.
 
-A process that has imported this package loads the same folders with the package's class and without
-``trust_remote_code``: `register_with_diffusers` makes the component's module name resolve as a diffusers
-pipeline module (diffusers checks those before it looks for a component file). diffusers has no other
-way to resolve a component name to an imported class while the folder carries a file of that name; the
-library's own loads (`redistill eval`, the quickstart comparison) rely on it so that they never run a
-folder's code.
+The package itself never runs that file: its loads go through `diffusion.pipeline_io.load_pipeline`, which
+builds the pipeline from ``model_index.json`` with the package's own class (diffusers is not patched).
 """
 
 from __future__ import annotations
@@ -47,8 +43,8 @@ def make_pipeline_self_contained(pipeline_dir: str | os.PathLike) -> list[str]:
     """Give every student component of a saved pipeline its component file; returns their names.
 
     ``model_index.json`` then names ``["redistill_unet", "ReDistillUNet2DModel"]`` for them, which
-    diffusers resolves to the file (``trust_remote_code=True``) or, in a process that imported this
-    package, to the package's class. A folder saved by an earlier version gets the current file.
+    diffusers resolves to the file (``trust_remote_code=True``) and `pipeline_io.load_pipeline` to the
+    package's class. A folder saved by an earlier version gets the current file.
     """
     pipeline_dir = Path(pipeline_dir)
     index_path = pipeline_dir / "model_index.json"
@@ -66,14 +62,3 @@ def make_pipeline_self_contained(pipeline_dir: str | os.PathLike) -> list[str]:
         index[key] = [COMPONENT_MODULE, COMPONENT_CLASS]
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return students
-
-
-def register_with_diffusers() -> None:
-    """Let ``["redistill_unet", ...]`` resolve to this package's class in a process that imported it.
-
-    What is registered is `diffusion.model`, the module whose file every saved student carries, so
-    the class found is the one the folder's own code defines, without running that code.
-    """
-    import diffusers.pipelines
-
-    setattr(diffusers.pipelines, COMPONENT_MODULE, student_file)

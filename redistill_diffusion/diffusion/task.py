@@ -163,7 +163,7 @@ class DiffusionTask:
         import numpy as np
         from diffusers import DDPMPipeline
 
-        from ..evaluation import sample_pil_images, save_sample_grid
+        from ..evaluation import sample_images, save_sample_grid
         from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
@@ -194,14 +194,16 @@ class DiffusionTask:
                     metrics["denoise_loss"],
                     ", ".join(f"{k[13:]} {v:.5f}" for k, v in metrics.items() if k != "denoise_loss"),
                 )
-            images = sample_pil_images(
+            images = sample_images(
                 DDPMPipeline(unet=unet, scheduler=self.noise_scheduler),
                 args.eval_batch_size,
                 sampler=args.sample_scheduler,
-                seed=args.sample_seed,
                 num_inference_steps=args.ddpm_num_inference_steps,
-                progress=f"sample grid (step {ctx.global_step})",
-            )
+                batch_size=args.eval_batch_size,
+                seed=args.sample_seed,
+                device=unet.device,  # a model being trained stays on its accelerator
+                description=f"sample grid (step {ctx.global_step})",
+            ).pil_images()
         finally:
             unet.train(was_training)
         root = Path(ctx.output_dir)
