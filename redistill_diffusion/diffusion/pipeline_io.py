@@ -162,17 +162,22 @@ def _component_class(name: str, library: str | None, class_name: str | None):
     """The class of one ``model_index.json`` entry: the package's student under any module name it was
     saved with (``redistill_unet``, ``redistill_diffusion``, ``redistill_diffusion.models.unet_student``,
     ...), else a diffusers or transformers class; never a folder's own code."""
-    import importlib
-
     from .component_file import COMPONENT_CLASS
     from .model import ReDistillUNet2DModel
 
     if class_name == COMPONENT_CLASS:
         return ReDistillUNet2DModel
-    if library in ("diffusers", "transformers"):
-        cls = getattr(importlib.import_module(library), class_name or "", None)
-        if cls is not None:
-            return cls
+    cls = None
+    if library == "diffusers":
+        import diffusers
+
+        cls = getattr(diffusers, class_name or "", None)
+    elif library == "transformers":
+        import transformers
+
+        cls = getattr(transformers, class_name or "", None)
+    if cls is not None:
+        return cls
     raise ValueError(
         f"component {name!r} is {library}.{class_name}, which this library does not load; load the pipeline "
         "with DiffusionPipeline.from_pretrained(..., trust_remote_code=True) if you trust its code"
