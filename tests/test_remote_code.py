@@ -202,3 +202,26 @@ def test_a_folder_saved_by_the_generated_component_file_version_still_loads(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     errors = [float(line.split()[-1]) for line in result.stdout.splitlines()]
     assert len(errors) == 4 and max(errors) < 1e-5, result.stdout
+
+
+def test_the_old_import_paths_still_work():
+    """`redistill_diffusion.models.*` re-export `redistill_diffusion.diffusion`; all but the student file (which
+    saved folders name) say where the code moved."""
+    import importlib
+
+    import pytest
+
+    from redistill_diffusion.diffusion import component_file, model, pipeline_io
+
+    old_student = importlib.import_module("redistill_diffusion.models.unet_student")
+    assert old_student.ReDistillUNet2DModel is model.ReDistillUNet2DModel
+    assert old_student.REDBlock is model.REDBlock
+    moved = {
+        "pipeline_folder": (pipeline_io, ("load_teacher", "save_ddpm_pipeline", "load_pipeline")),
+        "remote_code": (component_file, ("component_source", "make_pipeline_self_contained")),
+    }
+    for old, (new, names) in moved.items():
+        sys.modules.pop(f"redistill_diffusion.models.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"models.{old} moved"):
+            module = importlib.import_module(f"redistill_diffusion.models.{old}")
+        assert all(getattr(module, name) is getattr(new, name) for name in names), old
