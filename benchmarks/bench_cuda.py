@@ -59,12 +59,12 @@ def run(output_dir, work_dir, budget: str, **_: Any) -> dict[str, Any]:
         return part_result("cuda", budget, status="skipped", reason="no CUDA GPU on this machine")
     from diffusers import UNet2DModel
 
-    from redistill_diffusion.models.configs import (
+    from redistill_diffusion.diffusion.configs import (
         SHIPPED_UNET_CONFIGS,
         load_scheduler_config,
         load_unet_config,
     )
-    from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
+    from redistill_diffusion.diffusion.model import ReDistillUNet2DModel
 
     hub_id = "google/ddpm-cifar10-32"
     teacher = UNet2DModel.from_config(load_unet_config(SHIPPED_UNET_CONFIGS[hub_id]).config).eval()

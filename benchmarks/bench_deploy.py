@@ -93,8 +93,8 @@ def run(output_dir, work_dir=None, budget: str = "cpu", **_: Any) -> dict[str, A
     from redistill_diffusion.deploy.extras import available
     from redistill_diffusion.deploy.measure import runtime_memory
     from redistill_diffusion.deploy.sources import denoiser_deployable
-    from redistill_diffusion.models.configs import load_unet_config
-    from redistill_diffusion.models.pairs import build_unet_pair
+    from redistill_diffusion.diffusion.configs import load_unet_config
+    from redistill_diffusion.diffusion.pairs import build_unet_pair
 
     settings = SETTINGS[budget]
     notes = []

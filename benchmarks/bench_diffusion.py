@@ -530,8 +530,7 @@ class _Evaluator:
     def evaluate(self, label: str, folder: Path) -> dict[str, Any]:
         import time
 
-        from diffusers import DDPMPipeline
-
+        from redistill_diffusion.diffusion.pipeline_io import load_pipeline
         from redistill_diffusion.evaluation import denoiser_peak_memory, sample_images, save_sample_grid
         from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
 
@@ -547,7 +546,7 @@ class _Evaluator:
                 return saved
         start = time.perf_counter()
         spec = self.spec
-        pipeline = DDPMPipeline.from_pretrained(str(folder))
+        pipeline = load_pipeline(folder)
         unet = pipeline.unet.eval().float()
         size = int(unet.config.sample_size)
         if self.images is None:
@@ -620,8 +619,7 @@ def _fid_stage(
     held-out real images scored the same way. Skipped with a note when the network is not installed."""
     import time
 
-    from diffusers import DDPMPipeline
-
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
     from redistill_diffusion.evaluation import compute_metrics, resolve_feature_extractor, sample_images
 
     try:
@@ -663,7 +661,7 @@ def _fid_stage(
         print(
             f"[benchmarks] FID/KID of {key}: {spec.fid_samples} samples (DDIM {spec.ddim_steps})", flush=True
         )
-        pipeline = DDPMPipeline.from_pretrained(str(trained[key]["dir"]))
+        pipeline = load_pipeline(trained[key]["dir"])
         pipeline.unet.eval()
         sampled = sample_images(
             pipeline,

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import torch
 
+from redistill_diffusion.diffusion.configs import SHIPPED_UNET_CONFIGS, load_unet_config
+from redistill_diffusion.diffusion.model import ReDistillUNet2DModel
+from redistill_diffusion.diffusion.pairs import build_unet_pair
 from redistill_diffusion.memory import (
     MemoryReport,
     find_paper_convention,
     measure_peak_memory,
     plot_memory_per_layer,
 )
-from redistill_diffusion.models.configs import SHIPPED_UNET_CONFIGS, load_unet_config
-from redistill_diffusion.models.pairs import build_unet_pair
-from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
 BUDGETS = ("smoke", "cpu", "paper")
 BENCH_DIR = Path(__file__).resolve().parent

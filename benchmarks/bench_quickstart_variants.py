@@ -134,9 +134,10 @@ def grid_frequency_error(pipeline_dir: Path, images, timestep: int = 300) -> tup
     frequencies of a 2-pixel grid and over their neighbours: where a stride-2 student's error sits
     (docs/quickstart_student.md)."""
     import torch
-    from diffusers import DiffusionPipeline
 
-    pipeline = DiffusionPipeline.from_pretrained(str(pipeline_dir))
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
+
+    pipeline = load_pipeline(pipeline_dir)
     unet, scheduler = pipeline.unet.eval(), pipeline.scheduler
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     t = torch.full((images.shape[0],), timestep)

@@ -20,7 +20,7 @@ and the classification flags (--model_name_or_path, --teacher_model_name_or_path
 import sys
 
 from redistill_diffusion.classification.run import run_classifier
-from redistill_diffusion.training.runs import script_main
+from redistill_diffusion.errors import script_main
 
 if __name__ == "__main__":
     sys.exit(script_main(run_classifier))

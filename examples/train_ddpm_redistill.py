@@ -11,7 +11,7 @@ override). `python examples/train_ddpm_redistill.py --help` lists them all.
 
 import sys
 
-from redistill_diffusion.training.runs import run_redistill, script_main
+from redistill_diffusion.diffusion.run import run_redistill, script_main
 
 if __name__ == "__main__":
     sys.exit(script_main(run_redistill))

@@ -10,7 +10,7 @@ examples/train_ddpm_redistill.py accepts as --teacher_model_name_or_path.
 
 import sys
 
-from redistill_diffusion.training.runs import run_teacher, script_main
+from redistill_diffusion.diffusion.run import run_teacher, script_main
 
 if __name__ == "__main__":
     sys.exit(script_main(run_teacher))

@@ -23,14 +23,10 @@ for _name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quant
 # then needs `ModelMixin` at its top level to recognise the student class as a model.
 from diffusers import ModelMixin  # noqa: E402, F401
 
-from .models.remote_code import register_with_diffusers  # noqa: E402
-from .models.unet_student import ReDistillUNet2DModel  # noqa: E402
+from .diffusion.model import ReDistillUNet2DModel  # noqa: E402
 from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance  # noqa: E402
 
-# Saved students name the component module "redistill_unet" (their copy of models/unet_student.py, for
-# processes without this package); here that name resolves to the package's own module, so they load
-# without trust_remote_code and without running the folder's code (models/remote_code.py says why).
-register_with_diffusers()
+# Nothing of diffusers is patched here: the library loads pipelines with diffusion.pipeline_io.load_pipeline.
 
 __version__ = "0.1.0"
 __all__ = [

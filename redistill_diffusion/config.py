@@ -164,56 +164,6 @@ class DataArguments:
 
 
 @dataclass
-class DDPMArguments:
-    """The noise schedule (used when the teacher does not bring one) and sampling for sample grids."""
-
-    ddpm_num_steps: int = 1000
-    ddpm_beta_schedule: str = "linear"
-    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
-    sample_scheduler: Literal["ddpm", "ddim"] = field(
-        default="ddpm", metadata={"help": "Sampler for sample grids (the saved pipeline is a DDPMPipeline)."}
-    )
-    ddpm_num_inference_steps: int = field(
-        default=1000, metadata={"help": "Denoising steps for sample grids."}
-    )
-    eval_batch_size: int = field(default=16, metadata={"help": "Images in a sample grid."})
-    final_samples: bool = field(
-        default=True,
-        metadata={
-            "help": "Sample a grid at the end of training (eval_batch_size images x ddpm_num_inference_steps "
-            "steps: minutes on a CPU with the defaults); --no_final_samples skips it."
-        },
-    )
-    sample_seed: int = field(default=0, metadata={"help": "Fixed seed of sample grids."})
-    measure_memory: bool = field(
-        default=True, metadata={"help": "Put teacher/student peak memory in the model card."}
-    )
-    heldout_data: str | None = field(
-        default=None,
-        metadata={
-            "help": "Held-out images (same sources as --dataset_name): the held-out denoising loss is logged "
-            "at every evaluation (fixed timesteps and noise, EMA weights)."
-        },
-    )
-    heldout_num_images: int = field(default=500, metadata={"help": "Images of --heldout_data used."})
-    heldout_timesteps: int = field(
-        default=10, metadata={"help": "Evenly spaced timesteps at which the held-out loss is measured."}
-    )
-
-
-@dataclass
-class TeacherModelArguments:
-    """The UNet a plain DDPM run trains from scratch."""
-
-    model_config_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "UNet config: a folder, a config.json, or a shipped name (tiny-ddpm-32, google-ddpm-cifar10-32)."
-        },
-    )
-
-
-@dataclass
 class DistillationArguments:
     """The distillation flags shared by both tasks (diffusion's `StudentArguments`, classification's
     `ClassifierArguments` inherit them): how the student starts, the method and its options, the RED
@@ -272,63 +222,6 @@ class DistillationArguments:
     fitnet_weight: float | None = None
     at_weight: float | None = None
     at_p: float | None = None
-
-
-@dataclass
-class StudentArguments(DistillationArguments):
-    """How the UNet student is derived from the teacher and distilled (plus the shared distillation flags)."""
-
-    teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of a DDPM pipeline or of a UNet2DModel."}
-    )
-    output_head: Literal["transposed_conv", "overlapping_transposed_conv", "pixel_shuffle"] = (
-        "transposed_conv"
-    )
-    subpixel_skip: bool = field(
-        default=False,
-        metadata={
-            "help": "Hand the input's image-wide s x s sub-pixel means to the output with a learned, "
-            "time-dependent gain (zero at the start): a stride-s stem hides them from the UNet's GroupNorms, "
-            "and without them the student's samples keep a fine s-pixel grid (models.unet_student.SubpixelSkip)."
-        },
-    )
-    stem: Literal["conv", "space_to_depth"] = field(
-        default="conv",
-        metadata={
-            "help": "conv: the paper's stride-s 3x3 conv; space_to_depth: lossless PixelUnshuffle(s) + 3x3 conv "
-            "(pair with --output_head pixel_shuffle, its inverse)."
-        },
-    )
-    refiner_channels: int = field(
-        default=0,
-        metadata={
-            "help": "Width of a thin full-resolution tail (conv -> time scale/shift -> SiLU -> zero-initialised "
-            "conv, added to the prediction): the only layers that see single pixels; 0 turns it off (the paper's "
-            "student). At <= C0 / s^2 channels the exact peak memory is unchanged "
-            "(models.unet_student.FullResolutionRefiner)."
-        },
-    )
-    student_head_init: Literal["paper", "random", "teacher"] = field(
-        default="paper",
-        metadata={
-            "help": "paper: xavier gain 1e-5 (the reference code; predicts ~0 at the start); random: PyTorch's "
-            "default; teacher: start the upsampling head as the teacher's conv_out (ICNR-style)."
-        },
-    )
-    red_preset: Literal["paper", "full", "none"] = field(
-        default="paper", metadata={"help": "Where RED blocks / feature pairs go."}
-    )
-    distill_pairs: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Explicit pairs 'student_tap=teacher_tap' (replace the preset)."},
-    )
-    red_norm: Literal["batch", "group"] = field(
-        default="group",
-        metadata={
-            "help": "Normalisation in the RED blocks: group (the diffusion default: a denoiser's batch mixes noise "
-            "levels; measured better in docs/red_norm.md) or batch (the paper's BatchNorm)."
-        },
-    )
 
 
 def load_recipe(path: str) -> dict[str, Any]:

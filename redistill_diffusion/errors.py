@@ -7,6 +7,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from safetensors import SafetensorError
 
@@ -48,3 +49,19 @@ def report_keyboard_interrupt(prefix: str = "") -> int:
     )
     print(f"{prefix}: {message}" if prefix else message, file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def script_main(run, argv: Sequence[str] | None = None) -> int:
+    """Entry point of the example scripts (``run(argv)`` of either task): bad input -> one line on stderr and exit status 2, as `redistill`."""
+    from .interrupts import Interrupted
+
+    try:
+        result = run(argv)
+    except USER_ERRORS as error:
+        return report(error)
+    except Interrupted as stop:  # SIGTERM / SIGINT: one line, no traceback, 143 / 130
+        return report_interrupt(stop)
+    except KeyboardInterrupt:
+        return report_keyboard_interrupt()
+    print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")
+    return 0

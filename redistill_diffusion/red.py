@@ -13,7 +13,7 @@ eval-mode BatchNorm statistics (an average over all timesteps) normalise each ti
 differently from training; GroupNorm normalises each sample on its own (see docs/red_norm.md).
 
 The block and the hooks that place it (`REDBlock`, `attach_red_blocks`, `install_red_blocks`) are
-defined in `models.unet_student`, the self-contained file every saved UNet student carries, and are
+defined in `diffusion.model`, the self-contained file every saved UNet student carries, and are
 used from here by both tasks; this module adds the loss, the initialisations and the tap convention.
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The block itself is defined once, in the self-contained student file that saved UNet students carry.
-from .models.unet_student import (
+from .diffusion.model import (
     RED_BLOCKS_ATTRIBUTE,
     RED_NORMS,
     RED_VARIANTS,

@@ -2,7 +2,7 @@
 
 A tap is ``"<module name>:<input|output>"`` (``":output"`` when the suffix is omitted); see
 docs/architecture.md. `red`, `distillers`, the UNet student and the classifiers all name features
-through it; it imports only the tap-name functions of `models.unet_student` (a file that imports nothing
+through it; it imports only the tap-name functions of `diffusion.model` (a file that imports nothing
 from the package).
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 # Tap names are defined once, in the self-contained student file (its RED blocks are keyed by them).
-from .models.unet_student import normalize_tap, parse_tap, tap_to_key
+from .diffusion.model import normalize_tap, parse_tap, tap_to_key
 
 
 def _first_tensor(value):

@@ -347,11 +347,9 @@ def test_step_schedule_through_the_shared_trainer(tmp_path):
     assert result.global_step == 3
     assert result.metrics["best_top1"] <= 1.0
     assert json.loads((stale / "metrics.json").read_text())["global_step"] == 3
-    from redistill_diffusion.training.trainer import _scaled_step_rules
+    from redistill_diffusion.training.optimization import scaled_step_rules
 
-    assert (
-        _scaled_step_rules("1:2,0.1:5,0.01", 2) == "1:4,0.1:10,0.01"
-    )  # accelerate steps it once per process
+    assert scaled_step_rules("1:2,0.1:5,0.01", 2) == "1:4,0.1:10,0.01"  # accelerate steps it once per process
     with pytest.raises(ValueError, match="lr_step_rules"):
         run_classifier(
             _flags(

@@ -29,7 +29,7 @@ def student_pipeline(tmp_path_factory) -> Path:
     from diffusers import DDPMScheduler, UNet2DModel
 
     from redistill_diffusion import ReDistillUNet2DModel
-    from redistill_diffusion.models.pipeline_folder import save_ddpm_pipeline
+    from redistill_diffusion.diffusion.pipeline_io import save_ddpm_pipeline
 
     torch.manual_seed(0)
     teacher = UNet2DModel(**TINY_UNET)

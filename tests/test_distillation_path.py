@@ -17,13 +17,10 @@ from redistill_diffusion.classification.run import (
     run_classifier,
 )
 from redistill_diffusion.classification.task import ClassificationTask, build_classification_distiller
-from redistill_diffusion.config import (
-    DataArguments,
-    DDPMArguments,
-    DistillationArguments,
-    StudentArguments,
-    parse_args,
-)
+from redistill_diffusion.config import DataArguments, DistillationArguments, parse_args
+from redistill_diffusion.diffusion.arguments import DDPMArguments, StudentArguments
+from redistill_diffusion.diffusion.run import REDISTILL_ARGUMENTS, run_redistill
+from redistill_diffusion.diffusion.task import build_redistill_task
 from redistill_diffusion.distillers import (
     all_distiller_options,
     build_distiller,
@@ -31,8 +28,6 @@ from redistill_diffusion.distillers import (
     parse_distiller,
 )
 from redistill_diffusion.training import StepContext
-from redistill_diffusion.training.diffusion import build_redistill_task
-from redistill_diffusion.training.runs import REDISTILL_ARGUMENTS, run_redistill
 
 TINY_CLASSIFIER = dict(channels=(8, 16, 16, 32), stem_type="deep", stem_width=4)
 

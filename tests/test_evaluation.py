@@ -482,7 +482,8 @@ def test_eval_flags_recipe_lists_and_errors(tmp_path):
 
 
 def test_pil_samples_are_the_uint8_samples(tmp_path):
-    """Training's sample grid and evaluation draw the same images for the same seed (one sampling path)."""
+    """Training's sample grid and evaluation draw the same images for the same seed (one sampling path);
+    `sample_pil_images` is a deprecated name of `sample_images(...).pil_images()`."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from redistill_diffusion.evaluation import sample_pil_images
@@ -492,10 +493,13 @@ def test_pil_samples_are_the_uint8_samples(tmp_path):
         (DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)), "ddpm"),
         (DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000)), "ddim"),
     ):
-        pil = sample_pil_images(pipeline, 3, seed=5, num_inference_steps=2)
-        tensors = sample_images(
+        result = sample_images(
             pipeline, 3, sampler=sampler, num_inference_steps=2, seed=5, device="cpu", progress=False
-        ).images
+        )
+        pil, tensors = result.pil_images(), result.images
+        with pytest.warns(DeprecationWarning, match="sample_pil_images"):
+            old = sample_pil_images(pipeline, 3, seed=5, num_inference_steps=2)
+        assert [np.array(i).tolist() for i in old] == [np.array(i).tolist() for i in pil]
         assert [image.mode for image in pil] == ["RGB"] * 3
         assert torch.equal(
             torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors

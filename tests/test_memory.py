@@ -11,6 +11,8 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from redistill_diffusion.cli import main
+from redistill_diffusion.diffusion.configs import SHIPPED_UNET_CONFIGS, load_unet_config
+from redistill_diffusion.diffusion.model import ReDistillUNet2DModel
 from redistill_diffusion.memory import (
     LayerMemory,
     MemorySummary,
@@ -21,8 +23,6 @@ from redistill_diffusion.memory import (
     registered_paper_conventions,
     unregister_paper_convention,
 )
-from redistill_diffusion.models.configs import SHIPPED_UNET_CONFIGS, load_unet_config
-from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
 CIFAR10_CONFIG = SHIPPED_UNET_CONFIGS["google/ddpm-cifar10-32"]
 TINY_CONFIG = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"

@@ -11,9 +11,9 @@ from huggingface_hub import ModelCard
 from test_pipelines import SECRET, LocalHub
 
 from redistill_diffusion.cli import main as cli_main
+from redistill_diffusion.diffusion.run import run_redistill
 from redistill_diffusion.hub import push_folder_to_hub
 from redistill_diffusion.model_cards import training_command, update_model_card
-from redistill_diffusion.training.runs import run_redistill
 
 EXTRACTOR = "timm:test_resnet"
 

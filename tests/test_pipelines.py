@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers_training import fast_args, make_tiny_teacher
 
+from redistill_diffusion.diffusion.configs import load_scheduler_config, load_unet_config
+from redistill_diffusion.diffusion.pipeline_io import load_teacher
+from redistill_diffusion.diffusion.run import run_redistill
 from redistill_diffusion.hub import push_folder_to_hub
-from redistill_diffusion.models.configs import load_scheduler_config, load_unet_config
-from redistill_diffusion.models.pipeline_folder import load_teacher
-from redistill_diffusion.training.runs import run_redistill
 
 SECRET = "hf_do_not_print_this_token_123"
 
@@ -69,9 +69,9 @@ def _load_without_package(source: str, out: Path, env: dict | None = None, auto_
 
 
 def _package_images(source: str):
-    from diffusers import DiffusionPipeline
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
 
-    pipeline = DiffusionPipeline.from_pretrained(source)
+    pipeline = load_pipeline(source)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(7)
     return pipeline(batch_size=2, num_inference_steps=3, generator=generator, output_type="np").images
@@ -142,15 +142,16 @@ def trained_student(tmp_path_factory):
     return teacher, out
 
 
-def test_saved_student_loads_with_diffusion_pipeline_and_samples(trained_student):
-    from diffusers import DDPMPipeline, DiffusionPipeline
+def test_saved_student_loads_with_the_library_loader_and_samples(trained_student):
+    from diffusers import DDPMPipeline
 
     from redistill_diffusion import ReDistillUNet2DModel
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
 
     _, out = trained_student
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(out.rglob("*.bin")) or all("checkpoint-" in str(p) for p in out.rglob("*.bin"))
-    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    pipeline = load_pipeline(out)
     assert isinstance(pipeline, DDPMPipeline)
     assert isinstance(pipeline.unet, ReDistillUNet2DModel) and len(pipeline.unet.red_blocks) == 2
     assert pipeline.unet.config.stem_stride == 2
@@ -177,7 +178,7 @@ def test_model_card_names_teacher_method_stride_memory_and_grid(trained_student)
 def test_saved_student_loads_without_the_package_and_samples_the_same_images(trained_student, tmp_path):
     import numpy as np
 
-    from redistill_diffusion.models.remote_code import component_source
+    from redistill_diffusion.diffusion.component_file import component_source
 
     _, out = trained_student
     index = json.loads((out / "model_index.json").read_text())
@@ -216,7 +217,7 @@ def test_unet_and_scheduler_configs_resolve_from_shipped_names_ids_and_folders(t
 
 
 def test_push_to_hub_uploads_a_loadable_pipeline_without_leaking_the_token(tmp_path, capsys, caplog):
-    from diffusers import DiffusionPipeline
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
 
     teacher = make_tiny_teacher(tmp_path / "teacher")
     hub = LocalHub(tmp_path / "hub")
@@ -246,7 +247,7 @@ def test_push_to_hub_uploads_a_loadable_pipeline_without_leaking_the_token(tmp_p
     assert "README.md" in files and "model_index.json" in files and "samples/latest.png" in files
     assert not any(f.startswith(("checkpoint-", "logs/")) for f in files)
     assert "unet/redistill_unet.py" in files
-    pipeline = DiffusionPipeline.from_pretrained(str(uploaded))
+    pipeline = load_pipeline(uploaded)
     assert type(pipeline.unet).__name__ == "ReDistillUNet2DModel"
     # The pushed repo, as a Hub download leaves it in the cache, loads by its id without the package.
     cache = hub.as_hub_cache(tmp_path / "hf_cache", "me/tiny-redistill")
@@ -319,7 +320,7 @@ def test_every_loader_takes_a_missing_nested_path_for_a_path_not_a_hub_id(tmp_pa
     """'a/b/c' was a Hub id for some loaders and a path for others; now a missing path for all (no network)."""
     from redistill_diffusion.classification import load_classifier
     from redistill_diffusion.data import open_dataset
-    from redistill_diffusion.evaluation.sampling import check_pipeline_source
+    from redistill_diffusion.diffusion.pipeline_io import check_pipeline_source
 
     monkeypatch.chdir(tmp_path)
     for load in (load_teacher, load_unet_config, open_dataset, load_classifier, check_pipeline_source):

@@ -16,8 +16,8 @@ import pytest
 from helpers_training import TINY_UNET, fast_args, make_tiny_teacher
 
 from redistill_diffusion.cli import main as cli_main
+from redistill_diffusion.diffusion.run import run_redistill, run_teacher, script_main
 from redistill_diffusion.training import checkpointing as ckpt
-from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,8 +255,8 @@ def test_failed_push_keeps_the_model_and_says_so(tmp_path, capfd):
 def test_api_rejects_bad_arguments_in_one_line():
     from diffusers import UNet2DModel
 
+    from redistill_diffusion.diffusion.model import ReDistillUNet2DModel
     from redistill_diffusion.memory import measure_peak_memory
-    from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
 
     teacher = UNet2DModel(**TINY_UNET)  # 3 levels: total stride 4
     with pytest.raises(ValueError, match="multiples of 4"):

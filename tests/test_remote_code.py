@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from redistill_diffusion.models import unet_student
-from redistill_diffusion.models.remote_code import component_source, make_pipeline_self_contained
+from redistill_diffusion.diffusion import model as unet_student
+from redistill_diffusion.diffusion.component_file import component_source, make_pipeline_self_contained
 
 LEGACY = Path(__file__).parent / "fixtures" / "student_pipeline_2176d4f"
 
@@ -64,11 +64,11 @@ def _tiny_student():
 
 
 def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(tmp_path, caplog):
-    from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline
+    from diffusers import DDPMPipeline, DDPMScheduler
     from diffusers.utils import logging as diffusers_logging
 
     from redistill_diffusion import ReDistillUNet2DModel
-    from redistill_diffusion.models.pipeline_folder import save_ddpm_pipeline
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline, save_ddpm_pipeline
 
     save_ddpm_pipeline(_tiny_student(), DDPMScheduler(num_train_timesteps=10), tmp_path / "new")
     diffusers_logging.enable_propagation()
@@ -76,24 +76,63 @@ def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(
     try:
         with caplog.at_level("WARNING"):
             unet = ReDistillUNet2DModel.from_pretrained(str(tmp_path / "new" / "unet"))
+            pipeline = load_pipeline(tmp_path / "new")
     finally:
         diffusers_logging.disable_propagation()
         diffusers_logging.set_verbosity_error()
     assert "auto_map" not in caplog.text and "auto_map" not in unet.config
-    # A folder saved before component files existed names the package module; it still loads.
+    assert type(pipeline.unet) is ReDistillUNet2DModel and isinstance(pipeline.scheduler, DDPMScheduler)
+    # Folders saved before component files existed name a package module; they still load, under every
+    # module name an earlier version wrote (the saved format never names the new diffusion/ path).
     DDPMPipeline(unet=_tiny_student(), scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(
         str(tmp_path / "old")
     )
-    index = json.loads((tmp_path / "old" / "model_index.json").read_text())
-    assert index["unet"] == ["redistill_diffusion.models.unet_student", "ReDistillUNet2DModel"]
-    assert isinstance(DiffusionPipeline.from_pretrained(str(tmp_path / "old")).unet, ReDistillUNet2DModel)
+    index_path = tmp_path / "old" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    assert index["unet"] == ["redistill_diffusion.diffusion.model", "ReDistillUNet2DModel"]
+    for module in ("redistill_diffusion.models.unet_student", "redistill_diffusion"):
+        index_path.write_text(json.dumps({**index, "unet": [module, "ReDistillUNet2DModel"]}))
+        assert type(load_pipeline(tmp_path / "old").unet) is ReDistillUNet2DModel, module
     # ... and can be made self-contained afterwards; a teacher pipeline is left alone.
     assert make_pipeline_self_contained(tmp_path / "old") == ["unet"]
     assert (tmp_path / "old" / "unet" / "redistill_unet.py").read_text() == component_source()
-    pipeline = DiffusionPipeline.from_pretrained(str(tmp_path / "old"))
+    pipeline = load_pipeline(tmp_path / "old")
     assert isinstance(pipeline.unet, ReDistillUNet2DModel)
     out = pipeline.unet(torch.zeros(1, 3, 16, 16), 0).sample
     assert out.shape == (1, 3, 16, 16)
+
+
+def test_importing_the_package_patches_nothing_of_diffusers():
+    """`import redistill_diffusion` leaves `diffusers.pipelines` as it found it (issue 25: no patching)."""
+    probe = (
+        "import sys, diffusers.pipelines\n"
+        "if sys.argv[1] == 'with':\n"
+        "    import redistill_diffusion, redistill_diffusion.diffusion.pipeline_io  # noqa: F401\n"
+        "print('\\n'.join(sorted(dir(diffusers.pipelines))))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    names = {}
+    for case in ("without", "with"):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, case], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        names[case] = set(result.stdout.split())
+    assert "DDPMPipeline" in names["without"]
+    assert names["with"] - names["without"] == set(), names["with"] - names["without"]
+
+
+def test_a_package_module_named_by_a_folder_is_never_loaded_from_the_folder(tmp_path):
+    """The library loader takes the student class from the package even where the folder carries a
+    different file of the component's name: no folder code runs."""
+    from diffusers import DDPMScheduler
+
+    from redistill_diffusion import ReDistillUNet2DModel
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline, save_ddpm_pipeline
+
+    save_ddpm_pipeline(_tiny_student(), DDPMScheduler(num_train_timesteps=10), tmp_path / "p")
+    (tmp_path / "p" / "unet" / "redistill_unet.py").write_text("raise SystemExit('folder code ran')\n")
+    assert type(load_pipeline(tmp_path / "p").unet) is ReDistillUNet2DModel
 
 
 # In a fresh interpreter where `import redistill_diffusion` fails: each folder loads through its own
@@ -120,11 +159,10 @@ for folder in sys.argv[2:]:
 def test_a_folder_saved_by_the_generated_component_file_version_still_loads(tmp_path):
     """The fixture was saved at 2176d4f: model_index names ["redistill_unet", ...], unet/config.json has
     `auto_map`, and unet/redistill_unet.py is the file generated from taps, red and unet_student."""
-    from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
 
     from redistill_diffusion import ReDistillUNet2DModel
-    from redistill_diffusion.models.pipeline_folder import load_teacher
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline, load_teacher
 
     folder = tmp_path / "legacy"
     shutil.copytree(LEGACY, folder, ignore=shutil.ignore_patterns("README.md"))
@@ -142,7 +180,7 @@ def test_a_folder_saved_by_the_generated_component_file_version_still_loads(tmp_
 
     # With the package: the package's class, the same output, through every loading path.
     unets = [
-        DiffusionPipeline.from_pretrained(str(folder)).unet,
+        load_pipeline(folder).unet,
         ReDistillUNet2DModel.from_pretrained(str(folder / "unet")),
         load_teacher(str(folder))[0],
     ]
@@ -164,3 +202,26 @@ def test_a_folder_saved_by_the_generated_component_file_version_still_loads(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     errors = [float(line.split()[-1]) for line in result.stdout.splitlines()]
     assert len(errors) == 4 and max(errors) < 1e-5, result.stdout
+
+
+def test_the_old_import_paths_still_work():
+    """`redistill_diffusion.models.*` re-export `redistill_diffusion.diffusion`; all but the student file (which
+    saved folders name) say where the code moved."""
+    import importlib
+
+    import pytest
+
+    from redistill_diffusion.diffusion import component_file, model, pipeline_io
+
+    old_student = importlib.import_module("redistill_diffusion.models.unet_student")
+    assert old_student.ReDistillUNet2DModel is model.ReDistillUNet2DModel
+    assert old_student.REDBlock is model.REDBlock
+    moved = {
+        "pipeline_folder": (pipeline_io, ("load_teacher", "save_ddpm_pipeline", "load_pipeline")),
+        "remote_code": (component_file, ("component_source", "make_pipeline_self_contained")),
+    }
+    for old, (new, names) in moved.items():
+        sys.modules.pop(f"redistill_diffusion.models.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"models.{old} moved"):
+            module = importlib.import_module(f"redistill_diffusion.models.{old}")
+        assert all(getattr(module, name) is getattr(new, name) for name in names), old

@@ -16,9 +16,9 @@ from helpers_training import fast_args, make_tiny_teacher
 from safetensors.torch import load_file
 
 from redistill_diffusion.config import TrainingArguments
+from redistill_diffusion.diffusion.run import run_redistill, run_teacher, script_main
 from redistill_diffusion.training import NonFiniteLossError, TaskLosses, combine_losses
 from redistill_diffusion.training import checkpointing as ckpt
-from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
 from redistill_diffusion.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ _KILLED_RUN = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from redistill_diffusion.training import checkpointing
-    from redistill_diffusion.training.runs import run_redistill
+    from redistill_diffusion.diffusion.run import run_redistill
 
     commit = checkpointing.commit_checkpoint
     def hang_before_second_commit(tmp_dir, final_dir):
@@ -338,8 +338,8 @@ def test_memory_report_measures_a_copy_free_of_autocast_wrappers(tiny_teacher):
     """Under --mixed_precision accelerate wraps forward in autocast; the card must not count its casts."""
     from diffusers import UNet2DModel
 
+    from redistill_diffusion.diffusion.task import _clean_copy
     from redistill_diffusion.memory import measure_peak_memory
-    from redistill_diffusion.training.diffusion import _clean_copy
 
     unet = UNet2DModel.from_pretrained(str(tiny_teacher / "unet"))
     shape = (3, 16, 16)
@@ -352,8 +352,7 @@ def test_memory_report_measures_a_copy_free_of_autocast_wrappers(tiny_teacher):
 def test_heldout_denoising_loss_is_logged_and_matches_the_eval_api(tmp_path, tiny_teacher):
     """--heldout_data: the final evaluation logs the held-out denoising loss of the saved (EMA) weights, the
     same number `denoising_loss` gives for the saved pipeline; --teacher_mode train and red_norm group run."""
-    from diffusers import DDPMPipeline
-
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
     from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
 
     heldout = tmp_path / "heldout.parquet"
@@ -368,7 +367,7 @@ def test_heldout_denoising_loss_is_logged_and_matches_the_eval_api(tmp_path, tin
     assert {"denoise_loss", "denoise_loss_low", "denoise_loss_mid", "denoise_loss_high"} <= set(
         result.metrics
     )
-    pipeline = DDPMPipeline.from_pretrained(str(out))
+    pipeline = load_pipeline(out)
     assert pipeline.unet.config.red_norm == "group"
     images = load_heldout_images(str(heldout), 16, 3, 8)
     again = denoising_loss(pipeline.unet.eval(), pipeline.scheduler, images, num_timesteps=3)

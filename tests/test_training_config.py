@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from redistill_diffusion.cli import build_parser, main
-from redistill_diffusion.config import DataArguments, StudentArguments, TrainingArguments, parse_args, to_dict
-from redistill_diffusion.training.runs import REDISTILL_ARGUMENTS, TEACHER_ARGUMENTS
+from redistill_diffusion.config import DataArguments, TrainingArguments, parse_args, to_dict
+from redistill_diffusion.diffusion.arguments import StudentArguments
+from redistill_diffusion.diffusion.run import REDISTILL_ARGUMENTS, TEACHER_ARGUMENTS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -22,8 +22,8 @@ _DRIVER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from safetensors.torch import save_file
-    from redistill_diffusion.training import diffusion
-    from redistill_diffusion.training.runs import run_redistill
+    from redistill_diffusion.diffusion import task as diffusion
+    from redistill_diffusion.diffusion.run import run_redistill
     from redistill_diffusion.training.trainer import Trainer
 
     probe = Path(sys.argv[1])

@@ -8,8 +8,8 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from redistill_diffusion import ReDistillUNet2DModel
-from redistill_diffusion.models.unet_student import OUTPUT_HEADS, FullResolutionRefiner, SubpixelSkip
-from redistill_diffusion.models.unet_taps import red_specs, unet_tap_pairs
+from redistill_diffusion.diffusion.model import OUTPUT_HEADS, FullResolutionRefiner, SubpixelSkip
+from redistill_diffusion.diffusion.unet_taps import red_specs, unet_tap_pairs
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -233,7 +233,7 @@ def test_pipeline_round_trip_in_fresh_process(pipeline_cls, scheduler_cls, tmp_p
     assert images.shape == (1, 16, 16, 3)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["unet"] == ["redistill_diffusion.models.unet_student", "ReDistillUNet2DModel"]
+    assert index["unet"] == ["redistill_diffusion.diffusion.model", "ReDistillUNet2DModel"]
     script = (
         "import sys, torch\n"
         "import redistill_diffusion  # diffusers >= 0.42 loads only classes of modules the caller imported\n"

@@ -139,8 +139,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _build_pair(args: argparse.Namespace):
     """(teacher, student, input_shape, description, stem stride); every check runs before a model is built."""
-    from ..models.configs import load_unet_config
-    from ..models.pairs import build_unet_pair, check_unet_student
+    from ..diffusion.configs import load_unet_config
+    from ..diffusion.pairs import build_unet_pair, check_unet_student
 
     if args.timm is not None:
         from ..classification.memory_convention import build_timm_pair  # also registers the timm conventions

@@ -159,7 +159,9 @@ def _stage_argv(
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_recipe
-    from ..training.runs import run_redistill, run_teacher
+    from ..diffusion.run import run_redistill, run_teacher
+    from ..files import read_json
+    from ..memory.summary import MemorySummary
 
     root = Path(args.output_dir)
     teacher_dir, student_dir = root / "teacher", root / "student"
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     timings["student_seconds"] = time.perf_counter() - middle
 
     memory_path = student_dir / "memory_report.json"
-    memory = json.loads(memory_path.read_text()) if memory_path.is_file() else {}
+    memory = MemorySummary.from_dict(read_json(memory_path) if memory_path.is_file() else None)
     compare_start = time.perf_counter()
     comparison = _compare(teacher_dir, student_dir, root)
     timings["comparison_seconds"] = time.perf_counter() - compare_start
@@ -229,12 +231,12 @@ def run(args: argparse.Namespace) -> int:
         "student_samples": str(student_dir / "samples" / "latest.png"),
         "memory_report": {"json": str(memory_path), "png": str(student_dir / "memory_report.png")},
         "peak_memory": {
-            convention: {
-                "teacher_mb": value["teacher"]["peak_mb"],
-                "student_mb": value["student"]["peak_mb"],
-                "ratio": value["ratio"],
+            comparison.convention: {
+                "teacher_mb": comparison.teacher.peak_mb,
+                "student_mb": comparison.student.peak_mb,
+                "ratio": comparison.ratio,
             }
-            for convention, value in memory.items()
+            for comparison in memory
         },
         "seconds_per_step": {
             "teacher": teacher_result.seconds_per_step if teacher_result else None,
@@ -249,7 +251,8 @@ def run(args: argparse.Namespace) -> int:
     (root / "summary.json").write_text(redact_text(json.dumps(summary, indent=2)))
     print("\nDone in {:.0f} s.".format(timings["total_seconds"]))
     print(
-        f"  student pipeline : {student_dir}  (DiffusionPipeline.from_pretrained, after `import redistill_diffusion`)"
+        f"  student pipeline : {student_dir}  (redistill_diffusion.diffusion.pipeline_io.load_pipeline, or "
+        "DiffusionPipeline.from_pretrained(..., trust_remote_code=True))"
     )
     print(f"  sample grids     : {summary['teacher_samples']}  |  {summary['student_samples']}")
     for convention, value in summary["peak_memory"].items():

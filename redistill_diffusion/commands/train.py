@@ -17,12 +17,12 @@ import importlib
 # kind -> (module, function, help); functions take argv and return a TrainResult.
 KINDS = {
     "ddpm": (
-        "redistill_diffusion.training.runs",
+        "redistill_diffusion.diffusion.run",
         "run_redistill",
         "distil a ReDistill DDPM student from a teacher",
     ),
     "ddpm-teacher": (
-        "redistill_diffusion.training.runs",
+        "redistill_diffusion.diffusion.run",
         "run_teacher",
         "train a plain DDPM UNet (a teacher)",
     ),

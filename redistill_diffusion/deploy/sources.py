@@ -153,7 +153,7 @@ def load_deployable(folder: str | os.PathLike) -> Deployable:
     """Load a saved teacher or student folder (pipeline, UNet or classifier) as a `Deployable`."""
     kind = classify_folder(folder)
     if kind == "denoiser":
-        from ..models.pipeline_folder import load_teacher
+        from ..diffusion.pipeline_io import load_teacher
 
         unet, scheduler = load_teacher(str(Path(folder).expanduser()))
         return denoiser_deployable(unet.eval(), scheduler, source=str(folder))

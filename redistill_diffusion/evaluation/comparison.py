@@ -34,9 +34,9 @@ def pipeline_denoising_loss(
 ) -> dict[str, float]:
     """Held-out denoising loss of a saved pipeline's (EMA) UNet in eval mode on the CPU; without ``images``,
     on ``num_images`` unseen built-in shapes at the UNet's resolution."""
-    from diffusers import DiffusionPipeline
+    from .sampling import load_pipeline
 
-    pipeline = DiffusionPipeline.from_pretrained(str(pipeline_dir))
+    pipeline = load_pipeline(pipeline_dir)
     unet = pipeline.unet.eval()
     if images is None:
         images = heldout_shapes(num_images=num_images, resolution=int(unet.config.sample_size))

@@ -12,65 +12,19 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
 from tqdm.auto import tqdm
 
-from ..hub import is_hub_id
+# Pipeline evaluation loads through the diffusion task's one pipeline loader (the one allowed edge from
+# evaluation to a task, tests/test_import_graph.py).
+from ..diffusion.pipeline_io import check_pipeline_source, load_pipeline  # noqa: F401 - evaluation's names
 
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50}
 MIXED_PRECISION = ("no", "bf16", "fp16")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def check_pipeline_source(source: str | os.PathLike) -> None:
-    """Fail early, in one line, on a local folder that is not a pipeline with a unet."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"pipeline {source} is a file; expected a pipeline folder or a Hub id")
-        if not (path / "unet").is_dir():
-            raise ValueError(
-                f"pipeline folder {source} has no unet/ subfolder (expected a saved DDPMPipeline)"
-            )
-        if not (path / "model_index.json").is_file():
-            raise ValueError(
-                f"pipeline folder {source} has no model_index.json (save it with pipeline.save_pretrained)"
-            )
-    elif not is_hub_id(source):
-        raise FileNotFoundError(f"pipeline folder {source} does not exist")
-
-
-def load_pipeline(source: str | os.PathLike | DiffusionPipeline) -> DiffusionPipeline:
-    """A Hub id or local folder -> pipeline, via ``DiffusionPipeline.from_pretrained`` (ReDistill students
-    load the same way: their class is found through model_index.json)."""
-    if isinstance(source, DiffusionPipeline):
-        pipeline = source
-    else:
-        check_pipeline_source(source)
-        try:
-            pipeline = DiffusionPipeline.from_pretrained(str(source))
-        except Exception as error:
-            raise ValueError(f"pipeline {source} could not be loaded: {_first_line(error)}") from error
-    if getattr(pipeline, "unet", None) is None or getattr(pipeline, "scheduler", None) is None:
-        raise ValueError(
-            f"pipeline {source} has no unet and scheduler; expected an unconditional image pipeline"
-        )
-    from ..models.configs import check_unconditional
-
-    check_unconditional(
-        pipeline.unet.config,
-        f"pipeline {source if isinstance(source, (str, os.PathLike)) else type(source).__name__}",
-    )
-    return pipeline
 
 
 def with_sampler(pipeline: DiffusionPipeline, sampler: str) -> DiffusionPipeline:
@@ -114,6 +68,12 @@ class SamplingResult:
     @property
     def images_per_second(self) -> float:
         return self.images.shape[0] / self.seconds if self.seconds > 0 else float("inf")
+
+    def pil_images(self) -> list:
+        """The same samples as RGB PIL images (training's sample grid and TensorBoard images)."""
+        from PIL import Image
+
+        return [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in self.images]
 
 
 def sample_images(
@@ -201,15 +161,13 @@ def sample_pil_images(
     *,
     sampler: str | None = None,
 ) -> list:
-    """`sample_images` as a list of RGB PIL images (training's sample grid and TensorBoard images).
-
-    The same per-sample seeds as every other sample in the package; ``sampler`` defaults to the
-    pipeline's own scheduler (`sampler_of`) and ``device`` to where its unet already is (a model being
-    trained stays on its accelerator). ``progress``: a label for the bar; ``None`` keeps it off.
-    """
-    from PIL import Image
-
-    result = sample_images(
+    """Deprecated: ``sample_images(pipeline, num_images, ...).pil_images()`` (one name for sampling)."""
+    warnings.warn(
+        "sample_pil_images is deprecated; use sample_images(...).pil_images()",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return sample_images(
         pipeline,
         num_images,
         sampler=sampler or sampler_of(pipeline),
@@ -219,8 +177,7 @@ def sample_pil_images(
         device=device if device is not None else pipeline.unet.device,
         progress=bool(progress),
         description=progress or "sampling",
-    )
-    return [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in result.images]
+    ).pil_images()
 
 
 def sample_resolution(pipeline: DiffusionPipeline) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Each function returns the one warning line to log (or None): what will really happen and how to get
 what was asked for. The `Trainer` logs them before the first step; refusals (settings that cannot
-train at all) are `trainer.validate_training_args`' one-line errors instead.
+train at all) are `optimization.validate_training_args`' one-line errors instead.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from helpers_training import TINY_UNET, fast_args
 from PIL import Image
 
 from redistill_diffusion.cli import main as cli_main
-from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
+from redistill_diffusion.diffusion.run import run_redistill, run_teacher, script_main
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRESS_BAR = re.compile(r"(\?|\d) ?(it|examples|ba|img)/s\]|\|\s*\d+/\d+ \[")
@@ -336,7 +336,7 @@ def test_class_conditional_student_can_still_be_derived(conditional_teacher):
     """What the README still promises: deriving (and measuring) a class-conditional student works."""
     from diffusers import UNet2DModel
 
-    from redistill_diffusion.models.unet_student import ReDistillUNet2DModel
+    from redistill_diffusion.diffusion.model import ReDistillUNet2DModel
 
     teacher = UNet2DModel.from_pretrained(str(conditional_teacher / "unet"))
     student = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2)
@@ -457,8 +457,8 @@ def test_ctrl_c_while_loading_data_is_one_line(monkeypatch, tmp_path, capfd, ent
 def test_ctrl_c_before_any_signal_handling_is_one_line(monkeypatch, tmp_path, capfd, entry):
     """Parsing flags or `redistill memory` run with Python's own SIGINT handler: KeyboardInterrupt, which
     every entry point turns into one line and exit 130 instead of a traceback."""
-    import redistill_diffusion.models.configs as configs
-    import redistill_diffusion.training.runs as runs
+    import redistill_diffusion.diffusion.configs as configs
+    import redistill_diffusion.diffusion.run as runs
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # what a user's shell process has
     capfd.readouterr()

@@ -25,9 +25,9 @@ from conftest import (
 )
 
 from redistill_diffusion.cli import main as cli_main
+from redistill_diffusion.diffusion.run import run_redistill, run_teacher, script_main
 from redistill_diffusion.interrupts import TEST_HOOK_ENV, reset_test_hook
 from redistill_diffusion.training import checkpointing as ckpt
-from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
 
 EXIT = {"SIGTERM": 143, "SIGINT": 130}
 

@@ -26,8 +26,8 @@ from conftest import (
 )
 
 from redistill_diffusion.cli import main as cli_main
+from redistill_diffusion.diffusion.run import run_redistill, run_teacher, script_main
 from redistill_diffusion.training import checkpointing as ckpt
-from redistill_diffusion.training.runs import run_redistill, run_teacher, script_main
 
 
 def _run(capfd, entry, argv) -> tuple[int, str]:
@@ -105,15 +105,15 @@ def test_torch_save_on_a_full_disk_is_recognised(tmp_path, monkeypatch, capfd):
 
 
 def test_disk_full_during_the_final_save_keeps_nothing_half_written(tmp_path, monkeypatch, capfd):
-    from redistill_diffusion import model_cards
+    from redistill_diffusion.diffusion import card
 
     out = tmp_path / "run"
     out.mkdir()
     before = put_user_files(out)
     monkeypatch.setattr(
-        model_cards,
-        "_save_card",
-        _fail_on_call(1, OSError(errno.ENOSPC, "No space left"))(model_cards._save_card),
+        card,
+        "save_card",
+        _fail_on_call(1, OSError(errno.ENOSPC, "No space left"))(card.save_card),
     )
     argv = teacher_argv(out, 2, "--overwrite_output_dir")
     code, err = _run(capfd, lambda a: script_main(run_teacher, a), argv)

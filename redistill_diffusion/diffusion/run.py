@@ -12,18 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import (
-    DataArguments,
-    DDPMArguments,
-    StudentArguments,
-    TeacherModelArguments,
-    TrainingArguments,
-    parse_args,
-    to_dict,
-)
+from ..config import DataArguments, TrainingArguments, parse_args, to_dict
+from ..errors import script_main  # noqa: F401 - the examples' entry point, re-exported
 from ..files import check_output_dir_reads_nothing
 from ..redaction import redact_log_handlers
-from .trainer import Trainer, TrainResult
+from ..training.trainer import Trainer, TrainResult
+from .arguments import DDPMArguments, StudentArguments, TeacherModelArguments
 
 REDISTILL_ARGUMENTS = (TrainingArguments, DataArguments, DDPMArguments, StudentArguments)
 TEACHER_ARGUMENTS = (TrainingArguments, DataArguments, DDPMArguments, TeacherModelArguments)
@@ -49,8 +43,8 @@ def _command(argv: Sequence[str] | None, program: str) -> str:
 
 
 def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> TrainResult:
-    """Distil a ReDistill student from a teacher (flags: see `config.StudentArguments` and friends)."""
-    from .diffusion import build_redistill_task
+    """Distil a ReDistill student from a teacher (flags: see `diffusion.arguments.StudentArguments` and friends)."""
+    from .task import build_redistill_task
 
     training_args, data_args, ddpm_args, student_args = parse_args(REDISTILL_ARGUMENTS, argv)
     if not student_args.teacher_model_name_or_path:
@@ -70,7 +64,7 @@ def run_redistill(argv: Sequence[str] | None = None, hub_api: Any = None) -> Tra
 
 def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> TrainResult:
     """Train a plain DDPM UNet from a config (a teacher for ReDistill)."""
-    from .diffusion import build_teacher_task
+    from .task import build_teacher_task
 
     training_args, data_args, ddpm_args, model_args = parse_args(TEACHER_ARGUMENTS, argv)
     check_output_dir_reads_nothing(
@@ -82,20 +76,3 @@ def run_teacher(argv: Sequence[str] | None = None, hub_api: Any = None) -> Train
         task = build_teacher_task(model_args, data_args, ddpm_args, training_args)
         task.card["command"] = _command(argv, "redistill train ddpm-teacher")
         return trainer.train(task)
-
-
-def script_main(run, argv: Sequence[str] | None = None) -> int:
-    """Entry point of the example scripts: bad input -> one line on stderr and exit status 2, as `redistill`."""
-    from ..errors import USER_ERRORS, report, report_interrupt, report_keyboard_interrupt
-    from ..interrupts import Interrupted
-
-    try:
-        result = run(argv)
-    except USER_ERRORS as error:
-        return report(error)
-    except Interrupted as stop:  # SIGTERM / SIGINT: one line, no traceback, 143 / 130
-        return report_interrupt(stop)
-    except KeyboardInterrupt:
-        return report_keyboard_interrupt()
-    print(f"Finished at step {result.global_step}; outputs in {result.output_dir}")
-    return 0

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DataArguments, DDPMArguments, StudentArguments, TeacherModelArguments, TrainingArguments
+from ..config import DataArguments, TrainingArguments
 from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
-from .task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
+from ..training.task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
+from .arguments import DDPMArguments, StudentArguments, TeacherModelArguments
 
 if TYPE_CHECKING:
     from ..memory import MemorySummary
@@ -162,7 +163,7 @@ class DiffusionTask:
         import numpy as np
         from diffusers import DDPMPipeline
 
-        from ..evaluation import sample_pil_images, save_sample_grid
+        from ..evaluation import sample_images, save_sample_grid
         from ..progress import announce
 
         unet = ctx.modules[self.main_module_name]
@@ -193,14 +194,16 @@ class DiffusionTask:
                     metrics["denoise_loss"],
                     ", ".join(f"{k[13:]} {v:.5f}" for k, v in metrics.items() if k != "denoise_loss"),
                 )
-            images = sample_pil_images(
+            images = sample_images(
                 DDPMPipeline(unet=unet, scheduler=self.noise_scheduler),
                 args.eval_batch_size,
                 sampler=args.sample_scheduler,
-                seed=args.sample_seed,
                 num_inference_steps=args.ddpm_num_inference_steps,
-                progress=f"sample grid (step {ctx.global_step})",
-            )
+                batch_size=args.eval_batch_size,
+                seed=args.sample_seed,
+                device=unet.device,  # a model being trained stays on its accelerator
+                description=f"sample grid (step {ctx.global_step})",
+            ).pil_images()
         finally:
             unet.train(was_training)
         root = Path(ctx.output_dir)
@@ -241,9 +244,9 @@ class DiffusionTask:
 
     def save_final(self, output_dir: str, ctx: EvalContext) -> None:
         """DDPMPipeline folder (EMA weights) + memory report + README.md model card."""
-        from ..model_cards import model_card_description, write_model_card
-        from ..models.pipeline_folder import save_ddpm_pipeline
         from ..progress import announce
+        from .card import model_card_description, write_model_card
+        from .pipeline_io import save_ddpm_pipeline
 
         unet = ctx.modules[self.main_module_name]
         root = Path(output_dir)
@@ -367,11 +370,11 @@ def build_redistill_task(
     """
     from ..distillers import build_model_distiller, distillation_options, parse_distiller
     from ..hub import is_hub_id
-    from ..models.configs import check_unconditional
-    from ..models.pipeline_folder import load_teacher
-    from ..models.unet_student import ReDistillUNet2DModel
-    from ..models.unet_taps import red_specs, unet_example_inputs, unet_tap_pairs
     from ..red import init_red_blocks
+    from .configs import check_unconditional
+    from .model import ReDistillUNet2DModel
+    from .pipeline_io import load_teacher
+    from .unet_taps import red_specs, unet_example_inputs, unet_tap_pairs
 
     # An unknown method, or an option it does not take: one clear error before loading anything.
     _check_resolution_flag(data_args)
@@ -467,7 +470,7 @@ def build_teacher_task(
     """A UNet2DModel from a config, trained from scratch as a plain DDPM (a teacher for ReDistill)."""
     from diffusers import UNet2DModel
 
-    from ..models.configs import check_unconditional, load_scheduler_config, load_unet_config
+    from .configs import check_unconditional, load_scheduler_config, load_unet_config
 
     if not model_args.model_config_name_or_path:
         raise ValueError(
