@@ -1,4 +1,4 @@
-"""Checkpoint folders that are never half-written, and the output_dir rules that protect other runs.
+"""Checkpoint folders that are never half-written (the output_dir rules are `outputs.py`'s).
 
 A checkpoint is first written to ``checkpoint-<step>.tmp`` by every process, flushed to disk
 (fsync), and only then renamed to ``checkpoint-<step>`` by the main process. A rename is atomic,
@@ -172,29 +172,6 @@ def resolve_resume_path(output_dir: str, resume_from_checkpoint: str | None) -> 
     for warning in warnings:
         logger.warning("%s", warning)
     return path
-
-
-def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> None:
-    """Refuse to mix two runs in one folder, before any work starts.
-
-    An existing non-empty ``output_dir`` is allowed only when resuming or with ``--overwrite_output_dir``
-    (which removes what the previous run wrote, see `outputs.remove_previous_run`, so ``latest`` can
-    never pick up the other run's state). A path that cannot be a folder is refused here too.
-    """
-    from ..files import ensure_output_dir
-    from .outputs import BOOKKEEPING
-
-    root = Path(output_dir)
-    if not root.is_dir():
-        ensure_output_dir(output_dir)  # a file, a path under a file, a read-only place: one line now
-        return
-    if not any(c.name not in BOOKKEEPING for c in root.iterdir()) or resume_from_checkpoint:
-        return
-    if not overwrite_output_dir:
-        raise ValueError(
-            f"output_dir {output_dir!r} already holds files of another run; pass --resume_from_checkpoint latest "
-            "to continue it, --overwrite_output_dir to replace it, or another --output_dir."
-        )
 
 
 def clear_old_checkpoints(output_dir: str) -> None:

@@ -27,6 +27,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..files import ensure_output_dir
+from .checkpointing import clear_old_checkpoints
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".redistill.lock"
@@ -230,14 +233,32 @@ def check_no_foreign_model(output_dir: str | os.PathLike) -> None:
         )
 
 
+def check_output_dir(output_dir: str, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> None:
+    """Refuse to mix two runs in one folder, before any work starts.
+
+    An existing non-empty ``output_dir`` is allowed only when resuming or with ``--overwrite_output_dir``
+    (which removes what the previous run wrote, see `remove_previous_run`, so ``latest`` can
+    never pick up the other run's state). A path that cannot be a folder is refused here too.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        ensure_output_dir(output_dir)  # a file, a path under a file, a read-only place: one line now
+        return
+    if not any(c.name not in BOOKKEEPING for c in root.iterdir()) or resume_from_checkpoint:
+        return
+    if not overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {output_dir!r} already holds files of another run; pass --resume_from_checkpoint latest "
+            "to continue it, --overwrite_output_dir to replace it, or another --output_dir."
+        )
+
+
 def remove_previous_run(output_dir: str | os.PathLike) -> list[str]:
     """For --overwrite_output_dir: delete the files the previous run recorded and its checkpoints.
 
     Folders left empty by that are removed too; everything else (a user's notes, a checkpoint-like
     folder without our completion marker) stays, and is named in a warning. Returns the kept files.
     """
-    from .checkpointing import clear_old_checkpoints
-
     root = Path(output_dir)
     recorded = recorded_outputs(root)
     clear_old_checkpoints(str(root))

@@ -11,19 +11,17 @@ each process's task generator (`checkpointing.GeneratorState`) and the step coun
 is accelerate's seedable sampler (seed + epoch). A resumed run replays exactly the batches, noise
 and EMA updates an uninterrupted run would have seen.
 
-`train` reads top to bottom: `_setup` (optimizer, loader, schedule, prepare, EMA), `_resume`,
-`_run_epochs` (one `_step` per optimizer step), `_finish` (final evaluation, save, push). The
+`train` reads top to bottom: `_setup` (optimizer, loader, schedule, prepare, EMA), `_resume`
+(`resume.py`), `_run_epochs` (one `_step` per optimizer step), `_finish` (final evaluation, save, push). The
 trainer knows no Hub or pipeline code: saving and pushing are the task's (`task.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,18 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..config import TrainingArguments
-from ..files import ensure_output_dir
 from ..interrupts import Interrupted, SignalGuard, at_phase
 from . import checkpointing as ckpt
-from . import outputs, run_checks
+from . import run_checks
 from .ema import ModelEMA
+from .evaluating import EvaluationHooks
 from .losses import check_finite, combine_losses
 from .optimization import build_optimizer, scaled_step_rules, validate_training_args
-from .task import EvalContext, HubPublishingTask, StepContext
+from .resume import CheckpointHooks
+from .run_folder import OutputDirClaim
+from .task import StepContext
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +80,11 @@ class _Schedule:
     num_epochs: int
 
 
-class Trainer:
-    """Creates the Accelerator (and seeds everything) on construction; `train(task)` runs the loop."""
+class Trainer(OutputDirClaim, CheckpointHooks, EvaluationHooks):
+    """Creates the Accelerator (and seeds everything) on construction; `train(task)` runs the loop.
+
+    Its pieces live beside it: the output folder (`run_folder.OutputDirClaim`), checkpoints and resume
+    (`resume.CheckpointHooks`), evaluation (`evaluating.EvaluationHooks`)."""
 
     def __init__(
         self,
@@ -131,228 +133,10 @@ class Trainer:
         self._names: dict[int, str] = {}
         self._modules: OrderedDict[str, nn.Module] = OrderedDict()
 
-    # ------------------------------------------------------------------ output_dir
-    def _on_main_process(self, action) -> None:
-        """Run ``action`` on the main process; a user error it raises reaches every process as the
-        same error, so none is left waiting for the others."""
-        from accelerate.utils import broadcast_object_list
-
-        from ..errors import USER_ERRORS, one_line
-
-        error = None
-        if self.accelerator.is_main_process:
-            try:
-                action()
-            except USER_ERRORS as caught:
-                error = caught
-        message = [one_line(error) if error is not None else None]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(message)
-        if error is not None:
-            raise error
-        if message[0] is not None:
-            raise ValueError(message[0])
-        self.accelerator.wait_for_everyone()
-
-    def _claim_output_dir(self) -> None:
-        """Main process: lock output_dir, check it again under the lock (two runs started at once) and
-        clear the previous run for --overwrite_output_dir."""
-        args = self.args
-
-        def claim() -> None:
-            try:
-                ensure_output_dir(args.output_dir)
-                self._lock = outputs.lock_output_dir(args.output_dir)
-                ckpt.check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
-                if args.overwrite_output_dir and not args.resume_from_checkpoint:
-                    outputs.check_no_foreign_model(args.output_dir)
-                    outputs.remove_previous_run(args.output_dir)
-            except BaseException:
-                self.release_output_dir()
-                raise
-
-        self._on_main_process(claim)
-
-    def _create_hub_repo(self, task) -> None:
-        """--push_to_hub: the task creates the repo now (credentials, names), not after hours of training."""
-        args = self.args
-        if not args.push_to_hub:
-            return
-        if not isinstance(task, HubPublishingTask):
-            raise ValueError(
-                f"--push_to_hub: {type(task).__name__} cannot push to the Hub (no push_to_hub hook)."
-            )
-
-        def create() -> None:
-            from ..hub import HubUnavailableError, upload_command
-
-            try:
-                self.hub_repo_id = task.create_hub_repo(
-                    self.hub_repo_id, token=args.hub_token, private=args.hub_private_repo, api=self.hub_api
-                )
-            except HubUnavailableError as error:
-                raise HubUnavailableError(
-                    f"--push_to_hub: {error}; log in with `hf auth login` (or set HF_TOKEN) and check the "
-                    "network, or train without --push_to_hub and upload the saved model later with "
-                    f"`{upload_command(self.hub_repo_id, args.output_dir)}`."
-                ) from None
-
-        self._on_main_process(create)
-
-    def release_output_dir(self) -> None:
-        """Give up the output_dir lock and remove its file (the OS also releases the lock when the process
-        ends), restore the previous signal handlers, and remove output_dir again if this run created it
-        and left nothing in it (a run refused early)."""
-        signals = getattr(self, "_signals", None)
-        if signals is not None:
-            signals.__exit__(None, None, None)
-            self._signals = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-            if self._created_output_dir:
-                with contextlib.suppress(OSError):  # not empty: the run wrote something, it stays
-                    Path(self.args.output_dir).rmdir()
-
-    def _recording(self):
-        """Files written inside this block are recorded as this run's outputs (main process)."""
-        return outputs.recording(self.args.output_dir, enabled=self.accelerator.is_main_process)
-
-    def _staged(self, final: bool = False):
-        """Outputs written into the yielded folder are committed to output_dir when the block succeeds
-        (recorded first, a user's file never replaced: `outputs.staged`); dropped if it fails."""
-        on_commit = (lambda name: at_phase("final_save")) if final else None
-        return outputs.staged(self.args.output_dir, kept=self._kept, on_commit=on_commit)
-
-    # ------------------------------------------------------------------ checkpoint hooks
-    def _save_hook(self, models, weights, output_dir):
-        """Diffusers modules -> ``<name>/`` with save_pretrained (safetensors); EMA and generator too."""
-        accelerator = self.accelerator
-        keep = []
-        for model, weight in zip(models, weights):
-            unwrapped = accelerator.unwrap_model(model)
-            name = self._names.get(id(model))
-            if name is not None and hasattr(unwrapped, "save_pretrained") and hasattr(unwrapped, "config"):
-                if accelerator.is_main_process:
-                    unwrapped.save_pretrained(os.path.join(output_dir, name), safe_serialization=True)
-            else:
-                keep.append(weight)
-        weights[:] = keep
-        self._generator_state.save(output_dir)  # every process: its own noise stream
-        if accelerator.is_main_process and self.ema is not None:
-            self.ema.save(output_dir)
-
-    def _load_hook(self, models, input_dir):
-        accelerator = self.accelerator
-        remaining = []
-        for model in models:
-            unwrapped = accelerator.unwrap_model(model)
-            name = self._names.get(id(model))
-            folder = os.path.join(input_dir, name) if name else None
-            if folder and os.path.isdir(folder) and hasattr(unwrapped, "save_pretrained"):
-                # Not from_pretrained: the prepared module must keep its identity (DDP, optimizer).
-                files = sorted(Path(folder).glob("*.safetensors"))
-                if not files:
-                    raise FileNotFoundError(f"Checkpoint {input_dir}: {name}/ has no safetensors weights.")
-                state = {}
-                for file in files:
-                    state.update(load_file(str(file), device=str(accelerator.device)))
-                unwrapped.load_state_dict(state)
-            else:
-                remaining.append(model)
-        models[:] = remaining
-        self._generator_state.load(input_dir)
-        if self.ema is not None:
-            self.ema.load(input_dir)
-
-    def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoint-<step>`` atomically (all processes call this). A first SIGTERM/SIGINT waits
-        for the save to finish; a failed or abandoned save leaves no ``.tmp`` behind, and a full disk or
-        an unwritable folder is one line saying what to do."""
-        tmp_dir = ckpt.temporary_checkpoint_dir(self.args.output_dir, self.global_step)
-        try:
-            with self._signals.deferring() if self._signals else contextlib.nullcontext():
-                return self._save_checkpoint(tmp_dir)
-        except BaseException as error:
-            problem = ckpt.write_failure(error, tmp_dir) if isinstance(error, Exception) else None
-            if self.accelerator.is_main_process:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-            if problem is not None:
-                raise OSError(
-                    ckpt.write_failure_message(problem, self.args, tmp_dir.name[: -len(ckpt.TMP_SUFFIX)])
-                ) from error
-            raise
-
-    def _save_checkpoint(self, tmp_dir: Path) -> Path:
-        accelerator, args = self.accelerator, self.args
-        final_dir = ckpt.final_checkpoint_dir(args.output_dir, self.global_step)
-        if accelerator.is_main_process:
-            ckpt.remove_stale_temporaries(args.output_dir)
-            tmp_dir.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp_dir), safe_serialization=True)
-        at_phase("checkpoint_save")
-        if accelerator.is_main_process:  # the completion marker, written last
-            state = {"global_step": self.global_step, "epoch": self.epoch, **self._data_order_settings()}
-            with open(tmp_dir / ckpt.STATE_FILE, "w") as handle:
-                json.dump(state, handle)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            ckpt.commit_checkpoint(tmp_dir, final_dir)
-            removed = ckpt.prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-            logger.info("Saved %s%s", final_dir, f" (removed {len(removed)} old)" if removed else "")
-        accelerator.wait_for_everyone()
-        return final_dir
-
-    def _data_order_settings(self) -> dict[str, int]:
-        """What fixes the data order (`run_checks.DATA_ORDER_SETTINGS`), recorded in every checkpoint."""
-        return {
-            "train_batch_size": self.args.train_batch_size,
-            "gradient_accumulation_steps": self.args.gradient_accumulation_steps,
-            "num_processes": self.accelerator.num_processes,
-        }
-
     def _warn(self, message: str | None) -> None:
         """One warning line (`run_checks`), from the main process only."""
         if message and self.accelerator.is_main_process:
             logger.warning("%s", message)
-
-    # ------------------------------------------------------------------ EMA and evaluation
-    def ema_weights(self):
-        """Swap the EMA weights (and statistics) into the main module for sampling / saving, then restore."""
-        if self.ema is None:
-            return contextlib.nullcontext()
-        return self.ema.swapped_into(self._main_module)
-
-    def _eval_context(self, write_to: Path | None = None) -> EvalContext:
-        return EvalContext(
-            modules={name: self.accelerator.unwrap_model(m) for name, m in self._modules.items()},
-            device=self.accelerator.device,
-            global_step=self.global_step,
-            epoch=self.epoch,
-            output_dir=str(write_to or self.args.output_dir),
-            accelerator=self.accelerator,
-            metrics=dict(self.metrics),
-            run_dir=self.args.output_dir,
-        )
-
-    def _evaluate(self, task) -> None:
-        accelerator = self.accelerator
-        if hasattr(task, "evaluate") and accelerator.is_main_process:
-            # fork_rng: evaluation must not move the training RNG streams (exact resume).
-            with (
-                torch.random.fork_rng(devices=[]),
-                self.ema_weights(),
-                torch.no_grad(),
-                self._staged() as where,
-            ):
-                metrics = task.evaluate(self._eval_context(where)) or {}
-            self.metrics.update(metrics)
-            if metrics:
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.global_step)
-        for module in self._modules.values():
-            module.train()  # evaluation may switch modes; training must go on exactly as before
-        accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
     def train(self, task) -> TrainResult:
@@ -375,35 +159,6 @@ class Trainer:
         if self._signals.pending:
             self.accelerator.set_trigger()
         return self.accelerator.check_trigger()
-
-    def _interrupted(self, stop: Interrupted) -> Interrupted:
-        """Save a checkpoint of the current step when checkpointing is on and none exists yet (after a
-        step, every process together; elsewhere, single-process runs only), then say how to go on."""
-        args = self.args
-        name = stop.signal_name
-        where = {
-            "setup": "before the first step",
-            "final": f"while saving the final model in {args.output_dir}",
-        }.get(self._stage, f"at step {self.global_step}")
-        latest = ckpt.find_latest_checkpoint(args.output_dir)
-        saved_now = False
-        agreed = self._stage == "between_steps" or self.accelerator.num_processes == 1
-        if args.checkpointing_steps and self.global_step > 0 and agreed:
-            if latest is None or latest.name != f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}":
-                try:
-                    latest = self.save_checkpoint()
-                    saved_now = True
-                except (Interrupted, OSError) as error:  # a second signal, a full disk: keep the older one
-                    logger.warning("No checkpoint at step %d: %s", self.global_step, error)
-                    latest = ckpt.find_latest_checkpoint(args.output_dir)
-        finish = "to finish it" if self._stage == "final" else "to continue"
-        if latest is not None:
-            what = f"saved {latest.name}" if saved_now else f"the newest checkpoint is {latest.name}"
-            how = f"run the same command with --resume_from_checkpoint latest {finish}."
-        else:
-            what = "no checkpoint" + (" (--checkpointing_steps 0)" if not args.checkpointing_steps else "")
-            how = "run the same command with --overwrite_output_dir to start over."
-        return Interrupted(stop.signum, f"interrupted by {name} {where}: {what}; {how}")
 
     def __enter__(self) -> Trainer:
         return self
@@ -530,28 +285,6 @@ class Trainer:
         self._names = {id(m): n for n, m in self._modules.items()}
         self._main_module = accelerator.unwrap_model(self._modules[task.main_module_name])
 
-    def _resume(self) -> Path | None:
-        """--resume_from_checkpoint: load the checkpoint (models, optimizer, schedule, RNGs, EMA,
-        generators) and the step it was saved at; None for a new run."""
-        accelerator, args = self.accelerator, self.args
-        resume_path = ckpt.resolve_resume_path(args.output_dir, args.resume_from_checkpoint)
-        if args.resume_from_checkpoint and resume_path is None:
-            logger.warning("No checkpoint in %s yet; starting a new run.", args.output_dir)
-        if resume_path is None:
-            return None
-        with open(resume_path / ckpt.STATE_FILE) as handle:
-            saved = json.load(handle)
-        self._warn(run_checks.resume_mismatch_warning(resume_path.name, saved, self._data_order_settings()))
-        try:
-            accelerator.load_state(str(resume_path))
-        except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's weights
-            raise ValueError(
-                f"Checkpoint {resume_path} does not fit this run ({' '.join(str(error).split())[:300]}); "
-                "resume with the flags it was saved with, or start over with --overwrite_output_dir."
-            ) from error
-        self.global_step = int(saved["global_step"])
-        return resume_path
-
     def _epoch_batches(self, epoch: int, first_epoch: int):
         """The loader of ``epoch``; in the epoch a resumed run starts in, without the batches done."""
         self.dataloader.set_epoch(epoch)
@@ -617,10 +350,6 @@ class Trainer:
         finally:
             progress.close()
         return step_times
-
-    def _due(self, every: int | None, count: int) -> bool:
-        """An evaluation every ``every`` steps/epochs, except at the end (`_finish` evaluates then)."""
-        return bool(every) and count % every == 0 and self.global_step < self._schedule.max_train_steps
 
     def _step(self, task, batch, ctx: StepContext) -> dict[str, float] | None:
         """One micro-batch; the logged scalars when it completed an optimizer step, else None."""
