@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,7 @@ def finalize_teacher(step: int, threads: int) -> int:
 
 def _training_commits() -> list[str]:
     """The commits the teacher's log segments ran at (a resumed run may span several)."""
-    text = TEACHER_LOG.read_text(encoding="utf-8", errors="replace") if TEACHER_LOG.is_file() else ""
-    return sorted(set(re.findall(r"# segment started at commit (\w+)", text)))
+    return _log_commits(TEACHER_LOG)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,9 +336,7 @@ def write_student_curves() -> dict[str, Any]:
                     {"step": s, "heldout_loss": v, "ratio": v / teacher_loss if teacher_loss else None}
                     for s, v in points
                 ],
-                "commits": sorted(
-                    set(re.findall(r"# segment started at commit (\w+)", log.read_text(errors="replace")))
-                ),
+                "commits": _log_commits(log),
             }
     result = {"teacher_step": teacher_step, "teacher_heldout_loss": teacher_loss, "students": curves}
     write_json(RESULTS / "parity_student_curves.json", result)
@@ -353,6 +351,8 @@ def write_student_curves() -> dict[str, Any]:
             ax.plot(
                 [p["step"] for p in curve["points"]], [p["ratio"] for p in curve["points"]], "-", label=name
             )
+        own = [(step, value / teacher_loss) for step, value in teacher_points if step <= teacher_step]
+        ax.plot([p for p, _ in own], [r for _, r in own], "k:", label="the teacher itself at that step")
         ax.axhline(1.0, color="black", lw=0.8)
         ax.axhline(1.05, color="grey", lw=0.8, ls="--", label="target 1.05x")
         ax.set_xlabel("student training steps (batch 32)")
@@ -449,6 +449,164 @@ def write_curve() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# the table: every finished student, scored on the report slice (the select slice drew the curves)
+# ------------------------------------------------------------------------------------------------
+def _flag(flags: list[str], name: str, default: str) -> str:
+    return str(flags[flags.index(name) + 1]) if name in flags else default
+
+
+def _report_loss(pipeline: Path, images) -> float:
+    from redistill_diffusion.evaluation.comparison import pipeline_denoising_loss
+
+    return pipeline_denoising_loss(pipeline, images, num_timesteps=TEACHER_RECIPE["heldout_timesteps"])[
+        "denoise_loss"
+    ]
+
+
+def _log_commits(log: Path) -> list[str]:
+    """The commits a training log's segments ran at (a resumed run may span several)."""
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    return sorted(set(re.findall(r"# segment started at commit (\w+)", text)))
+
+
+def write_table() -> list[dict[str, Any]]:
+    """results/diffusion_parity.json (issue 22 item 7): one row per arm, held-out loss on the report slice
+    (2,500 images, 10 timesteps; mean over the finished seeds), FID from results/parity_fid.json where
+    scored, and the commits that trained it."""
+    import torch
+
+    from redistill_diffusion.evaluation import load_reference
+
+    report = load_reference(str(slices()["report"]))
+    images = torch.stack([report[i] for i in range(len(report))]).float().div(127.5).sub(1.0)
+    teacher_loss = _report_loss(TEACHER_ARTEFACT, images)
+    fids = {row["name"]: row for row in (read_json(RESULTS / "parity_fid.json") or {}).get("rows", [])}
+    teacher_fid = fids.get("teacher", {})
+    rows = []
+    for arm, (what, flags) in ARMS.items():
+        finished = sorted(
+            (int(d.name.rsplit("_seed", 1)[1]), d)
+            for d in STUDENTS.glob(f"{arm}_seed*")
+            if (d / "model_index.json").is_file() and d.name.rsplit("_seed", 1)[0] == arm
+        )
+        if not finished:
+            continue
+        print(f"table: {arm} ({len(finished)} seeds) on the report slice", flush=True)
+        losses = [_report_loss(d, images) for _, d in finished]
+        steps = [max(int(c.name.split("-")[1]) for c in d.glob("checkpoint-*")) for _, d in finished]
+        fid_rows = [fids[f"{arm}_seed{seed}"] for seed, _ in finished if f"{arm}_seed{seed}" in fids]
+        rows.append(
+            {
+                "arm": arm,
+                "what": what,
+                "method": _flag(flags, "--distiller", "vanilla"),
+                "stem_stride": int(_flag(flags, "--stem_stride", "2")),
+                "init": "teacher" if _flag(flags, "--student_init", "random") == "teacher" else "scratch",
+                "seeds": [seed for seed, _ in finished],
+                "student_steps": min(steps),
+                "heldout_loss": sum(losses) / len(losses),
+                "heldout_loss_per_seed": losses,
+                "heldout_loss_teacher": teacher_loss,
+                "ratio": sum(losses) / len(losses) / teacher_loss,
+                "fid": sum(r["fid"] for r in fid_rows) / len(fid_rows) if fid_rows else None,
+                "fid_teacher": teacher_fid.get("fid"),
+                "fid_ci95": max(r["fid_ci95"] for r in fid_rows) if fid_rows else None,
+                "fid_num_samples": fid_rows[0]["num_samples"] if fid_rows else None,
+                "commit": sorted({c for seed, _ in finished for c in _log_commits(student_log(arm, seed))}),
+                "command": f"python benchmarks/bench_parity.py student --arm {arm} --seed "
+                + " ".join(str(seed) for seed, _ in finished)
+                + f" --steps {min(steps)}",
+            }
+        )
+    write_json(
+        RESULTS / "diffusion_parity.json",
+        {
+            "what": "issue 22: students against the parity teacher; held-out loss on the report slice",
+            "teacher": {
+                "pipeline": relative(TEACHER_ARTEFACT),
+                **(read_json(TEACHER_ARTEFACT / "parity_teacher.json") or {}),
+                "heldout_loss_report": teacher_loss,
+            },
+            "rows": rows,
+        },
+    )
+    write_report_section(rows, teacher_loss)
+    return rows
+
+
+def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> None:
+    """results/parity.json: the section report.py renders into RESULTS.md (table, curves, notes)."""
+    from common import markdown_table
+
+    curve = read_json(RESULTS / "parity_teacher_curve.json") or {}
+    fit = curve.get("plateau_fit") or {}
+    info = read_json(TEACHER_ARTEFACT / "parity_teacher.json") or {}
+    table = markdown_table(
+        [
+            "arm",
+            "stem stride",
+            "init",
+            "method",
+            "seeds",
+            "steps",
+            "held-out loss (report)",
+            "x teacher",
+            "FID",
+            "trained at",
+        ],
+        [
+            [
+                r["arm"],
+                r["stem_stride"],
+                r["init"],
+                r["method"],
+                ", ".join(map(str, r["seeds"])),
+                r["student_steps"],
+                f"{r['heldout_loss']:.5f}",
+                f"{r['ratio']:.3f}",
+                "-" if r["fid"] is None else f"{r['fid']:.1f} ± {r['fid_ci95']:.1f}",
+                ", ".join(r["commit"]),
+            ]
+            for r in rows
+        ],
+    )
+    teacher_line = (
+        f"Teacher: UNet (32, 64, 64), {info.get('step')} steps at a constant learning rate (trained at "
+        f"{', '.join(info.get('trained_at') or [])}); held-out loss on the report slice {teacher_loss:.5f}; on the "
+        f"select slice {fit.get('last_value')} at step {fit.get('last_step')}, "
+        f"{100 * (fit.get('gap_to_plateau') or 0):.1f}% above the fitted plateau {fit.get('a', 0):.5f}."
+    )
+    write_json(
+        RESULTS / "parity.json",
+        {
+            "budget": "cpu",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "git_revision": git_revision(),
+            "status": "ok" if rows else "in progress",
+            "reason": None if rows else "no student has finished yet",
+            "markdown": teacher_line + "\n\n" + table,
+            "plots": [
+                {
+                    "path": str(RESULTS / "parity_teacher_curve.png"),
+                    "title": "teacher: held-out loss and plateau fit",
+                },
+                {
+                    "path": str(RESULTS / "parity_student_curves.png"),
+                    "title": "students: held-out loss / teacher's",
+                },
+            ],
+            "notes": [
+                "Curves: held-out loss on the select slice (500 images x 10 timesteps) every 1,000 steps; the table: "
+                "the report slice (2,500 images x 10 timesteps), which chose nothing.",
+                "Students train with the teacher's recipe (AdamW 5e-4, constant after 500 warm-up steps, batch 32, "
+                "EMA 0.9995, bf16) on the same 45,000 images: `python benchmarks/bench_parity.py student --arm ARM "
+                "--seed S --steps N`, then `curves`, `table`, and `fid --names ...` for FID.",
+            ],
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # FID / KID (parity_fid.py): samples of the finished pipelines against 10,000 training images
 # ------------------------------------------------------------------------------------------------
 FID_CACHE = WORK / "fid_cache"
@@ -526,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "stage",
-        choices=("slices", "teacher", "curve", "finalize", "student", "curves", "fid"),
+        choices=("slices", "teacher", "curve", "finalize", "student", "curves", "fid", "table"),
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
@@ -537,6 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20_000, help="student: step budget")
     parser.add_argument("--names", nargs="+", help="fid: teacher, real and/or <arm>_seed<S> student folders")
     args = parser.parse_args(argv)
+    if args.stage == "table":
+        for row in write_table():
+            print(
+                f"{row['arm']}: {row['heldout_loss']:.5f} ({row['ratio']:.3f}x) after {row['student_steps']} steps"
+            )
+        return 0
     if args.stage == "fid":
         if not args.names:
             parser.error("fid needs --names (teacher, real, <arm>_seed<S>)")

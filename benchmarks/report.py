@@ -21,6 +21,10 @@ TITLES = {
 }
 # Sections written by a benchmark script of their own (not a run.py part): rendered after the part they follow.
 EXTRA_SECTIONS = {
+    "parity": (
+        "diffusion",
+        "3b. Denoiser students against a teacher at its plateau (bench_parity.py, issue 22, in progress)",
+    ),
     "classification_timing": (
         "classification",
         "2b. Step time and images/s of the classification models (one process, median of repeats)",
