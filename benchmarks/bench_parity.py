@@ -244,6 +244,16 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "output distillation + skip, teacher-initialised",
         [*TEACHER_INIT, *SKIP, "--distiller", "output_mse"],
     ),
+    # A decaying learning rate (cosine over the run's --steps, so these arms are not extended by resuming with a
+    # larger --steps): the constant-rate curves flatten well above 1.05x at 6,000 steps.
+    "plain_skip_teacher_init_cosine": (
+        "plain + skip, teacher-initialised, cosine decay over the run",
+        [*TEACHER_INIT, *SKIP, "--distiller", "vanilla", "--lr_scheduler", "cosine"],
+    ),
+    "output_mse_skip_teacher_init_cosine": (
+        "output distillation + skip, teacher-initialised, cosine decay over the run",
+        [*TEACHER_INIT, *SKIP, "--distiller", "output_mse", "--lr_scheduler", "cosine"],
+    ),
     "plain_space_to_depth": (
         "plain, lossless space-to-depth stem (pixel-shuffle head)",
         [*SCRATCH, "--stem", "space_to_depth", "--distiller", "vanilla"],
