@@ -369,3 +369,37 @@ def test_parity_fid_matches_torch_fidelity_and_its_bootstrap_interval_matches_in
     result = parity_fid.bootstrap_fid(samples, stats, resamples=100)
     assert result["fid_ci95_low"] < result["fid"] < result["fid_ci95_high"]
     assert 0.5 < result["fid_ci95"] / (1.96 * independent) < 2.0
+
+
+def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_path, monkeypatch):
+    """bench_parity's table rows -> results/parity.json -> RESULTS.md section 3b, placed after part 3, with the
+    commit that trained each row and FID only where it was scored."""
+    import bench_parity
+
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(bench_parity, "RESULTS", results)
+    common.write_json(results / "diffusion.json", {"budget": "cpu", "status": "ok", "markdown": "part three"})
+    row = {
+        "arm": "plain_skip_teacher_init",
+        "stem_stride": 2,
+        "init": "teacher",
+        "method": "vanilla",
+        "seeds": [0, 1],
+        "student_steps": 6000,
+        "heldout_loss": 0.0308,
+        "ratio": 1.143,
+        "fid": None,
+        "fid_ci95": None,
+        "commit": ["7a13f44"],
+    }
+    scored = {**row, "arm": "plain", "init": "scratch", "ratio": 1.206, "fid": 21.5, "fid_ci95": 0.8}
+    bench_parity.write_report_section([row, scored], teacher_loss=0.02693)
+    text = report.render(tmp_path).read_text()
+    section = text[text.index("## 3b. Denoiser students") :]
+    assert text.index("## 3. Diffusion") < text.index("## 3b. Denoiser students")
+    assert (
+        "| plain_skip_teacher_init | 2 | teacher | vanilla | 0, 1 | 6000 | 0.03080 | 1.143 | - | 7a13f44 |"
+        in section
+    )
+    assert "| 1.206 | 21.5 ± 0.8 | 7a13f44 |" in section and "0.02693" in section
