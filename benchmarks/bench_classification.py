@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     CommandRecord,
     fmt_bytes,
     git_revision,
+    library_outside_checkout,
     machine_info,
     markdown_table,
     part_result,
@@ -55,6 +56,7 @@ from common import (  # noqa: E402
     read_json,
     relative,
     run_paper_commands,
+    run_segment,
     slug,
     write_json,
 )
@@ -490,24 +492,6 @@ def _train_locked(layout, name, argv_flags, out, threads, score_on) -> dict[str,
     }
     write_json(out / "row.json", row)
     return row
-
-
-def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
-    """One (re)start of a training in the foreground; the log grows by one segment, headed by the commit."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["TQDM_MININTERVAL"] = "60"
-    # the library of this checkout, whatever the venv's editable install points at: the row's commit is its
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(
-            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
-        )
-        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
-        log.flush()
-        return subprocess.run(
-            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        ).returncode
 
 
 def top1(model_dir: Path, data: Path) -> float:
@@ -1058,14 +1042,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--arm {args.arm}: not an arm; choose one of {', '.join(sorted(every_arm))}.")
     if args.synthetic and not args.smoke:
         parser.error("--synthetic is for --smoke only (the report needs CIFAR-10).")
-    import redistill_diffusion
-
-    library = Path(redistill_diffusion.__file__).resolve()
-    if REPO_ROOT.resolve() not in library.parents:
-        parser.error(
-            f"redistill_diffusion is imported from {library.parent}, not from this checkout {REPO_ROOT}: run with "
-            f"PYTHONPATH={REPO_ROOT} so the rows record the commit whose library trained them."
-        )
+    problem = library_outside_checkout()
+    if problem:
+        parser.error(problem)
     layout = make_layout(args.smoke, args.work_dir, args.output_dir)
     if args.stage == "summary":
         result = summary_stage(layout)

@@ -39,10 +39,11 @@ from common import (  # noqa: E402
     REPO_ROOT,
     CommandRecord,
     git_revision,
-    machine_info,
+    library_outside_checkout,
     python_argv,
     read_json,
     relative,
+    run_segment,
     stratified_slices,
     write_json,
 )
@@ -139,25 +140,6 @@ def train_teacher(threads: int) -> int:
     return run_segment(record, TEACHER_LOG, threads)
 
 
-def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
-    """Run one (re)start of a training in the foreground, appending to its log a header that names the commit
-    and the machine, so a run resumed across sessions says what trained each part."""
-    import subprocess
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["TQDM_MININTERVAL"] = "60"  # one progress line a minute, not one a step
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(
-            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads)\n"
-        )
-        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
-        log.flush()
-        return subprocess.run(
-            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        ).returncode
-
-
 def finalize_teacher(step: int, threads: int) -> int:
     """Stop the teacher at checkpoint ``step``: resume from it with ``--max_train_steps step`` (no step is
     taken; the trainer's final save writes the EMA pipeline, sample grid and card), then copy the pipeline
@@ -171,6 +153,7 @@ def finalize_teacher(step: int, threads: int) -> int:
     argv = teacher_argv(slices(), resume=False)
     argv += ["--max_train_steps", str(step), "--resume_from_checkpoint", str(checkpoint)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     with open(TEACHER_LOG, "a", encoding="utf-8") as log:
         log.write(f"\n# finalize at step {step}, commit {git_revision()}\n")
         log.flush()
@@ -705,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20_000, help="student: step budget")
     parser.add_argument("--names", nargs="+", help="fid: teacher, real and/or <arm>_seed<S> student folders")
     args = parser.parse_args(argv)
+    problem = library_outside_checkout()
+    if problem:
+        parser.error(problem)
     if args.stage == "table":
         for row in write_table():
             print(

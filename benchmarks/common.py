@@ -350,3 +350,38 @@ def stratified_slices(
     pq.write_table(table.filter(~held_out), train_path)
     pq.write_table(table.filter(held_out), val_path)
     return train_path, val_path
+
+
+def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
+    """One (re)start of a training in the foreground: the log grows by one segment headed by the commit and
+    the machine, so a run resumed across sessions says what trained each part. The subprocess imports the
+    library of this checkout (PYTHONPATH), whatever the venv's editable install points at: a frozen
+    worktree's runs are trained by the worktree's commit, not by a main that moved on meanwhile."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["TQDM_MININTERVAL"] = "60"  # one progress line a minute, not one a step
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(
+            f"\n# segment started at commit {git_revision()} ({machine_info()['cpu_model']}, {threads} threads, "
+            f"library from {REPO_ROOT})\n"
+        )
+        log.write(f"$ OMP_NUM_THREADS={threads} {record.shell}\n")
+        log.flush()
+        return subprocess.run(
+            record.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
+
+
+def library_outside_checkout() -> str | None:
+    """A one-line error when ``redistill_diffusion`` is imported from elsewhere than this checkout (then the
+    figures would not belong to this checkout's commit), else None."""
+    import redistill_diffusion
+
+    library = Path(redistill_diffusion.__file__).resolve()
+    if REPO_ROOT.resolve() in library.parents:
+        return None
+    return (
+        f"redistill_diffusion is imported from {library.parent}, not from this checkout {REPO_ROOT}: run with "
+        f"PYTHONPATH={REPO_ROOT} so the results record the commit whose library produced them."
+    )
