@@ -589,6 +589,13 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
                 },
             ],
             "notes": [
+                "Provenance of the first runs: until 8589e17 the training subprocesses imported the library through "
+                "the venv's editable install, i.e. from /work/main, not from the frozen worktree whose commit their "
+                "logs name. The teacher's last segment (steps 9,000-13,168) started with main at 2176d4f; the "
+                "6,000-step plain and plain_skip_teacher_init students started with main at 7a13f44, and "
+                "plain_space_to_depth and output_mse_skip_teacher_init (to step 4,965) with main at 3864c7f; "
+                "modules a run imported later may come from the refactors merged meanwhile (3716ee3, c9882e1), "
+                "whose students were tested weight-identical. Segments from 8589e17 on name the library's folder.",
                 "Curves: held-out loss on the select slice (500 images x 10 timesteps) every 1,000 steps; the table: "
                 "the report slice (2,500 images x 10 timesteps), which chose nothing.",
                 "Students train with the teacher's recipe (AdamW 5e-4, constant after 500 warm-up steps, batch 32, "
