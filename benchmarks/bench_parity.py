@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     CIFAR10_PARQUET,
     REPO_ROOT,
     CommandRecord,
+    checkout_env,
     git_revision,
     library_outside_checkout,
     python_argv,
@@ -153,7 +154,7 @@ def finalize_teacher(step: int, threads: int) -> int:
     argv = teacher_argv(slices(), resume=False)
     argv += ["--max_train_steps", str(step), "--resume_from_checkpoint", str(checkpoint)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = checkout_env(env)
     with open(TEACHER_LOG, "a", encoding="utf-8") as log:
         log.write(f"\n# finalize at step {step}, commit {git_revision()}\n")
         log.flush()

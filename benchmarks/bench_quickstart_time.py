@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO_ROOT, git_revision, machine_info, markdown_table, write_json  # noqa: E402
+from common import REPO_ROOT, checkout_env, git_revision, machine_info, markdown_table, write_json  # noqa: E402
 
 MODES: dict[str, tuple[list[str], dict[str, str]]] = {
     "bf16": ([], {}),
@@ -42,7 +42,7 @@ def run_mode(mode: str, work_dir: Path) -> dict:
     out = work_dir / mode
     argv = [str(Path(sys.executable).with_name("redistill")), "quickstart", "--output_dir", str(out)]
     argv += ["--overwrite_output_dir", *flags]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_extra}
+    env = checkout_env({**os.environ, "HF_HUB_OFFLINE": "1", **env_extra})
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the user's default: every CPU
         env.pop(variable, None)
     load_before = os.getloadavg()[0]

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import checkout_env  # noqa: E402
+
 TEACHER_INIT = [
     "--student_init",
     "teacher",
@@ -189,7 +193,7 @@ def _train(script: str, recipe: str, out: Path, extra: list[str]) -> float | Non
             stdout=log,
             stderr=subprocess.STDOUT,
             check=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env=checkout_env({**os.environ, "HF_HUB_OFFLINE": "1"}),
         )
     wall = time.perf_counter() - start
     record = {

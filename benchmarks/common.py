@@ -130,7 +130,7 @@ def run_logged(
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
         env["MKL_NUM_THREADS"] = str(threads)
-    env.update(record.env)
+    env = checkout_env({**env, **record.env})
     record.log = relative(log_path)
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -352,6 +352,13 @@ def stratified_slices(
     return train_path, val_path
 
 
+def checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on PYTHONPATH: a benchmark's training subprocesses import the library
+    of the checkout that launches them, not whatever the venv's editable install points at (a frozen
+    worktree's results must belong to its own commit)."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])}
+
+
 def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
     """One (re)start of a training in the foreground: the log grows by one segment headed by the commit and
     the machine, so a run resumed across sessions says what trained each part. The subprocess imports the
@@ -359,7 +366,7 @@ def run_segment(record: CommandRecord, log_path: Path, threads: int) -> int:
     worktree's runs are trained by the worktree's commit, not by a main that moved on meanwhile."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["TQDM_MININTERVAL"] = "60"  # one progress line a minute, not one a step
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = checkout_env(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(
