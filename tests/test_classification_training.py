@@ -290,12 +290,15 @@ def test_task_weight_halves_the_plain_students_gradient(tmp_path):
     run_classifier(full)
     run_classifier(half)
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "half")
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     unchanged = _flags(tmp_path / "lr", *common)
     unchanged[unchanged.index("--learning_rate") + 1] = "0.1"
     run_classifier(unchanged)  # without the flag, twice the learning rate moves the weights elsewhere
     c = _weights(tmp_path / "lr")
-    assert not all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+    assert a.keys() == b.keys() == c.keys()
+    moved = max((a[k] - c[k]).abs().max().item() for k in a)
+    # The same steps up to float rounding (bitwise equal here; thread scheduling may reorder a reduction):
+    # at least 1,000x closer than where twice the learning rate alone takes the weights.
+    assert moved > 1e-3 and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * moved
     with pytest.raises(ValueError, match="--task_weight"):
         run_classifier(_flags(tmp_path / "bad", *common, "--task_weight", "0"))
 
