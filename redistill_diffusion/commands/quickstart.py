@@ -293,7 +293,9 @@ def _phases(total: float, result) -> dict[str, float] | float:
     if result is None or not result.phase_seconds:
         return round(total, 1)
     phases = dict(result.phase_seconds)
-    preparation = total - sum(phases.values())
+    # The remainder; the trainer's phases come rounded to 0.1 s, so it can dip a few tenths below zero
+    # when preparation took next to nothing.
+    preparation = max(0.0, total - sum(phases.values()))
     return {"preparation": round(preparation, 1), **phases}
 
 
