@@ -23,6 +23,9 @@ for _name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quant
 # then needs `ModelMixin` at its top level to recognise the student class as a model.
 from diffusers import ModelMixin  # noqa: E402, F401
 
+# This file is the composition root: it imports both tasks, so what they register with the core is in place
+# whatever a user imports first (importing any submodule of the package runs this file first).
+from . import classification  # noqa: E402, F401  (registers `--feature_extractor classifier` with evaluation)
 from .diffusion.model import ReDistillUNet2DModel  # noqa: E402
 from .red import REDBlock, attach_red_blocks, init_red_blocks, red_distance  # noqa: E402
 

@@ -504,3 +504,17 @@ def test_pil_samples_are_the_uint8_samples(tmp_path):
         assert torch.equal(
             torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors
         )
+
+
+def test_the_classifier_extractor_is_registered_by_the_classification_task():
+    """evaluation/ names no task: classification/ registers `--feature_extractor classifier`, and the package
+    __init__ imports it, so the name resolves whatever was imported first."""
+    from redistill_diffusion.evaluation.extractors import CLASSIFIER_LOADERS, resolve_feature_extractor
+
+    assert "classifier" in CLASSIFIER_LOADERS
+    with pytest.raises(
+        ValueError, match="classifier needs --feature_extractor_weights_path: a folder written by"
+    ):
+        resolve_feature_extractor("classifier")
+    with pytest.raises(ValueError, match=r"timm:<model_name>, classifier, or one of torch-fidelity's"):
+        resolve_feature_extractor("no-such-extractor")

@@ -28,9 +28,6 @@ ALLOWED_CORE_TO_TASK = {
     (f"{PACKAGE}.evaluation.sampling", f"{PACKAGE}.diffusion.pipeline_io"): (
         "pipeline evaluation loads pipelines through the one library loader"
     ),
-    (f"{PACKAGE}.evaluation.extractors", f"{PACKAGE}.classification"): (
-        "FD on the features of a classifier saved by classification/ (--feature_extractor classifier)"
-    ),
 }
 
 
