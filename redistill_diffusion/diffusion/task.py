@@ -163,8 +163,9 @@ class DiffusionTask:
         import numpy as np
         from diffusers import DDPMPipeline
 
-        from ..evaluation import sample_images, save_sample_grid
+        from ..evaluation import save_sample_grid
         from ..progress import announce
+        from .sampling import sample_images
 
         unet = ctx.modules[self.main_module_name]
         was_training = unet.training
