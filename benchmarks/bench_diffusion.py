@@ -1,7 +1,7 @@
 """Part 3: diffusion on CIFAR-10. A small DDPM teacher, then its stem-stride-2 student under every distiller.
 
 Everything runs through the project's own entry points: `examples/train_ddpm_teacher.py` and
-`examples/train_ddpm_redistill.py` (subprocesses, logged) and `redistill_diffusion.evaluation.
+`examples/train_ddpm_redistill.py` (subprocesses, logged) and `redistill_diffusion.diffusion.evaluate.
 evaluate_pipelines` (torch-fidelity). Frechet distance and IS are computed on the CIFAR-10 teacher
 classifier of part 2 ("FD-<classifier>", never called FID); Inception FID only where torch-fidelity's
 Inception weights exist locally.
@@ -530,8 +530,10 @@ class _Evaluator:
     def evaluate(self, label: str, folder: Path) -> dict[str, Any]:
         import time
 
+        from redistill_diffusion.diffusion.evaluate import denoiser_peak_memory
         from redistill_diffusion.diffusion.pipeline_io import load_pipeline
-        from redistill_diffusion.evaluation import denoiser_peak_memory, sample_images, save_sample_grid
+        from redistill_diffusion.diffusion.sampling import sample_images
+        from redistill_diffusion.evaluation import save_sample_grid
         from redistill_diffusion.evaluation.denoising import denoising_loss, load_heldout_images
 
         cached = self.cache / f"{slug(label)}.json"
@@ -620,7 +622,8 @@ def _fid_stage(
     import time
 
     from redistill_diffusion.diffusion.pipeline_io import load_pipeline
-    from redistill_diffusion.evaluation import compute_metrics, resolve_feature_extractor, sample_images
+    from redistill_diffusion.diffusion.sampling import sample_images
+    from redistill_diffusion.evaluation import compute_metrics, resolve_feature_extractor
 
     try:
         extractor = resolve_feature_extractor("inception-tf-fid")

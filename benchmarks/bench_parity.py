@@ -450,7 +450,7 @@ def _flag(flags: list[str], name: str, default: str) -> str:
 
 
 def _report_loss(pipeline: Path, images) -> float:
-    from redistill_diffusion.evaluation.comparison import pipeline_denoising_loss
+    from redistill_diffusion.diffusion.evaluate import pipeline_denoising_loss
 
     return pipeline_denoising_loss(pipeline, images, num_timesteps=TEACHER_RECIPE["heldout_timesteps"])[
         "denoise_loss"

@@ -267,16 +267,16 @@ def main() -> int:
     results.mkdir(parents=True, exist_ok=True)
 
     import redistill_diffusion  # noqa: F401  (registers the student class for loading)
+    from redistill_diffusion.diffusion.evaluate import pipeline_denoising_loss
+    from redistill_diffusion.diffusion.sampling import sample_images
     from redistill_diffusion.evaluation.comparison import (
         HELDOUT_SHAPES_SEED,
         checkerboard_share,
         heldout_shapes,
         mean_brightness,
-        pipeline_denoising_loss,
         write_side_by_side,
     )
     from redistill_diffusion.evaluation.report import save_sample_grid
-    from redistill_diffusion.evaluation.sampling import sample_images
 
     teacher = work / args.teacher
     walls = {

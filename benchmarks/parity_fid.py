@@ -119,7 +119,7 @@ def sample_file(pipeline_dir: Path, path: Path, num_samples: int, seed: int) -> 
         images = np.load(path, allow_pickle=False)
         if len(images) == num_samples:
             return torch.from_numpy(images)
-    from redistill_diffusion.evaluation import sample_images
+    from redistill_diffusion.diffusion.sampling import sample_images
 
     images = sample_images(
         pipeline_dir,

@@ -8,12 +8,8 @@ from PIL import Image
 from test_denoising_loss import tiny_unet
 
 from redistill_diffusion.data import make_shapes
-from redistill_diffusion.evaluation.comparison import (
-    checkerboard_share,
-    heldout_shapes,
-    pipeline_denoising_loss,
-    write_side_by_side,
-)
+from redistill_diffusion.diffusion.evaluate import pipeline_denoising_loss
+from redistill_diffusion.evaluation.comparison import checkerboard_share, heldout_shapes, write_side_by_side
 from redistill_diffusion.evaluation.denoising import denoising_loss
 from redistill_diffusion.evaluation.report import load_sample_grid, save_sample_grid
 

@@ -20,12 +20,12 @@ from redistill_diffusion import ReDistillUNet2DModel
 from redistill_diffusion.cli import main as cli_main
 from redistill_diffusion.commands.eval import main as script_main
 from redistill_diffusion.commands.eval import parse_eval_args
+from redistill_diffusion.diffusion.evaluate import evaluate_pipelines
+from redistill_diffusion.diffusion.sampling import sample_images
 from redistill_diffusion.evaluation import (
     compute_metrics,
-    evaluate_pipelines,
     load_reference,
     register_classifier_feature_extractor,
-    sample_images,
 )
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_unet_config.json"
@@ -134,7 +134,7 @@ def test_same_seed_gives_same_images_whatever_the_batch_size(pipeline_folders):
 
 
 def test_generate_samples_is_a_deprecated_name_of_sample_images(pipeline_folders):
-    from redistill_diffusion.evaluation import generate_samples
+    from redistill_diffusion.diffusion.sampling import generate_samples
 
     teacher, _ = pipeline_folders
     kwargs = dict(sampler="ddim", num_inference_steps=2, seed=3, progress=False)
@@ -486,7 +486,7 @@ def test_pil_samples_are_the_uint8_samples(tmp_path):
     `sample_pil_images` is a deprecated name of `sample_images(...).pil_images()`."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from redistill_diffusion.evaluation import sample_pil_images
+    from redistill_diffusion.diffusion.sampling import sample_pil_images
 
     unet = tiny_unet()
     for pipeline, sampler in (
@@ -504,3 +504,47 @@ def test_pil_samples_are_the_uint8_samples(tmp_path):
         assert torch.equal(
             torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in pil]), tensors
         )
+
+
+def test_the_classifier_extractor_is_registered_by_the_classification_task():
+    """evaluation/ names no task: classification/ registers `--feature_extractor classifier`, and the package
+    __init__ imports it, so the name resolves whatever was imported first."""
+    from redistill_diffusion.evaluation.extractors import CLASSIFIER_LOADERS, resolve_feature_extractor
+
+    assert "classifier" in CLASSIFIER_LOADERS
+    with pytest.raises(
+        ValueError, match="classifier needs --feature_extractor_weights_path: a folder written by"
+    ):
+        resolve_feature_extractor("classifier")
+    with pytest.raises(ValueError, match=r"timm:<model_name>, classifier, or one of torch-fidelity's"):
+        resolve_feature_extractor("no-such-extractor")
+
+
+def test_names_that_moved_to_the_diffusion_task_keep_their_earlier_spelling():
+    """Pipeline sampling and evaluation are diffusion/'s now; `redistill_diffusion.evaluation.<name>` still
+    gives the same object (a DeprecationWarning naming the new home), and the package root exports them."""
+    import redistill_diffusion
+    from redistill_diffusion import evaluation
+    from redistill_diffusion.diffusion import evaluate, pipeline_io, sampling
+    from redistill_diffusion.evaluation import comparison
+
+    moved = {
+        "evaluate_pipelines": evaluate,
+        "denoiser_peak_memory": evaluate,
+        "sample_images": sampling,
+        "generate_samples": sampling,
+        "sample_pil_images": sampling,
+        "with_sampler": sampling,
+        "SAMPLERS": sampling,
+        "load_pipeline": pipeline_io,
+    }
+    for name, home in moved.items():
+        with pytest.warns(DeprecationWarning, match=f"evaluation.{name} moved to {home.__name__}.{name}"):
+            assert getattr(evaluation, name) is getattr(home, name)
+    with pytest.warns(DeprecationWarning, match="moved to redistill_diffusion.diffusion.evaluate"):
+        assert comparison.pipeline_denoising_loss is evaluate.pipeline_denoising_loss
+    assert redistill_diffusion.evaluate_pipelines is evaluate.evaluate_pipelines
+    assert redistill_diffusion.sample_images is sampling.sample_images
+    assert redistill_diffusion.load_pipeline is pipeline_io.load_pipeline
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        evaluation.no_such_name  # noqa: B018

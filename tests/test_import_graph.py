@@ -6,7 +6,10 @@
   package (a leaf) and ``diffusion/__init__.py`` imports nothing but it.
 - The tasks never import each other.
 - The composition root, which may import both tasks: the package ``__init__``, ``cli.py``, ``commands/`` and
-  ``deploy/`` (it exports saved models of either task).
+  ``deploy/`` (it exports saved models of either task). The package ``__init__`` imports both tasks, so what
+  they register with the core (the ``classifier`` feature-extractor loader, the earlier spellings of names
+  that moved from evaluation/ to diffusion/) is in place whatever is imported first: importing any submodule
+  runs the package ``__init__`` first.
 - ``models/`` only keeps earlier import paths working (deprecation shims); nothing in the package imports it.
 - No import cycles, among module-level imports or through function-level ones (a deferred import does not
   make a cycle acceptable; move the shared piece instead, as `training/outputs.check_output_dir` was).
@@ -23,15 +26,8 @@ TASKS = (f"{PACKAGE}.diffusion", f"{PACKAGE}.classification")
 STUDENT_FILE = f"{PACKAGE}.diffusion.model"
 COMPOSITION_ROOT = (PACKAGE, f"{PACKAGE}.cli", f"{PACKAGE}.commands", f"{PACKAGE}.deploy")
 SHIMS = f"{PACKAGE}.models"
-# Core -> task imports that are allowed, each with its reason.
-ALLOWED_CORE_TO_TASK = {
-    (f"{PACKAGE}.evaluation.sampling", f"{PACKAGE}.diffusion.pipeline_io"): (
-        "pipeline evaluation loads pipelines through the one library loader"
-    ),
-    (f"{PACKAGE}.evaluation.extractors", f"{PACKAGE}.classification"): (
-        "FD on the features of a classifier saved by classification/ (--feature_extractor classifier)"
-    ),
-}
+# Core -> task imports that are allowed, each with its reason (none: what a task lends the core, it registers).
+ALLOWED_CORE_TO_TASK: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:
@@ -135,6 +131,13 @@ def test_the_core_imports_no_task_and_the_tasks_not_each_other():
             kind = "core" if own_task is None else own_task.rsplit(".", 1)[1]
             offending.append(f"{_where(module, line)} ({kind}) imports {target}")
     assert not offending, "layering broken:\n" + "\n".join(offending)
+
+
+def test_the_package_init_imports_both_tasks():
+    """Their registrations with the core happen on `import redistill_diffusion`, before any submodule."""
+    imported = {target for target, _, top in IMPORTS[PACKAGE] if top}
+    assert f"{PACKAGE}.classification" in imported, "the package __init__ must import classification/"
+    assert f"{PACKAGE}.diffusion.evaluate" in imported and f"{PACKAGE}.diffusion.sampling" in imported
 
 
 def test_the_composition_root_does_not_use_the_shims():

@@ -103,9 +103,11 @@ def test_saved_student_loads_quietly_and_folders_of_earlier_versions_still_load(
 
 
 def test_importing_the_package_patches_nothing_of_diffusers():
-    """`import redistill_diffusion` leaves `diffusers.pipelines` as it found it (issue 25: no patching)."""
+    """`import redistill_diffusion` leaves `diffusers.pipelines` as it found it (issue 25: no patching). Both
+    sides import the diffusers pipeline classes the package samples with, whose own submodules diffusers adds."""
     probe = (
         "import sys, diffusers.pipelines\n"
+        "from diffusers import DDIMPipeline, DDPMPipeline, DiffusionPipeline  # noqa: F401\n"
         "if sys.argv[1] == 'with':\n"
         "    import redistill_diffusion, redistill_diffusion.diffusion.pipeline_io  # noqa: F401\n"
         "print('\\n'.join(sorted(dir(diffusers.pipelines))))\n"

@@ -97,6 +97,17 @@ def read_classifier_config(path: str | os.PathLike) -> dict[str, Any]:
     return read_json(file)  # a broken file is named in the error
 
 
+def is_saved_classifier(folder: Path) -> bool:
+    """Whether a local folder was written by `save_classifier` (its config.json has the ``redistill`` spec):
+    a student in it needs `load_classifier`, timm alone would rebuild the teacher's strides."""
+    file = Path(folder) / CONFIG_NAME
+    if not file.is_file():
+        return False
+    from ..files import read_json
+
+    return CONFIG_KEY in read_json(file)
+
+
 def spec_from_config(config: Mapping[str, Any]) -> ClassifierSpec:
     """The spec in a config.json: our ``redistill`` key, or a plain timm config (a teacher)."""
     if CONFIG_KEY in config:

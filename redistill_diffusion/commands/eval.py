@@ -222,7 +222,8 @@ def run(settings: EvalArguments) -> int:
 def _run_locked(settings: EvalArguments) -> int:
     import torch
 
-    from redistill_diffusion.evaluation import evaluate_images, evaluate_pipelines
+    from redistill_diffusion.diffusion.evaluate import evaluate_pipelines
+    from redistill_diffusion.evaluation import evaluate_images
 
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)

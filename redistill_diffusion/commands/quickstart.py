@@ -316,11 +316,11 @@ HELDOUT_IMAGES = 256
 
 def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     """The teacher's and the student's held-out denoising loss and one side-by-side PNG."""
+    from ..diffusion.evaluate import pipeline_denoising_loss
     from ..evaluation.comparison import (
         checkerboard_share,
         heldout_shapes,
         mean_brightness,
-        pipeline_denoising_loss,
         write_side_by_side,
     )
     from ..evaluation.report import load_sample_grid

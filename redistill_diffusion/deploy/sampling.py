@@ -57,7 +57,7 @@ def compare_sampling(
     return the largest per-pixel difference in float ([0, 1]) and in uint8 levels."""
     from diffusers import DDPMPipeline
 
-    from ..evaluation.sampling import sample_generator, with_sampler
+    from ..diffusion.sampling import sample_generator, with_sampler
 
     images = {}
     for name, model in (("eager", unet), ("runtime", RuntimeUNet(unet.config, path))):

@@ -163,8 +163,9 @@ class DiffusionTask:
         import numpy as np
         from diffusers import DDPMPipeline
 
-        from ..evaluation import sample_images, save_sample_grid
+        from ..evaluation import save_sample_grid
         from ..progress import announce
+        from .sampling import sample_images
 
         unet = ctx.modules[self.main_module_name]
         was_training = unet.training
@@ -357,6 +358,25 @@ def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _card_fields(
+    data_args: DataArguments,
+    training_args: TrainingArguments | None,
+    *,
+    title: str,
+    tags: list[str],
+    details: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """`DiffusionTask.card` of either run: its title and fields, its details with the training data last, its
+    tags, and the Hub repo and token when it pushes (`save_final` renders the card from them)."""
+    dataset = data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
+    card = {"title": title, **fields, "details": {**(details or {}), "dataset": dataset}, "tags": tags}
+    if training_args is not None and training_args.push_to_hub:
+        card["hub_model_id"] = training_args.hub_model_id
+        card["hub_token"] = training_args.hub_token
+    return card
+
+
 def build_redistill_task(
     student_args: StudentArguments,
     data_args: DataArguments,
@@ -425,13 +445,15 @@ def build_redistill_task(
         ddpm_args, teacher_scheduler.config if teacher_scheduler is not None else None
     )
     teacher_name = student_args.teacher_model_name_or_path
-    card = {
-        "title": f"ReDistill student (stem stride {student_args.stem_stride}) of {Path(teacher_name).name or teacher_name}",
-        "teacher": teacher_name,
-        "teacher_is_hub_id": is_hub_id(teacher_name),
-        "method": student_args.distiller,
-        "stem_stride": student_args.stem_stride,
-        "details": {
+    card = _card_fields(
+        data_args,
+        training_args,
+        title=f"ReDistill student (stem stride {student_args.stem_stride}) of {Path(teacher_name).name or teacher_name}",
+        teacher=teacher_name,
+        teacher_is_hub_id=is_hub_id(teacher_name),
+        method=student_args.distiller,
+        stem_stride=student_args.stem_stride,
+        details={
             "RED placement": "explicit pairs" if explicit_pairs else (preset or "-"),
             "distillation pairs": len(pairs),
             "student init": student_args.student_init,
@@ -439,13 +461,9 @@ def build_redistill_task(
             "RED norm": student_args.red_norm if method.uses_red_blocks else "-",
             "teacher mode": student_args.teacher_mode,
             "distill weight": training_args.distill_weight if training_args else "-",
-            "dataset": data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files),
         },
-        "tags": ["redistill-student", f"stem-stride-{student_args.stem_stride}"],
-    }
-    if training_args is not None and training_args.push_to_hub:
-        card["hub_model_id"] = training_args.hub_model_id
-        card["hub_token"] = training_args.hub_token
+        tags=["redistill-student", f"stem-stride-{student_args.stem_stride}"],
+    )
     return DiffusionTask(
         model=student,
         noise_scheduler=noise_scheduler,
@@ -496,16 +514,12 @@ def build_teacher_task(
     noise_scheduler = build_noise_scheduler(
         ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)
     )
-    card = {
-        "title": f"DDPM UNet ({model_args.model_config_name_or_path})",
-        "details": {
-            "dataset": data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
-        },
-        "tags": ["ddpm-teacher"],
-    }
-    if training_args is not None and training_args.push_to_hub:
-        card["hub_model_id"] = training_args.hub_model_id
-        card["hub_token"] = training_args.hub_token
+    card = _card_fields(
+        data_args,
+        training_args,
+        title=f"DDPM UNet ({model_args.model_config_name_or_path})",
+        tags=["ddpm-teacher"],
+    )
     return DiffusionTask(
         model=unet,
         noise_scheduler=noise_scheduler,

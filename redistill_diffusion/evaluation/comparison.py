@@ -1,7 +1,8 @@
-"""Teacher vs student at a glance: held-out denoising losses and one side-by-side PNG.
+"""Teacher vs student at a glance: held-out shapes, what a person sees in samples, one side-by-side PNG.
 
 The quickstart ends here: a person should see in one picture (teacher grid | student grid | memory per
-layer) and two numbers (the held-out denoising loss of each) how close a 4x-lower-memory student is.
+layer) and two numbers (the held-out denoising loss of each, ``diffusion.evaluate.pipeline_denoising_loss``
+on ``heldout_shapes``) how close a 4x-lower-memory student is.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .denoising import denoising_loss
+from .moved import moved_attribute
 
 # The quickstart trains on make_shapes(seed=0); seed 1 draws shapes it never saw.
 HELDOUT_SHAPES_SEED = 1
@@ -24,23 +25,6 @@ def heldout_shapes(
 
     images, _ = make_shapes(num_images=num_images, resolution=resolution, seed=seed)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def pipeline_denoising_loss(
-    pipeline_dir: str | Path,
-    images: torch.Tensor | None = None,
-    num_timesteps: int = 10,
-    num_images: int = 256,
-) -> dict[str, float]:
-    """Held-out denoising loss of a saved pipeline's (EMA) UNet in eval mode on the CPU; without ``images``,
-    on ``num_images`` unseen built-in shapes at the UNet's resolution."""
-    from .sampling import load_pipeline
-
-    pipeline = load_pipeline(pipeline_dir)
-    unet = pipeline.unet.eval()
-    if images is None:
-        images = heldout_shapes(num_images=num_images, resolution=int(unet.config.sample_size))
-    return denoising_loss(unet, pipeline.scheduler, images, num_timesteps=num_timesteps)
 
 
 def mean_brightness(images: torch.Tensor) -> float:
@@ -116,3 +100,7 @@ def write_side_by_side(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def __getattr__(name: str):
+    return moved_attribute(__name__, name)  # pipeline_denoising_loss, now diffusion.evaluate's

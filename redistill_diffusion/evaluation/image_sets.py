@@ -2,8 +2,8 @@
 
 ``evaluate_images`` scores image sets on disk or in memory (``redistill eval --images A B --reference R``),
 one row per set, in the same metrics.json / metrics.md as pipeline evaluations; ``compute_metrics`` is its
-single-set case, and ``evaluate_pipelines`` samples each pipeline and scores the samples with the same
-``ImageScoring``. Every input and the reference are opened and checked, and the metric sizes planned, before
+single-set case, and the diffusion task's ``evaluate_pipelines`` samples each pipeline and scores the samples
+with the same ``ImageScoring``. Every input and the reference are opened and checked, and the metric sizes planned, before
 any feature is computed; features of each set are cached in resumable chunks (``feature_cache``).
 """
 
@@ -37,10 +37,14 @@ from .metrics import (
 )
 from .reference import ReferenceImages
 from .report import write_report
-from .sampling import default_device
 from .stats_file import ReferenceStats
 
 ImageSource = str | os.PathLike | torch.Tensor | Dataset
+
+
+def default_device() -> torch.device:
+    """Where features (and samples) are computed when no device is given: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _named(images) -> list[tuple[str, ImageSource]]:

@@ -322,7 +322,7 @@ def test_class_conditional_teacher_is_refused_at_the_start(conditional_teacher, 
 
 
 def test_class_conditional_teacher_config_and_pipeline_are_refused(conditional_teacher, tmp_path, capfd):
-    from redistill_diffusion.evaluation.sampling import sample_images
+    from redistill_diffusion.diffusion.sampling import sample_images
 
     capfd.readouterr()
     argv = _teacher_run(tmp_path / "out")

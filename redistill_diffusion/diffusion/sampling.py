@@ -1,4 +1,4 @@
-"""Loading diffusion pipelines and drawing reproducible uint8 samples from them.
+"""Drawing reproducible uint8 samples from DDPM / DDIM pipelines (loaded by `pipeline_io.load_pipeline`).
 
 Every sample ``i`` gets its own ``torch.Generator`` seeded from ``(seed, i)``, so the same seed gives
 the same images whatever the batch size, and a teacher and its student start from the same noise:
@@ -18,9 +18,8 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
 from tqdm.auto import tqdm
 
-# Pipeline evaluation loads through the diffusion task's one pipeline loader (the one allowed edge from
-# evaluation to a task, tests/test_import_graph.py).
-from ..diffusion.pipeline_io import check_pipeline_source, load_pipeline  # noqa: F401 - evaluation's names
+from ..evaluation.image_sets import default_device
+from .pipeline_io import load_pipeline
 
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50}
@@ -43,10 +42,6 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     between neighbouring seeds (``SeedSequence`` mixes both)."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _autocast(device: torch.device, mixed_precision: str):

@@ -1,5 +1,6 @@
-"""Side-by-side evaluation of diffusion pipelines: sample each one, then score the samples through the
-one image-scoring path (``image_sets``), with its throughput, peak memory and held-out denoising loss.
+"""Side-by-side evaluation of diffusion pipelines: sample each one (``sampling``), then score the samples
+through evaluation's one image-scoring path (``evaluation.image_sets``), with its throughput, peak memory
+and held-out denoising loss (``pipeline_denoising_loss`` for one saved pipeline).
 
 Everything that can fail (pipelines, reference, feature extractor, metric sizes) is checked before
 the first sample is drawn.
@@ -17,22 +18,16 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
+from ..evaluation.comparison import heldout_shapes
+from ..evaluation.extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
+from ..evaluation.image_sets import ImageScoring, check_scoring, default_device, scoring_options
+from ..evaluation.metrics import DEFAULT_ISC_SPLITS, DEFAULT_KID_SUBSETS, MetricSettings
+from ..evaluation.reference import UInt8ImageDataset
+from ..evaluation.report import save_sample_grid, write_report
+from ..evaluation.stats_file import ReferenceStats
 from ..progress import announce
-from .extractors import AUTO, FeatureExtractorChoice, resolve_feature_extractor
-from .image_sets import ImageScoring, check_scoring, scoring_options
-from .metrics import DEFAULT_ISC_SPLITS, DEFAULT_KID_SUBSETS, MetricSettings
-from .reference import UInt8ImageDataset
-from .report import save_sample_grid, write_report
-from .sampling import (
-    DEFAULT_STEPS,
-    SAMPLERS,
-    check_pipeline_source,
-    default_device,
-    load_pipeline,
-    sample_images,
-    sample_resolution,
-)
-from .stats_file import ReferenceStats
+from .pipeline_io import check_pipeline_source, load_pipeline
+from .sampling import DEFAULT_STEPS, SAMPLERS, sample_images, sample_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +48,23 @@ def denoiser_peak_memory(unet: torch.nn.Module, resolution: tuple[int, int]) -> 
     return {PEAK_MEMORY_KEYS[convention]: int(report.peak_bytes) for convention, report in reports.items()}
 
 
+def pipeline_denoising_loss(
+    pipeline_dir: str | Path,
+    images: torch.Tensor | None = None,
+    num_timesteps: int = 10,
+    num_images: int = 256,
+) -> dict[str, float]:
+    """Held-out denoising loss of a saved pipeline's (EMA) UNet in eval mode on the CPU; without ``images``,
+    on ``num_images`` unseen built-in shapes at the UNet's resolution (``evaluation.comparison``)."""
+    from ..evaluation.denoising import denoising_loss
+
+    pipeline = load_pipeline(pipeline_dir)
+    unet = pipeline.unet.eval()
+    if images is None:
+        images = heldout_shapes(num_images=num_images, resolution=int(unet.config.sample_size))
+    return denoising_loss(unet, pipeline.scheduler, images, num_timesteps=num_timesteps)
+
+
 @dataclass
 class _HeldOut:
     """The held-out denoising loss asked for with ``"denoise"`` among the metrics; its images are loaded
@@ -65,7 +77,7 @@ class _HeldOut:
 
     def scores(self, pipeline: DiffusionPipeline, resolution: tuple[int, int], device: torch.device) -> dict:
         """Held-out denoising loss of the pipeline's denoiser (fp32, eval mode, put back afterwards)."""
-        from .denoising import denoising_loss, load_heldout_images
+        from ..evaluation.denoising import denoising_loss, load_heldout_images
 
         unet = pipeline.unet
         key = (int(resolution[0]), int(unet.config.in_channels))
