@@ -252,6 +252,39 @@ def test_resume_with_accumulation_and_a_trainable_distiller(tmp_path, tiny_teach
 
 
 # --------------------------------------------------------------------------- bad input
+def test_schedule_flags_override_a_configs_scheduler_and_must_agree_with_a_teachers(tmp_path, tiny_teacher):
+    """--prediction_type & co. used to be dropped silently whenever the model brought a scheduler."""
+    import json
+
+    def teacher(out, *extra):
+        run_teacher(
+            fast_args(out, steps=1)
+            + ["--model_config_name_or_path", "tiny-ddpm-32", "--resolution", "16", *extra]
+        )
+        return json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+
+    assert teacher(tmp_path / "eps")["prediction_type"] == "epsilon"  # the config's, flags unset
+    v = teacher(tmp_path / "v", "--prediction_type", "v_prediction", "--ddpm_num_steps", "500")
+    assert (v["prediction_type"], v["num_train_timesteps"]) == ("v_prediction", 500)
+    assert v["beta_schedule"] == "linear"  # the config's value where no flag overrides it
+
+    out = tmp_path / "student"
+    with pytest.raises(
+        ValueError, match=r"--prediction_type v_prediction \(the teacher's: epsilon\).*drop the flag"
+    ):
+        run_redistill(
+            fast_args(out, steps=1)
+            + ["--teacher_model_name_or_path", str(tiny_teacher), "--prediction_type", "v_prediction"]
+        )
+    assert not any(out.glob("checkpoint-*"))
+    # the teacher's own value is no clash
+    result = run_redistill(
+        fast_args(out, steps=1)
+        + ["--teacher_model_name_or_path", str(tiny_teacher), "--prediction_type", "epsilon"]
+    )
+    assert result.global_step == 1
+
+
 def test_bad_inputs_stop_before_training(tmp_path, tiny_teacher):
     base = fast_args(tmp_path / "out", steps=1)
     with pytest.raises(FileNotFoundError, match="Teacher"):

@@ -10,11 +10,23 @@ from ..config import DistillationArguments
 
 @dataclass
 class DDPMArguments:
-    """The noise schedule (used when the teacher does not bring one) and sampling for sample grids."""
+    """The noise schedule and sampling for sample grids.
 
-    ddpm_num_steps: int = 1000
-    ddpm_beta_schedule: str = "linear"
-    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    The schedule flags default to None, "whatever the model brings": a teacher trained from a config that has
+    a scheduler keeps it unless a flag overrides it, and a student always trains on its teacher's schedule
+    (a flag that disagrees with it is an error, never silently dropped). Without any: 1000 linear steps,
+    epsilon prediction, as in diffusers' train_unconditional."""
+
+    ddpm_num_steps: int | None = field(
+        default=None, metadata={"help": "Training timesteps (default: the config's scheduler, else 1000)."}
+    )
+    ddpm_beta_schedule: str | None = field(
+        default=None, metadata={"help": "Beta schedule (default: the config's scheduler, else linear)."}
+    )
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = field(
+        default=None,
+        metadata={"help": "What the UNet predicts (default: the config's scheduler, else epsilon)."},
+    )
     sample_scheduler: Literal["ddpm", "ddim"] = field(
         default="ddpm", metadata={"help": "Sampler for sample grids (the saved pipeline is a DDPMPipeline)."}
     )

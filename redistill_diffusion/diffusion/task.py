@@ -33,17 +33,46 @@ SAMPLES_DIR = "samples"
 LATEST_GRID = f"{SAMPLES_DIR}/latest.png"
 
 
-def build_noise_scheduler(ddpm_args: DDPMArguments, config: dict[str, Any] | None = None):
-    """The DDPM noise scheduler: the teacher's own config when it has one, else the ddpm_* flags."""
+SCHEDULE_FLAGS = {  # flag -> DDPMScheduler config key
+    "ddpm_num_steps": "num_train_timesteps",
+    "ddpm_beta_schedule": "beta_schedule",
+    "prediction_type": "prediction_type",
+}
+SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
+
+
+def build_noise_scheduler(
+    ddpm_args: DDPMArguments, config: dict[str, Any] | None = None, *, teacher: str | None = None
+):
+    """The DDPM noise scheduler.
+
+    ``config``: the scheduler the model brings. A teacher trained from a config (``teacher`` None) takes the
+    schedule flags on top of it; a student (``teacher`` names its teacher) trains on the teacher's schedule,
+    and a flag that disagrees with it is a one-line error rather than a flag silently ignored."""
     from diffusers import DDPMScheduler
 
-    if config is not None:
+    requested = {
+        key: getattr(ddpm_args, flag)
+        for flag, key in SCHEDULE_FLAGS.items()
+        if getattr(ddpm_args, flag) is not None
+    }
+    if config is None:
+        return DDPMScheduler(**{**SCHEDULE_DEFAULTS, **requested})
+    if teacher is not None:
+        clashes = [
+            f"--{flag} {requested[key]} (the teacher's: {config.get(key, SCHEDULE_DEFAULTS[key])})"
+            for flag, key in SCHEDULE_FLAGS.items()
+            if key in requested and requested[key] != config.get(key, SCHEDULE_DEFAULTS[key])
+        ]
+        if clashes:
+            raise ValueError(
+                f"{'; '.join(clashes)}: a student trains on its teacher's noise schedule ({teacher}); "
+                "drop the flag."
+            )
         return DDPMScheduler.from_config(config)
-    return DDPMScheduler(
-        num_train_timesteps=ddpm_args.ddpm_num_steps,
-        beta_schedule=ddpm_args.ddpm_beta_schedule,
-        prediction_type=ddpm_args.prediction_type,
-    )
+    if requested:
+        logger.info("Noise schedule: %s on top of the config's scheduler", requested)
+    return DDPMScheduler.from_config(config, **requested)
 
 
 def _clean_copy(unet):
@@ -442,7 +471,9 @@ def build_redistill_task(
     )
     heldout = _heldout_images(ddpm_args, resolution, teacher.config.in_channels)
     noise_scheduler = build_noise_scheduler(
-        ddpm_args, teacher_scheduler.config if teacher_scheduler is not None else None
+        ddpm_args,
+        teacher_scheduler.config if teacher_scheduler is not None else None,
+        teacher=student_args.teacher_model_name_or_path,
     )
     teacher_name = student_args.teacher_model_name_or_path
     card = _card_fields(
