@@ -210,33 +210,19 @@ def find_column(
     return next((c for c in candidates if c in column_names), None)
 
 
-def load_image_dataset(
-    dataset_name: str | None = None,
-    train_data_dir: str | None = None,
-    data_files: str | Sequence[str] | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    split: str = "train",
-    cache_dir: str | None = None,
-    max_samples: int | None = None,
-    dataset_config_name: str | None = None,
-    require_labels: bool = False,
-    builtin_num_images: int = 2048,
-    builtin_resolution: int = 32,
-    seed: int = 0,
+def _open_source(
+    dataset_name: str | None,
+    train_data_dir: str | None,
+    data_files: list[str] | None,
+    *,
+    split: str,
+    cache_dir: str | None,
+    dataset_config_name: str | None,
+    builtin_num_images: int,
+    builtin_resolution: int,
 ):
-    """Load one split as a `datasets.Dataset` with columns ``image`` (PIL) and, if found, ``label``.
-
-    Sources, checked in this order: ``dataset_name`` (anything `open_dataset` reads, or
-    ``"redistill:shapes"``), ``data_files`` (files of one format),
-    ``train_data_dir`` (an ``imagefolder``). The image column is ``image_column`` or the first of
-    ``image``/``img``/...; the label column likewise (optional unless ``require_labels``).
-    ``max_samples`` keeps a random subset drawn with ``seed`` (`select_subset`).
-    Raises one clear error for a missing source, an empty split or a missing image column.
-    """
-
-    if isinstance(data_files, str):
-        data_files = [data_files]
+    """The split of the first source given (`load_image_dataset`'s order), as loaded; one clear error for a
+    missing file or folder, or no source at all."""
     if dataset_name == BUILTIN_SHAPES:
         dataset = _shapes_dataset(builtin_num_images, builtin_resolution)
     elif dataset_name is not None:
@@ -268,7 +254,46 @@ def load_image_dataset(
             "No training data given: pass --dataset_name (a Hub id, a parquet file or redistill:shapes), "
             "--data_files or --train_data_dir."
         )
+    return dataset
 
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    data_files: str | Sequence[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+    max_samples: int | None = None,
+    dataset_config_name: str | None = None,
+    require_labels: bool = False,
+    builtin_num_images: int = 2048,
+    builtin_resolution: int = 32,
+    seed: int = 0,
+):
+    """Load one split as a `datasets.Dataset` with columns ``image`` (PIL) and, if found, ``label``.
+
+    Sources, checked in this order: ``dataset_name`` (anything `open_dataset` reads, or
+    ``"redistill:shapes"``), ``data_files`` (files of one format),
+    ``train_data_dir`` (an ``imagefolder``). The image column is ``image_column`` or the first of
+    ``image``/``img``/...; the label column likewise (optional unless ``require_labels``).
+    ``max_samples`` keeps a random subset drawn with ``seed`` (`select_subset`).
+    Raises one clear error for a missing source, an empty split or a missing image column.
+    """
+
+    if isinstance(data_files, str):
+        data_files = [data_files]
+    dataset = _open_source(
+        dataset_name,
+        train_data_dir,
+        data_files,
+        split=split,
+        cache_dir=cache_dir,
+        dataset_config_name=dataset_config_name,
+        builtin_num_images=builtin_num_images,
+        builtin_resolution=builtin_resolution,
+    )
     source = _source_of(dataset_name, data_files, train_data_dir)
     image_col = find_column(dataset.column_names, image_column, IMAGE_COLUMN_CANDIDATES, "image")
     if image_col is None:

@@ -213,19 +213,9 @@ def _warn_if_stem_cut_is_moot(args: ClassifierArguments, resolution: int) -> Non
         )
 
 
-def build_classification_task(
-    args: ClassifierArguments, data_args: DataArguments, training_args: TrainingArguments
-) -> ClassificationTask:
-    """Data, models, distiller and task, with every check done before training."""
-    import timm.data
-
-    options = _validate(args, training_args)
-    if data_args.resolution is not None and data_args.resolution < 8:
-        raise ValueError(
-            f"--resolution must be at least 8 pixels, got {data_args.resolution}; leave it out for 32 (with "
-            "--cifar_stem) or 224."
-        )
-    data = load_classification_data(
+def _load_data(args: ClassifierArguments, data_args: DataArguments, training_args: TrainingArguments):
+    """The training and evaluation splits (`load_classification_data`) the flags name."""
+    return load_classification_data(
         dataset_name=data_args.dataset_name,
         train_data_dir=data_args.train_data_dir,
         data_files=data_args.data_files,
@@ -244,35 +234,67 @@ def build_classification_task(
         seed=training_args.seed,
         model_num_classes=args.num_classes,
     )
+
+
+def _teacher_and_student(
+    args: ClassifierArguments, num_classes: int, input_size: tuple[int, int, int], resolution: int
+) -> tuple[Any, Any]:
+    """With a teacher: the teacher and the student derived from it (RED blocks where the method uses them);
+    plain training: no teacher and the model of --model_name_or_path."""
+    if not (args.teacher_model_name_or_path and args.distiller != PLAIN_TRAINING):
+        student = _load_or_create(args.model_name_or_path, args, num_classes, input_size)
+        spec_of(student).input_size = input_size
+        return None, student
+    teacher = _load_or_create(args.teacher_model_name_or_path, args, num_classes, input_size)
+    if not _is_folder(args.teacher_model_name_or_path) and not args.pretrained:
+        logger.warning(
+            "The teacher %s has random weights (not a trained folder, no --pretrained).",
+            args.teacher_model_name_or_path,
+        )
+    student = create_student(
+        teacher,
+        stem_stride=args.stem_stride,
+        stage_strides=args.stage_strides or None,
+        strides=args.strides,
+        init=args.student_init,
+        red_placement="paper" if parse_distiller(args.distiller).uses_red_blocks else None,
+        red_kernel_size=args.red_kernel_size,
+        red_variant=args.red_variant,
+        red_norm=args.red_norm,
+    )
+    spec_of(student).input_size = input_size
+    init_red_blocks(student, args.red_init)
+    _warn_if_stem_cut_is_moot(args, resolution)
+    return teacher, student
+
+
+def _resume_step(training_args: TrainingArguments) -> int | None:
+    """The step --resume_from_checkpoint continues from (None for a fresh run)."""
+    resume_path = resolve_resume_path(training_args.output_dir, training_args.resume_from_checkpoint)
+    if resume_path is None:
+        return None
+    with open(resume_path / STATE_FILE, encoding="utf-8") as handle:
+        return int(json.load(handle)["global_step"])
+
+
+def build_classification_task(
+    args: ClassifierArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> ClassificationTask:
+    """Data, models, distiller and task, with every check done before training."""
+    import timm.data
+
+    options = _validate(args, training_args)
+    if data_args.resolution is not None and data_args.resolution < 8:
+        raise ValueError(
+            f"--resolution must be at least 8 pixels, got {data_args.resolution}; leave it out for 32 (with "
+            "--cifar_stem) or 224."
+        )
+    data = _load_data(args, data_args, training_args)
     num_classes = args.num_classes or data.num_classes
     resolution = data_args.resolution or (32 if args.cifar_stem else 224)
     input_size = (3, resolution, resolution)
 
-    teacher = None
-    if args.teacher_model_name_or_path and args.distiller != PLAIN_TRAINING:
-        teacher = _load_or_create(args.teacher_model_name_or_path, args, num_classes, input_size)
-        if not _is_folder(args.teacher_model_name_or_path) and not args.pretrained:
-            logger.warning(
-                "The teacher %s has random weights (not a trained folder, no --pretrained).",
-                args.teacher_model_name_or_path,
-            )
-        student = create_student(
-            teacher,
-            stem_stride=args.stem_stride,
-            stage_strides=args.stage_strides or None,
-            strides=args.strides,
-            init=args.student_init,
-            red_placement="paper" if parse_distiller(args.distiller).uses_red_blocks else None,
-            red_kernel_size=args.red_kernel_size,
-            red_variant=args.red_variant,
-            red_norm=args.red_norm,
-        )
-        spec_of(student).input_size = input_size
-        init_red_blocks(student, args.red_init)
-        _warn_if_stem_cut_is_moot(args, resolution)
-    else:
-        student = _load_or_create(args.model_name_or_path, args, num_classes, input_size)
-        spec_of(student).input_size = input_size
+    teacher, student = _teacher_and_student(args, num_classes, input_size, resolution)
     in_chans = student.in_chans
     input_size = (in_chans, resolution, resolution)
     distiller = build_classification_distiller(args.distiller, student, teacher, input_size, **options)
@@ -297,11 +319,7 @@ def build_classification_task(
             label_smoothing=args.label_smoothing,
             num_classes=num_classes,
         )
-    resume_path = resolve_resume_path(training_args.output_dir, training_args.resume_from_checkpoint)
-    resume_step = None
-    if resume_path is not None:
-        with open(resume_path / STATE_FILE, encoding="utf-8") as handle:
-            resume_step = int(json.load(handle)["global_step"])
+    resume_step = _resume_step(training_args)
     source = data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
     return ClassificationTask(
         student,

@@ -137,6 +137,53 @@ def create_student(
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
     if isinstance(red_placement, str) and red_placement not in RED_PLACEMENTS:
         raise ValueError(f"red_placement must be 'paper', a list of taps or None, got {red_placement!r}.")
+    teacher, strides = _teacher_and_notation(
+        teacher_or_name,
+        strides,
+        num_classes=num_classes,
+        cifar_stem=cifar_stem,
+        pretrained=pretrained,
+        input_size=input_size,
+        model_args=model_args,
+    )
+    teacher_spec = spec_of(teacher)
+    teacher_plan = read_stride_plan(teacher)
+    plan = _student_plan(teacher, teacher_plan, strides, stage_strides, stem_stride)
+
+    spec = teacher_spec.replace(
+        stride_plan=plan,
+        red_blocks=[],
+        red_kernel_size=int(red_kernel_size),
+        red_variant=red_variant,
+        red_norm=red_norm,
+        teacher={
+            "architecture": teacher_spec.architecture,
+            "stride_plan": teacher_plan.to_dict(),
+            "cifar_stem": teacher_spec.cifar_stem,
+        },
+        distillation_pairs=[],
+    )
+    student = build_classifier(spec)
+    if init == "teacher":
+        student.load_state_dict(_without_red(teacher.state_dict()))
+    if red_placement is not None:
+        taps = downsampling_taps(student) if isinstance(red_placement, str) else list(red_placement)
+        attach_red(student, red_block_specs(student, taps), red_kernel_size, red_variant, red_norm)
+    return student
+
+
+def _teacher_and_notation(
+    teacher_or_name: nn.Module | str,
+    strides: str | None,
+    *,
+    num_classes: int | None,
+    cifar_stem: bool,
+    pretrained: bool,
+    input_size: Sequence[int] | None,
+    model_args: dict[str, Any],
+) -> tuple[nn.Module, str | None]:
+    """`create_student`'s teacher (built from a name, or the model given, checked against the other arguments)
+    and its ``strides`` (a name such as ``"resnet18-8-11221"`` gives them unless ``strides`` does)."""
     if isinstance(teacher_or_name, str):
         architecture, _, notation = resolve_architecture(teacher_or_name)
         if notation is not None and strides is None:
@@ -166,9 +213,18 @@ def create_student(
         raise ValueError(
             f"teacher_or_name must be a timm model or a model name, got {type(teacher_or_name).__name__}."
         )
+    return teacher, strides
 
-    teacher_spec = spec_of(teacher)
-    teacher_plan = read_stride_plan(teacher)
+
+def _student_plan(
+    teacher: nn.Module,
+    teacher_plan: StridePlan,
+    strides: str | None,
+    stage_strides: Sequence[int] | None,
+    stem_stride: int,
+) -> StridePlan:
+    """The student's strides (notation, else stem + stage strides, else the default plan for the stem
+    stride); it must keep the teacher's total stride."""
     if strides is not None:
         plan = parse_stride_notation(strides, teacher)
     elif stage_strides is not None:
@@ -181,27 +237,7 @@ def create_student(
             f"teacher's {teacher_plan.notation()} gives {teacher_plan.total_stride}: the student must keep the "
             "teacher's final resolution."
         )
-
-    spec = teacher_spec.replace(
-        stride_plan=plan,
-        red_blocks=[],
-        red_kernel_size=int(red_kernel_size),
-        red_variant=red_variant,
-        red_norm=red_norm,
-        teacher={
-            "architecture": teacher_spec.architecture,
-            "stride_plan": teacher_plan.to_dict(),
-            "cifar_stem": teacher_spec.cifar_stem,
-        },
-        distillation_pairs=[],
-    )
-    student = build_classifier(spec)
-    if init == "teacher":
-        student.load_state_dict(_without_red(teacher.state_dict()))
-    if red_placement is not None:
-        taps = downsampling_taps(student) if isinstance(red_placement, str) else list(red_placement)
-        attach_red(student, red_block_specs(student, taps), red_kernel_size, red_variant, red_norm)
-    return student
+    return plan
 
 
 def _plan_with_stages(teacher: StridePlan, stem_stride: int, stage_strides: Sequence[int]) -> StridePlan:

@@ -158,8 +158,6 @@ def _stage_argv(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_recipe
-    from ..diffusion.run import run_redistill, run_teacher
     from ..files import read_json
     from ..memory.summary import MemorySummary
 
@@ -178,37 +176,10 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     commands: dict[str, str] = {}
     start = time.perf_counter()
-    train_teacher = args.train_teacher or args.teacher_steps is not None
-    teacher_result = None
-    if (teacher_dir / "model_index.json").is_file() and not args.overwrite_output_dir:
-        print(f"[1/2] Reusing the teacher in {teacher_dir} (--overwrite_output_dir replaces it).")
-    elif not train_teacher:
-        print(
-            f"[1/2] Copying the pretrained tiny DDPM teacher shipped with the package -> {teacher_dir} "
-            f"(trained by the recipe {TEACHER_RECIPE}; --train_teacher trains it here instead)"
-        )
-        _copy_packaged_teacher(teacher_dir)
-        commands["teacher"] = f"copied from the package ({PRETRAINED_TEACHER})"
-    else:
-        print(f"[1/2] Training a tiny DDPM teacher on offline shapes -> {teacher_dir}")
-        teacher_argv = _stage_argv(TEACHER_RECIPE, teacher_dir, args.teacher_steps, common, overwrite)
-        commands["teacher"] = _shell("redistill train ddpm-teacher", teacher_argv)
-        teacher_result = run_teacher(teacher_argv)
+    teacher_result = _teacher_stage(args, teacher_dir, common, commands)
     timings["teacher_seconds"] = time.perf_counter() - start
-
-    distiller = args.distiller or load_recipe(str(recipe_path(STUDENT_RECIPE)))["distiller"]
-    how = (
-        "initialised from the teacher's weights and trained on its data (--distiller vanilla, measured best "
-        "per minute here; --distiller output_mse or red distils from the teacher)"
-        if distiller == "vanilla"
-        else f"distilled with {distiller}"
-    )
-    print(f"[2/2] Deriving the stem-stride-2 student (4x lower peak memory), {how} -> {student_dir}")
-    student_common = [*common, "--distiller", distiller, "--teacher_model_name_or_path", str(teacher_dir)]
     middle = time.perf_counter()
-    student_argv = _stage_argv(STUDENT_RECIPE, student_dir, args.student_steps, student_common, overwrite)
-    commands["student"] = _shell("redistill train ddpm", student_argv)
-    student_result = run_redistill(student_argv)
+    student_result = _student_stage(args, teacher_dir, student_dir, common, commands)
     timings["student_seconds"] = time.perf_counter() - middle
 
     memory_path = student_dir / "memory_report.json"
@@ -249,9 +220,66 @@ def run(args: argparse.Namespace) -> int:
         **{key: round(value, 1) for key, value in timings.items()},
     }
     (root / "summary.json").write_text(redact_text(json.dumps(summary, indent=2)))
-    print("\nDone in {:.0f} s.".format(timings["total_seconds"]))
+    _print_summary(summary, root, timings["total_seconds"])
+    return 0
+
+
+def _teacher_stage(args: argparse.Namespace, teacher_dir: Path, common: list[str], commands: dict[str, str]):
+    """[1/2]: reuse the teacher already in the output folder, copy the packaged one, or train it here
+    (--train_teacher, --teacher_steps); the training result, None when no teacher was trained."""
+    from ..diffusion.run import run_teacher
+
+    overwrite = args.overwrite_output_dir
+    train_teacher = args.train_teacher or args.teacher_steps is not None
+    if (teacher_dir / "model_index.json").is_file() and not args.overwrite_output_dir:
+        print(f"[1/2] Reusing the teacher in {teacher_dir} (--overwrite_output_dir replaces it).")
+        return None
+    if not train_teacher:
+        print(
+            f"[1/2] Copying the pretrained tiny DDPM teacher shipped with the package -> {teacher_dir} "
+            f"(trained by the recipe {TEACHER_RECIPE}; --train_teacher trains it here instead)"
+        )
+        _copy_packaged_teacher(teacher_dir)
+        commands["teacher"] = f"copied from the package ({PRETRAINED_TEACHER})"
+        return None
+    print(f"[1/2] Training a tiny DDPM teacher on offline shapes -> {teacher_dir}")
+    teacher_argv = _stage_argv(TEACHER_RECIPE, teacher_dir, args.teacher_steps, common, overwrite)
+    commands["teacher"] = _shell("redistill train ddpm-teacher", teacher_argv)
+    return run_teacher(teacher_argv)
+
+
+def _student_stage(
+    args: argparse.Namespace,
+    teacher_dir: Path,
+    student_dir: Path,
+    common: list[str],
+    commands: dict[str, str],
+):
+    """[2/2]: the stem-stride-2 student of the teacher, trained with the student recipe's distiller (or
+    --distiller); its training result."""
+    from ..config import load_recipe
+    from ..diffusion.run import run_redistill
+
+    distiller = args.distiller or load_recipe(str(recipe_path(STUDENT_RECIPE)))["distiller"]
+    how = (
+        "initialised from the teacher's weights and trained on its data (--distiller vanilla, measured best "
+        "per minute here; --distiller output_mse or red distils from the teacher)"
+        if distiller == "vanilla"
+        else f"distilled with {distiller}"
+    )
+    print(f"[2/2] Deriving the stem-stride-2 student (4x lower peak memory), {how} -> {student_dir}")
+    student_common = [*common, "--distiller", distiller, "--teacher_model_name_or_path", str(teacher_dir)]
+    overwrite = args.overwrite_output_dir
+    student_argv = _stage_argv(STUDENT_RECIPE, student_dir, args.student_steps, student_common, overwrite)
+    commands["student"] = _shell("redistill train ddpm", student_argv)
+    return run_redistill(student_argv)
+
+
+def _print_summary(summary: dict, root: Path, total_seconds: float) -> None:
+    """Where everything is, and the teacher-vs-student figures of summary.json, on stdout."""
+    print(f"\nDone in {total_seconds:.0f} s.")
     print(
-        f"  student pipeline : {student_dir}  (redistill_diffusion.diffusion.pipeline_io.load_pipeline, or "
+        f"  student pipeline : {summary['student']}  (redistill_diffusion.diffusion.pipeline_io.load_pipeline, or "
         "DiffusionPipeline.from_pretrained(..., trust_remote_code=True))"
     )
     print(f"  sample grids     : {summary['teacher_samples']}  |  {summary['student_samples']}")
@@ -260,25 +288,29 @@ def run(args: argparse.Namespace) -> int:
             f"  peak memory ({convention}): teacher {value['teacher_mb']:.3f} MB -> student {value['student_mb']:.3f} MB "
             f"({value['ratio']:.2f}x lower)"
         )
-    print(f"  memory report    : {memory_path} (+ .png)   summary: {root / 'summary.json'}")
-    losses = comparison["heldout_denoising_loss"]
+    print(
+        f"  memory report    : {summary['memory_report']['json']} (+ .png)   summary: {root / 'summary.json'}"
+    )
+    losses = summary["heldout_denoising_loss"]
     print(
         f"  held-out denoising loss ({HELDOUT_IMAGES} unseen shapes, lower is better): teacher {losses['teacher']:.4f}"
         f"  student {losses['student']:.4f}  ({losses['student'] / losses['teacher']:.2f}x the teacher's)"
     )
-    grid = comparison["checkerboard_share"]
+    grid = summary["checkerboard_share"]
     print(
         f"  checkerboard share of the sample grids (power at the 2-pixel grid's frequencies; ~0 = none): "
         f"teacher {grid['teacher']:.4f}  student {grid['student']:.4f}"
     )
-    light = comparison["mean_brightness"]
+    light = summary["mean_brightness"]
     print(
         f"  mean brightness of the sample grids (0-255): teacher {light['teacher']:.0f}  student {light['student']:.0f}"
         f"  (the held-out shapes themselves: {light['heldout_images']:.0f})"
     )
-    print(f"  side by side     : {comparison['side_by_side']}  (teacher | student | memory per layer)")
-    print(f"  time per phase   : {_format_phases(phases)} ({'bf16' if precision == 'bf16' else 'fp32'})")
-    return 0
+    print(f"  side by side     : {summary['side_by_side']}  (teacher | student | memory per layer)")
+    precision = summary["mixed_precision"]
+    print(
+        f"  time per phase   : {_format_phases(summary['phase_seconds'])} ({'bf16' if precision == 'bf16' else 'fp32'})"
+    )
 
 
 def _shell(program: str, argv: list[str]) -> str:

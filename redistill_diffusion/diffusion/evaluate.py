@@ -239,6 +239,24 @@ class _PipelineRun:
         )
         return result, sampled.images
 
+    def rows(
+        self, loaded: list[tuple[str, DiffusionPipeline]], output_dir: str | os.PathLike | None
+    ) -> list[dict]:
+        """Every pipeline's row in turn; with ``output_dir``, its sample grid and the report so far."""
+        if output_dir is not None:
+            output_dir = Path(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+        results: list[dict] = []
+        for (name, pipeline), grid_file in zip(loaded, grid_file_names([name for name, _ in loaded])):
+            result, samples = self.row(name, pipeline)
+            if output_dir is not None:
+                save_sample_grid(samples, output_dir / grid_file)
+                result["sample_grid"] = grid_file
+            results.append(result)
+            if output_dir is not None:  # after every pipeline, so a long run keeps what it has finished
+                write_report(results, self.extractor, output_dir)
+        return results
+
 
 def evaluate_pipelines(
     pipelines: Sequence[PipelineSource] | Mapping[str, PipelineSource] | PipelineSource,
@@ -312,19 +330,4 @@ def evaluate_pipelines(
         device=device,
         progress=progress,
     )
-    loaded = _load_pipelines(named, progress)
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---- work ----
-    results: list[dict] = []
-    for (name, pipeline), grid_file in zip(loaded, grid_file_names([name for name, _ in loaded])):
-        result, samples = run.row(name, pipeline)
-        if output_dir is not None:
-            save_sample_grid(samples, output_dir / grid_file)
-            result["sample_grid"] = grid_file
-        results.append(result)
-        if output_dir is not None:  # after every pipeline, so a long run keeps what it has finished
-            write_report(results, extractor, output_dir)
-    return results
+    return run.rows(_load_pipelines(named, progress), output_dir)

@@ -4,14 +4,13 @@
 -> `task.distillation_forward` (student prediction with features tapped, teacher prediction under
 no_grad only when the distiller needs it, the distiller's named losses) -> task MSE + those losses. Building a task (`build_redistill_task`,
 `build_teacher_task`) checks every input first (teacher, student derivation, tap pairs, data) and
-raises one clear error before any training step.
+raises one clear error before any training step; the pieces it is built from are in `task_inputs`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DataArguments, TrainingArguments
-from ..data import ImageTensorDataset, build_image_transform, load_image_dataset
 from ..training.task import EvalContext, StepContext, TaskLosses, distillation_forward, freeze_teacher
 from .arguments import DDPMArguments, StudentArguments, TeacherModelArguments
+from .task_inputs import (  # noqa: F401 - SCHEDULE_*, build_noise_scheduler, parse_pairs: importable from here too
+    SCHEDULE_DEFAULTS,
+    SCHEDULE_FLAGS,
+    build_noise_scheduler,
+    build_student_and_distiller,
+    card_fields,
+    check_resolution,
+    check_resolution_flag,
+    parse_pairs,
+    student_card_fields,
+    training_data,
+)
 
 if TYPE_CHECKING:
     from ..memory import MemorySummary
@@ -31,48 +41,6 @@ logger = logging.getLogger(__name__)
 
 SAMPLES_DIR = "samples"
 LATEST_GRID = f"{SAMPLES_DIR}/latest.png"
-
-
-SCHEDULE_FLAGS = {  # flag -> DDPMScheduler config key
-    "ddpm_num_steps": "num_train_timesteps",
-    "ddpm_beta_schedule": "beta_schedule",
-    "prediction_type": "prediction_type",
-}
-SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
-
-
-def build_noise_scheduler(
-    ddpm_args: DDPMArguments, config: dict[str, Any] | None = None, *, teacher: str | None = None
-):
-    """The DDPM noise scheduler.
-
-    ``config``: the scheduler the model brings. A teacher trained from a config (``teacher`` None) takes the
-    schedule flags on top of it; a student (``teacher`` names its teacher) trains on the teacher's schedule,
-    and a flag that disagrees with it is a one-line error rather than a flag silently ignored."""
-    from diffusers import DDPMScheduler
-
-    requested = {
-        key: getattr(ddpm_args, flag)
-        for flag, key in SCHEDULE_FLAGS.items()
-        if getattr(ddpm_args, flag) is not None
-    }
-    if config is None:
-        return DDPMScheduler(**{**SCHEDULE_DEFAULTS, **requested})
-    if teacher is not None:
-        clashes = [
-            f"--{flag} {requested[key]} (the teacher's: {config.get(key, SCHEDULE_DEFAULTS[key])})"
-            for flag, key in SCHEDULE_FLAGS.items()
-            if key in requested and requested[key] != config.get(key, SCHEDULE_DEFAULTS[key])
-        ]
-        if clashes:
-            raise ValueError(
-                f"{'; '.join(clashes)}: a student trains on its teacher's noise schedule ({teacher}); "
-                "drop the flag."
-            )
-        return DDPMScheduler.from_config(config)
-    if requested:
-        logger.info("Noise schedule: %s on top of the config's scheduler", requested)
-    return DDPMScheduler.from_config(config, **requested)
 
 
 def _clean_copy(unet):
@@ -323,89 +291,6 @@ class DiffusionTask:
 # -------------------------------------------------------------------------------------------------
 # Building tasks from arguments (all checks happen here, before training)
 # -------------------------------------------------------------------------------------------------
-def _image_dataset(data_args: DataArguments, resolution: int, channels: int, seed: int):
-    dataset = load_image_dataset(
-        dataset_name=data_args.dataset_name,
-        train_data_dir=data_args.train_data_dir,
-        data_files=data_args.data_files or None,
-        image_column=data_args.image_column,
-        cache_dir=data_args.cache_dir,
-        max_samples=data_args.max_train_samples,
-        dataset_config_name=data_args.dataset_config_name,
-        builtin_num_images=data_args.builtin_num_images,
-        builtin_resolution=resolution,
-        seed=seed,  # --max_train_samples draws a seeded random subset
-    )
-    return ImageTensorDataset(
-        dataset, build_image_transform(resolution, channels, center_crop=data_args.center_crop)
-    )
-
-
-def _heldout_images(ddpm_args: DDPMArguments, resolution: int, channels: int) -> torch.Tensor | None:
-    """The fixed held-out set of the denoising loss (--heldout_data), loaded once before training."""
-    if not ddpm_args.heldout_data:
-        return None
-    from ..evaluation.denoising import load_heldout_images
-
-    if ddpm_args.heldout_num_images < 1 or ddpm_args.heldout_timesteps < 1:
-        raise ValueError(
-            f"--heldout_num_images ({ddpm_args.heldout_num_images}) and --heldout_timesteps "
-            f"({ddpm_args.heldout_timesteps}) must be at least 1."
-        )
-    return load_heldout_images(ddpm_args.heldout_data, resolution, channels, ddpm_args.heldout_num_images)
-
-
-def _check_resolution_flag(data_args: DataArguments) -> None:
-    """--resolution 0 used to fall back to the model's sample_size without a word."""
-    if data_args.resolution is not None and data_args.resolution < 1:
-        raise ValueError(
-            f"--resolution must be a positive number of pixels, got {data_args.resolution}; leave it out to "
-            "use the model's sample_size."
-        )
-
-
-def _check_resolution(resolution: int, unet) -> None:
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if resolution % factor:
-        raise ValueError(
-            f"--resolution {resolution} must be divisible by {factor} for this UNet "
-            f"({len(unet.config.block_out_channels)} levels); pass a multiple of {factor} such as "
-            f"{max(factor, resolution // factor * factor)}."
-        )
-
-
-def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
-    """``["conv_in:output=down_blocks.0.downsamplers.0:output", ...]`` -> [(student_tap, teacher_tap)]."""
-    pairs = []
-    for spec in specs:
-        student, sep, teacher = spec.partition("=")
-        if not sep or not student.strip() or not teacher.strip():
-            raise ValueError(
-                f"--distill_pairs entry {spec!r} must look like 'student_module:output=teacher_module:output'."
-            )
-        pairs.append((student.strip(), teacher.strip()))
-    return pairs
-
-
-def _card_fields(
-    data_args: DataArguments,
-    training_args: TrainingArguments | None,
-    *,
-    title: str,
-    tags: list[str],
-    details: dict[str, Any] | None = None,
-    **fields: Any,
-) -> dict[str, Any]:
-    """`DiffusionTask.card` of either run: its title and fields, its details with the training data last, its
-    tags, and the Hub repo and token when it pushes (`save_final` renders the card from them)."""
-    dataset = data_args.dataset_name or data_args.train_data_dir or ", ".join(data_args.data_files)
-    card = {"title": title, **fields, "details": {**(details or {}), "dataset": dataset}, "tags": tags}
-    if training_args is not None and training_args.push_to_hub:
-        card["hub_model_id"] = training_args.hub_model_id
-        card["hub_token"] = training_args.hub_token
-    return card
-
-
 def build_redistill_task(
     student_args: StudentArguments,
     data_args: DataArguments,
@@ -414,19 +299,15 @@ def build_redistill_task(
 ) -> DiffusionTask:
     """Teacher -> student (+ RED blocks) -> tap pairs -> distiller -> dataset; every check before training.
 
-    The distiller comes from the builder classification uses too (`distillers.build_model_distiller`),
-    its options from the one routing of the distillation flags (`distillers.distillation_options`).
+    The distiller's options come from the one routing of the distillation flags
+    (`distillers.distillation_options`).
     """
-    from ..distillers import build_model_distiller, distillation_options, parse_distiller
-    from ..hub import is_hub_id
-    from ..red import init_red_blocks
+    from ..distillers import distillation_options, parse_distiller
     from .configs import check_unconditional
-    from .model import ReDistillUNet2DModel
     from .pipeline_io import load_teacher
-    from .unet_taps import red_specs, unet_example_inputs, unet_tap_pairs
 
     # An unknown method, or an option it does not take: one clear error before loading anything.
-    _check_resolution_flag(data_args)
+    check_resolution_flag(data_args)
     method = parse_distiller(student_args.distiller)
     options = distillation_options(student_args.distiller, student_args)
     explicit_pairs = parse_pairs(student_args.distill_pairs)
@@ -434,66 +315,27 @@ def build_redistill_task(
         student_args.teacher_model_name_or_path, cache_dir=data_args.cache_dir
     )
     check_unconditional(teacher.config, f"Teacher {student_args.teacher_model_name_or_path}")
-    preset = None if student_args.red_preset == "none" else student_args.red_preset
-    try:
-        student = ReDistillUNet2DModel.from_teacher(
-            teacher,
-            stem_stride=student_args.stem_stride,
-            init=student_args.student_init,
-            output_head=student_args.output_head,
-            head_init=student_args.student_head_init,
-            red_preset=preset if method.uses_red_blocks and not explicit_pairs else None,
-            red_kernel_size=student_args.red_kernel_size,
-            red_variant=student_args.red_variant,
-            red_norm=student_args.red_norm,
-            subpixel_skip=student_args.subpixel_skip,
-            refiner_channels=student_args.refiner_channels,
-            stem=student_args.stem,
-        )
-    except (ValueError, TypeError, RuntimeError) as error:
-        raise ValueError(
-            f"Cannot derive a stride-{student_args.stem_stride} student from this teacher: {error}"
-        ) from error
-    pairs: list[tuple[str, str]] = []
-    if explicit_pairs:
-        pairs = explicit_pairs
-        if method.uses_red_blocks:
-            student.add_red_blocks(red_specs(student, [s for s, _ in pairs]))
-    elif preset is not None and (method.uses_pairs or method.uses_red_blocks):
-        pairs = unet_tap_pairs(student, teacher, preset)
-    init_red_blocks(student, student_args.red_init)
-    distiller = build_model_distiller(method.name, student, teacher, pairs, unet_example_inputs, options)
+    student, pairs, distiller = build_student_and_distiller(
+        student_args, teacher, method, options, explicit_pairs
+    )
 
     resolution = data_args.resolution or _sample_size(teacher)
-    _check_resolution(resolution, student)
-    dataset = _image_dataset(
-        data_args, resolution, teacher.config.in_channels, training_args.seed if training_args else 0
+    check_resolution(resolution, student)
+    dataset, heldout = training_data(
+        data_args, ddpm_args, training_args, resolution, teacher.config.in_channels
     )
-    heldout = _heldout_images(ddpm_args, resolution, teacher.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args,
         teacher_scheduler.config if teacher_scheduler is not None else None,
         teacher=student_args.teacher_model_name_or_path,
     )
-    teacher_name = student_args.teacher_model_name_or_path
-    card = _card_fields(
+    card = student_card_fields(
+        student_args,
         data_args,
         training_args,
-        title=f"ReDistill student (stem stride {student_args.stem_stride}) of {Path(teacher_name).name or teacher_name}",
-        teacher=teacher_name,
-        teacher_is_hub_id=is_hub_id(teacher_name),
-        method=student_args.distiller,
-        stem_stride=student_args.stem_stride,
-        details={
-            "RED placement": "explicit pairs" if explicit_pairs else (preset or "-"),
-            "distillation pairs": len(pairs),
-            "student init": student_args.student_init,
-            "head init": student_args.student_head_init,
-            "RED norm": student_args.red_norm if method.uses_red_blocks else "-",
-            "teacher mode": student_args.teacher_mode,
-            "distill weight": training_args.distill_weight if training_args else "-",
-        },
-        tags=["redistill-student", f"stem-stride-{student_args.stem_stride}"],
+        method,
+        explicit_pairs=bool(explicit_pairs),
+        num_pairs=len(pairs),
     )
     return DiffusionTask(
         model=student,
@@ -525,7 +367,7 @@ def build_teacher_task(
         raise ValueError(
             "Pass --model_config_name_or_path (a UNet config folder/json or a shipped name such as tiny-ddpm-32)."
         )
-    _check_resolution_flag(data_args)
+    check_resolution_flag(data_args)
     config = load_unet_config(model_args.model_config_name_or_path).model_kwargs()
     check_unconditional(config, f"UNet config {model_args.model_config_name_or_path}")
     if data_args.resolution:
@@ -537,15 +379,12 @@ def build_teacher_task(
             f"UNet config {model_args.model_config_name_or_path!r} is not a valid UNet2DModel config: {error}"
         ) from error
     resolution = _sample_size(unet)
-    _check_resolution(resolution, unet)
-    dataset = _image_dataset(
-        data_args, resolution, unet.config.in_channels, training_args.seed if training_args else 0
-    )
-    heldout = _heldout_images(ddpm_args, resolution, unet.config.in_channels)
+    check_resolution(resolution, unet)
+    dataset, heldout = training_data(data_args, ddpm_args, training_args, resolution, unet.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)
     )
-    card = _card_fields(
+    card = card_fields(
         data_args,
         training_args,
         title=f"DDPM UNet ({model_args.model_config_name_or_path})",
