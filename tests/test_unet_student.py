@@ -443,3 +443,34 @@ def test_space_to_depth_stem_is_lossless_and_keeps_the_peak(stem_stride):
     assert isinstance(reloaded.conv_in, torch.nn.Sequential)
     with pytest.raises(ValueError, match="Unknown stem"):
         ReDistillUNet2DModel(**{**student.config, "stem": "wavelet"})
+
+
+def test_a_stem_that_skips_pixels_warns_and_the_full_resolution_paths_do_not():
+    """At stride 4 a 3x3 stem reads 9 of every 16 pixels: the others reach no layer of the student (the
+    parity benchmark's stride-4 student without a refiner stalled at 0.65 held-out loss for it)."""
+    import warnings
+
+    teacher = tiny_teacher()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blind = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=4).eval()
+    assert any("reads 9 of every 16 input pixels" in str(w.message) for w in caught)
+    x = torch.randn(1, 3, 16, 16)
+    poked = x.clone()
+    poked[..., 6, 6] += 10.0  # rows/columns 2 mod 4: outside every 3x3 window (padding 1) at stride 4
+    with torch.no_grad():
+        assert torch.equal(blind.conv_in(x), blind.conv_in(poked))
+    for kwargs in (
+        {"stem_stride": 2},
+        {"stem_stride": 4, "refiner_channels": 4},
+        {"stem_stride": 4, "stem": "space_to_depth", "output_head": "pixel_shuffle"},
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            student = ReDistillUNet2DModel.from_teacher(teacher, **kwargs).eval()
+        assert not [w for w in caught if "input pixels" in str(w.message)], kwargs
+        if student.refiner is not None:  # the tail starts at zero; once trained it reads every pixel
+            torch.nn.init.normal_(student.refiner.conv_out.weight)
+        t = torch.tensor([10])
+        with torch.no_grad():
+            assert not torch.allclose(student(x, t).sample, student(poked, t).sample), kwargs

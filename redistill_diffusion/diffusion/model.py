@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -517,18 +518,26 @@ class ReDistillUNet2DModel(UNet2DModel):
         if subpixel_skip and stem_stride > 1 and in_channels != out_channels:
             raise ValueError("subpixel_skip needs in_channels == out_channels (a noise-predicting denoiser).")
         super().__init__(**unet_arguments)
-        self._move_strides(stem_stride, output_head, stem)
+        self._move_strides(stem_stride, output_head, stem, refiner_channels)
         self._add_full_resolution_paths(subpixel_skip, refiner_channels)
         install_red_blocks(
             self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
         )
 
-    def _move_strides(self, stem_stride: int, output_head: str, stem: str) -> None:
+    def _move_strides(self, stem_stride: int, output_head: str, stem: str, refiner_channels: int = 0) -> None:
         """Stride ``stem_stride`` at the stem, the deepest downsamplers and upsamplers at stride 1, and
         the output head that restores full resolution."""
         if stem_stride == 1:
             return
         in_channels, stem_channels = self.config.in_channels, self.config.block_out_channels[0]
+        kernel = self.conv_in.kernel_size[0]
+        if stem == "conv" and kernel < stem_stride and not refiner_channels:
+            warnings.warn(
+                f"A {kernel}x{kernel} stem at stride {stem_stride} reads {kernel**2} of every {stem_stride**2} "
+                "input pixels, so no layer sees the others (a denoiser cannot predict their noise): add "
+                "refiner_channels (--refiner_channels 8, a full-resolution tail) or stem='space_to_depth'.",
+                stacklevel=3,
+            )
         self.conv_in.stride = (stem_stride, stem_stride)
         shifts = int(math.log2(stem_stride))
         # Down blocks 0..n-2 own a downsampler; the deepest `shifts` of them keep the resolution.
