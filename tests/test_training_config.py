@@ -250,9 +250,13 @@ def test_quickstart_starts_from_the_packaged_teacher_and_keeps_user_files(tmp_pa
 
     packaged = quickstart.packaged_teacher()
     assert (packaged / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert json.loads((packaged / "quickstart_teacher.json").read_text())["recipe"].endswith(
-        quickstart.TEACHER_RECIPE
-    )
+    trained = json.loads((packaged / "quickstart_teacher.json").read_text())
+    assert trained["recipe"].endswith(quickstart.TEACHER_RECIPE)
+    # the shipped weights are what the recipe (the one --train_teacher runs) trains
+    teacher_recipe = yaml.safe_load(quickstart.recipe_path(quickstart.TEACHER_RECIPE).read_text())
+    assert trained["steps"] == teacher_recipe["max_train_steps"]
+    scheduler = json.loads((packaged / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == teacher_recipe["prediction_type"] == trained["prediction_type"]
     shrunk = tmp_path / "recipes"
     shrunk.mkdir()
     recipe = yaml.safe_load(quickstart.recipe_path(quickstart.STUDENT_RECIPE).read_text())

@@ -389,8 +389,8 @@ def _compare(teacher_dir: Path, student_dir: Path, root: Path) -> dict:
     }
     grid_share = {name: checkerboard_share(grid) for name, grid in grids.items()}
     brightness = {name: round(mean_brightness(grid), 1) for name, grid in grids.items()}
-    # The yardstick for both: the 800-step teacher's samples are lighter than its data (its backgrounds
-    # greyer), so a student that is darker than the teacher can be the closer of the two to the data.
+    # The yardstick for both: the held-out shapes' own brightness (an epsilon-predicting teacher's samples
+    # were far lighter than their data; the packaged v-prediction teacher's match it, docs/quickstart.md).
     brightness["heldout_images"] = round(
         mean_brightness(heldout_shapes(num_images=HELDOUT_IMAGES, resolution=resolution)), 1
     )
