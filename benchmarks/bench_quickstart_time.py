@@ -69,6 +69,7 @@ def run_mode(mode: str, work_dir: Path) -> dict:
         "student_loss": losses["student"],
         "loss_ratio": round(losses["student"] / losses["teacher"], 3),
         "checkerboard_share": summary["checkerboard_share"],
+        "mean_brightness": summary.get("mean_brightness"),
         "peak_ratio": {k: v["ratio"] for k, v in summary["peak_memory"].items()},
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
@@ -107,6 +108,7 @@ def main() -> int:
             "teacher / student held-out loss",
             "ratio",
             "checkerboard share teacher / student",
+            "mean brightness teacher / student / held-out shapes",
             "peak memory ratio",
             "load avg before / after",
         ],
@@ -120,6 +122,9 @@ def main() -> int:
                 f"{r['teacher_loss']:.4f} / {r['student_loss']:.4f}",
                 f"{r['loss_ratio']:.2f}x",
                 f"{r['checkerboard_share']['teacher']:.4f} / {r['checkerboard_share']['student']:.4f}",
+                " / ".join(f"{r['mean_brightness'][k]:.0f}" for k in ("teacher", "student", "heldout_images"))
+                if r.get("mean_brightness")
+                else "-",
                 ", ".join(f"{k} {v:.2f}x" for k, v in r["peak_ratio"].items()),
                 f"{r['load_average_before']} / {r['load_average_after']}",
             ]
