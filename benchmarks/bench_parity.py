@@ -570,6 +570,19 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
         f"select slice {fit.get('last_value')} at step {fit.get('last_step')}, "
         f"{100 * (fit.get('gap_to_plateau') or 0):.1f}% above the fitted plateau {fit.get('a', 0):.5f}."
     )
+    fids = {row["name"]: row for row in (read_json(RESULTS / "parity_fid.json") or {}).get("rows", [])}
+    if "teacher" in fids:
+        floor = fids.get("real")
+        teacher_line += (
+            f" FID (TF-FID Inception, {fids['teacher']['num_samples']} DDIM-50 samples against 10,000 training "
+            f"images; ± half-width of a 95% bootstrap interval): teacher {fids['teacher']['fid']:.1f} ± "
+            f"{fids['teacher']['fid_ci95']:.1f}"
+            + (
+                f"; the real-data floor (as many held-out report-slice images) {floor['fid']:.1f} ± {floor['fid_ci95']:.1f}."
+                if floor
+                else "."
+            )
+        )
     write_json(
         RESULTS / "parity.json",
         {

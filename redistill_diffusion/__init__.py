@@ -2,6 +2,7 @@
 and timm CNNs, trained with residual encoded distillation against the frozen teacher."""
 
 import logging as _logging
+import sys as _sys
 
 
 class _DropTorchaoImportNoise(_logging.Filter):
@@ -47,6 +48,10 @@ register_moved(
 register_moved(_EVALUATION, _diffusion_evaluate, ("denoiser_peak_memory", "evaluate_pipelines"))
 register_moved(_EVALUATION, _pipeline_io, ("load_pipeline",))
 register_moved(f"{_EVALUATION}.comparison", _diffusion_evaluate, ("pipeline_denoising_loss",))
+# ... and so do the two module paths (`from redistill_diffusion.evaluation.sampling import sample_images`): the
+# import system finds a submodule in sys.modules once the package is imported, which always runs this file first.
+_sys.modules.setdefault(f"{_EVALUATION}.sampling", _diffusion_sampling)
+_sys.modules.setdefault(f"{_EVALUATION}.evaluate", _diffusion_evaluate)
 
 # Nothing of diffusers is patched here: the library loads pipelines with diffusion.pipeline_io.load_pipeline.
 

@@ -548,3 +548,16 @@ def test_names_that_moved_to_the_diffusion_task_keep_their_earlier_spelling():
     assert redistill_diffusion.load_pipeline is pipeline_io.load_pipeline
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         evaluation.no_such_name  # noqa: B018
+    # the earlier module paths too, in a process that imports them first
+    code = (
+        "from redistill_diffusion.evaluation.sampling import sample_images\n"
+        "from redistill_diffusion.evaluation.evaluate import evaluate_pipelines\n"
+        "import redistill_diffusion.diffusion.sampling as s, redistill_diffusion.diffusion.evaluate as e\n"
+        "assert sample_images is s.sample_images and evaluate_pipelines is e.evaluate_pipelines\n"
+        "print('ok')\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
