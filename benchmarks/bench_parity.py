@@ -615,6 +615,21 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
                 "Students train with the teacher's recipe (AdamW 5e-4, constant after 500 warm-up steps, batch 32, "
                 "EMA 0.9995, bf16) on the same 45,000 images: `python benchmarks/bench_parity.py student --arm ARM "
                 "--seed S --steps N`, then `curves`, `table`, and `fid --names ...` for FID.",
+                "Loss and FID disagree on how far the best student is: output_mse_skip_teacher_init is within "
+                "1.14x of the teacher's held-out loss but its FID is about twice the teacher's. Its samples follow "
+                "the teacher's composition seed for seed (it starts from the teacher's weights) and differ in fine "
+                "detail and grain; its held-out error sits at the low-noise end of the schedule (the curves' 'low' "
+                "third), which decides exactly that detail and which FID weighs heavily.",
+                "Stem stride 4 (9.0x lower exact peak for this teacher): the teacher's 3x3 conv_in at stride 4 reads "
+                "9 of every 16 input pixels, so no layer of the paper-style student sees the other 7. The "
+                "teacher-initialised stride-4 student with the sub-pixel skip (plain_skip_teacher_init_s4) stalled at "
+                "a select-slice loss of 0.72 (step 1,000) and 0.65 (step 2,000), 24x the teacher's, and was stopped. "
+                "With the 8-channel full-resolution refiner (which reads every pixel and keeps the peak unchanged) "
+                "the stride-4 student trains (output_mse_skip_refiner_s4). The library now warns when a stem skips "
+                "pixels (97d767e).",
+                "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
+                "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule, stopped before its first "
+                "evaluation to free a core for the stride-4 refiner arm; it resumes from its checkpoint).",
             ],
         },
     )
