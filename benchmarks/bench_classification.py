@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     library_outside_checkout,
     machine_info,
     markdown_table,
+    paired_interval,
     part_result,
     python_argv,
     read_json,
@@ -696,34 +697,6 @@ def check_mixable(rows: list[dict[str, Any]]) -> None:
                 f"rows trained under different library defaults of --{key} without stating it ({which}): "
                 f"retrain them with --{key} explicit, or report them in separate tables."
             )
-
-
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def t_quantile(df: int) -> float:
-    """Two-sided 95% Student-t quantile (scipy when present, else the table)."""
-    try:
-        from scipy import stats
-
-        return float(stats.t.ppf(0.975, df))
-    except ImportError:
-        return T_975.get(df, 1.96 + 2.4 / df)
-
-
-def paired_interval(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
-    """Mean and 95% t-interval of the per-seed differences a - b over the seeds both have."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    diffs = [a[s] - b[s] for s in seeds]
-    mean = statistics.mean(diffs)
-    out = {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": None, "ci95": None}
-    if len(diffs) > 1:
-        sd = statistics.stdev(diffs)
-        half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-        out.update(sd=sd, ci95=[mean - half, mean + half])
-    return out
 
 
 def _exact_peak(peak_memory: dict[str, Any] | None) -> dict[str, int]:

@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     checkout_env,
     git_revision,
     library_outside_checkout,
+    paired_interval,
     python_argv,
     read_json,
     relative,
@@ -449,12 +450,47 @@ def _flag(flags: list[str], name: str, default: str) -> str:
     return str(flags[flags.index(name) + 1]) if name in flags else default
 
 
-def _report_loss(pipeline: Path, images) -> float:
+BANDS = ("low", "mid", "high")  # thirds of the schedule, as the trainer's held-out log reports them
+# Paired comparisons the table reports when both arms share >= 2 seeds: (arm, baseline, what it asks).
+PAIRED = (
+    ("output_mse", "plain", "output distillation vs none, from scratch"),
+    ("red_gn", "plain", "RED (GroupNorm blocks) vs none, from scratch"),
+    ("plain_skip_teacher_init", "plain", "teacher init + sub-pixel skip vs the paper's student"),
+    (
+        "output_mse_skip_teacher_init",
+        "plain_skip_teacher_init",
+        "output distillation vs none, teacher-initialised",
+    ),
+    ("output_mse_skip_teacher_init", "output_mse", "teacher init + sub-pixel skip, with output distillation"),
+)
+
+
+def _report_losses(pipeline: Path, images) -> dict[str, float]:
+    """Held-out loss on the report slice, overall (``denoise_loss``) and per third of the schedule."""
     from redistill_diffusion.diffusion.evaluate import pipeline_denoising_loss
 
-    return pipeline_denoising_loss(pipeline, images, num_timesteps=TEACHER_RECIPE["heldout_timesteps"])[
-        "denoise_loss"
-    ]
+    return pipeline_denoising_loss(pipeline, images, num_timesteps=TEACHER_RECIPE["heldout_timesteps"])
+
+
+def _report_loss(pipeline: Path, images) -> float:
+    return _report_losses(pipeline, images)["denoise_loss"]
+
+
+def paired_rows(rows: list[dict[str, Any]], teacher_loss: float) -> list[dict[str, Any]]:
+    """PAIRED as 95% t-intervals of the per-seed difference of the ratio to the teacher (negative: the
+    first arm is closer to the teacher), over the seeds both arms finished; pairs with < 2 shared seeds
+    are left out (no interval)."""
+    by_arm = {r["arm"]: dict(zip(r["seeds"], r["heldout_loss_per_seed"])) for r in rows}
+    out = []
+    for arm, baseline, question in PAIRED:
+        if arm not in by_arm or baseline not in by_arm:
+            continue
+        ratios = [{s: v / teacher_loss for s, v in by_arm[name].items()} for name in (arm, baseline)]
+        interval = paired_interval(*ratios)
+        if interval is None or interval["ci95"] is None:
+            continue
+        out.append({"arm": arm, "baseline": baseline, "question": question, **interval})
+    return out
 
 
 def _log_commits(log: Path) -> list[str]:
@@ -473,7 +509,8 @@ def write_table() -> list[dict[str, Any]]:
 
     report = load_reference(str(slices()["report"]))
     images = torch.stack([report[i] for i in range(len(report))]).float().div(127.5).sub(1.0)
-    teacher_loss = _report_loss(TEACHER_ARTEFACT, images)
+    teacher_losses = _report_losses(TEACHER_ARTEFACT, images)
+    teacher_loss = teacher_losses["denoise_loss"]
     fids = {row["name"]: row for row in (read_json(RESULTS / "parity_fid.json") or {}).get("rows", [])}
     teacher_fid = fids.get("teacher", {})
     rows = []
@@ -486,7 +523,8 @@ def write_table() -> list[dict[str, Any]]:
         if not finished:
             continue
         print(f"table: {arm} ({len(finished)} seeds) on the report slice", flush=True)
-        losses = [_report_loss(d, images) for _, d in finished]
+        per_seed = [_report_losses(d, images) for _, d in finished]
+        losses = [r["denoise_loss"] for r in per_seed]
         steps = [max(int(c.name.split("-")[1]) for c in d.glob("checkpoint-*")) for _, d in finished]
         fid_rows = [fids[f"{arm}_seed{seed}"] for seed, _ in finished if f"{arm}_seed{seed}" in fids]
         rows.append(
@@ -500,6 +538,9 @@ def write_table() -> list[dict[str, Any]]:
                 "student_steps": min(steps),
                 "heldout_loss": sum(losses) / len(losses),
                 "heldout_loss_per_seed": losses,
+                "heldout_loss_bands": {
+                    band: sum(r[f"denoise_loss_{band}"] for r in per_seed) / len(per_seed) for band in BANDS
+                },
                 "heldout_loss_teacher": teacher_loss,
                 "ratio": sum(losses) / len(losses) / teacher_loss,
                 "fid": sum(r["fid"] for r in fid_rows) / len(fid_rows) if fid_rows else None,
@@ -520,18 +561,21 @@ def write_table() -> list[dict[str, Any]]:
                 "pipeline": relative(TEACHER_ARTEFACT),
                 **(read_json(TEACHER_ARTEFACT / "parity_teacher.json") or {}),
                 "heldout_loss_report": teacher_loss,
+                "heldout_loss_bands_report": {band: teacher_losses[f"denoise_loss_{band}"] for band in BANDS},
             },
             "rows": rows,
+            "paired": paired_rows(rows, teacher_loss),
         },
     )
-    write_report_section(rows, teacher_loss)
+    write_report_section(rows, teacher_losses)
     return rows
 
 
-def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> None:
+def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, float]) -> None:
     """results/parity.json: the section report.py renders into RESULTS.md (table, curves, notes)."""
     from common import markdown_table
 
+    teacher_loss = teacher_losses["denoise_loss"]
     curve = read_json(RESULTS / "parity_teacher_curve.json") or {}
     fit = curve.get("plateau_fit") or {}
     info = read_json(TEACHER_ARTEFACT / "parity_teacher.json") or {}
@@ -545,6 +589,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
             "steps",
             "held-out loss (report)",
             "x teacher",
+            "x teacher: low / mid / high noise",
             "FID",
             "trained at",
         ],
@@ -558,6 +603,10 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
                 r["student_steps"],
                 f"{r['heldout_loss']:.5f}",
                 f"{r['ratio']:.3f}",
+                " / ".join(
+                    f"{r['heldout_loss_bands'][band] / teacher_losses[f'denoise_loss_{band}']:.2f}"
+                    for band in BANDS
+                ),
                 "-" if r["fid"] is None else f"{r['fid']:.1f} ± {r['fid_ci95']:.1f}",
                 ", ".join(r["commit"]),
             ]
@@ -591,7 +640,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
             "git_revision": git_revision(),
             "status": "ok" if rows else "in progress",
             "reason": None if rows else "no student has finished yet",
-            "markdown": teacher_line + "\n\n" + table,
+            "markdown": teacher_line + "\n\n" + table + paired_markdown(paired_rows(rows, teacher_loss)),
             "plots": [
                 {
                     "path": str(RESULTS / "parity_teacher_curve.png"),
@@ -632,6 +681,32 @@ def write_report_section(rows: list[dict[str, Any]], teacher_loss: float) -> Non
                 "evaluation to free a core for the stride-4 refiner arm; it resumes from its checkpoint).",
             ],
         },
+    )
+
+
+def paired_markdown(pairs: list[dict[str, Any]]) -> str:
+    """The paired comparisons as a table under the main one (empty while no pair has >= 2 shared seeds)."""
+    from common import markdown_table
+
+    if not pairs:
+        return ""
+    table = markdown_table(
+        ["comparison", "arm - baseline (x teacher)", "95% interval", "seeds", "per seed"],
+        [
+            [
+                f"{p['question']}: {p['arm']} - {p['baseline']}",
+                f"{p['mean']:+.3f}",
+                f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+                ", ".join(map(str, p["seeds"])),
+                ", ".join(f"{d:+.3f}" for d in p["diffs"]),
+            ]
+            for p in pairs
+        ],
+    )
+    return (
+        "\n\nPaired differences over training seeds (the same seed draws the same data order and noise for both "
+        "arms): the ratio to the teacher's report-slice loss, arm minus baseline; negative is closer to the "
+        "teacher. Student-t 95% intervals.\n\n" + table
     )
 
 

@@ -9,10 +9,12 @@ run separately merge into one report.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -392,3 +394,34 @@ def library_outside_checkout() -> str | None:
         f"redistill_diffusion is imported from {library.parent}, not from this checkout {REPO_ROOT}: run with "
         f"PYTHONPATH={REPO_ROOT} so the results record the commit whose library produced them."
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# paired comparisons over training seeds (classification and diffusion parity)
+# ------------------------------------------------------------------------------------------------
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile (scipy when present, else the table)."""
+    try:
+        from scipy import stats
+
+        return float(stats.t.ppf(0.975, df))
+    except ImportError:
+        return T_975.get(df, 1.96 + 2.4 / df)
+
+
+def paired_interval(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean and 95% t-interval of the per-seed differences a - b over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.mean(diffs)
+    out = {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": None, "ci95": None}
+    if len(diffs) > 1:
+        sd = statistics.stdev(diffs)
+        half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+        out.update(sd=sd, ci95=[mean - half, mean + half])
+    return out

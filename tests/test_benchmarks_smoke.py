@@ -201,7 +201,7 @@ def test_classification_arms_compare_at_equal_task_weight():
 
 
 def test_paired_interval_is_a_student_t_interval_over_shared_seeds():
-    import bench_classification as cls
+    import common as cls  # shared by bench_classification and bench_parity
 
     out = cls.paired_interval({0: 0.60, 1: 0.62, 2: 0.64, 3: 0.9}, {0: 0.50, 1: 0.51, 2: 0.55})
     assert out["seeds"] == [0, 1, 2]  # seed 3 has no partner
@@ -388,18 +388,39 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
         "seeds": [0, 1],
         "student_steps": 6000,
         "heldout_loss": 0.0308,
+        "heldout_loss_per_seed": [0.0306, 0.0310],
+        "heldout_loss_bands": {"low": 0.088, "mid": 0.0105, "high": 0.0016},
         "ratio": 1.143,
         "fid": None,
         "fid_ci95": None,
         "commit": ["7a13f44"],
     }
-    scored = {**row, "arm": "plain", "init": "scratch", "ratio": 1.206, "fid": 21.5, "fid_ci95": 0.8}
-    bench_parity.write_report_section([row, scored], teacher_loss=0.02693)
+    scored = {
+        **row,
+        "arm": "plain",
+        "init": "scratch",
+        "heldout_loss_per_seed": [0.0326, 0.0328],
+        "ratio": 1.206,
+        "fid": 21.5,
+        "fid_ci95": 0.8,
+    }
+    teacher = {
+        "denoise_loss": 0.02693,
+        "denoise_loss_low": 0.08,
+        "denoise_loss_mid": 0.01,
+        "denoise_loss_high": 0.001,
+    }
+    bench_parity.write_report_section([row, scored], teacher)
     text = report.render(tmp_path).read_text()
     section = text[text.index("## 3b. Denoiser students") :]
     assert text.index("## 3. Diffusion") < text.index("## 3b. Denoiser students")
     assert (
-        "| plain_skip_teacher_init | 2 | teacher | vanilla | 0, 1 | 6000 | 0.03080 | 1.143 | - | 7a13f44 |"
-        in section
+        "| plain_skip_teacher_init | 2 | teacher | vanilla | 0, 1 | 6000 | 0.03080 | 1.143 | 1.10 / 1.05 / 1.60 | - |"
+        " 7a13f44 |" in section
     )
-    assert "| 1.206 | 21.5 ± 0.8 | 7a13f44 |" in section and "0.02693" in section
+    assert "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 7a13f44 |" in section and "0.02693" in section
+    # The paired difference of the two arms over their shared seeds 0 and 1, in units of the teacher's loss.
+    pair = bench_parity.paired_rows([row, scored], 0.02693)
+    assert [(p["arm"], p["baseline"]) for p in pair] == [("plain_skip_teacher_init", "plain")]
+    assert pair[0]["diffs"] == pytest.approx([-0.0020 / 0.02693, -0.0018 / 0.02693])
+    assert "plain_skip_teacher_init - plain | -0.071 |" in section
