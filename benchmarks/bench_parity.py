@@ -229,6 +229,11 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "output distillation + skip, teacher-initialised",
         [*TEACHER_INIT, *SKIP, "--distiller", "output_mse"],
     ),
+    "output_mse_skip_input_teacher_init": (
+        "output distillation + skip + input skip (the noisy input, time-gained, added to the prediction), "
+        "teacher-initialised",
+        [*TEACHER_INIT, *SKIP, "--input_skip", "true", "--distiller", "output_mse"],
+    ),
     # A decaying learning rate (cosine over the run's --steps, so these arms are not extended by resuming with a
     # larger --steps): the constant-rate curves flatten well above 1.05x at 6,000 steps.
     "plain_skip_teacher_init_cosine": (
@@ -462,6 +467,7 @@ PAIRED = (
         "output distillation vs none, teacher-initialised",
     ),
     ("output_mse_skip_teacher_init", "output_mse", "teacher init + sub-pixel skip, with output distillation"),
+    ("output_mse_skip_input_teacher_init", "output_mse_skip_teacher_init", "input skip vs none"),
 )
 
 

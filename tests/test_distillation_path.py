@@ -302,6 +302,7 @@ def test_student_init_mirrors_unet2dmodel_init():
         "subpixel_skip",
         "refiner_channels",
         "stem",
+        "input_skip",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name

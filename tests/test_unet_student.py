@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from redistill_diffusion import ReDistillUNet2DModel
-from redistill_diffusion.diffusion.model import OUTPUT_HEADS, FullResolutionRefiner, SubpixelSkip
+from redistill_diffusion.diffusion.model import OUTPUT_HEADS, FullResolutionRefiner, InputSkip, SubpixelSkip
 from redistill_diffusion.diffusion.unet_taps import red_specs, unet_tap_pairs
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "redistill_diffusion" / "configs"
@@ -408,6 +408,31 @@ def test_refiner_leaves_the_exact_peak_unchanged_on_the_shipped_teachers():
             measure_peak_memory(m, input_shape=(3, 32, 32)).peak_bytes for m in (teacher, plain, refined)
         ]
         assert peaks[2] == peaks[1] and peaks[0] / peaks[2] > 3.9
+
+
+def test_input_skip_starts_as_the_plain_student_passes_pixels_through_and_keeps_the_peak():
+    from redistill_diffusion.memory import measure_peak_memory
+
+    teacher = tiny_teacher()
+    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="random", subpixel_skip=True)
+    skip = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=2, head_init="random", subpixel_skip=True, input_skip=True
+    )
+    assert skip.config.input_skip and isinstance(skip.input_path, InputSkip) and plain.input_path is None
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("input_path.") for k in missing)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(skip(x, t).sample, plain(x, t).sample)  # zero-initialised: the student without it
+        # A gain of identity x 0.5 adds half the input, pixel for pixel (what no stride-2 layer can do).
+        skip.input_path.gain.bias.copy_(0.5 * torch.eye(3).flatten())
+        added = skip(x, t).sample - plain(x, t).sample
+        assert torch.allclose(added, 0.5 * x, atol=1e-5)
+    reloaded = ReDistillUNet2DModel.from_config(skip.config)
+    assert isinstance(reloaded.input_path, InputSkip)
+    # Its one tensor has the output's size: the exact peak does not move.
+    peaks = [measure_peak_memory(m, input_shape=(3, 32, 32)).peak_bytes for m in (plain, skip)]
+    assert peaks[0] == peaks[1]
 
 
 @pytest.mark.parametrize("stem_stride", [2, 4])

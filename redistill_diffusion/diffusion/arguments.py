@@ -88,6 +88,14 @@ class StudentArguments(DistillationArguments):
             "and without them the student's samples keep a fine s-pixel grid (diffusion.model.SubpixelSkip)."
         },
     )
+    input_skip: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the noisy input, mixed across channels by a learned time-dependent matrix (zero at the "
+            "start), to the prediction: at high noise the prediction is mostly the input passed through per pixel, "
+            "which a stride-s student otherwise has to carry through its coarse layers (diffusion.model.InputSkip)."
+        },
+    )
     stem: Literal["conv", "space_to_depth"] = field(
         default="conv",
         metadata={

@@ -180,6 +180,7 @@ def build_student_and_distiller(
             subpixel_skip=student_args.subpixel_skip,
             refiner_channels=student_args.refiner_channels,
             stem=student_args.stem,
+            input_skip=student_args.input_skip,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
