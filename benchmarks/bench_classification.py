@@ -156,10 +156,21 @@ class Arm:
     wide: bool = False  # the student of a widened (random) teacher: a plain student at the RED student's size
 
 
+# Arms that no select-stage setting changes: they may train while the select runs are still going.
+CHOICE_FREE = ("plain", "plain_half", "student_plus_half", "kd", "plain_wide_half")
+
+
 def arms(choice: dict[str, Any]) -> dict[str, Arm]:
-    """The report's arms, with the settings the select stage chose (``choice``)."""
+    """The report's arms, with the settings the select stage chose (``choice``); before it has chosen, only
+    the CHOICE_FREE arms."""
     alpha = ["--red_alpha", str(choice["red_alpha"])]
     other = choice["other_distiller"]
+    if choice["red_alpha"] is None or other is None:
+        return {
+            name: arm
+            for name, arm in arms({"red_alpha": 1, "other_distiller": "kd"}).items()
+            if name in CHOICE_FREE
+        }
     return {
         a.name: a
         for a in (
@@ -656,11 +667,14 @@ def choose(layout: Layout) -> dict[str, Any]:
 def students_stage(layout, paths, threads, allow_weak, arm_filter, seed_filter) -> None:
     teacher = trained_teacher(layout, allow_weak)
     choice = choose(layout)
-    if choice["red_alpha"] is None or choice["other_distiller"] is None:
-        raise SystemExit(
-            "The select stage has not finished (RED alpha, best other distiller): run `select` first."
-        )
     plan = arms(choice)
+    if choice["red_alpha"] is None or choice["other_distiller"] is None:
+        if arm_filter and arm_filter not in plan:
+            raise SystemExit(
+                f"--arm {arm_filter} needs the select stage's choice (RED alpha, best other distiller), which "
+                f"has not finished: run `select` first, or train one of {', '.join(plan)} meanwhile."
+            )
+        print(f"select has not finished: training only the arms it does not change ({', '.join(plan)})")
     if arm_filter and arm_filter not in plan:
         raise SystemExit(f"--arm {arm_filter}: not an arm; choose one of {', '.join(plan)}.")
     for seed in layout.recipe.seeds if seed_filter is None else (seed_filter,):

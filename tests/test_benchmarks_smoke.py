@@ -424,3 +424,34 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
     assert [(p["arm"], p["baseline"]) for p in pair] == [("plain_skip_teacher_init", "plain")]
     assert pair[0]["diffs"] == pytest.approx([-0.0020 / 0.02693, -0.0018 / 0.02693])
     assert "plain_skip_teacher_init - plain | -0.071 |" in section
+
+
+def test_classification_students_before_the_select_stage_train_only_the_arms_it_does_not_change(
+    tmp_path, monkeypatch
+):
+    """While the select runs are unfinished, `students` trains the arms no choice changes and refuses, in one
+    line, an arm that needs the choice (RED's alpha, the best other distiller)."""
+    import bench_classification as cls
+
+    trained = []
+    monkeypatch.setattr(cls, "trained_teacher", lambda layout, allow_weak: {"output_dir": "teacher"})
+    monkeypatch.setattr(cls, "run_arm", lambda layout, arm, seed, *rest: trained.append((arm.name, seed)))
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    cls.students_stage(layout, {}, 1, True, None, 0)
+    assert sorted(name for name, _ in trained) == sorted(cls.CHOICE_FREE)
+    with pytest.raises(SystemExit, match="--arm red needs the select stage's choice"):
+        cls.students_stage(layout, {}, 1, True, "red", 0)
+    # Once the select runs have chosen, every arm is in the plan, the chosen other distiller included.
+    for name, top1 in {
+        "red_alpha_1": 0.5,
+        "red_alpha_50": 0.6,
+        "dkd": 0.4,
+        "at": 0.45,
+        "fitnet": 0.3,
+    }.items():
+        common.write_json(
+            layout.run_dir("select", name, cls.SELECT_SEED) / "row.json", {"top1": {"select": top1}}
+        )
+    trained.clear()
+    cls.students_stage(layout, {}, 1, True, None, 0)
+    assert {"red", "red_kd", "other_at"} <= {name for name, _ in trained} and len(trained) == 8
