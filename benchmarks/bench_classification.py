@@ -536,8 +536,38 @@ def teacher_dir(layout: Layout) -> Path:
     return layout.work / "teacher"
 
 
+# The finished teacher, committed (weights ~5 MB as safetensors, config, row), so students resume on a fresh
+# machine without retraining it; benchmarks/_work is not committed.
+TEACHER_ARTEFACT = REPO_ROOT / "benchmarks/artefacts/classification_teacher"
+
+
+def teacher_artefact(layout: Layout) -> Path:
+    return layout.work / "teacher_artefact" if layout.smoke else TEACHER_ARTEFACT
+
+
+def keep_teacher(layout: Layout, row: dict[str, Any]) -> dict[str, Any]:
+    """Copy the finished teacher's model folder (model.safetensors, config.json, README.md) and its row into
+    the artefact folder; the row there names the artefact as the teacher students load."""
+    import shutil
+
+    source, target = Path(REPO_ROOT / row["output_dir"]), teacher_artefact(layout)
+    if not (source / "model.safetensors").is_file():
+        source = teacher_dir(layout)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "README.md"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    kept = {**row, "trained_in": row["output_dir"], "output_dir": relative(target)}
+    write_json(target / "row.json", kept)
+    return kept
+
+
 def train_teacher(layout: Layout, paths: dict[str, Path], threads: int) -> dict[str, Any] | None:
     recipe = layout.recipe
+    kept = read_json(teacher_artefact(layout) / "row.json")
+    if kept is not None:
+        print(f"teacher: {kept['output_dir']} (top-1 {kept['top1']['select']:.4f} on select), not retrained")
+        return kept
     flags = ["--model_name_or_path", "resnet18", *model_flags(recipe), "--distiller", "none"]
     flags += [*recipe_flags(recipe, paths), "--seed", 0]
     row = train_run(
@@ -553,11 +583,15 @@ def train_teacher(layout: Layout, paths: dict[str, Path], threads: int) -> dict[
         print(
             f"teacher: top-1 {row['top1']['select']:.4f} on select ({verdict} the target {recipe.teacher_target})"
         )
+        if verdict == "reaches":
+            print(f"teacher kept in {relative(teacher_artefact(layout))} (commit it)")
+            row = keep_teacher(layout, row)
     return row
 
 
 def trained_teacher(layout: Layout, allow_weak: bool) -> dict[str, Any]:
-    row = read_json(teacher_dir(layout) / "row.json")
+    """The teacher students distil from: the committed artefact where there is one, else the finished run."""
+    row = read_json(teacher_artefact(layout) / "row.json") or read_json(teacher_dir(layout) / "row.json")
     if row is None:
         raise SystemExit("No finished teacher: run `bench_classification.py teacher` first.")
     if row["top1"]["select"] < layout.recipe.teacher_target and not allow_weak:

@@ -455,3 +455,29 @@ def test_classification_students_before_the_select_stage_train_only_the_arms_it_
     trained.clear()
     cls.students_stage(layout, {}, 1, True, None, 0)
     assert {"red", "red_kd", "other_at"} <= {name for name, _ in trained} and len(trained) == 8
+
+
+def test_classification_teacher_is_kept_as_an_artefact_that_later_stages_use_without_retraining(
+    tmp_path, monkeypatch
+):
+    """A fresh machine has no benchmarks/_work: the finished teacher's folder is copied to the artefact
+    folder (committed), and the teacher stage then returns it instead of training again."""
+    import bench_classification as cls
+
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    run = cls.teacher_dir(layout)
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "config.json").write_text("{}")
+    (run / "checkpoint-700").mkdir()  # resume state stays behind
+    row = {"output_dir": str(run), "top1": {"select": 0.9, "report": 0.89}}
+    kept = cls.keep_teacher(layout, row)
+    artefact = cls.teacher_artefact(layout)
+    assert sorted(p.name for p in artefact.iterdir()) == ["config.json", "model.safetensors", "row.json"]
+    assert kept["output_dir"] == cls.relative(artefact) and kept["trained_in"] == str(run)
+    import shutil
+
+    shutil.rmtree(run)  # the fresh machine
+    assert cls.trained_teacher(layout, allow_weak=False)["output_dir"] == cls.relative(artefact)
+    monkeypatch.setattr(cls, "train_run", lambda *a, **k: pytest.fail("the kept teacher was trained again"))
+    assert cls.train_teacher(layout, {}, 1)["top1"]["select"] == 0.9
