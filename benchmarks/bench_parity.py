@@ -505,6 +505,12 @@ def _log_commits(log: Path) -> list[str]:
     return sorted(set(re.findall(r"# segment started at commit (\w+)", text)))
 
 
+def _mean_statistic(fid_rows: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of an image statistic (parity_fid.image_statistics) over the FID rows that recorded it."""
+    values = [r["image_statistics"][key] for r in fid_rows if "image_statistics" in r]
+    return sum(values) / len(values) if values else None
+
+
 def write_table() -> list[dict[str, Any]]:
     """results/diffusion_parity.json (issue 22 item 7): one row per arm, held-out loss on the report slice
     (2,500 images, 10 timesteps; mean over the finished seeds), FID from results/parity_fid.json where
@@ -553,6 +559,8 @@ def write_table() -> list[dict[str, Any]]:
                 "fid_teacher": teacher_fid.get("fid"),
                 "fid_ci95": max(r["fid_ci95"] for r in fid_rows) if fid_rows else None,
                 "fid_num_samples": fid_rows[0]["num_samples"] if fid_rows else None,
+                "sample_contrast": _mean_statistic(fid_rows, "contrast"),
+                "sample_contrast_teacher": _mean_statistic([teacher_fid], "contrast"),
                 "commit": sorted({c for seed, _ in finished for c in _log_commits(student_log(arm, seed))}),
                 "command": f"python benchmarks/bench_parity.py student --arm {arm} --seed "
                 + " ".join(str(seed) for seed, _ in finished)
@@ -597,6 +605,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             "x teacher",
             "x teacher: low / mid / high noise",
             "FID",
+            "sample contrast",
             "trained at",
         ],
         [
@@ -614,6 +623,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                     for band in BANDS
                 ),
                 "-" if r["fid"] is None else f"{r['fid']:.1f} ± {r['fid_ci95']:.1f}",
+                "-" if r.get("sample_contrast") is None else f"{r['sample_contrast']:.1f}",
                 ", ".join(r["commit"]),
             ]
             for r in rows
@@ -638,6 +648,13 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                 else "."
             )
         )
+        contrast = {n: r["image_statistics"]["contrast"] for n, r in fids.items() if "image_statistics" in r}
+        if "teacher" in contrast:
+            teacher_line += (
+                f" Sample contrast (each image's pixel standard deviation, 0-255, averaged over the FID samples): "
+                f"teacher {contrast['teacher']:.1f}"
+                + (f", held-out real images {contrast['real']:.1f}." if "real" in contrast else ".")
+            )
     write_json(
         RESULTS / "parity.json",
         {
@@ -726,8 +743,9 @@ def fid_stage(names: list[str], seed: int) -> dict[str, Any]:
     """Score the teacher (``teacher``), the real-data floor (``real``: report-slice images) and finished
     students (``<arm>_seed<S>``); rows are merged into results/parity_fid.json, one per name."""
     import parity_fid as pf
+    import torch
 
-    from redistill_diffusion.evaluation import load_reference
+    from redistill_diffusion.evaluation import UInt8ImageDataset, load_reference
 
     paths = slices()
     reference_images = load_reference(str(paths["train"]), max_images=pf.FID_REFERENCE_IMAGES)
@@ -739,13 +757,12 @@ def fid_stage(names: list[str], seed: int) -> dict[str, Any]:
         if name == "real":
             images = load_reference(str(paths["report"]), max_images=pf.FID_NUM_SAMPLES)
             features = pf.set_features(images, "parity-report-2k", FID_CACHE)
+            images = torch.stack([images[i] for i in range(len(images))])
             row: dict[str, Any] = {"name": name, "what": "held-out real images (report slice)"}
         else:
             pipeline = TEACHER_ARTEFACT if name == "teacher" else STUDENTS / name
             if not (pipeline / "model_index.json").is_file():
                 raise SystemExit(f"{relative(pipeline)} has no finished pipeline: train it first.")
-            from redistill_diffusion.evaluation import UInt8ImageDataset
-
             npy = FID_CACHE / "samples" / f"{name}_sampleseed{seed}.npy"
             images = pf.sample_file(pipeline, npy, pf.FID_NUM_SAMPLES, seed)
             features = pf.set_features(
@@ -758,6 +775,7 @@ def fid_stage(names: list[str], seed: int) -> dict[str, Any]:
             }
             row["sample_seed"] = seed
         row.update(pf.score(features, reference))
+        row["image_statistics"] = pf.image_statistics(images)
         row.update({"reference": f"{pf.FID_REFERENCE_IMAGES} training images", "scored_at": git_revision()})
         rows[name] = row
         print(json.dumps(row), flush=True)

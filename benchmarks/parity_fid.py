@@ -136,5 +136,16 @@ def sample_file(pipeline_dir: Path, path: Path, num_samples: int, seed: int) -> 
     return images
 
 
+def image_statistics(images: torch.Tensor) -> dict[str, float]:
+    """What FID sees besides detail, on uint8 N x 3 x H x W: ``contrast`` (each image's pixel standard deviation,
+    averaged), ``saturation`` (max - min over the colour channels per pixel, /255) and ``brightness`` (mean)."""
+    x = images.float()
+    return {
+        "contrast": x.flatten(1).std(dim=1).mean().item(),
+        "saturation": ((x.amax(dim=1) - x.amin(dim=1)) / 255).mean().item(),
+        "brightness": x.mean().item(),
+    }
+
+
 def score(features: torch.Tensor, reference: ReferenceStatistics) -> dict[str, Any]:
     return {**bootstrap_fid(features, reference), **kid(features, reference), "num_samples": len(features)}

@@ -371,6 +371,21 @@ def test_parity_fid_matches_torch_fidelity_and_its_bootstrap_interval_matches_in
     assert 0.5 < result["fid_ci95"] / (1.96 * independent) < 2.0
 
 
+def test_parity_image_statistics_read_contrast_saturation_and_brightness():
+    import parity_fid
+    import torch
+
+    grey = torch.full((2, 3, 4, 4), 100, dtype=torch.uint8)
+    assert parity_fid.image_statistics(grey) == {"contrast": 0.0, "saturation": 0.0, "brightness": 100.0}
+    halves = grey.clone()
+    halves[:, :, :2] = 200  # half the pixels at 200: std of {100, 200} x 8 each
+    halves[:, 0] = 255  # a red channel at full: saturation (255 - min) / 255 per pixel
+    stats = parity_fid.image_statistics(halves)
+    assert stats["contrast"] == pytest.approx(torch.cat([halves[0].flatten()]).float().std().item())
+    assert stats["saturation"] == pytest.approx(((255 - 200) + (255 - 100)) / 2 / 255)
+    assert stats["brightness"] == pytest.approx(halves.float().mean().item())
+
+
 def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_path, monkeypatch):
     """bench_parity's table rows -> results/parity.json -> RESULTS.md section 3b, placed after part 3, with the
     commit that trained each row and FID only where it was scored."""
@@ -403,6 +418,7 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
         "ratio": 1.206,
         "fid": 21.5,
         "fid_ci95": 0.8,
+        "sample_contrast": 44.0,
     }
     teacher = {
         "denoise_loss": 0.02693,
@@ -416,9 +432,9 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
     assert text.index("## 3. Diffusion") < text.index("## 3b. Denoiser students")
     assert (
         "| plain_skip_teacher_init | 2 | teacher | vanilla | 0, 1 | 6000 | 0.03080 | 1.143 | 1.10 / 1.05 / 1.60 | - |"
-        " 7a13f44 |" in section
+        " - | 7a13f44 |" in section
     )
-    assert "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 7a13f44 |" in section and "0.02693" in section
+    assert "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 44.0 | 7a13f44 |" in section and "0.02693" in section
     # The paired difference of the two arms over their shared seeds 0 and 1, in units of the teacher's loss.
     pair = bench_parity.paired_rows([row, scored], 0.02693)
     assert [(p["arm"], p["baseline"]) for p in pair] == [("plain_skip_teacher_init", "plain")]
