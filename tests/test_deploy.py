@@ -25,7 +25,9 @@ needs_executorch = pytest.mark.skipif(not extras.available("executorch"), reason
 
 @pytest.fixture(scope="module")
 def student_pipeline(tmp_path_factory) -> Path:
-    """A tiny stem-stride-2 student (RED blocks, teacher init, teacher head) saved as a DDPM pipeline with a card."""
+    """A tiny stem-stride-2 student (RED blocks, teacher init, teacher head, the sub-pixel and input skips with
+    non-zero gains, so the exported graph must carry their per-sample matrices) saved as a DDPM pipeline with a
+    card."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     from redistill_diffusion import ReDistillUNet2DModel
@@ -34,8 +36,18 @@ def student_pipeline(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     teacher = UNet2DModel(**TINY_UNET)
     student = ReDistillUNet2DModel.from_teacher(
-        teacher, stem_stride=2, init="teacher", head_init="teacher", red_preset="paper"
+        teacher,
+        stem_stride=2,
+        init="teacher",
+        head_init="teacher",
+        red_preset="paper",
+        subpixel_skip=True,
+        input_skip=True,
     )
+    with torch.no_grad():
+        for path in (student.subpixel_path, student.input_path):
+            torch.nn.init.normal_(path.gain.weight, std=0.05)
+            torch.nn.init.normal_(path.gain.bias, std=0.05)
     folder = tmp_path_factory.mktemp("deploy") / "student"
     save_ddpm_pipeline(student.eval(), DDPMScheduler(num_train_timesteps=1000), folder)
     (folder / "README.md").write_text("---\nlibrary_name: diffusers\n---\n# tiny student\n", encoding="utf-8")
