@@ -234,6 +234,34 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "teacher-initialised",
         [*TEACHER_INIT, *SKIP, "--input_skip", "true", "--distiller", "output_mse"],
     ),
+    "output_mse_skip_input_refiner32_teacher_init": (
+        "output distillation + skip + input skip + a 32-channel full-resolution refiner (the exact peak of this "
+        "stride-2 student is unchanged up to 32 channels), teacher-initialised",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            "--input_skip",
+            "true",
+            "--refiner_channels",
+            "32",
+            "--distiller",
+            "output_mse",
+        ],
+    ),
+    "output_mse_skip_input_refiner_teacher_init_s4": (
+        "output distillation + skip + input skip + 8-channel refiner, teacher-initialised, stem stride 4",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            "--input_skip",
+            "true",
+            *REFINER,
+            "--stem_stride",
+            "4",
+            "--distiller",
+            "output_mse",
+        ],
+    ),
     # A decaying learning rate (cosine over the run's --steps, so these arms are not extended by resuming with a
     # larger --steps): the constant-rate curves flatten well above 1.05x at 6,000 steps.
     "plain_skip_teacher_init_cosine": (
@@ -468,6 +496,11 @@ PAIRED = (
     ),
     ("output_mse_skip_teacher_init", "output_mse", "teacher init + sub-pixel skip, with output distillation"),
     ("output_mse_skip_input_teacher_init", "output_mse_skip_teacher_init", "input skip vs none"),
+    (
+        "output_mse_skip_input_refiner32_teacher_init",
+        "output_mse_skip_input_teacher_init",
+        "a 32-channel full-resolution refiner vs none, with the input skip",
+    ),
 )
 
 
