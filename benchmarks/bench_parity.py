@@ -618,6 +618,37 @@ def write_table() -> list[dict[str, Any]]:
     return rows
 
 
+PARITY_NOTES = [
+    "Provenance of the first runs: until 8589e17 the training subprocesses imported the library through "
+    "the venv's editable install, i.e. from /work/main, not from the frozen worktree whose commit their "
+    "logs name. The teacher's last segment (steps 9,000-13,168) started with main at 2176d4f; the "
+    "6,000-step plain and plain_skip_teacher_init students started with main at 7a13f44, and "
+    "plain_space_to_depth and output_mse_skip_teacher_init (to step 4,965) with main at 3864c7f; "
+    "modules a run imported later may come from the refactors merged meanwhile (3716ee3, c9882e1), "
+    "whose students were tested weight-identical. Segments from 8589e17 on name the library's folder.",
+    "Curves: held-out loss on the select slice (500 images x 10 timesteps) every 1,000 steps; the table: "
+    "the report slice (2,500 images x 10 timesteps), which chose nothing.",
+    "Students train with the teacher's recipe (AdamW 5e-4, constant after 500 warm-up steps, batch 32, "
+    "EMA 0.9995, bf16) on the same 45,000 images: `python benchmarks/bench_parity.py student --arm ARM "
+    "--seed S --steps N`, then `curves`, `table`, and `fid --names ...` for FID.",
+    "Loss and FID disagree on how far the best student is: output_mse_skip_teacher_init is within "
+    "1.14x of the teacher's held-out loss but its FID is about twice the teacher's. Its samples follow "
+    "the teacher's composition seed for seed (it starts from the teacher's weights) and differ in fine "
+    "detail and grain; its held-out error sits at the low-noise end of the schedule (the curves' 'low' "
+    "third), which decides exactly that detail and which FID weighs heavily.",
+    "Stem stride 4 (9.0x lower exact peak for this teacher): the teacher's 3x3 conv_in at stride 4 reads "
+    "9 of every 16 input pixels, so no layer of the paper-style student sees the other 7. The "
+    "teacher-initialised stride-4 student with the sub-pixel skip (plain_skip_teacher_init_s4) stalled at "
+    "a select-slice loss of 0.72 (step 1,000) and 0.65 (step 2,000), 24x the teacher's, and was stopped. "
+    "With the 8-channel full-resolution refiner (which reads every pixel and keeps the peak unchanged) "
+    "the stride-4 student trains (output_mse_skip_refiner_s4). The library now warns when a stem skips "
+    "pixels (97d767e).",
+    "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
+    "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule, stopped before its first "
+    "evaluation to free a core for the stride-4 refiner arm; it resumes from its checkpoint).",
+]
+
+
 def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, float]) -> None:
     """results/parity.json: the section report.py renders into RESULTS.md (table, curves, notes)."""
     from common import markdown_table
@@ -688,6 +719,16 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                 f"teacher {contrast['teacher']:.1f}"
                 + (f", held-out real images {contrast['real']:.1f}." if "real" in contrast else ".")
             )
+    notes = list(PARITY_NOTES)
+    handoff = read_json(RESULTS / "parity_handoff.json")
+    if handoff:
+        contrast = {r["teacher_for_t_at_least"]: r["contrast"] for r in handoff["rows"]}
+        notes.append(
+            f"Hand-off ({handoff['command']}; {handoff['sampler']}): sample contrast with the student alone "
+            f"{contrast.get(None, float('nan')):.1f}, with the teacher taking the steps t >= 700 "
+            f"{contrast.get(700, float('nan')):.1f}, the teacher alone {contrast.get(0, float('nan')):.1f}: the "
+            "noisiest third of the schedule, where the loss gap looks negligible, sets the samples' contrast."
+        )
     write_json(
         RESULTS / "parity.json",
         {
@@ -707,35 +748,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                     "title": "students: held-out loss / teacher's",
                 },
             ],
-            "notes": [
-                "Provenance of the first runs: until 8589e17 the training subprocesses imported the library through "
-                "the venv's editable install, i.e. from /work/main, not from the frozen worktree whose commit their "
-                "logs name. The teacher's last segment (steps 9,000-13,168) started with main at 2176d4f; the "
-                "6,000-step plain and plain_skip_teacher_init students started with main at 7a13f44, and "
-                "plain_space_to_depth and output_mse_skip_teacher_init (to step 4,965) with main at 3864c7f; "
-                "modules a run imported later may come from the refactors merged meanwhile (3716ee3, c9882e1), "
-                "whose students were tested weight-identical. Segments from 8589e17 on name the library's folder.",
-                "Curves: held-out loss on the select slice (500 images x 10 timesteps) every 1,000 steps; the table: "
-                "the report slice (2,500 images x 10 timesteps), which chose nothing.",
-                "Students train with the teacher's recipe (AdamW 5e-4, constant after 500 warm-up steps, batch 32, "
-                "EMA 0.9995, bf16) on the same 45,000 images: `python benchmarks/bench_parity.py student --arm ARM "
-                "--seed S --steps N`, then `curves`, `table`, and `fid --names ...` for FID.",
-                "Loss and FID disagree on how far the best student is: output_mse_skip_teacher_init is within "
-                "1.14x of the teacher's held-out loss but its FID is about twice the teacher's. Its samples follow "
-                "the teacher's composition seed for seed (it starts from the teacher's weights) and differ in fine "
-                "detail and grain; its held-out error sits at the low-noise end of the schedule (the curves' 'low' "
-                "third), which decides exactly that detail and which FID weighs heavily.",
-                "Stem stride 4 (9.0x lower exact peak for this teacher): the teacher's 3x3 conv_in at stride 4 reads "
-                "9 of every 16 input pixels, so no layer of the paper-style student sees the other 7. The "
-                "teacher-initialised stride-4 student with the sub-pixel skip (plain_skip_teacher_init_s4) stalled at "
-                "a select-slice loss of 0.72 (step 1,000) and 0.65 (step 2,000), 24x the teacher's, and was stopped. "
-                "With the 8-channel full-resolution refiner (which reads every pixel and keeps the peak unchanged) "
-                "the stride-4 student trains (output_mse_skip_refiner_s4). The library now warns when a stem skips "
-                "pixels (97d767e).",
-                "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
-                "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule, stopped before its first "
-                "evaluation to free a core for the stride-4 refiner arm; it resumes from its checkpoint).",
-            ],
+            "notes": notes,
         },
     )
 
@@ -820,6 +833,55 @@ def fid_stage(names: list[str], seed: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# hand-off: which part of the schedule sets the samples' contrast
+# ------------------------------------------------------------------------------------------------
+HANDOFF_SWITCHES = (
+    None,
+    700,
+    400,
+    200,
+    0,
+)  # the teacher denoises t >= switch, the student below (None: never)
+
+
+def handoff_stage(student: str, num_samples: int = 256, seed: int = 5) -> dict[str, Any]:
+    """DDIM-50 samples where the teacher takes the steps t >= switch and the student the rest: if handing only the
+    noisiest steps to the teacher restores the teacher's contrast, those steps are where the student's error
+    shapes its samples. Writes results/parity_handoff.json."""
+    import parity_fid as pf
+    import torch
+    from diffusers import DDIMScheduler
+
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
+
+    teacher = load_pipeline(TEACHER_ARTEFACT).unet.eval()
+    pupil = load_pipeline(STUDENTS / student).unet.eval()
+    scheduler = DDIMScheduler.from_pretrained(TEACHER_ARTEFACT / "scheduler")
+    scheduler.set_timesteps(pf.FID_STEPS)
+    rows = []
+    for switch in HANDOFF_SWITCHES:
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(num_samples, 3, 32, 32, generator=generator)
+        for t in scheduler.timesteps:
+            model = teacher if switch is not None and int(t) >= switch else pupil
+            with torch.no_grad():
+                x = scheduler.step(model(x, t).sample, t, x).prev_sample
+        images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        row = {"teacher_for_t_at_least": switch, **pf.image_statistics(images)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    result = {
+        "command": f"python benchmarks/bench_parity.py handoff --names {student}",
+        "student": student,
+        "sampler": f"ddim {pf.FID_STEPS} steps, {num_samples} samples, seed {seed}",
+        "rows": rows,
+        "scored_at": git_revision(),
+    }
+    write_json(RESULTS / "parity_handoff.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
 # committed logs
 # ------------------------------------------------------------------------------------------------
 def compact_log(source: Path, target: Path) -> None:
@@ -845,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "stage",
-        choices=("slices", "teacher", "curve", "finalize", "student", "curves", "fid", "table"),
+        choices=("slices", "teacher", "curve", "finalize", "student", "curves", "fid", "handoff", "table"),
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
@@ -864,6 +926,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['arm']}: {row['heldout_loss']:.5f} ({row['ratio']:.3f}x) after {row['student_steps']} steps"
             )
+        return 0
+    if args.stage == "handoff":
+        if not args.names or len(args.names) != 1:
+            parser.error("handoff needs --names <arm>_seed<S> (one student)")
+        handoff_stage(args.names[0])
         return 0
     if args.stage == "fid":
         if not args.names:
