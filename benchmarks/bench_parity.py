@@ -268,6 +268,21 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "plain + skip, teacher-initialised, cosine decay over the run",
         [*TEACHER_INIT, *SKIP, "--distiller", "vanilla", "--lr_scheduler", "cosine"],
     ),
+    "output_mse_skip_input_refiner32_teacher_init_cosine": (
+        "output distillation + skip + input skip + 32-channel refiner, teacher-initialised, cosine decay over the run",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            "--input_skip",
+            "true",
+            "--refiner_channels",
+            "32",
+            "--distiller",
+            "output_mse",
+            "--lr_scheduler",
+            "cosine",
+        ],
+    ),
     "output_mse_skip_teacher_init_cosine": (
         "output distillation + skip, teacher-initialised, cosine decay over the run",
         [*TEACHER_INIT, *SKIP, "--distiller", "output_mse", "--lr_scheduler", "cosine"],
@@ -500,6 +515,16 @@ PAIRED = (
         "output_mse_skip_input_refiner32_teacher_init",
         "output_mse_skip_input_teacher_init",
         "a 32-channel full-resolution refiner vs none, with the input skip",
+    ),
+    (
+        "output_mse_skip_input_refiner32_teacher_init",
+        "output_mse_skip_teacher_init",
+        "input skip + 32-channel refiner vs neither",
+    ),
+    (
+        "output_mse_skip_input_refiner32_teacher_init_cosine",
+        "output_mse_skip_input_refiner32_teacher_init",
+        "cosine decay vs a constant rate at the same steps",
     ),
 )
 
