@@ -6,6 +6,8 @@ row names the commit that trained it:
     python benchmarks/bench_classification.py candidates   # images/s of candidate teachers (~1 min) -> estimate
     python benchmarks/bench_classification.py teacher      # train (or resume) the teacher; refuses students below
                                                            # TEACHER_TARGET top-1 on the select slice
+    python benchmarks/bench_classification.py park         # copy an unfinished teacher's newest checkpoint into
+                                                           # benchmarks/artefacts (commit it); `teacher` resumes it
     python benchmarks/bench_classification.py select       # one seed per candidate setting, scored on the select
                                                            # slice: RED alpha (1 or 50) and the best other distiller
     python benchmarks/bench_classification.py students [--arm A] [--seed S]   # the arms x seeds (resumable)
@@ -545,6 +547,47 @@ def teacher_artefact(layout: Layout) -> Path:
     return layout.work / "teacher_artefact" if layout.smoke else TEACHER_ARTEFACT
 
 
+def teacher_resume_artefact(layout: Layout) -> Path:
+    return teacher_artefact(layout).with_name(teacher_artefact(layout).name + "_resume")
+
+
+def park_teacher(layout: Layout) -> Path | None:
+    """Copy an unfinished teacher's newest checkpoint (model, optimizer, schedule and RNG state: what exact resume
+    needs, ~10 MB) and its segments into the resume folder, to commit when a session ends before the teacher."""
+    import shutil
+
+    from redistill_diffusion.training.checkpointing import list_checkpoints
+
+    checkpoints = list_checkpoints(str(teacher_dir(layout)))
+    if not checkpoints:
+        print("park: the teacher has no checkpoint yet")
+        return None
+    newest = Path(checkpoints[-1])
+    target = teacher_resume_artefact(layout)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(newest, target / newest.name)
+    if (teacher_dir(layout) / "segments.json").is_file():
+        shutil.copy2(teacher_dir(layout) / "segments.json", target / "segments.json")
+    print(f"park: {relative(newest)} -> {relative(target / newest.name)} (commit it)")
+    return target / newest.name
+
+
+def unpark_teacher(layout: Layout) -> None:
+    """On a machine without the teacher's run folder, start from the parked checkpoint (exact resume)."""
+    import shutil
+
+    from redistill_diffusion.training.checkpointing import list_checkpoints
+
+    parked = teacher_resume_artefact(layout)
+    out = teacher_dir(layout)
+    if not parked.is_dir() or list_checkpoints(str(out)) or (out / "row.json").is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for item in parked.iterdir():
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
+    print(f"teacher: resuming from the parked {relative(parked)}")
+
+
 def keep_teacher(layout: Layout, row: dict[str, Any]) -> dict[str, Any]:
     """Copy the finished teacher's model folder (model.safetensors, config.json, README.md) and its row into
     the artefact folder; the row there names the artefact as the teacher students load."""
@@ -568,6 +611,7 @@ def train_teacher(layout: Layout, paths: dict[str, Path], threads: int) -> dict[
     if kept is not None:
         print(f"teacher: {kept['output_dir']} (top-1 {kept['top1']['select']:.4f} on select), not retrained")
         return kept
+    unpark_teacher(layout)
     flags = ["--model_name_or_path", "resnet18", *model_flags(recipe), "--distiller", "none"]
     flags += [*recipe_flags(recipe, paths), "--seed", 0]
     row = train_run(
@@ -1029,7 +1073,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "stage", choices=("slices", "candidates", "teacher", "select", "students", "summary", "all")
+        "stage",
+        choices=("slices", "candidates", "teacher", "park", "select", "students", "summary", "all"),
     )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny scale into a temporary folder (checks the harness)"
@@ -1070,6 +1115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "summary":
         result = summary_stage(layout)
         print(result["summary"])
+        return 0
+    if args.stage == "park":
+        park_teacher(layout)
         return 0
     if args.stage == "candidates":
         candidates_stage(layout, args.threads, seconds=2.0 if args.smoke else 20.0)

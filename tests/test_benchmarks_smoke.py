@@ -497,3 +497,33 @@ def test_classification_teacher_is_kept_as_an_artefact_that_later_stages_use_wit
     assert cls.trained_teacher(layout, allow_weak=False)["output_dir"] == cls.relative(artefact)
     monkeypatch.setattr(cls, "train_run", lambda *a, **k: pytest.fail("the kept teacher was trained again"))
     assert cls.train_teacher(layout, {}, 1)["top1"]["select"] == 0.9
+
+
+def test_classification_teacher_parks_its_newest_checkpoint_and_a_fresh_machine_resumes_it(
+    tmp_path, monkeypatch
+):
+    """`park` copies the unfinished teacher's newest complete checkpoint (and its segments) to the committed
+    resume folder; on a machine without the run folder, the teacher stage copies it back and resumes."""
+    import shutil
+
+    import bench_classification as cls
+
+    from redistill_diffusion.training.checkpointing import STATE_FILE
+
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    run = cls.teacher_dir(layout)
+    for step in (700, 1050):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / STATE_FILE).write_text("{}")
+        (run / f"checkpoint-{step}" / "model.safetensors").write_bytes(str(step).encode())
+    (run / "checkpoint-1400").mkdir()  # incomplete (no state file): never parked
+    common.write_json(run / "segments.json", {"segments": [{"commit": "abc1234"}]})
+    parked = cls.park_teacher(layout)
+    assert parked.name == "checkpoint-1050" and (parked / "model.safetensors").read_bytes() == b"1050"
+    shutil.rmtree(run)  # the fresh machine
+    resumed = []
+    monkeypatch.setattr(cls, "train_run", lambda layout, name, flags, out, *rest: resumed.append(out) or None)
+    monkeypatch.setattr(cls, "recipe_flags", lambda recipe, paths: [])  # no slices on disk here
+    cls.train_teacher(layout, {"select": tmp_path / "s", "report": tmp_path / "r"}, 1)
+    assert resumed == [run] and (run / "checkpoint-1050" / "model.safetensors").read_bytes() == b"1050"
+    assert common.read_json(run / "segments.json")["segments"][0]["commit"] == "abc1234"
