@@ -248,6 +248,22 @@ ARMS: dict[str, tuple[str, list[str]]] = {
             "output_mse",
         ],
     ),
+    "output_mse_skip_input_refiner32x3_teacher_init": (
+        "output distillation + skip + input skip + a 32-channel full-resolution refiner with 2 extra residual "
+        "convs (depth 3; the peak is unchanged at any depth), teacher-initialised",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            "--input_skip",
+            "true",
+            "--refiner_channels",
+            "32",
+            "--refiner_depth",
+            "3",
+            "--distiller",
+            "output_mse",
+        ],
+    ),
     "output_mse_skip_input_refiner_teacher_init_s4": (
         "output distillation + skip + input skip + 8-channel refiner, teacher-initialised, stem stride 4",
         [
@@ -520,6 +536,11 @@ PAIRED = (
         "output_mse_skip_input_refiner32_teacher_init",
         "output_mse_skip_teacher_init",
         "input skip + 32-channel refiner vs neither",
+    ),
+    (
+        "output_mse_skip_input_refiner32x3_teacher_init",
+        "output_mse_skip_input_refiner32_teacher_init",
+        "a depth-3 refiner vs depth 1",
     ),
     (
         "output_mse_skip_input_refiner32_teacher_init_cosine",

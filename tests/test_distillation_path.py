@@ -303,6 +303,7 @@ def test_student_init_mirrors_unet2dmodel_init():
         "refiner_channels",
         "stem",
         "input_skip",
+        "refiner_depth",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name

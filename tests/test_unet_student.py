@@ -435,6 +435,30 @@ def test_input_skip_starts_as_the_plain_student_passes_pixels_through_and_keeps_
     assert peaks[0] == peaks[1]
 
 
+def test_a_deeper_refiner_starts_as_the_student_without_it_and_keeps_the_peak():
+    from redistill_diffusion.memory import measure_peak_memory
+
+    teacher = tiny_teacher()
+    plain = ReDistillUNet2DModel.from_teacher(teacher, stem_stride=2, head_init="random")
+    deep = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=2, head_init="random", refiner_channels=4, refiner_depth=3
+    )
+    assert len(deep.refiner.blocks) == 2 and deep.config.refiner_depth == 3
+    assert deep.load_state_dict(plain.state_dict(), strict=False).unexpected_keys == []
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(deep(x, t).sample, plain(x, t).sample)  # the last conv starts at zero
+        torch.nn.init.normal_(deep.refiner.conv_out.weight)
+        before = deep(x, t).sample
+        torch.nn.init.normal_(deep.refiner.blocks[1].weight)  # the extra layers are on the path
+        assert not torch.allclose(deep(x, t).sample, before)
+    peaks = [measure_peak_memory(m, input_shape=(3, 32, 32)).peak_bytes for m in (plain, deep)]
+    assert peaks[0] == peaks[1]
+    assert isinstance(ReDistillUNet2DModel.from_config(deep.config).refiner.blocks[0], torch.nn.Conv2d)
+    with pytest.raises(ValueError, match="refiner_depth must be a positive integer"):
+        ReDistillUNet2DModel(**{**deep.config, "refiner_depth": 0})
+
+
 @pytest.mark.parametrize("stem_stride", [2, 4])
 def test_space_to_depth_stem_is_lossless_and_keeps_the_peak(stem_stride):
     from redistill_diffusion.memory import measure_peak_memory

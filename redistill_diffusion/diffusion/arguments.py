@@ -112,6 +112,14 @@ class StudentArguments(DistillationArguments):
             "(diffusion.model.FullResolutionRefiner)."
         },
     )
+    refiner_depth: int = field(
+        default=1,
+        metadata={
+            "help": "Hidden layers of the full-resolution tail (--refiner_channels): 1 is conv -> SiLU -> conv; each "
+            "extra one a residual 3x3 conv at the same width (pixel-level capacity; they run one after another, so "
+            "the peak usually stays: check with `redistill memory`)."
+        },
+    )
     student_head_init: Literal["paper", "random", "teacher"] = field(
         default="paper",
         metadata={

@@ -342,15 +342,26 @@ class FullResolutionRefiner(nn.Module):
     to ``channels`` features, a time-conditioned scale and shift, SiLU, and a 3x3 conv back, and adds the
     result to the prediction. The last conv starts at zero, so the student starts exactly as without it.
 
+    ``depth`` > 1 adds ``depth - 1`` residual 3x3 convs (h + conv(SiLU(h))) at the same width before the last
+    conv: more pixel-level capacity at no memory cost, since they run one after another when the UNet's skip
+    tensors are gone.
+
     Memory: its largest tensors are ``channels`` x H x W; at ``channels`` <= C0 / s^2 (C0 the stem's
     width) they are no larger than the stem's own output, so the exact peak of the student is unchanged
-    (tested for the quickstart and the google/ddpm-cifar10-32 students).
+    (tested for the quickstart and the google/ddpm-cifar10-32 students). The peak is usually set inside the
+    UNet, so wider tails often fit too: `redistill memory` tells (the CIFAR-10 parity student at stride 2: up to
+    32 channels, any depth).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, channels: int, embedding_dim: int):
+    def __init__(
+        self, in_channels: int, out_channels: int, channels: int, embedding_dim: int, depth: int = 1
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels + out_channels, channels, kernel_size=3, padding=1)
         self.time_proj = nn.Linear(embedding_dim, 2 * channels)
+        self.blocks = nn.ModuleList(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in range(depth - 1)
+        )
         self.conv_out = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
         nn.init.zeros_(self.time_proj.weight)
         nn.init.zeros_(self.time_proj.bias)
@@ -363,6 +374,8 @@ class FullResolutionRefiner(nn.Module):
         hidden = self.conv_in(torch.cat([sample.to(prediction.dtype), prediction], dim=1))
         scale, shift = self.time_proj(nn.functional.silu(embedding)).to(hidden.dtype).chunk(2, dim=1)
         hidden = nn.functional.silu(torch.addcmul(shift[..., None, None], hidden, 1 + scale[..., None, None]))
+        for block in self.blocks:
+            hidden = hidden + block(nn.functional.silu(hidden))
         return prediction + self.conv_out(hidden)
 
 
@@ -476,7 +489,7 @@ class ReDistillUNet2DModel(UNet2DModel):
     more checkerboard than the paper's head: benchmarks/results/quickstart_variants.md);
     ``"pixel_shuffle"``: 3x3 conv to out_channels * s^2 + PixelShuffle), ``red_placement`` (list of ``{"tap", "channels"}``),
     ``red_kernel_size``, ``red_variant`` and ``red_norm`` (``"batch"``, the paper's, or ``"group"``),
-    ``subpixel_skip`` (`SubpixelSkip`), ``refiner_channels`` (`FullResolutionRefiner`), ``stem`` (``"conv"``, the
+    ``subpixel_skip`` (`SubpixelSkip`), ``refiner_channels`` and ``refiner_depth`` (`FullResolutionRefiner`), ``stem`` (``"conv"``, the
     paper's strided conv, or ``"space_to_depth"``, lossless), ``input_skip`` (`InputSkip`). Everything else is UNet2DModel's config
     (listed again here because diffusers reads a model's config keys from its ``__init__`` signature).
     """
@@ -527,6 +540,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         refiner_channels: int = 0,
         stem: str = "conv",
         input_skip: bool = False,
+        refiner_depth: int = 1,
     ):
         unet_arguments = {name: value for name, value in locals().items() if name in UNET2D_ARGUMENTS}
         validate_student_config(
@@ -546,7 +560,9 @@ class ReDistillUNet2DModel(UNet2DModel):
             raise ValueError("subpixel_skip needs in_channels == out_channels (a noise-predicting denoiser).")
         super().__init__(**unet_arguments)
         self._move_strides(stem_stride, output_head, stem, refiner_channels)
-        self._add_full_resolution_paths(subpixel_skip, refiner_channels, input_skip)
+        if not _is_int(refiner_depth) or refiner_depth < 1:
+            raise ValueError(f"refiner_depth must be a positive integer, got {refiner_depth!r}.")
+        self._add_full_resolution_paths(subpixel_skip, refiner_channels, input_skip, refiner_depth)
         install_red_blocks(
             self, red_placement or [], kernel_size=red_kernel_size, variant=red_variant, norm=red_norm
         )
@@ -589,7 +605,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             )
 
     def _add_full_resolution_paths(
-        self, subpixel_skip: bool, refiner_channels: int, input_skip: bool = False
+        self, subpixel_skip: bool, refiner_channels: int, input_skip: bool = False, refiner_depth: int = 1
     ) -> None:
         """`SubpixelSkip`, `InputSkip` and `FullResolutionRefiner` (a stride-1 student needs none); they read
         the time embedding, which a forward hook keeps for them."""
@@ -607,7 +623,9 @@ class ReDistillUNet2DModel(UNet2DModel):
             self.input_path = InputSkip(in_channels, out_channels, embedding_dim)
         self.refiner = None
         if refiner_channels and stride > 1:
-            self.refiner = FullResolutionRefiner(in_channels, out_channels, refiner_channels, embedding_dim)
+            self.refiner = FullResolutionRefiner(
+                in_channels, out_channels, refiner_channels, embedding_dim, depth=refiner_depth
+            )
         self._time_embedding = None
         if self._full_resolution_paths():
             self.time_embedding.register_forward_hook(self._keep_time_embedding)
@@ -718,6 +736,7 @@ class ReDistillUNet2DModel(UNet2DModel):
         refiner_channels: int = 0,
         stem: str = "conv",
         input_skip: bool = False,
+        refiner_depth: int = 1,
     ) -> ReDistillUNet2DModel:
         """Derive a student from any UNet2DModel; with ``init="teacher"`` copy every same-shape weight.
 
@@ -730,7 +749,8 @@ class ReDistillUNet2DModel(UNet2DModel):
         ``red_preset`` ("paper" or "full", `red_preset_taps`) places RED blocks; ``None`` builds the plain
         student (vanilla / output distillation). ``red_norm``: ``"group"`` (default: a denoiser's batch
         mixes noise levels; docs/red_norm.md) or ``"batch"`` (the paper's). A config without ``red_norm``
-        loads as BatchNorm. ``subpixel_skip``, ``refiner_channels``, ``stem``, ``input_skip``: see the class docstring
+        loads as BatchNorm. ``subpixel_skip``, ``refiner_channels``, ``refiner_depth``, ``stem``, ``input_skip``: see the
+        class docstring
         (off, 0 and ``"conv"``: the paper's student; pair ``stem="space_to_depth"`` with
         ``output_head="pixel_shuffle"``, its inverse).
         """
@@ -751,6 +771,7 @@ class ReDistillUNet2DModel(UNet2DModel):
             refiner_channels=refiner_channels,
             stem=stem,
             input_skip=input_skip,
+            refiner_depth=refiner_depth,
         )
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}.")

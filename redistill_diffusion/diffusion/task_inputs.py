@@ -181,6 +181,7 @@ def build_student_and_distiller(
             refiner_channels=student_args.refiner_channels,
             stem=student_args.stem,
             input_skip=student_args.input_skip,
+            refiner_depth=student_args.refiner_depth,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
