@@ -766,15 +766,14 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                 + (f", held-out real images {contrast['real']:.1f}." if "real" in contrast else ".")
             )
     notes = list(PARITY_NOTES)
-    handoff = read_json(RESULTS / "parity_handoff.json")
-    if handoff:
-        contrast = {r["teacher_for_t_at_least"]: r["contrast"] for r in handoff["rows"]}
-        notes.append(
-            f"Hand-off ({handoff['command']}; {handoff['sampler']}): sample contrast with the student alone "
-            f"{contrast.get(None, float('nan')):.1f}, with the teacher taking the steps t >= 700 "
-            f"{contrast.get(700, float('nan')):.1f}, the teacher alone {contrast.get(0, float('nan')):.1f}: the "
-            "noisiest third of the schedule, where the loss gap looks negligible, sets the samples' contrast."
+    for handoff in handoff_runs():
+        by_switch = {r["teacher_for_t_at_least"]: r for r in handoff["rows"]}
+        described = "; ".join(
+            f"{label} contrast {by_switch[k]['contrast']:.1f}, saturation {by_switch[k]['saturation']:.3f}"
+            for k, label in ((None, "student alone"), (700, "teacher for t >= 700"), (0, "teacher alone"))
+            if k in by_switch
         )
+        notes.append(f"Hand-off ({handoff['command']}; {handoff['sampler']}): {described}.")
     write_json(
         RESULTS / "parity.json",
         {
@@ -923,8 +922,15 @@ def handoff_stage(student: str, num_samples: int = 256, seed: int = 5) -> dict[s
         "rows": rows,
         "scored_at": git_revision(),
     }
-    write_json(RESULTS / "parity_handoff.json", result)
+    runs = [r for r in handoff_runs() if r["student"] != student] + [result]
+    write_json(RESULTS / "parity_handoff.json", {"runs": runs})
     return result
+
+
+def handoff_runs() -> list[dict[str, Any]]:
+    """Every student's hand-off result (the file held one result before it held a list)."""
+    data = read_json(RESULTS / "parity_handoff.json") or {}
+    return data["runs"] if "runs" in data else ([data] if data else [])
 
 
 # ------------------------------------------------------------------------------------------------
