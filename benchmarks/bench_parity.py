@@ -264,6 +264,21 @@ ARMS: dict[str, tuple[str, list[str]]] = {
             "output_mse",
         ],
     ),
+    "output_mse_skip_input_diagonal_refiner32_teacher_init": (
+        "output distillation + skip + a per-channel (diagonal) input skip + 32-channel refiner, teacher-initialised",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            "--input_skip",
+            "true",
+            "--input_skip_mixing",
+            "diagonal",
+            "--refiner_channels",
+            "32",
+            "--distiller",
+            "output_mse",
+        ],
+    ),
     "output_mse_skip_input_refiner_teacher_init_s4": (
         "output distillation + skip + input skip + 8-channel refiner, teacher-initialised, stem stride 4",
         [
@@ -541,6 +556,11 @@ PAIRED = (
         "output_mse_skip_input_refiner32x3_teacher_init",
         "output_mse_skip_input_refiner32_teacher_init",
         "a depth-3 refiner vs depth 1",
+    ),
+    (
+        "output_mse_skip_input_diagonal_refiner32_teacher_init",
+        "output_mse_skip_input_refiner32_teacher_init",
+        "a diagonal input skip vs a channel-mixing one",
     ),
     (
         "output_mse_skip_input_refiner32_teacher_init_cosine",

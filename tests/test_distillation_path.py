@@ -304,6 +304,7 @@ def test_student_init_mirrors_unet2dmodel_init():
         "stem",
         "input_skip",
         "refiner_depth",
+        "input_skip_mixing",
     ]
     for name, parameter in base.items():
         assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name

@@ -433,6 +433,19 @@ def test_input_skip_starts_as_the_plain_student_passes_pixels_through_and_keeps_
     # Its one tensor has the output's size: the exact peak does not move.
     peaks = [measure_peak_memory(m, input_shape=(3, 32, 32)).peak_bytes for m in (plain, skip)]
     assert peaks[0] == peaks[1]
+    # Diagonal: one gain per channel, no colour mixing.
+    diagonal = ReDistillUNet2DModel.from_teacher(
+        teacher, stem_stride=2, head_init="random", input_skip=True, input_skip_mixing="diagonal"
+    )
+    assert diagonal.input_path.gain.out_features == 3
+    with torch.no_grad():
+        diagonal.input_path.gain.bias.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        red_only = torch.zeros(1, 3, 16, 16)
+        red_only[:, 0] = 1.0
+        added = diagonal.input_path(red_only, torch.zeros(1, diagonal.input_path.gain.in_features))
+        assert torch.equal(added[:, 0], 0.5 * red_only[:, 0]) and added[:, 1:].abs().max() == 0
+    with pytest.raises(ValueError, match="input_skip_mixing must be one of"):
+        ReDistillUNet2DModel(**{**diagonal.config, "input_skip_mixing": "lowrank"})
 
 
 def test_a_deeper_refiner_starts_as_the_student_without_it_and_keeps_the_peak():

@@ -96,6 +96,13 @@ class StudentArguments(DistillationArguments):
             "which a stride-s student otherwise has to carry through its coarse layers (diffusion.model.InputSkip)."
         },
     )
+    input_skip_mixing: Literal["full", "diagonal"] = field(
+        default="full",
+        metadata={
+            "help": "full: a channel-mixing matrix; diagonal: one gain per channel (no colour mixing at high noise, "
+            "where a small learned mixing error oversaturates samples; diffusion.model.InputSkip)."
+        },
+    )
     stem: Literal["conv", "space_to_depth"] = field(
         default="conv",
         metadata={

@@ -182,6 +182,7 @@ def build_student_and_distiller(
             stem=student_args.stem,
             input_skip=student_args.input_skip,
             refiner_depth=student_args.refiner_depth,
+            input_skip_mixing=student_args.input_skip_mixing,
         )
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(
