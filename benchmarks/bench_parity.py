@@ -793,6 +793,11 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             for k, label in ((None, "student alone"), (700, "teacher for t >= 700"), (0, "teacher alone"))
             if k in by_switch
         )
+        for row in handoff.get("mixing_ablation", []):
+            described += (
+                f"; the student alone with its input skip's cross-channel gains zeroed at t >= "
+                f"{row['diagonal_for_t_at_least']}: contrast {row['contrast']:.1f}, saturation {row['saturation']:.3f}"
+            )
         notes.append(f"Hand-off ({handoff['command']}; {handoff['sampler']}): {described}.")
     write_json(
         RESULTS / "parity.json",
@@ -909,7 +914,42 @@ HANDOFF_SWITCHES = (
 )  # the teacher denoises t >= switch, the student below (None: never)
 
 
-def handoff_stage(student: str, num_samples: int = 256, seed: int = 5) -> dict[str, Any]:
+def _sample_statistics(models_for, scheduler, num_samples: int, seed: int) -> dict[str, float]:
+    """DDIM samples where ``models_for(t)`` denoises step t; their parity_fid.image_statistics."""
+    import parity_fid as pf
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_samples, 3, 32, 32, generator=generator)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            x = scheduler.step(models_for(int(t))(x, t).sample, t, x).prev_sample
+    return pf.image_statistics(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+
+
+def input_skip_gains(unet, timesteps=(999, 700, 400, 100, 10)) -> list[dict[str, Any]]:
+    """The learned InputSkip matrix M(t) at a few timesteps: mean diagonal and mean off-diagonal entry."""
+    import torch
+
+    rows = []
+    for t in timesteps:
+        with torch.no_grad():
+            embedding = unet.time_embedding(unet.time_proj(torch.tensor([t])).float())
+            gain = unet.input_path.gain(embedding)[0]
+        if unet.input_path.mixing == "diagonal":
+            rows.append({"t": t, "diagonal": gain.mean().item(), "off_diagonal": 0.0})
+            continue
+        matrix = gain.view(unet.input_path.out_channels, unet.input_path.in_channels)
+        off = matrix - torch.diag(torch.diagonal(matrix))
+        rows.append(
+            {"t": t, "diagonal": torch.diagonal(matrix).mean().item(), "off_diagonal": off.sum().item() / 6}
+        )
+    return rows
+
+
+def handoff_stage(
+    student: str, num_samples: int = 256, seed: int = 5, ablate_mixing: bool = False
+) -> dict[str, Any]:
     """DDIM-50 samples where the teacher takes the steps t >= switch and the student the rest: if handing only the
     noisiest steps to the teacher restores the teacher's contrast, those steps are where the student's error
     shapes its samples. Writes results/parity_handoff.json."""
@@ -925,23 +965,47 @@ def handoff_stage(student: str, num_samples: int = 256, seed: int = 5) -> dict[s
     scheduler.set_timesteps(pf.FID_STEPS)
     rows = []
     for switch in HANDOFF_SWITCHES:
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.randn(num_samples, 3, 32, 32, generator=generator)
-        for t in scheduler.timesteps:
-            model = teacher if switch is not None and int(t) >= switch else pupil
-            with torch.no_grad():
-                x = scheduler.step(model(x, t).sample, t, x).prev_sample
-        images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        row = {"teacher_for_t_at_least": switch, **pf.image_statistics(images)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        stats = _sample_statistics(
+            lambda t, s=switch: teacher if s is not None and t >= s else pupil, scheduler, num_samples, seed
+        )
+        rows.append({"teacher_for_t_at_least": switch, **stats})
+        print(json.dumps(rows[-1]), flush=True)
+    extra: dict[str, Any] = {}
+    if ablate_mixing and getattr(pupil, "input_path", None) is not None and pupil.input_path.mixing == "full":
+        # Sampling-time ablation (a diagnosis, not a model): the student alone, its InputSkip's cross-channel
+        # entries zeroed at t >= threshold.
+        extra["input_skip_gains"] = input_skip_gains(pupil)
+        full_forward, current = pupil.input_path.forward, {"t": 0, "threshold": 0}
+
+        def diagonal_above(sample, embedding):
+            if current["t"] < current["threshold"]:
+                return full_forward(sample, embedding)
+            gain = pupil.input_path.gain(embedding).to(sample.dtype).view(-1, 3, 3)
+            return torch.diagonal(gain, dim1=1, dim2=2)[:, :, None, None] * sample
+
+        pupil.input_path.forward = diagonal_above
+        extra["mixing_ablation"] = []
+        for threshold in (700, 400):
+            current["threshold"] = threshold
+
+            def student_at(t, current=current):
+                current["t"] = t
+                return pupil
+
+            stats = _sample_statistics(student_at, scheduler, num_samples, seed)
+            extra["mixing_ablation"].append({"diagonal_for_t_at_least": threshold, **stats})
+            print(json.dumps(extra["mixing_ablation"][-1]), flush=True)
+        pupil.input_path.forward = full_forward
     result = {
         "command": f"python benchmarks/bench_parity.py handoff --names {student}",
         "student": student,
         "sampler": f"ddim {pf.FID_STEPS} steps, {num_samples} samples, seed {seed}",
         "rows": rows,
+        **extra,
         "scored_at": git_revision(),
     }
+    if ablate_mixing:
+        result["command"] += " --ablate_mixing"
     runs = [r for r in handoff_runs() if r["student"] != student] + [result]
     write_json(RESULTS / "parity_handoff.json", {"runs": runs})
     return result
@@ -988,6 +1052,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="student: training seeds")
     parser.add_argument("--steps", type=int, default=20_000, help="student: step budget")
+    parser.add_argument(
+        "--ablate_mixing",
+        action="store_true",
+        help="handoff: also sample with the student's InputSkip cross-channel gains zeroed at high noise",
+    )
     parser.add_argument("--names", nargs="+", help="fid: teacher, real and/or <arm>_seed<S> student folders")
     args = parser.parse_args(argv)
     problem = library_outside_checkout()
@@ -1002,7 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "handoff":
         if not args.names or len(args.names) != 1:
             parser.error("handoff needs --names <arm>_seed<S> (one student)")
-        handoff_stage(args.names[0])
+        handoff_stage(args.names[0], ablate_mixing=args.ablate_mixing)
         return 0
     if args.stage == "fid":
         if not args.names:
