@@ -570,11 +570,25 @@ PAIRED = (
 )
 
 
+REPORT_LOSS_CACHE = WORK / "report_losses.json"
+
+
 def _report_losses(pipeline: Path, images) -> dict[str, float]:
-    """Held-out loss on the report slice, overall (``denoise_loss``) and per third of the schedule."""
+    """Held-out loss on the report slice, overall (``denoise_loss``) and per third of the schedule; cached per
+    pipeline folder and the size and time of its weights, so a table rerun scores only new pipelines."""
     from redistill_diffusion.diffusion.evaluate import pipeline_denoising_loss
 
-    return pipeline_denoising_loss(pipeline, images, num_timesteps=TEACHER_RECIPE["heldout_timesteps"])
+    weights = sorted((Path(pipeline) / "unet").glob("*.safetensors"))
+    key = f"{Path(pipeline).resolve()}|" + "|".join(
+        f"{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights
+    )
+    cache = read_json(REPORT_LOSS_CACHE) or {}
+    if key not in cache:
+        cache[key] = pipeline_denoising_loss(
+            pipeline, images, num_timesteps=TEACHER_RECIPE["heldout_timesteps"]
+        )
+        write_json(REPORT_LOSS_CACHE, cache)
+    return cache[key]
 
 
 def _report_loss(pipeline: Path, images) -> float:
