@@ -722,11 +722,12 @@ PARITY_NOTES = [
     "vs 0.122) and FID does not move (110.9 vs 107.8). Its learned cross-channel gain at t = 999 is about "
     "-0.025 where the exact linear predictor's is ~1e-5; the sampler divides that error by sqrt(alpha_bar) "
     "(0.006 there), and zeroing it at sampling for t >= 700 brings the saturation to 0.148 (--ablate_mixing "
-    "below). The diagonal variant (--input_skip_mixing diagonal) trains without that freedom.",
+    "below). Trained with a diagonal skip (--input_skip_mixing diagonal) the student overshoots as much "
+    "(saturation 0.194), so that term is not the cause on its own; the overshoot is open.",
     "What closed most of the FID gap is pixel-level capacity: the 32-channel full-resolution refiner on top of "
     "the input skip (the exact peak of this stride-2 student is unchanged up to 32 channels and at any depth, "
     "since it runs after the UNet's skip tensors are freed) takes FID from 110.9 to 77.9 and the loss from "
-    "1.11x to about 1.08x (select slice); at depth 3 the loss reaches 1.06x (select slice).",
+    "1.11x to about 1.08x (select slice); at depth 3 the loss reaches 1.06x (select slice) and FID 72.5.",
     "Stem stride 4 (9.0x lower exact peak for this teacher): the teacher's 3x3 conv_in at stride 4 reads "
     "9 of every 16 input pixels, so no layer of the paper-style student sees the other 7. The "
     "teacher-initialised stride-4 student with the sub-pixel skip (plain_skip_teacher_init_s4) stalled at "

@@ -99,8 +99,7 @@ class StudentArguments(DistillationArguments):
     input_skip_mixing: Literal["full", "diagonal"] = field(
         default="full",
         metadata={
-            "help": "full: a channel-mixing matrix; diagonal: one gain per channel (no colour mixing at high noise, "
-            "where a small learned mixing error oversaturates samples; diffusion.model.InputSkip)."
+            "help": "full: a channel-mixing matrix; diagonal: one gain per channel (diffusion.model.InputSkip)."
         },
     )
     stem: Literal["conv", "space_to_depth"] = field(
