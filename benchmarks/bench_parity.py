@@ -200,6 +200,8 @@ SCRATCH = ["--student_init", "random", "--student_head_init", "paper"]
 TEACHER_INIT = ["--student_init", "teacher", "--student_head_init", "teacher"]
 SKIP = ["--subpixel_skip", "true"]
 REFINER = ["--refiner_channels", "8"]
+INPUT_SKIP = ["--input_skip", "true"]
+REFINER32 = ["--refiner_channels", "32"]
 RED_GN = ["--red_norm", "group", "--red_preset", "paper", "--red_init", "identity"]
 # name -> (what it is, flags on top of the teacher's recipe). Every flag the arms differ in is spelled out.
 ARMS: dict[str, tuple[str, list[str]]] = {
@@ -240,10 +242,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         [
             *TEACHER_INIT,
             *SKIP,
-            "--input_skip",
-            "true",
-            "--refiner_channels",
-            "32",
+            *INPUT_SKIP,
+            *REFINER32,
             "--distiller",
             "output_mse",
         ],
@@ -254,10 +254,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         [
             *TEACHER_INIT,
             *SKIP,
-            "--input_skip",
-            "true",
-            "--refiner_channels",
-            "32",
+            *INPUT_SKIP,
+            *REFINER32,
             "--refiner_depth",
             "3",
             "--distiller",
@@ -304,10 +302,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         [
             *TEACHER_INIT,
             *SKIP,
-            "--input_skip",
-            "true",
-            "--refiner_channels",
-            "32",
+            *INPUT_SKIP,
+            *REFINER32,
             "--distiller",
             "output_mse",
             "--lr_scheduler",
