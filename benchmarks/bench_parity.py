@@ -262,6 +262,20 @@ ARMS: dict[str, tuple[str, list[str]]] = {
             "output_mse",
         ],
     ),
+    "output_mse_skip_input_refiner32x3_teacher_init_long": (
+        "the depth-3 arm above trained on to 12,000 steps (its constant learning rate makes a resume from that "
+        "arm's checkpoint-6000 the same run): how far more steps close the gap",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            *INPUT_SKIP,
+            *REFINER32,
+            "--refiner_depth",
+            "3",
+            "--distiller",
+            "output_mse",
+        ],
+    ),
     "output_mse_skip_input_diagonal_refiner32_teacher_init": (
         "output distillation + skip + a per-channel (diagonal) input skip + 32-channel refiner, teacher-initialised",
         [
