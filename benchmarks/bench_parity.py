@@ -276,6 +276,24 @@ ARMS: dict[str, tuple[str, list[str]]] = {
             "output_mse",
         ],
     ),
+    "output_mse_skip_input_refiner32x3_teacher_init_teacher_target": (
+        "the depth-3 arm with the teacher's noise prediction as its only target (--distill_weight 1: no task "
+        "loss against the sampled noise). Its samples overshoot in colour where the teacher's do not, although "
+        "its loss in the noisiest third is below the teacher's: a target that is the teacher's own prediction "
+        "should follow the teacher there, and it is a lower-variance target at every noise level",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            *INPUT_SKIP,
+            *REFINER32,
+            "--refiner_depth",
+            "3",
+            "--distiller",
+            "output_mse",
+            "--distill_weight",
+            "1.0",
+        ],
+    ),
     "output_mse_skip_input_diagonal_refiner32_teacher_init": (
         "output distillation + skip + a per-channel (diagonal) input skip + 32-channel refiner, teacher-initialised",
         [
@@ -566,6 +584,11 @@ PAIRED = (
         "output_mse_skip_input_refiner32x3_teacher_init",
         "output_mse_skip_input_refiner32_teacher_init",
         "a depth-3 refiner vs depth 1",
+    ),
+    (
+        "output_mse_skip_input_refiner32x3_teacher_init_teacher_target",
+        "output_mse_skip_input_refiner32x3_teacher_init",
+        "the teacher's prediction as the only target vs half task, half teacher",
     ),
     (
         "output_mse_skip_input_diagonal_refiner32_teacher_init",
