@@ -9,6 +9,7 @@ Stages (each resumable; run them from a frozen worktree so every figure names th
                                                         # committed as benchmarks/artefacts/parity_teacher
     python benchmarks/bench_parity.py student --arm A [B ...] --seed S [--steps N]  # students one after another (resumable)
     python benchmarks/bench_parity.py curves            # every student's held-out loss / the teacher's -> results/
+    python benchmarks/bench_parity.py memory            # exact peak of each student design (no training) -> results/
 
 Data: the CIFAR-10 training parquet minus its last 500 images per class (45,000 to train on, the same split as
 bench_diffusion.py), and those 5,000 held-out images cut in two per class: the *select* slice (first 250 per
@@ -22,6 +23,7 @@ what the students distil from).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -651,6 +653,14 @@ def _log_commits(log: Path) -> list[str]:
     return sorted(set(re.findall(r"# segment started at commit (\w+)", text)))
 
 
+def _peak_reduction(student: Path) -> float | None:
+    """Teacher / student exact peak, as the trainer measured it into the student's memory_report.json."""
+    exact = (read_json(student / "memory_report.json") or {}).get("exact") or {}
+    if not exact.get("teacher") or not exact.get("student"):
+        return None
+    return exact["teacher"]["peak_bytes"] / exact["student"]["peak_bytes"]
+
+
 def _mean_statistic(fid_rows: list[dict[str, Any]], key: str) -> float | None:
     """The mean of an image statistic (parity_fid.image_statistics) over the FID rows that recorded it."""
     values = [r["image_statistics"][key] for r in fid_rows if "image_statistics" in r]
@@ -705,6 +715,7 @@ def write_table() -> list[dict[str, Any]]:
                 "fid_teacher": teacher_fid.get("fid"),
                 "fid_ci95": max(r["fid_ci95"] for r in fid_rows) if fid_rows else None,
                 "fid_num_samples": fid_rows[0]["num_samples"] if fid_rows else None,
+                "peak_reduction": _peak_reduction(finished[0][1]),
                 "sample_contrast": _mean_statistic(fid_rows, "contrast"),
                 "sample_contrast_teacher": _mean_statistic([teacher_fid], "contrast"),
                 "commit": sorted({c for seed, _ in finished for c in _log_commits(student_log(arm, seed))}),
@@ -797,6 +808,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             "x teacher: low / mid / high noise",
             "FID",
             "sample contrast",
+            "peak x lower",
             "trained at",
         ],
         [
@@ -815,6 +827,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                 ),
                 "-" if r["fid"] is None else f"{r['fid']:.1f} ± {r['fid_ci95']:.1f}",
                 "-" if r.get("sample_contrast") is None else f"{r['sample_contrast']:.1f}",
+                "-" if r.get("peak_reduction") is None else f"{r['peak_reduction']:.3f}",
                 ", ".join(r["commit"]),
             ]
             for r in rows
@@ -868,7 +881,11 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             "git_revision": git_revision(),
             "status": "ok" if rows else "in progress",
             "reason": None if rows else "no student has finished yet",
-            "markdown": teacher_line + "\n\n" + table + paired_markdown(paired_rows(rows, teacher_loss)),
+            "markdown": teacher_line
+            + "\n\n"
+            + table
+            + paired_markdown(paired_rows(rows, teacher_loss))
+            + memory_markdown(),
             "plots": [
                 {
                     "path": str(RESULTS / "parity_teacher_curve.png"),
@@ -881,6 +898,95 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             ],
             "notes": notes,
         },
+    )
+
+
+MEMORY_DESIGNS = [
+    # (stem stride, full-resolution tail width, tail depth); every design has the sub-pixel and input skips,
+    # which add no tensor larger than the output; width 0 is the paper's student.
+    (stride, width, depth)
+    for stride in (2, 4)
+    for width, depth in ((0, 1), (8, 1), (16, 1), (32, 1), (32, 3))
+]
+
+
+def memory_stage() -> list[dict[str, Any]]:
+    """results/parity_memory.json: the exact peak (batch 1, one 32x32 forward, `measure_peak_memory`) of the
+    teacher and of each student design of MEMORY_DESIGNS, built from the parity teacher (weights do not change
+    a peak, so no training). It says which tail widths keep >= 4x before anyone trains them."""
+    from redistill_diffusion.diffusion.model import ReDistillUNet2DModel
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
+    from redistill_diffusion.memory import measure_peak_memory
+
+    teacher = load_pipeline(TEACHER_ARTEFACT).unet.eval()
+    shape = (1, teacher.config.in_channels, teacher.config.sample_size, teacher.config.sample_size)
+    teacher_peak = measure_peak_memory(teacher, shape).peak_bytes
+    rows = []
+    for stride, width, depth in MEMORY_DESIGNS:
+        student = ReDistillUNet2DModel.from_teacher(
+            teacher,
+            stem_stride=stride,
+            init="random",
+            subpixel_skip=width > 0,
+            input_skip=width > 0,
+            refiner_channels=width,
+            refiner_depth=depth,
+        )
+        report = measure_peak_memory(student, shape)
+        rows.append(
+            {
+                "stem_stride": stride,
+                "refiner_channels": width,
+                "refiner_depth": depth,
+                "subpixel_and_input_skip": width > 0,
+                "peak_bytes": report.peak_bytes,
+                "peak_layer": report.peak_layer,
+                "reduction": teacher_peak / report.peak_bytes,
+            }
+        )
+        print(
+            f"stride {stride}, tail {width} ch x {depth}: {report.peak_bytes} B at {report.peak_layer} "
+            f"({rows[-1]['reduction']:.3f}x)",
+            flush=True,
+        )
+    write_json(
+        RESULTS / "parity_memory.json",
+        {
+            "command": "python benchmarks/bench_parity.py memory",
+            "convention": "exact, batch 1, 32x32, no_grad forward at t = 999",
+            "teacher_peak_bytes": teacher_peak,
+            "rows": rows,
+            "measured_at": git_revision(),
+        },
+    )
+    return rows
+
+
+def memory_markdown() -> str:
+    """The designs' exact peaks as a small table under the paired comparisons (empty before `memory` ran)."""
+    from common import markdown_table
+
+    data = read_json(RESULTS / "parity_memory.json")
+    if not data:
+        return ""
+    table = markdown_table(
+        ["stem stride", "full-resolution tail", "peak (KiB)", "peak layer", "x lower than the teacher"],
+        [
+            [
+                r["stem_stride"],
+                f"{r['refiner_channels']} ch, depth {r['refiner_depth']}"
+                if r["refiner_channels"]
+                else "none (the paper's)",
+                f"{r['peak_bytes'] / 1024:.0f}",
+                r["peak_layer"],
+                f"{r['reduction']:.3f}",
+            ]
+            for r in data["rows"]
+        ],
+    )
+    return (
+        f"\n\nExact peak of each student design ({data['command']}, {data['convention']}; teacher "
+        f"{data['teacher_peak_bytes'] / 1024:.0f} KiB):\n\n" + table
     )
 
 
@@ -1008,6 +1114,20 @@ def input_skip_gains(unet, timesteps=(999, 700, 400, 100, 10)) -> list[dict[str,
     return rows
 
 
+def diagonal_input_skip_gain(skip):
+    """A copy of an InputSkip's gain layer whose matrix M(t) keeps only its diagonal: put in place of
+    ``skip.gain``, the same forward runs without the cross-channel entries (the mixing ablation)."""
+    import torch
+
+    gain = copy.deepcopy(skip.gain)
+    # output o * in + i of the gain layer is the matrix entry (o, i): zero every row off the diagonal.
+    on_diagonal = torch.eye(skip.out_channels, skip.in_channels, dtype=torch.bool).flatten()
+    with torch.no_grad():
+        gain.weight[~on_diagonal] = 0
+        gain.bias[~on_diagonal] = 0
+    return gain
+
+
 def handoff_stage(
     student: str, num_samples: int = 256, seed: int = 5, ablate_mixing: bool = False
 ) -> dict[str, Any]:
@@ -1015,7 +1135,6 @@ def handoff_stage(
     noisiest steps to the teacher restores the teacher's contrast, those steps are where the student's error
     shapes its samples. Writes results/parity_handoff.json."""
     import parity_fid as pf
-    import torch
     from diffusers import DDIMScheduler
 
     from redistill_diffusion.diffusion.pipeline_io import load_pipeline
@@ -1036,27 +1155,19 @@ def handoff_stage(
         # Sampling-time ablation (a diagnosis, not a model): the student alone, its InputSkip's cross-channel
         # entries zeroed at t >= threshold.
         extra["input_skip_gains"] = input_skip_gains(pupil)
-        full_forward, current = pupil.input_path.forward, {"t": 0, "threshold": 0}
-
-        def diagonal_above(sample, embedding):
-            if current["t"] < current["threshold"]:
-                return full_forward(sample, embedding)
-            gain = pupil.input_path.gain(embedding).to(sample.dtype).view(-1, 3, 3)
-            return torch.diagonal(gain, dim1=1, dim2=2)[:, :, None, None] * sample
-
-        pupil.input_path.forward = diagonal_above
+        skip = pupil.input_path
+        full_gain, diagonal_gain = skip.gain, diagonal_input_skip_gain(skip)
         extra["mixing_ablation"] = []
         for threshold in (700, 400):
-            current["threshold"] = threshold
 
-            def student_at(t, current=current):
-                current["t"] = t
+            def student_at(t, threshold=threshold):
+                skip.gain = diagonal_gain if t >= threshold else full_gain
                 return pupil
 
             stats = _sample_statistics(student_at, scheduler, num_samples, seed)
             extra["mixing_ablation"].append({"diagonal_for_t_at_least": threshold, **stats})
             print(json.dumps(extra["mixing_ablation"][-1]), flush=True)
-        pupil.input_path.forward = full_forward
+        skip.gain = full_gain
     result = {
         "command": f"python benchmarks/bench_parity.py handoff --names {student}",
         "student": student,
@@ -1104,7 +1215,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "stage",
-        choices=("slices", "teacher", "curve", "finalize", "student", "curves", "fid", "handoff", "table"),
+        choices=(
+            "slices",
+            "teacher",
+            "curve",
+            "finalize",
+            "student",
+            "curves",
+            "fid",
+            "handoff",
+            "table",
+            "memory",
+        ),
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     parser.add_argument("--step", type=int, help="finalize: the teacher checkpoint to end at")
@@ -1128,6 +1250,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['arm']}: {row['heldout_loss']:.5f} ({row['ratio']:.3f}x) after {row['student_steps']} steps"
             )
+        return 0
+    if args.stage == "memory":
+        memory_stage()
         return 0
     if args.stage == "handoff":
         if not args.names or len(args.names) != 1:

@@ -419,6 +419,7 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
         "fid": 21.5,
         "fid_ci95": 0.8,
         "sample_contrast": 44.0,
+        "peak_reduction": 1704584 / 426632,
     }
     teacher = {
         "denoise_loss": 0.02693,
@@ -432,14 +433,55 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
     assert text.index("## 3. Diffusion") < text.index("## 3b. Denoiser students")
     assert (
         "| plain_skip_teacher_init | 2 | teacher | vanilla | 0, 1 | 6000 | 0.03080 | 1.143 | 1.10 / 1.05 / 1.60 | - |"
-        " - | 7a13f44 |" in section
+        " - | - | 7a13f44 |" in section
     )
-    assert "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 44.0 | 7a13f44 |" in section and "0.02693" in section
+    assert (
+        "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 44.0 | 3.995 | 7a13f44 |" in section
+        and "0.02693" in section
+    )
     # The paired difference of the two arms over their shared seeds 0 and 1, in units of the teacher's loss.
     pair = bench_parity.paired_rows([row, scored], 0.02693)
     assert [(p["arm"], p["baseline"]) for p in pair] == [("plain_skip_teacher_init", "plain")]
     assert pair[0]["diffs"] == pytest.approx([-0.0020 / 0.02693, -0.0018 / 0.02693])
     assert "plain_skip_teacher_init - plain | -0.071 |" in section
+
+
+def test_parity_memory_stage_measures_each_design_from_the_committed_teacher(tmp_path, monkeypatch):
+    """bench_parity memory: the exact peak of student designs built from the committed parity teacher, no
+    training. At stride 2 a 32-channel tail of any depth stays under the UNet's own peak; at stride 4 it sets
+    the peak itself (so a wide tail costs memory there), and the table under 3b says so."""
+    import bench_parity
+
+    monkeypatch.setattr(bench_parity, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_parity, "MEMORY_DESIGNS", [(2, 0, 1), (2, 32, 3), (4, 8, 1), (4, 32, 1)])
+    rows = {(r["stem_stride"], r["refiner_channels"]): r for r in bench_parity.memory_stage()}
+    assert rows[2, 32]["peak_bytes"] == rows[2, 0]["peak_bytes"]
+    assert rows[2, 32]["reduction"] >= 3.99 and not rows[2, 32]["peak_layer"].startswith("refiner")
+    assert rows[4, 32]["peak_layer"].startswith("refiner")
+    assert rows[4, 8]["reduction"] > 2 * rows[4, 32]["reduction"] > 8
+    table = bench_parity.memory_markdown()
+    assert "| 2 | 32 ch, depth 3 |" in table and "| 4 | 32 ch, depth 1 |" in table
+
+
+def test_parity_mixing_ablation_keeps_the_diagonal_of_the_input_skip_matrix():
+    """handoff --ablate_mixing swaps in a gain layer whose matrix is the diagonal of the learned one, so the
+    InputSkip's own forward gives diag(M(t)) x_t."""
+    import bench_parity
+    import torch
+
+    from redistill_diffusion.diffusion.model import InputSkip
+
+    torch.manual_seed(0)
+    skip = InputSkip(3, 3, 16)
+    torch.nn.init.normal_(skip.gain.weight)
+    torch.nn.init.normal_(skip.gain.bias)
+    embedding, sample = torch.randn(2, 16), torch.randn(2, 3, 4, 4)
+    matrix = skip.gain(embedding).view(2, 3, 3)
+    expected = torch.diagonal(matrix, dim1=1, dim2=2)[:, :, None, None] * sample
+    full = skip(sample, embedding)
+    skip.gain = bench_parity.diagonal_input_skip_gain(skip)
+    assert torch.allclose(skip(sample, embedding), expected, atol=1e-6)
+    assert not torch.allclose(full, expected, atol=1e-3)
 
 
 def test_classification_students_before_the_select_stage_train_only_the_arms_it_does_not_change(
