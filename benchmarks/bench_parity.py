@@ -312,13 +312,15 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "output_mse_skip_input_refiner_teacher_init_s4": (
-        "output distillation + skip + input skip + 8-channel refiner, teacher-initialised, stem stride 4",
+        "output distillation + skip + input skip + 8-channel refiner at depth 3, teacher-initialised, stem stride "
+        "4: the widest tail that keeps this student's 9.0x (16 channels: 7.7x; `bench_parity.py memory`)",
         [
             *TEACHER_INIT,
             *SKIP,
-            "--input_skip",
-            "true",
+            *INPUT_SKIP,
             *REFINER,
+            "--refiner_depth",
+            "3",
             "--stem_stride",
             "4",
             "--distiller",
