@@ -346,6 +346,22 @@ ARMS: dict[str, tuple[str, list[str]]] = {
             "cosine",
         ],
     ),
+    "output_mse_skip_input_refiner32x3_teacher_init_cosine": (
+        "the depth-3 arm with its learning rate decayed to zero over the run (cosine): at a constant rate it "
+        "needed 12,000 steps for 1.03x on the select slice",
+        [
+            *TEACHER_INIT,
+            *SKIP,
+            *INPUT_SKIP,
+            *REFINER32,
+            "--refiner_depth",
+            "3",
+            "--distiller",
+            "output_mse",
+            "--lr_scheduler",
+            "cosine",
+        ],
+    ),
     "output_mse_skip_teacher_init_cosine": (
         "output distillation + skip, teacher-initialised, cosine decay over the run",
         [*TEACHER_INIT, *SKIP, "--distiller", "output_mse", "--lr_scheduler", "cosine"],
@@ -598,6 +614,11 @@ PAIRED = (
         "output_mse_skip_input_diagonal_refiner32_teacher_init",
         "output_mse_skip_input_refiner32_teacher_init",
         "a diagonal input skip vs a channel-mixing one",
+    ),
+    (
+        "output_mse_skip_input_refiner32x3_teacher_init_cosine",
+        "output_mse_skip_input_refiner32x3_teacher_init",
+        "cosine decay vs a constant rate at the same steps (depth-3 tail)",
     ),
     (
         "output_mse_skip_input_refiner32_teacher_init_cosine",
