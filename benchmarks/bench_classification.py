@@ -924,7 +924,8 @@ def summary_markdown(
 
 
 def summary_stage(layout: Layout) -> dict[str, Any]:
-    teacher = read_json(teacher_dir(layout) / "row.json")
+    # The kept teacher (what students load) first: on a fresh machine its run folder is gone.
+    teacher = read_json(teacher_artefact(layout) / "row.json") or read_json(teacher_dir(layout) / "row.json")
     rows = [read_json(p) for p in sorted((layout.work / "students").glob("*/row.json"))]
     rows = [r for r in rows if r]
     choice = read_json(layout.work / "choice.json") or {}
@@ -960,7 +961,9 @@ def summary_stage(layout: Layout) -> dict[str, Any]:
         arms=summary["arms"],
         contrasts=summary["contrasts"],
         commands=commands,
-        markdown=summary_markdown(teacher, summary, layout.recipe, choice) if rows else PENDING_MARKDOWN,
+        markdown=summary_markdown(teacher, summary, layout.recipe, choice)
+        if rows
+        else pending_markdown(teacher),
         summary=_answer(teacher, summary),
         history=previous.get("history", []),
     )
@@ -976,6 +979,19 @@ PENDING_MARKDOWN = (
     "recipe, equal task weights, 3 seeds, final-epoch top-1 on a report slice that chooses nothing. No row of it has "
     "finished yet; the earlier protocols' tables are under History below and are not results of this protocol."
 )
+
+
+def pending_markdown(teacher: dict[str, Any] | None) -> str:
+    """PENDING_MARKDOWN, and the teacher's figures once it has finished (students wait for it)."""
+    if not teacher or "top1" not in teacher:
+        return PENDING_MARKDOWN
+    top1 = teacher["top1"]
+    return PENDING_MARKDOWN + (
+        f" The teacher has finished: {teacher.get('final_step')} steps, final-epoch top-1 "
+        f"{100 * top1['select']:.2f}% on the select slice and {100 * top1['report']:.2f}% on the report slice, "
+        f"{teacher.get('params', 0) / 1e6:.2f} M parameters, trained at {', '.join(teacher.get('commits', []))} "
+        f"(`{teacher['output_dir']}`, the teacher every student loads)."
+    )
 
 
 def _answer(teacher, summary) -> str:

@@ -268,6 +268,17 @@ def test_classification_summary_stage_keeps_history_and_refuses_mixed_rows(tmp_p
     assert result["status"] == "not run" and result["history"] == [{"markdown": "OLD TABLE"}]
     text = (tmp_path / "RESULTS.md").read_text()
     assert "History: earlier protocols of classification" in text and "OLD TABLE" in text
+    assert "The teacher has finished" not in text
+    kept = {"name": "teacher", "command": "python x.py", "top1": {"select": 0.8524, "report": 0.8668}}
+    common.write_json(
+        cls.teacher_artefact(layout) / "row.json",
+        {**kept, "final_step": 10560, "params": 1241226, "commits": ["74f2fd3"], "output_dir": "teacher"},
+    )
+    cls.summary_stage(layout)
+    assert (
+        "top-1 85.24% on the select slice and 86.68% on the report slice"
+        in (tmp_path / "RESULTS.md").read_text()
+    )
     for row in (_row("red", 0, 0.6), _row("plain_half", 0, 0.5, defaults={"red_norm": "group"})):
         folder = layout.work / "students" / f"{row['arm']}_seed0"
         common.write_json(folder / "row.json", {**row, "command": "python x.py"})
