@@ -204,6 +204,17 @@ SKIP = ["--subpixel_skip", "true"]
 REFINER = ["--refiner_channels", "8"]
 INPUT_SKIP = ["--input_skip", "true"]
 REFINER32 = ["--refiner_channels", "32"]
+# The depth-3 input-skip student that several arms vary one setting of.
+BEST_STRIDE2 = [
+    *TEACHER_INIT,
+    *SKIP,
+    *INPUT_SKIP,
+    *REFINER32,
+    "--refiner_depth",
+    "3",
+    "--distiller",
+    "output_mse",
+]
 RED_GN = ["--red_norm", "group", "--red_preset", "paper", "--red_init", "identity"]
 # name -> (what it is, flags on top of the teacher's recipe). Every flag the arms differ in is spelled out.
 ARMS: dict[str, tuple[str, list[str]]] = {
@@ -254,28 +265,14 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "output distillation + skip + input skip + a 32-channel full-resolution refiner with 2 extra residual "
         "convs (depth 3; the peak is unchanged at any depth), teacher-initialised",
         [
-            *TEACHER_INIT,
-            *SKIP,
-            *INPUT_SKIP,
-            *REFINER32,
-            "--refiner_depth",
-            "3",
-            "--distiller",
-            "output_mse",
+            *BEST_STRIDE2,
         ],
     ),
     "output_mse_skip_input_refiner32x3_teacher_init_long": (
         "the depth-3 arm above trained on to 12,000 steps (its constant learning rate makes a resume from that "
         "arm's checkpoint-6000 the same run): how far more steps close the gap",
         [
-            *TEACHER_INIT,
-            *SKIP,
-            *INPUT_SKIP,
-            *REFINER32,
-            "--refiner_depth",
-            "3",
-            "--distiller",
-            "output_mse",
+            *BEST_STRIDE2,
         ],
     ),
     "output_mse_skip_input_refiner32x3_teacher_init_teacher_target": (
@@ -284,14 +281,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "its loss in the noisiest third is below the teacher's: a target that is the teacher's own prediction "
         "should follow the teacher there, and it is a lower-variance target at every noise level",
         [
-            *TEACHER_INIT,
-            *SKIP,
-            *INPUT_SKIP,
-            *REFINER32,
-            "--refiner_depth",
-            "3",
-            "--distiller",
-            "output_mse",
+            *BEST_STRIDE2,
             "--distill_weight",
             "1.0",
         ],
@@ -350,14 +340,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "the depth-3 arm with its learning rate decayed to zero over the run (cosine): at a constant rate it "
         "needed 12,000 steps for 1.03x on the select slice",
         [
-            *TEACHER_INIT,
-            *SKIP,
-            *INPUT_SKIP,
-            *REFINER32,
-            "--refiner_depth",
-            "3",
-            "--distiller",
-            "output_mse",
+            *BEST_STRIDE2,
             "--lr_scheduler",
             "cosine",
         ],
