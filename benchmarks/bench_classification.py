@@ -163,41 +163,39 @@ CHOICE_FREE = ("plain", "plain_half", "student_plus_half", "kd", "plain_wide_hal
 
 
 def arms(choice: dict[str, Any]) -> dict[str, Arm]:
-    """The report's arms, with the settings the select stage chose (``choice``); before it has chosen, only
-    the CHOICE_FREE arms."""
-    alpha = ["--red_alpha", str(choice["red_alpha"])]
-    other = choice["other_distiller"]
-    if choice["red_alpha"] is None or other is None:
-        return {
-            name: arm
-            for name, arm in arms({"red_alpha": 1, "other_distiller": "kd"}).items()
-            if name in CHOICE_FREE
-        }
+    """The report's arms, with the settings the select stage chose (``choice``). Each choice unlocks only the
+    arms it sets: RED and RED+KD once RED's alpha is chosen, the other distiller's arm once it is; before that,
+    the CHOICE_FREE arms train (the select runs for alpha finish long before those for the other distillers)."""
+    alpha = ["--red_alpha", str(choice.get("red_alpha"))]
+    other = choice.get("other_distiller")
+    every = (
+        Arm("plain", "plain student", "vanilla", objective="1 CE"),
+        Arm("plain_half", "plain student", "vanilla", tuple(HALF_CE), "0.5 CE"),
+        Arm(
+            "student_plus_half",
+            "student+ (RED blocks, no RED loss)",
+            "student_plus",
+            tuple(HALF_CE),
+            "0.5 CE",
+        ),
+        Arm("red", "RED", "red", tuple(alpha)),
+        Arm("kd", "KD", "kd"),
+        Arm("red_kd", "RED+KD", "red+kd", tuple(alpha)),
+        Arm(f"other_{other}", f"{other.upper()} (best other, chosen on select)", other) if other else None,
+        Arm(
+            "plain_wide_half",
+            "plain student widened to RED's parameters",
+            "vanilla",
+            tuple(HALF_CE),
+            "0.5 CE",
+            True,
+        ),
+    )
+    needs_alpha = {"red", "red_kd"}
     return {
         a.name: a
-        for a in (
-            Arm("plain", "plain student", "vanilla", objective="1 CE"),
-            Arm("plain_half", "plain student", "vanilla", tuple(HALF_CE), "0.5 CE"),
-            Arm(
-                "student_plus_half",
-                "student+ (RED blocks, no RED loss)",
-                "student_plus",
-                tuple(HALF_CE),
-                "0.5 CE",
-            ),
-            Arm("red", "RED", "red", tuple(alpha)),
-            Arm("kd", "KD", "kd"),
-            Arm("red_kd", "RED+KD", "red+kd", tuple(alpha)),
-            Arm(f"other_{other}", f"{other.upper()} (best other, chosen on select)", other),
-            Arm(
-                "plain_wide_half",
-                "plain student widened to RED's parameters",
-                "vanilla",
-                tuple(HALF_CE),
-                "0.5 CE",
-                True,
-            ),
-        )
+        for a in every
+        if a is not None and (a.name not in needs_alpha or choice.get("red_alpha") is not None)
     }
 
 
@@ -752,7 +750,9 @@ def students_stage(layout, paths, threads, allow_weak, arm_filter, seed_filter) 
                 f"--arm {arm_filter} needs the select stage's choice (RED alpha, best other distiller), which "
                 f"has not finished: run `select` first, or train one of {', '.join(plan)} meanwhile."
             )
-        print(f"select has not finished: training only the arms it does not change ({', '.join(plan)})")
+        print(
+            f"select has not finished: training only the arms its finished choices allow ({', '.join(plan)})"
+        )
     if arm_filter and arm_filter not in plan:
         raise SystemExit(f"--arm {arm_filter}: not an arm; choose one of {', '.join(plan)}.")
     for seed in layout.recipe.seeds if seed_filter is None else (seed_filter,):

@@ -510,10 +510,19 @@ def test_classification_students_before_the_select_stage_train_only_the_arms_it_
     assert sorted(name for name, _ in trained) == sorted(cls.CHOICE_FREE)
     with pytest.raises(SystemExit, match="--arm red needs the select stage's choice"):
         cls.students_stage(layout, {}, 1, True, "red", 0)
+    # Once RED's alpha is chosen, RED and RED+KD train while the other distillers' select runs go on.
+    for name, top1 in {"red_alpha_1": 0.5, "red_alpha_50": 0.6}.items():
+        common.write_json(
+            layout.run_dir("select", name, cls.SELECT_SEED) / "row.json", {"top1": {"select": top1}}
+        )
+    trained.clear()
+    cls.students_stage(layout, {}, 1, True, None, 0)
+    plan = {name for name, _ in trained}
+    assert plan == set(cls.CHOICE_FREE) | {"red", "red_kd"}
+    with pytest.raises(SystemExit, match="--arm other_dkd needs the select stage.s choice"):
+        cls.students_stage(layout, {}, 1, True, "other_dkd", 0)
     # Once the select runs have chosen, every arm is in the plan, the chosen other distiller included.
     for name, top1 in {
-        "red_alpha_1": 0.5,
-        "red_alpha_50": 0.6,
         "dkd": 0.4,
         "at": 0.45,
         "fitnet": 0.3,
