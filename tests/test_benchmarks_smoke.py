@@ -589,3 +589,28 @@ def test_classification_teacher_parks_its_newest_checkpoint_and_a_fresh_machine_
     cls.train_teacher(layout, {"select": tmp_path / "s", "report": tmp_path / "r"}, 1)
     assert resumed == [run] and (run / "checkpoint-1050" / "model.safetensors").read_bytes() == b"1050"
     assert common.read_json(run / "segments.json")["segments"][0]["commit"] == "abc1234"
+
+
+def test_parity_recipe_trains_exactly_the_benchmarks_best_stride2_arm():
+    """recipes/ddpm_cifar10_parity_cpu.yaml is what the README offers for the measured best student: parsed, it
+    must give the same settings as the benchmark arm whose figures it quotes (only the data and the output
+    folder differ), so the two cannot drift apart."""
+    import bench_parity
+
+    from redistill_diffusion.config import parse_args, to_dict
+    from redistill_diffusion.diffusion.run import REDISTILL_ARGUMENTS
+
+    arm = "output_mse_skip_input_refiner32x3_teacher_init_long"
+    flags = ["--teacher_model_name_or_path", str(bench_parity.TEACHER_ARTEFACT.relative_to(BENCH_DIR.parent))]
+    flags += ["--dataset_name", "train.parquet", "--random_flip"]
+    for key, value in bench_parity.STUDENT_RECIPE.items():
+        flags += [f"--{key}", str(value)]
+    flags += ["--max_train_steps", "12000", "--seed", "0", *bench_parity.ARMS[arm][1], "--output_dir", "out"]
+    recipe = BENCH_DIR.parent / "recipes/ddpm_cifar10_parity_cpu.yaml"
+    from_recipe = [to_dict(a) for a in parse_args(REDISTILL_ARGUMENTS, ["--recipe", str(recipe)])]
+    from_benchmark = [to_dict(a) for a in parse_args(REDISTILL_ARGUMENTS, flags)]
+    differ = {
+        key for ours, theirs in zip(from_recipe, from_benchmark) for key in ours if ours[key] != theirs[key]
+    }
+    assert differ == {"dataset_name", "output_dir"}
+    assert from_recipe[0]["max_train_steps"] == 12000 and from_recipe[-1]["input_skip"] is True

@@ -54,6 +54,7 @@ def test_to_dict_drops_the_hub_token():
     "name, types",
     [
         ("ddpm_cifar10_redistill.yaml", REDISTILL_ARGUMENTS),
+        ("ddpm_cifar10_parity_cpu.yaml", REDISTILL_ARGUMENTS),
         ("ddpm_celeba64_redistill.yaml", REDISTILL_ARGUMENTS),
         ("ddpm_celeba64_teacher.yaml", TEACHER_ARGUMENTS),
         ("quickstart_cpu.yaml", REDISTILL_ARGUMENTS),
