@@ -56,6 +56,27 @@ class DDPMArguments:
     heldout_timesteps: int = field(
         default=10, metadata={"help": "Evenly spaced timesteps at which the held-out loss is measured."}
     )
+    timestep_bias_strategy: Literal["none", "earlier", "later", "range"] = field(
+        default="none",
+        metadata={
+            "help": "Draw training timesteps with a bias (diffusers' SDXL example's flags): 'later' favours the "
+            "noisiest --timestep_bias_portion of the timesteps, 'earlier' the least noisy, 'range' those in "
+            "[--timestep_bias_begin, --timestep_bias_end); 'none' draws uniformly, as DDPM does."
+        },
+    )
+    timestep_bias_multiplier: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the biased timesteps against the others (2: drawn twice as often; 0: never)."
+        },
+    )
+    timestep_bias_portion: float = field(
+        default=0.25, metadata={"help": "Share of the timesteps that 'later' / 'earlier' bias, in (0, 1)."}
+    )
+    timestep_bias_begin: int = field(default=0, metadata={"help": "First timestep that 'range' biases."})
+    timestep_bias_end: int = field(
+        default=1000, metadata={"help": "End (exclusive) of the timesteps that 'range' biases."}
+    )
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .task_inputs import (  # noqa: F401 - SCHEDULE_*, build_noise_scheduler, pa
     student_card_fields,
     training_data,
 )
+from .timesteps import sample_timesteps, timestep_weights
 
 if TYPE_CHECKING:
     from ..memory import MemorySummary
@@ -82,6 +83,7 @@ class DiffusionTask:
         card: dict[str, Any] | None = None,
         teacher_mode: str = "eval",
         heldout_images: torch.Tensor | None = None,
+        timestep_weights: torch.Tensor | None = None,
     ):
         self.main_module_name = main_module_name
         self.model = model
@@ -94,6 +96,7 @@ class DiffusionTask:
         self.card = dict(card or {})
         self.last_grid: str | None = None
         self.heldout_images = heldout_images
+        self.timestep_weights = timestep_weights  # None: uniform (see diffusion.timesteps)
         self.teacher_mode = freeze_teacher(teacher, teacher_mode)
 
     # -- contract -------------------------------------------------------------------------------
@@ -120,12 +123,8 @@ class DiffusionTask:
         noise = torch.randn(images.shape, generator=generator, device=generator.device).to(
             images.device, images.dtype
         )
-        timesteps = torch.randint(
-            0,
-            self.noise_scheduler.config.num_train_timesteps,
-            (bsz,),
-            generator=generator,
-            device=generator.device,
+        timesteps = sample_timesteps(
+            bsz, self.noise_scheduler.config.num_train_timesteps, self.timestep_weights, generator
         ).to(images.device)
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
         prediction_type = self.noise_scheduler.config.prediction_type
@@ -321,13 +320,14 @@ def build_redistill_task(
 
     resolution = data_args.resolution or _sample_size(teacher)
     check_resolution(resolution, student)
-    dataset, heldout = training_data(
-        data_args, ddpm_args, training_args, resolution, teacher.config.in_channels
-    )
     noise_scheduler = build_noise_scheduler(
         ddpm_args,
         teacher_scheduler.config if teacher_scheduler is not None else None,
         teacher=student_args.teacher_model_name_or_path,
+    )
+    weights = timestep_weights(ddpm_args, noise_scheduler.config.num_train_timesteps)
+    dataset, heldout = training_data(
+        data_args, ddpm_args, training_args, resolution, teacher.config.in_channels
     )
     card = student_card_fields(
         student_args,
@@ -349,6 +349,7 @@ def build_redistill_task(
         card=card,
         teacher_mode=student_args.teacher_mode,
         heldout_images=heldout,
+        timestep_weights=weights,
     )
 
 
@@ -380,10 +381,11 @@ def build_teacher_task(
         ) from error
     resolution = _sample_size(unet)
     check_resolution(resolution, unet)
-    dataset, heldout = training_data(data_args, ddpm_args, training_args, resolution, unet.config.in_channels)
     noise_scheduler = build_noise_scheduler(
         ddpm_args, load_scheduler_config(model_args.model_config_name_or_path)
     )
+    weights = timestep_weights(ddpm_args, noise_scheduler.config.num_train_timesteps)
+    dataset, heldout = training_data(data_args, ddpm_args, training_args, resolution, unet.config.in_channels)
     card = card_fields(
         data_args,
         training_args,
@@ -399,4 +401,5 @@ def build_teacher_task(
         random_flip=data_args.random_flip,
         card=card,
         heldout_images=heldout,
+        timestep_weights=weights,
     )
