@@ -286,6 +286,20 @@ ARMS: dict[str, tuple[str, list[str]]] = {
             "1.0",
         ],
     ),
+    "output_mse_skip_input_refiner32x3_teacher_init_later": (
+        "the depth-3 arm with the noisiest 30% of the timesteps (t >= 700, where its colour overshoot is made) "
+        "drawn twice as often (--timestep_bias_strategy later, diffusers' SDXL example's flags): every loss term "
+        "sees more of the noise levels where the student departs from the teacher",
+        [
+            *BEST_STRIDE2,
+            "--timestep_bias_strategy",
+            "later",
+            "--timestep_bias_multiplier",
+            "2",
+            "--timestep_bias_portion",
+            "0.3",
+        ],
+    ),
     "output_mse_skip_input_diagonal_refiner32_teacher_init": (
         "output distillation + skip + a per-channel (diagonal) input skip + 32-channel refiner, teacher-initialised",
         [
@@ -592,6 +606,16 @@ PAIRED = (
         "output_mse_skip_input_refiner32x3_teacher_init_teacher_target",
         "output_mse_skip_input_refiner32x3_teacher_init",
         "the teacher's prediction as the only target vs half task, half teacher",
+    ),
+    (
+        "output_mse_skip_input_refiner32x3_teacher_init_later",
+        "output_mse_skip_input_refiner32x3_teacher_init",
+        "the noisiest 30% of timesteps drawn twice as often vs uniform timesteps",
+    ),
+    (
+        "output_mse_skip_input_refiner32x3_teacher_init_long",
+        "output_mse_skip_input_refiner32x3_teacher_init",
+        "12,000 vs 6,000 steps (the same runs, continued)",
     ),
     (
         "output_mse_skip_input_diagonal_refiner32_teacher_init",
