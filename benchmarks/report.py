@@ -29,6 +29,10 @@ EXTRA_SECTIONS = {
         "classification",
         "2b. Step time and images/s of the classification models (one process, median of repeats)",
     ),
+    "teacher_layout": (
+        "cuda",
+        "4b. The frozen teacher's forward in channels_last (bench_teacher_layout.py)",
+    ),
 }
 
 INTRO = """# ReDistill benchmarks

@@ -614,3 +614,18 @@ def test_parity_recipe_trains_exactly_the_benchmarks_best_stride2_arm():
     }
     assert differ == {"dataset_name", "output_dir"}
     assert from_recipe[0]["max_train_steps"] == 12000 and from_recipe[-1]["input_skip"] is True
+
+
+def test_teacher_layout_benchmark_times_both_layouts_and_refuses_to_overwrite_results(tmp_path, capsys):
+    import bench_teacher_layout as layout
+
+    with pytest.raises(SystemExit):
+        layout.main(["--smoke"])
+    assert "must not overwrite" in capsys.readouterr().err
+    assert layout.main(["--smoke", "--output_dir", str(tmp_path), "--repeats", "1", "--steps", "1"]) == 0
+    result = json.loads((tmp_path / "results" / layout.RESULTS_NAME).read_text())
+    assert len(result["rows"]) == 4 and {r["precision"] for r in result["rows"]} == {"bf16", "fp32"}
+    for row in result["rows"]:
+        assert row["default_s"] > 0 and row["channels_last_s"] > 0
+        assert row["speedup"] == pytest.approx(row["default_s"] / row["channels_last_s"])
+        assert row["max_rel_diff_fp32"] < 1e-4  # the same function, up to float rounding

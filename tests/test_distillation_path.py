@@ -330,3 +330,34 @@ def test_student_init_mirrors_unet2dmodel_init():
     assert all(student.config[k] == teacher.config[k] for k in base if k != "self")
     shapes = {k: v.shape for k, v in teacher.state_dict().items()}
     assert {k: v.shape for k, v in student.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("kind", ["unet", "classifier"])
+def test_frozen_teacher_runs_in_channels_last_with_the_same_outputs(kind):
+    """freeze_teacher lays the teacher's 4D weights out channels_last (its forward is 1.25-1.8x faster on CPUs;
+    benchmarks/bench_teacher_layout.py) without changing what it computes beyond float rounding."""
+    import copy
+
+    from redistill_diffusion.training.task import freeze_teacher
+
+    torch.manual_seed(0)
+    if kind == "unet":
+        from diffusers import UNet2DModel
+        from helpers_training import TINY_UNET
+
+        model = UNet2DModel(**TINY_UNET)
+        inputs = (torch.randn(2, 3, 16, 16), torch.tensor([10, 900]))
+    else:
+        model = create_teacher(
+            "resnet18", num_classes=10, cifar_stem=True, input_size=(3, 32, 32), channels=[8, 16, 16, 16]
+        )
+        inputs = (torch.randn(2, 3, 32, 32),)
+    reference = copy.deepcopy(model).eval()
+    assert freeze_teacher(model) == "eval"
+    convs = [p for p in model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    with torch.no_grad():
+        ours, theirs = model(*inputs), reference(*inputs)
+    ours, theirs = (getattr(o, "sample", o) for o in (ours, theirs))
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)

@@ -124,11 +124,17 @@ TEACHER_MODES = ("eval", "train")
 def freeze_teacher(teacher: nn.Module | None, mode: str = "eval") -> str:
     """Freeze a distillation teacher (no gradients) in ``mode``: ``eval`` (its inference behaviour:
     no dropout, BatchNorm running statistics) or ``train`` (the reference code's: dropout and batch
-    statistics, still under no_grad). Returns the checked mode."""
+    statistics, still under no_grad). Returns the checked mode.
+
+    The teacher's 4D weights also move to the channels_last layout: a frozen teacher is never stepped or saved,
+    so its layout is free, and its forward (run at every distillation step) is then faster on CPUs (oneDNN: 1.5-1.8x
+    with bf16, 1.25x in fp32 for the benchmarks' teachers, ``benchmarks/bench_teacher_layout.py``); its outputs
+    change only by float rounding."""
     if mode not in TEACHER_MODES:
         raise ValueError(f"teacher_mode must be 'eval' or 'train', got {mode!r}.")
     if teacher is not None:
         teacher.requires_grad_(False).train(mode == "train")
+        teacher.to(memory_format=torch.channels_last)
     return mode
 
 
