@@ -101,8 +101,12 @@ class TrainingArguments:
             "task weight of a distiller at --distill_weight 0.5."
         },
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(
-        default="no", metadata={"help": "bf16 is ~1.7x faster on recent CPUs."}
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = field(
+        default="no",
+        metadata={
+            "help": "bf16 is ~1.7x faster on CPUs that compute it natively (AVX512-BF16 / AMX) and slower than "
+            "fp32 on the others; auto picks bf16 where it is native (CPU or GPU), else no."
+        },
     )
     checkpointing_steps: int = field(
         default=500, metadata={"help": "Save a resumable checkpoint every N optimizer steps (0: never)."}

@@ -281,6 +281,42 @@ def test_bf16_autocast_training_steps(tmp_path, tiny_teacher, fresh_accelerator_
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.parameters())
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_trains_in_bf16_only_where_it_is_native(
+    tmp_path, tiny_teacher, fresh_accelerator_state, monkeypatch, native
+):
+    """--mixed_precision auto (what the parity recipe uses): bf16 on a CPU with AVX512-BF16 / AMX, fp32 on the
+    others, where emulated bf16 is slower than fp32; the run's accelerator and its saved config say which."""
+    from redistill_diffusion.training import run_checks
+    from redistill_diffusion.training.trainer import Trainer
+
+    monkeypatch.setattr(run_checks, "native_bf16", lambda: native)
+    seen = {}
+    init = Trainer.__init__
+
+    def recording_init(self, args, *rest, **kwargs):
+        init(self, args, *rest, **kwargs)
+        seen["accelerator"] = self.accelerator.mixed_precision
+        seen["config"] = self.config.get("mixed_precision")
+
+    monkeypatch.setattr(Trainer, "__init__", recording_init)
+    out = tmp_path / "auto"
+    result = run_redistill(
+        fast_args(out, steps=1)
+        + [
+            "--teacher_model_name_or_path",
+            str(tiny_teacher),
+            "--mixed_precision",
+            "auto",
+            "--use_ema",
+            "false",
+        ]
+    )
+    expected = "bf16" if native else "no"
+    assert result.global_step == 1 and seen == {"accelerator": expected, "config": expected}
+    assert run_checks.resolve_mixed_precision("fp16") == "fp16"
+
+
 # --------------------------------------------------------------------------- the UNet student's signature
 def test_student_init_mirrors_unet2dmodel_init():
     """A diffusers upgrade that adds, removes or re-defaults a UNet2DModel argument fails here, not in a

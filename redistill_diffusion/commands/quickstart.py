@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..redaction import redact_text
+from ..training.run_checks import native_bf16, resolve_mixed_precision  # noqa: F401 - native_bf16: importable here too
 
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 TEACHER_RECIPE = "quickstart_teacher_cpu.yaml"
@@ -102,19 +103,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def native_bf16() -> bool:
-    """True when bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: stay with fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def use_every_cpu() -> int | None:
     """Let torch use every CPU this process may run on, unless OMP_NUM_THREADS / MKL_NUM_THREADS say otherwise.
 
@@ -170,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         )
     precision = args.mixed_precision
     if precision == "auto":
-        precision = "bf16" if native_bf16() else "no"
+        precision = resolve_mixed_precision(precision)
     overwrite = args.overwrite_output_dir
     common = ["--mixed_precision", precision, "--overwrite_output_dir", "true" if overwrite else "false"]
     timings: dict[str, float] = {}

@@ -8,6 +8,7 @@ train at all) are `optimization.validate_training_args`' one-line errors instead
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 # What a checkpoint records of the data order (training_state.json), and the flag that sets each.
@@ -16,6 +17,27 @@ DATA_ORDER_SETTINGS = {
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     "num_processes": "processes",
 }
+
+
+def native_bf16() -> bool:
+    """True when bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX (without them a
+    CPU emulates bf16, slower than fp32: the quickstart took 19.9 min instead of 7.8 on such a machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mixed_precision(mixed_precision: str) -> str:
+    """``auto``: bf16 where this machine computes it natively (`native_bf16`), else no; any other value as is."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if native_bf16() else "no"
 
 
 def mixed_precision_warning(mixed_precision: str, device_type: str) -> str | None:

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,11 @@ class Trainer(OutputDirClaim, CheckpointHooks, EvaluationHooks):
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         validate_training_args(args)  # output_dir is checked under its lock, in _claim_output_dir
+        if args.mixed_precision == "auto":  # from here on, and in the run's config, what it trains in
+            args = replace(args, mixed_precision=run_checks.resolve_mixed_precision("auto"))
+            logger.info("--mixed_precision auto: %s on this machine", args.mixed_precision)
+            if config and "mixed_precision" in config:
+                config = {**config, "mixed_precision": args.mixed_precision}
         self.args = args
         self.project_name = project_name
         self.config = config or {}
