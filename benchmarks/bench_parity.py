@@ -825,7 +825,14 @@ PARITY_NOTES = [
     "same steps (1.087x, FID 83.8); the second training seed of the 12,000-step run reaches 1.035x on the report "
     "slice (seed 0: 1.031x), FID 60.9 +- 1.1 (seed 0: 60.2); stride 4 with the input skip and an 8-channel depth-3 tail "
     "(output_mse_skip_input_refiner_teacher_init_s4, 9.0x lower exact peak) is at 1.313x after 6,000 steps "
-    "(1.410x without the input skip), FID not scored. A third seed of the depth-3 arm was started and stopped.",
+    "(1.410x without the input skip).",
+    "Session 11: the third training seed of the 12,000-step run (trained from scratch to 12,000 steps at f15612d; "
+    "its checkpoint-6000, the same run at a constant rate, is the 6,000-step arm's seed 2) reaches 1.038x on the "
+    "report slice, FID 62.6 +- 1.3: over seeds 0-2 the arm is at 1.035x (1.031, 1.035, 1.038) and FID 61.2 (60.2, "
+    "60.9, 62.6; 1.10x the teacher's 55.4), within the 1.05x / 1.15x targets on every seed; 12,000 vs 6,000 steps, "
+    "paired over the 3 seeds: -0.036 [-0.053, -0.018]. Stride 4 with the input skip and the 8-channel depth-3 tail "
+    "(9.0x lower exact peak): FID 215.2 +- 2.9 (saturation 0.176), far from the teacher: a stride-4 student needs "
+    "more than this design and 6,000 steps.",
     "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
     "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule; stopped at step 3,000 of its second "
     "segment in session 9 to give its core to the input-skip arms, which made it moot; it resumes from its "
