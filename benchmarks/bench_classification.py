@@ -928,7 +928,7 @@ def summary_stage(layout: Layout) -> dict[str, Any]:
     teacher = read_json(teacher_artefact(layout) / "row.json") or read_json(teacher_dir(layout) / "row.json")
     rows = [read_json(p) for p in sorted((layout.work / "students").glob("*/row.json"))]
     rows = [r for r in rows if r]
-    choice = read_json(layout.work / "choice.json") or {}
+    choice = choose(layout) if (layout.work / "select").is_dir() else {}
     target = layout.results / "results" / "classification.json"
     previous = read_json(target) or {}
     try:
@@ -963,7 +963,7 @@ def summary_stage(layout: Layout) -> dict[str, Any]:
         commands=commands,
         markdown=summary_markdown(teacher, summary, layout.recipe, choice)
         if rows
-        else pending_markdown(teacher),
+        else pending_markdown(teacher, choice),
         summary=_answer(teacher, summary),
         history=previous.get("history", []),
     )
@@ -981,16 +981,25 @@ PENDING_MARKDOWN = (
 )
 
 
-def pending_markdown(teacher: dict[str, Any] | None) -> str:
-    """PENDING_MARKDOWN, and the teacher's figures once it has finished (students wait for it)."""
+def pending_markdown(teacher: dict[str, Any] | None, choice: dict[str, Any] | None = None) -> str:
+    """PENDING_MARKDOWN, the teacher's figures once it has finished (students wait for it) and the select runs
+    finished so far (they choose RED's alpha and the other distiller)."""
     if not teacher or "top1" not in teacher:
         return PENDING_MARKDOWN
     top1 = teacher["top1"]
+    scores = (choice or {}).get("select_top1") or {}
+    selected = (
+        f" Select runs finished (seed {SELECT_SEED}, final-epoch top-1 on the select slice, which only chooses): "
+        + ", ".join(f"{SELECT_CANDIDATES[name].label} {100 * score:.2f}%" for name, score in scores.items())
+        + f"; of {len(SELECT_CANDIDATES)} ({', '.join(a.label for a in SELECT_CANDIDATES.values())})."
+        if scores
+        else ""
+    )
     return PENDING_MARKDOWN + (
         f" The teacher has finished: {teacher.get('final_step')} steps, final-epoch top-1 "
         f"{100 * top1['select']:.2f}% on the select slice and {100 * top1['report']:.2f}% on the report slice, "
         f"{teacher.get('params', 0) / 1e6:.2f} M parameters, trained at {', '.join(teacher.get('commits', []))} "
-        f"(`{teacher['output_dir']}`, the teacher every student loads)."
+        f"(`{teacher['output_dir']}`, the teacher every student loads)." + selected
     )
 
 

@@ -279,6 +279,18 @@ def test_classification_summary_stage_keeps_history_and_refuses_mixed_rows(tmp_p
         "top-1 85.24% on the select slice and 86.68% on the report slice"
         in (tmp_path / "RESULTS.md").read_text()
     )
+    # a finished select run shows while the students are pending
+    common.write_json(
+        layout.run_dir("select", "red_alpha_1", cls.SELECT_SEED) / "row.json", {"top1": {"select": 0.7856}}
+    )
+    result = cls.summary_stage(layout)
+    assert (
+        "Select runs finished (seed 100, final-epoch top-1 on the select slice, which only chooses): RED alpha 1 78.56%; of 5"
+        in (tmp_path / "RESULTS.md").read_text()
+    )
+    assert (
+        result["choice"]["select_top1"] == {"red_alpha_1": 0.7856} and result["choice"]["red_alpha"] is None
+    )
     for row in (_row("red", 0, 0.6), _row("plain_half", 0, 0.5, defaults={"red_norm": "group"})):
         folder = layout.work / "students" / f"{row['arm']}_seed0"
         common.write_json(folder / "row.json", {**row, "command": "python x.py"})
