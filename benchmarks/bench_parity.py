@@ -832,7 +832,11 @@ PARITY_NOTES = [
     "60.9, 62.6; 1.10x the teacher's 55.4), within the 1.05x / 1.15x targets on every seed; 12,000 vs 6,000 steps, "
     "paired over the 3 seeds: -0.036 [-0.053, -0.018]. Stride 4 with the input skip and the 8-channel depth-3 tail "
     "(9.0x lower exact peak): FID 215.2 +- 2.9 (saturation 0.176), far from the teacher: a stride-4 student needs "
-    "more than this design and 6,000 steps.",
+    "more than this design and 6,000 steps. Drawing the noisiest 30% of the timesteps twice as often "
+    "(--timestep_bias_strategy later --timestep_bias_multiplier 2 --timestep_bias_portion 0.3, ..._later, f426d71, "
+    "seed 0) does not remove the overshoot and costs quality: 1.078x vs 1.062x with uniform timesteps (same seed), "
+    "FID 81.6 +- 1.8 vs 72.5, saturation 0.176 vs 0.174; its low-noise third, now drawn less often, is where it "
+    "loses. More training where the overshoot is made is not the fix.",
     "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
     "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule; stopped at step 3,000 of its second "
     "segment in session 9 to give its core to the input-skip arms, which made it moot; it resumes from its "
