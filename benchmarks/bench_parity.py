@@ -581,6 +581,12 @@ PAIRED = (
     ("red_gn", "plain", "RED (GroupNorm blocks) vs none, from scratch"),
     ("plain_skip_teacher_init", "plain", "teacher init + sub-pixel skip vs the paper's student"),
     (
+        "output_mse_skip_input_refiner32x3_teacher_init",
+        "plain",
+        "the best design (teacher init, output distillation, sub-pixel + input skip, depth-3 tail) vs the paper's "
+        "student, both 6,000 steps",
+    ),
+    (
         "output_mse_skip_teacher_init",
         "plain_skip_teacher_init",
         "output distillation vs none, teacher-initialised",
