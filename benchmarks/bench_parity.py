@@ -842,7 +842,9 @@ PARITY_NOTES = [
     "(--timestep_bias_strategy later --timestep_bias_multiplier 2 --timestep_bias_portion 0.3, ..._later, f426d71, "
     "seed 0) does not remove the overshoot and costs quality: 1.078x vs 1.062x with uniform timesteps (same seed), "
     "FID 81.6 +- 1.8 vs 72.5, saturation 0.176 vs 0.174; its low-noise third, now drawn less often, is where it "
-    "loses. More training where the overshoot is made is not the fix.",
+    "loses. More training where the overshoot is made is not the fix. The paper's plain student now has 3 "
+    "seeds (1 and 2 trained at 3724fe7): 1.204x; paired at the same 6,000 steps the best design is -0.133 of the "
+    "teacher's loss ahead of it, 95% interval [-0.173, -0.094].",
     "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
     "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule; stopped at step 3,000 of its second "
     "segment in session 9 to give its core to the input-skip arms, which made it moot; it resumes from its "
