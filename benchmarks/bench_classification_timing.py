@@ -15,7 +15,6 @@ with the paper's RED blocks), and the distillation step (RED student step plus t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -25,7 +24,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO_ROOT, markdown_table, part_result, relative, write_json  # noqa: E402
+from common import (  # noqa: E402
+    check_timing_args,
+    markdown_table,
+    part_result,
+    relative,
+    round_robin_times,
+    timing_parser,
+    write_json,
+)
 
 RESULTS_NAME = "classification_timing.json"
 
@@ -107,16 +114,7 @@ def measure(
         optimizer = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
         name = f"{distillation_pair[0]} + frozen {distillation_pair[1]} forward"
         jobs[(name, "train")] = _train_step(student, optimizer, images, labels, autocast, teacher=teacher)
-    for job in jobs.values():  # warm-up: allocator, oneDNN kernels, autocast caches
-        for _ in range(warmup):
-            job()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
-    for _ in range(repeats):
-        for key, job in jobs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                job()
-            times[key].append((time.perf_counter() - start) / steps)
+    times = round_robin_times(jobs, steps, repeats, warmup)
     rows = []
     for name in dict.fromkeys(key[0] for key in jobs):
         row: dict[str, Any] = {"model": name}
@@ -182,33 +180,13 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from bench_classification import RECIPES
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = timing_parser(
+        __doc__, "timed steps per round", "the smoke scale's tiny models (checks the harness)"
     )
-    parser.add_argument(
-        "--output_dir", default=str(REPO_ROOT / "benchmarks"), help="results/ and RESULTS.md go here"
-    )
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds; the median is reported")
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed_precision", choices=("bf16", "no"), default="bf16")
-    parser.add_argument(
-        "--smoke", action="store_true", help="the smoke scale's tiny models (checks the harness)"
-    )
-    parser.add_argument(
-        "--machine_note", default="", help="what else ran on the machine meanwhile (stated with the table)"
-    )
     args = parser.parse_args(argv)
-    for name in ("threads", "batch_size", "steps", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
-    output_dir = Path(args.output_dir).resolve()
-    if args.smoke and output_dir == (REPO_ROOT / "benchmarks").resolve():
-        parser.error(
-            "--smoke must not overwrite the committed results in benchmarks/: pass another --output_dir."
-        )
+    output_dir = check_timing_args(parser, args, ("threads", "batch_size", "steps", "repeats"))
     import torch
 
     torch.set_num_threads(args.threads)

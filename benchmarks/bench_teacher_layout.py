@@ -14,7 +14,6 @@ layouts' outputs, relative to the output's largest magnitude.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import statistics
@@ -25,7 +24,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO_ROOT, markdown_table, part_result, relative, write_json  # noqa: E402
+from common import (  # noqa: E402
+    check_timing_args,
+    markdown_table,
+    part_result,
+    relative,
+    round_robin_times,
+    timing_parser,
+    write_json,
+)
 
 RESULTS_NAME = "teacher_layout.json"
 
@@ -97,16 +104,7 @@ def measure(
                 jobs[(name, layout, precision)] = forward
             with torch.no_grad():
                 outputs[(name, layout)] = _output(module(*inputs)).float()
-    for job in jobs.values():
-        for _ in range(warmup):
-            job()
-    times: dict[tuple[str, str, str], list[float]] = {key: [] for key in jobs}
-    for _ in range(repeats):
-        for key, job in jobs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                job()
-            times[key].append((time.perf_counter() - start) / steps)
+    times = round_robin_times(jobs, steps, repeats, warmup)
     rows = []
     for name in teachers:
         reference = outputs[(name, "default")]
@@ -159,31 +157,9 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--output_dir", default=str(REPO_ROOT / "benchmarks"), help="results/ and RESULTS.md go here"
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3, help="timed forwards per round")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds; the median is reported")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="tiny models (checks the harness)")
-    parser.add_argument(
-        "--machine_note", default="", help="what else ran on the machine meanwhile (stated with the table)"
-    )
+    parser = timing_parser(__doc__, "timed forwards per round", "tiny models (checks the harness)")
     args = parser.parse_args(argv)
-    for name in ("threads", "steps", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be at least 0, got {args.warmup}.")
-    output_dir = Path(args.output_dir).resolve()
-    if args.smoke and output_dir == (REPO_ROOT / "benchmarks").resolve():
-        parser.error(
-            "--smoke must not overwrite the committed results in benchmarks/: pass another --output_dir."
-        )
+    output_dir = check_timing_args(parser, args, ("threads", "steps", "repeats"))
     import torch
 
     torch.set_num_threads(args.threads)

@@ -8,6 +8,7 @@ run separately merge into one report.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -425,3 +426,58 @@ def paired_interval(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] 
         half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
         out.update(sd=sd, ci95=[mean - half, mean + half])
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# timing benchmarks (bench_classification_timing.py, bench_teacher_layout.py)
+# ------------------------------------------------------------------------------------------------
+def timing_parser(description: str, steps_help: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The flags every timing benchmark shares; `check_timing_args` checks them after parsing."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir", default=str(REPO_ROOT / "benchmarks"), help="results/ and RESULTS.md go here"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help=steps_help)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; the median is reported")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument(
+        "--machine_note", default="", help="what else ran on the machine meanwhile (stated with the table)"
+    )
+    return parser
+
+
+def check_timing_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, positive: tuple[str, ...]
+) -> Path:
+    """One-line errors for counts below 1 and for --smoke aimed at the committed results; the output folder."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be at least 0, got {args.warmup}.")
+    output_dir = Path(args.output_dir).resolve()
+    if args.smoke and output_dir == (REPO_ROOT / "benchmarks").resolve():
+        parser.error(
+            "--smoke must not overwrite the committed results in benchmarks/: pass another --output_dir."
+        )
+    return output_dir
+
+
+def round_robin_times(jobs: dict[Any, Any], steps: int, repeats: int, warmup: int) -> dict[Any, list[float]]:
+    """Seconds per call of every job: ``warmup`` calls each, then ``repeats`` rounds that time ``steps`` calls of
+    every job in turn, so a burst of load from another process hits every job alike."""
+    for job in jobs.values():  # warm-up: allocator, oneDNN kernels, autocast caches
+        for _ in range(warmup):
+            job()
+    times: dict[Any, list[float]] = {key: [] for key in jobs}
+    for _ in range(repeats):
+        for key, job in jobs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                job()
+            times[key].append((time.perf_counter() - start) / steps)
+    return times

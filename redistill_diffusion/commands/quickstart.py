@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..redaction import redact_text
-from ..training.run_checks import native_bf16, resolve_mixed_precision  # noqa: F401 - native_bf16: importable here too
+from ..training.run_checks import resolve_mixed_precision
 
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 TEACHER_RECIPE = "quickstart_teacher_cpu.yaml"

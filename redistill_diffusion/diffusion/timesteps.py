@@ -58,7 +58,7 @@ def timestep_weights(ddpm_args: Any, num_train_timesteps: int) -> torch.Tensor |
         raise ValueError(
             "--timestep_bias_multiplier 0 over every timestep leaves nothing to train on: narrow the range."
         )
-    return weights / weights.sum()
+    return (weights / weights.sum()).float()  # normalised in float64, drawn from in float32
 
 
 def sample_timesteps(
@@ -70,6 +70,4 @@ def sample_timesteps(
         return torch.randint(
             0, num_train_timesteps, (batch_size,), generator=generator, device=generator.device
         )
-    return torch.multinomial(
-        weights.to(generator.device, torch.float32), batch_size, replacement=True, generator=generator
-    )
+    return torch.multinomial(weights.to(generator.device), batch_size, replacement=True, generator=generator)
