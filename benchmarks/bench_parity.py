@@ -751,9 +751,13 @@ def write_table() -> list[dict[str, Any]]:
                 "fid_teacher": teacher_fid.get("fid"),
                 "fid_ci95": max(r["fid_ci95"] for r in fid_rows) if fid_rows else None,
                 "fid_num_samples": fid_rows[0]["num_samples"] if fid_rows else None,
+                "kid": sum(r["kid_mean"] for r in fid_rows) / len(fid_rows) if fid_rows else None,
+                "kid_teacher": teacher_fid.get("kid_mean"),
                 "peak_reduction": _peak_reduction(finished[0][1]),
                 "sample_contrast": _mean_statistic(fid_rows, "contrast"),
                 "sample_contrast_teacher": _mean_statistic([teacher_fid], "contrast"),
+                "sample_saturation": _mean_statistic(fid_rows, "saturation"),
+                "sample_saturation_teacher": _mean_statistic([teacher_fid], "saturation"),
                 "commit": sorted({c for seed, _ in finished for c in _log_commits(student_log(arm, seed))}),
                 "command": f"python benchmarks/bench_parity.py student --arm {arm} --seed "
                 + " ".join(str(seed) for seed, _ in finished)
@@ -873,7 +877,8 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             "x teacher",
             "x teacher: low / mid / high noise",
             "FID",
-            "sample contrast",
+            "KID x 1e3",
+            "sample contrast / saturation",
             "peak x lower",
             "trained at",
         ],
@@ -892,7 +897,10 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                     for band in BANDS
                 ),
                 "-" if r["fid"] is None else f"{r['fid']:.1f} ± {r['fid_ci95']:.1f}",
-                "-" if r.get("sample_contrast") is None else f"{r['sample_contrast']:.1f}",
+                "-" if r.get("kid") is None else f"{1e3 * r['kid']:.2f}",
+                "-"
+                if r.get("sample_contrast") is None
+                else f"{r['sample_contrast']:.1f} / {r['sample_saturation']:.3f}",
                 "-" if r.get("peak_reduction") is None else f"{r['peak_reduction']:.3f}",
                 ", ".join(r["commit"]),
             ]
@@ -911,19 +919,25 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
         teacher_line += (
             f" FID (TF-FID Inception, {fids['teacher']['num_samples']} DDIM-50 samples against 10,000 training "
             f"images; ± half-width of a 95% bootstrap interval): teacher {fids['teacher']['fid']:.1f} ± "
-            f"{fids['teacher']['fid_ci95']:.1f}"
+            f"{fids['teacher']['fid_ci95']:.1f}, KID x 1e3 {1e3 * fids['teacher']['kid_mean']:.2f}"
             + (
-                f"; the real-data floor (as many held-out report-slice images) {floor['fid']:.1f} ± {floor['fid_ci95']:.1f}."
+                f"; the real-data floor (as many held-out report-slice images) {floor['fid']:.1f} ± "
+                f"{floor['fid_ci95']:.1f}, KID x 1e3 {1e3 * floor['kid_mean']:.2f}."
                 if floor
                 else "."
             )
         )
-        contrast = {n: r["image_statistics"]["contrast"] for n, r in fids.items() if "image_statistics" in r}
-        if "teacher" in contrast:
+        stats = {n: r["image_statistics"] for n, r in fids.items() if "image_statistics" in r}
+        if "teacher" in stats:
             teacher_line += (
-                f" Sample contrast (each image's pixel standard deviation, 0-255, averaged over the FID samples): "
-                f"teacher {contrast['teacher']:.1f}"
-                + (f", held-out real images {contrast['real']:.1f}." if "real" in contrast else ".")
+                " Sample contrast / saturation (each image's pixel standard deviation, 0-255; each pixel's max - min "
+                f"over the colour channels, /255; averaged over the FID samples): teacher {stats['teacher']['contrast']:.1f}"
+                f" / {stats['teacher']['saturation']:.3f}"
+                + (
+                    f", held-out real images {stats['real']['contrast']:.1f} / {stats['real']['saturation']:.3f}."
+                    if "real" in stats
+                    else "."
+                )
             )
     notes = list(PARITY_NOTES)
     for handoff in handoff_runs():

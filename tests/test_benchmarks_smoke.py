@@ -441,7 +441,9 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
         "ratio": 1.206,
         "fid": 21.5,
         "fid_ci95": 0.8,
+        "kid": 0.00123,
         "sample_contrast": 44.0,
+        "sample_saturation": 0.1672,
         "peak_reduction": 1704584 / 426632,
     }
     teacher = {
@@ -456,10 +458,10 @@ def test_parity_table_becomes_results_section_3b_after_the_diffusion_part(tmp_pa
     assert text.index("## 3. Diffusion") < text.index("## 3b. Denoiser students")
     assert (
         "| plain_skip_teacher_init | 2 | teacher | vanilla | 0, 1 | 6000 | 0.03080 | 1.143 | 1.10 / 1.05 / 1.60 | - |"
-        " - | - | 7a13f44 |" in section
+        " - | - | - | 7a13f44 |" in section
     )
     assert (
-        "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 44.0 | 3.995 | 7a13f44 |" in section
+        "| 1.206 | 1.10 / 1.05 / 1.60 | 21.5 ± 0.8 | 1.23 | 44.0 / 0.167 | 3.995 | 7a13f44 |" in section
         and "0.02693" in section
     )
     # The paired difference of the two arms over their shared seeds 0 and 1, in units of the teacher's loss.
