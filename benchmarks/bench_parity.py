@@ -579,6 +579,7 @@ BANDS = ("low", "mid", "high")  # thirds of the schedule, as the trainer's held-
 PAIRED = (
     ("output_mse", "plain", "output distillation vs none, from scratch"),
     ("red_gn", "plain", "RED (GroupNorm blocks) vs none, from scratch"),
+    ("red_gn", "output_mse", "RED (GroupNorm blocks) vs output distillation, from scratch"),
     ("plain_skip_teacher_init", "plain", "teacher init + sub-pixel skip vs the paper's student"),
     (
         "output_mse_skip_input_refiner32x3_teacher_init",
@@ -849,6 +850,15 @@ PARITY_NOTES = [
     "loses. More training where the overshoot is made is not the fix. The paper's plain student now has 3 "
     "seeds (1 and 2 trained at 3724fe7): 1.204x; paired at the same 6,000 steps the best design is -0.133 of the "
     "teacher's loss ahead of it, 95% interval [-0.173, -0.094].",
+    "Session 12: the other two from-scratch baselines now have 3 training seeds too (seeds 1 and 2 trained at "
+    "3724fe7): output distillation 1.192x (FID 125.0 +- 2.0, seed 0), RED with GroupNorm blocks 1.260x (FID "
+    "160.1 +- 2.4, seed 0), the paper's plain student 1.204x (FID 143.2). Paired over seeds 0-2, output "
+    "distillation is ahead of the plain student by 0.012 of the teacher's loss [0.002, 0.022]; RED is behind it by "
+    "0.056 [0.037, 0.075] and behind output distillation by 0.068 [0.059, 0.076]: at this budget RED's feature "
+    "loss hurts a denoiser student, in loss and FID. Teacher initialisation with the sub-pixel skip is worth "
+    "0.054 [0.047, 0.061] on top of output distillation. The from-scratch students' colours undershoot "
+    "(saturation 0.062-0.066 against the teacher's 0.122 and real images' 0.128); the input-skip students' "
+    "overshoot (0.167-0.192).",
     "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
     "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule; stopped at step 3,000 of its second "
     "segment in session 9 to give its core to the input-skip arms, which made it moot; it resumes from its "

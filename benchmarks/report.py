@@ -23,7 +23,7 @@ TITLES = {
 EXTRA_SECTIONS = {
     "parity": (
         "diffusion",
-        "3b. Denoiser students against a teacher at its plateau (bench_parity.py, issue 22, in progress)",
+        "3b. Denoiser students against a teacher at its plateau (bench_parity.py, issue 22)",
     ),
     "classification_timing": (
         "classification",
