@@ -858,7 +858,12 @@ PARITY_NOTES = [
     "loss hurts a denoiser student, in loss and FID. Teacher initialisation with the sub-pixel skip is worth "
     "0.054 [0.047, 0.061] on top of output distillation. The from-scratch students' colours undershoot "
     "(saturation 0.062-0.066 against the teacher's 0.122 and real images' 0.128); the input-skip students' "
-    "overshoot (0.167-0.192).",
+    "overshoot (0.167-0.192). What the curves suggest (select slice, fit_plateau, a + b * steps^-c from step "
+    "2,000): the 12,000-step stride-2 student (seed 0) flattens towards 0.02729, 1.005x the teacher's own select-slice "
+    "loss at its 13,000 steps (0.02715; both are about 5% above the teacher's fitted plateau 0.02594), so more "
+    "steps would close most of the remaining 3.5%. The stride-4 input-skip student is still falling almost "
+    "linearly at 6,000 steps (1.361x -> 1.336x -> 1.310x at 4,000 / 5,000 / 6,000), no plateau can be fitted yet, "
+    "and its FID (215) is 3.9x the teacher's: its cost to parity cannot be estimated from this run.",
     "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
     "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule; stopped at step 3,000 of its second "
     "segment in session 9 to give its core to the input-skip arms, which made it moot; it resumes from its "
