@@ -10,6 +10,10 @@ Stages (each resumable; run them from a frozen worktree so every figure names th
     python benchmarks/bench_parity.py student --arm A [B ...] --seed S [--steps N]  # students one after another (resumable)
     python benchmarks/bench_parity.py curves            # every student's held-out loss / the teacher's -> results/
     python benchmarks/bench_parity.py memory            # exact peak of each student design (no training) -> results/
+    python benchmarks/bench_parity.py fid --names teacher real ARM_seedS  # FID / KID of 2,000 DDIM-50 samples
+    python benchmarks/bench_parity.py table             # report-slice losses, FID, paired intervals -> results/, RESULTS.md
+    python benchmarks/bench_parity.py handoff --names ARM_seedS   # the teacher samples the noisiest steps
+    python benchmarks/bench_parity.py samplers --names ARM_seedS  # colour statistics under DDIM-50/-200, DDPM-1000
 
 Data: the CIFAR-10 training parquet minus its last 500 images per class (45,000 to train on, the same split as
 bench_diffusion.py), and those 5,000 held-out images cut in two per class: the *select* slice (first 250 per
@@ -968,6 +972,9 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
                 f"{row['diagonal_for_t_at_least']}: contrast {row['contrast']:.1f}, saturation {row['saturation']:.3f}"
             )
         notes.append(f"Hand-off ({handoff['command']}; {handoff['sampler']}): {described}.")
+    real_stats = (fids.get("real") or {}).get("image_statistics") or {}
+    for run in sampler_runs():
+        notes.append(sampler_note(run, real_stats.get("saturation")))
     write_json(
         RESULTS / "parity.json",
         {
@@ -1284,6 +1291,69 @@ def handoff_runs() -> list[dict[str, Any]]:
     return data["runs"] if "runs" in data else ([data] if data else [])
 
 
+# The samplers the colour question is asked with: FID's DDIM-50, a finer DDIM, and the ancestral sampler the
+# models were trained for (the limit the others approximate).
+SAMPLERS = (("ddim", 50), ("ddim", 200), ("ddpm", 1000))
+
+
+def samplers_stage(student: str, num_samples: int = 128, seed: int = 5) -> dict[str, Any]:
+    """Image statistics of the teacher's and one student's samples under each of SAMPLERS, same initial noise:
+    whether a colour difference is the model's or the coarse sampler's. Rows are written as they finish
+    (the teacher's 1,000-step run takes ~25 min of a core) into results/parity_samplers.json."""
+    import torch
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from redistill_diffusion.diffusion.pipeline_io import load_pipeline
+
+    models = {
+        "student": load_pipeline(STUDENTS / student).unet.eval(),
+        "teacher": load_pipeline(TEACHER_ARTEFACT).unet.eval(),
+    }
+    result: dict[str, Any] = {
+        "command": f"python benchmarks/bench_parity.py samplers --names {student}",
+        "student": student,
+        "samples": f"{num_samples} samples, seed {seed}",
+        "rows": [],
+        "scored_at": git_revision(),
+    }
+    for model_name, model in models.items():
+        for kind, steps in SAMPLERS:
+            scheduler_class = DDIMScheduler if kind == "ddim" else DDPMScheduler
+            scheduler = scheduler_class.from_pretrained(TEACHER_ARTEFACT / "scheduler")
+            scheduler.set_timesteps(steps)
+            torch.manual_seed(seed)  # the ancestral sampler's fresh noise at every step
+            print(f"samplers: {model_name}, {kind} {steps} steps, {num_samples} samples ...", flush=True)
+            stats = _sample_statistics(lambda t, m=model: m, scheduler, num_samples, seed)
+            result["rows"].append({"model": model_name, "sampler": kind, "steps": steps, **stats})
+            print(json.dumps(result["rows"][-1]), flush=True)
+            runs = [r for r in sampler_runs() if r["student"] != student] + [result]
+            write_json(RESULTS / "parity_samplers.json", {"runs": runs})
+    return result
+
+
+def sampler_runs() -> list[dict[str, Any]]:
+    return (read_json(RESULTS / "parity_samplers.json") or {}).get("runs", [])
+
+
+def sampler_note(run: dict[str, Any], real_saturation: float | None) -> str:
+    """One line of RESULTS.md notes: saturation and contrast per model and sampler."""
+    parts = []
+    for model in ("student", "teacher"):
+        rows = [r for r in run["rows"] if r["model"] == model]
+        if rows:
+            parts.append(
+                model
+                + " "
+                + ", ".join(
+                    f"{r['sampler'].upper()}-{r['steps']} {r['saturation']:.3f} / {r['contrast']:.1f}"
+                    for r in rows
+                )
+            )
+    described = "; ".join(parts)
+    real = f"; held-out real images {real_saturation:.3f}" if real_saturation is not None else ""
+    return f"Samplers ({run['command']}; {run['samples']}): saturation / contrast: {described}{real}."
+
+
 # ------------------------------------------------------------------------------------------------
 # committed logs
 # ------------------------------------------------------------------------------------------------
@@ -1319,6 +1389,7 @@ def main(argv: list[str] | None = None) -> int:
             "curves",
             "fid",
             "handoff",
+            "samplers",
             "table",
             "memory",
         ),
@@ -1353,6 +1424,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.names or len(args.names) != 1:
             parser.error("handoff needs --names <arm>_seed<S> (one student)")
         handoff_stage(args.names[0], ablate_mixing=args.ablate_mixing)
+        return 0
+    if args.stage == "samplers":
+        if not args.names or len(args.names) != 1:
+            parser.error("samplers needs --names <arm>_seed<S> (one student)")
+        samplers_stage(args.names[0])
         return 0
     if args.stage == "fid":
         if not args.names:

@@ -646,3 +646,37 @@ def test_teacher_layout_benchmark_times_both_layouts_and_refuses_to_overwrite_re
         assert row["default_s"] > 0 and row["channels_last_s"] > 0
         assert row["speedup"] == pytest.approx(row["default_s"] / row["channels_last_s"])
         assert row["max_rel_diff_fp32"] < 1e-4  # the same function, up to float rounding
+
+
+def test_parity_samplers_stage_scores_both_models_under_each_sampler_with_the_same_noise(
+    tmp_path, monkeypatch
+):
+    """bench_parity samplers: the teacher and a student sampled under each sampler from the same noise, rows
+    saved as they finish, and one RESULTS.md note per run. Here the 'student' is the committed teacher itself,
+    so equal weights must give equal statistics under each sampler (the ancestral one included)."""
+    import bench_parity
+
+    monkeypatch.setattr(bench_parity, "RESULTS", tmp_path)
+    students = tmp_path / "students"
+    students.mkdir()
+    (students / "copy_seed0").symlink_to(bench_parity.TEACHER_ARTEFACT.resolve())
+    monkeypatch.setattr(bench_parity, "STUDENTS", students)
+    monkeypatch.setattr(bench_parity, "SAMPLERS", (("ddim", 2), ("ddpm", 3)))
+    rows = bench_parity.samplers_stage("copy_seed0", num_samples=2)["rows"]
+    assert [(r["model"], r["sampler"], r["steps"]) for r in rows] == [
+        ("student", "ddim", 2),
+        ("student", "ddpm", 3),
+        ("teacher", "ddim", 2),
+        ("teacher", "ddpm", 3),
+    ]
+    for student_row, teacher_row in zip(rows[:2], rows[2:]):
+        assert student_row["saturation"] == pytest.approx(teacher_row["saturation"])
+        assert student_row["contrast"] == pytest.approx(teacher_row["contrast"])
+    assert rows[0]["contrast"] != pytest.approx(rows[1]["contrast"])  # two samplers, two sample sets
+    saved = json.loads((tmp_path / "parity_samplers.json").read_text())["runs"]
+    assert [run["student"] for run in saved] == ["copy_seed0"] and saved[0]["rows"] == rows
+    note = bench_parity.sampler_note(saved[0], 0.128)
+    student_part, teacher_part = note.split("; teacher ")
+    assert "student DDIM-2 " in student_part and ", DDPM-3 " in student_part
+    assert teacher_part.startswith("DDIM-2 ") and ", DDPM-3 " in teacher_part
+    assert note.endswith("held-out real images 0.128.")
