@@ -1187,10 +1187,11 @@ def _sample_statistics(models_for, scheduler, num_samples: int, seed: int) -> di
     """DDIM samples where ``models_for(t)`` denoises step t; their parity_fid.image_statistics."""
     import parity_fid as pf
     import torch
+    from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(num_samples, 3, 32, 32, generator=generator)
-    for t in scheduler.timesteps:
+    for t in tqdm(scheduler.timesteps, desc="sampling steps", leave=False):
         with torch.no_grad():
             x = scheduler.step(models_for(int(t))(x, t).sample, t, x).prev_sample
     return pf.image_statistics(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
