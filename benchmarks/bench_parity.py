@@ -867,7 +867,14 @@ PARITY_NOTES = [
     "loss at its 13,000 steps (0.02715; both are about 5% above the teacher's fitted plateau 0.02594), so more "
     "steps would close most of the remaining 3.5%. The stride-4 input-skip student is still falling almost "
     "linearly at 6,000 steps (1.361x -> 1.336x -> 1.310x at 4,000 / 5,000 / 6,000), no plateau can be fitted yet, "
-    "and its FID (215) is 3.9x the teacher's: its cost to parity cannot be estimated from this run.",
+    "and its FID (215) is 3.9x the teacher's: its cost to parity cannot be estimated from this run. The colour "
+    "overshoot belongs to FID's 50-step DDIM sampler, not to what the student learned (samplers stage below, the "
+    "12,000-step student, 128 samples from the same noise): under the ancestral 1,000-step sampler the models are "
+    "trained for, student and teacher have the same saturation, 0.132 (held-out real images 0.128); under DDIM "
+    "both fall from 50 to 200 steps (student 0.170 -> 0.138, teacher 0.125 -> 0.083). DDIM-50 adds about 0.035 to "
+    "either model; the teacher's deterministic samples are under-saturated, which hides that excess at 50 steps, "
+    "the student's are not. FID under DDIM-200 or DDPM-1000 (~0.5-2 h of a core per model for 2,000 samples) is "
+    "not measured yet.",
     "Stopped early: plain_skip_teacher_init_s4 (above; off the plot's scale) and "
     "output_mse_skip_teacher_init_cosine (a 12,000-step cosine schedule; stopped at step 3,000 of its second "
     "segment in session 9 to give its core to the input-skip arms, which made it moot; it resumes from its "
