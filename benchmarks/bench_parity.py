@@ -1191,7 +1191,8 @@ HANDOFF_SWITCHES = (
 
 
 def _sample_statistics(models_for, scheduler, num_samples: int, seed: int) -> dict[str, float]:
-    """DDIM samples where ``models_for(t)`` denoises step t; their parity_fid.image_statistics."""
+    """Samples of ``scheduler`` (DDIM or DDPM) where ``models_for(t)`` denoises step t; their
+    parity_fid.image_statistics."""
     import parity_fid as pf
     import torch
     from tqdm.auto import tqdm
@@ -1324,6 +1325,7 @@ def samplers_stage(student: str, num_samples: int = 128, seed: int = 5) -> dict[
         "rows": [],
         "scored_at": git_revision(),
     }
+    other_runs = [r for r in sampler_runs() if r["student"] != student]
     for model_name, model in models.items():
         for kind, steps in SAMPLERS:
             scheduler_class = DDIMScheduler if kind == "ddim" else DDPMScheduler
@@ -1334,8 +1336,7 @@ def samplers_stage(student: str, num_samples: int = 128, seed: int = 5) -> dict[
             stats = _sample_statistics(lambda t, m=model: m, scheduler, num_samples, seed)
             result["rows"].append({"model": model_name, "sampler": kind, "steps": steps, **stats})
             print(json.dumps(result["rows"][-1]), flush=True)
-            runs = [r for r in sampler_runs() if r["student"] != student] + [result]
-            write_json(RESULTS / "parity_samplers.json", {"runs": runs})
+            write_json(RESULTS / "parity_samplers.json", {"runs": [*other_runs, result]})
     return result
 
 
@@ -1428,14 +1429,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "memory":
         memory_stage()
         return 0
-    if args.stage == "handoff":
+    if args.stage in ("handoff", "samplers"):
         if not args.names or len(args.names) != 1:
-            parser.error("handoff needs --names <arm>_seed<S> (one student)")
+            parser.error(f"{args.stage} needs --names <arm>_seed<S> (one student)")
+        if not (STUDENTS / args.names[0] / "model_index.json").is_file():
+            parser.error(
+                f"no finished student {args.names[0]} in {relative(STUDENTS)}: train it with `student` first"
+            )
+    if args.stage == "handoff":
         handoff_stage(args.names[0], ablate_mixing=args.ablate_mixing)
         return 0
     if args.stage == "samplers":
-        if not args.names or len(args.names) != 1:
-            parser.error("samplers needs --names <arm>_seed<S> (one student)")
         samplers_stage(args.names[0])
         return 0
     if args.stage == "fid":

@@ -680,3 +680,15 @@ def test_parity_samplers_stage_scores_both_models_under_each_sampler_with_the_sa
     assert "student DDIM-2 " in student_part and ", DDPM-3 " in student_part
     assert teacher_part.startswith("DDIM-2 ") and ", DDPM-3 " in teacher_part
     assert note.endswith("held-out real images 0.128.")
+
+
+@pytest.mark.parametrize("stage", ["handoff", "samplers"])
+def test_parity_sampling_stages_refuse_a_student_that_has_not_finished(tmp_path, monkeypatch, capsys, stage):
+    """handoff / samplers name one student folder; a missing one is a one-line error before any model loads."""
+    import bench_parity
+
+    monkeypatch.setattr(bench_parity, "STUDENTS", tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_parity.main([stage, "--names", "plain_seed7"])
+    assert exit_info.value.code == 2
+    assert "no finished student plain_seed7" in capsys.readouterr().err
