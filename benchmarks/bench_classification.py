@@ -6,8 +6,8 @@ row names the commit that trained it:
     python benchmarks/bench_classification.py candidates   # images/s of candidate teachers (~1 min) -> estimate
     python benchmarks/bench_classification.py teacher      # train (or resume) the teacher; refuses students below
                                                            # TEACHER_TARGET top-1 on the select slice
-    python benchmarks/bench_classification.py park         # copy an unfinished teacher's newest checkpoint into
-                                                           # benchmarks/artefacts (commit it); `teacher` resumes it
+    python benchmarks/bench_classification.py park         # before a session ends: keep every unfinished run's
+                                                           # newest checkpoint in benchmarks/artefacts (commit it)
     python benchmarks/bench_classification.py select       # one seed per candidate setting, scored on the select
                                                            # slice: RED alpha (1 or 50) and the best other distiller
     python benchmarks/bench_classification.py students [--arm A] [--seed S]   # the arms x seeds (resumable)
@@ -15,7 +15,9 @@ row names the commit that trained it:
 
 Every stage takes ``--smoke`` (a few images, 1 epoch, tiny widths, into ``--work_dir``, never benchmarks/_work)
 and ``--threads`` (torch threads of the training process). A finished run writes ``row.json`` next to its model
-and a rerun skips it; an unfinished one resumes from its newest accelerate checkpoint.
+and a rerun skips it; an unfinished one resumes from its newest accelerate checkpoint. Finished rows are also kept
+in benchmarks/artefacts/classification_runs (committed; `park` adds unfinished runs' newest checkpoints), and every
+stage first copies back what this machine lacks: a fresh machine skips the finished runs and resumes the rest.
 
 Data: the CIFAR-10 training parquet minus the last 500 images of every class (45,000 to train on); those 5,000
 cut in two per class: *select* (first 250 per class) monitors training and chooses settings, *report* (last 250
@@ -545,45 +547,117 @@ def teacher_artefact(layout: Layout) -> Path:
     return layout.work / "teacher_artefact" if layout.smoke else TEACHER_ARTEFACT
 
 
-def teacher_resume_artefact(layout: Layout) -> Path:
-    return teacher_artefact(layout).with_name(teacher_artefact(layout).name + "_resume")
+# Resume state that outlives the machine: benchmarks/_work is not committed, and the next session may run on a
+# fresh machine. Every finished run's row (kept as soon as it finishes) and, at `park`, every unfinished run's
+# newest complete checkpoint (model, optimizer, schedule and RNG state: what exact resume needs) live here, laid out
+# as under benchmarks/_work/classification_v3 (teacher/, select/<run>/, students/<run>); the stages copy back what
+# a machine lacks before they start.
+KEPT_RUNS = REPO_ROOT / "benchmarks/artefacts/classification_runs"
 
 
-def park_teacher(layout: Layout) -> Path | None:
-    """Copy an unfinished teacher's newest checkpoint (model, optimizer, schedule and RNG state: what exact resume
-    needs, ~10 MB) and its segments into the resume folder, to commit when a session ends before the teacher."""
+def kept_runs(layout: Layout) -> Path:
+    return layout.work.with_name("kept_runs") if layout.smoke else KEPT_RUNS
+
+
+def _run_folders(root: Path) -> list[Path]:
+    """The teacher's and every select and student run's folder under ``root`` (a work or a kept folder)."""
+    found = [root / "teacher", *sorted(root.glob("select/*")), *sorted(root.glob("students/*"))]
+    return [p for p in found if p.is_dir() and not p.name.endswith(".tmp")]
+
+
+def _replace_with(target: Path, items: list[Path]) -> None:
+    """Make ``target`` hold exactly copies of ``items``, swapping a finished copy in: a failure midway leaves
+    what was kept before intact."""
     import shutil
 
-    from redistill_diffusion.training.checkpointing import list_checkpoints
-
-    checkpoints = list_checkpoints(str(teacher_dir(layout)))
-    if not checkpoints:
-        print("park: the teacher has no checkpoint yet")
-        return None
-    newest = Path(checkpoints[-1])
-    target = teacher_resume_artefact(layout)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for item in items:
+        if item.is_dir():
+            shutil.copytree(item, staging / item.name)
+        elif item.is_file():
+            shutil.copy2(item, staging / item.name)
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(newest, target / newest.name)
-    if (teacher_dir(layout) / "segments.json").is_file():
-        shutil.copy2(teacher_dir(layout) / "segments.json", target / "segments.json")
-    print(f"park: {relative(newest)} -> {relative(target / newest.name)} (commit it)")
-    return target / newest.name
+    staging.rename(target)
 
 
-def unpark_teacher(layout: Layout) -> None:
-    """On a machine without the teacher's run folder, start from the parked checkpoint (exact resume)."""
+def keep_row(layout: Layout, run: Path) -> None:
+    """Keep a finished run's row (the summary needs nothing else); it replaces any checkpoint parked for it."""
+    _replace_with(kept_runs(layout) / run.relative_to(layout.work), [run / "row.json"])
+
+
+def park(layout: Layout) -> list[Path]:
+    """Copy every finished run's row and every unfinished run's newest complete checkpoint (and its segments)
+    into ``kept_runs``, to commit before a session ends; returns what it copied."""
+    from redistill_diffusion.training.checkpointing import list_checkpoints
+
+    copied = []
+    for run in _run_folders(layout.work):
+        target = kept_runs(layout) / run.relative_to(layout.work)
+        if (run / "row.json").is_file():
+            if run == teacher_dir(layout) or read_json(target / "row.json") == read_json(run / "row.json"):
+                continue  # the finished teacher is kept whole by keep_teacher
+            keep_row(layout, run)
+            copied.append(target / "row.json")
+            print(f"park: {relative(run)} finished: its row kept in {relative(target)}")
+            continue
+        checkpoints = list_checkpoints(str(run))
+        if not checkpoints or (target / checkpoints[-1].name).is_dir():
+            continue
+        _replace_with(target, [checkpoints[-1], run / "segments.json"])
+        copied.append(target / checkpoints[-1].name)
+        print(f"park: {relative(checkpoints[-1])} -> {relative(target / checkpoints[-1].name)}")
+    if copied:
+        print(f"park: commit {relative(kept_runs(layout))}")
+    else:
+        print("park: nothing new to keep")
+    return copied
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def finished_row(layout: Layout, run: Path) -> dict[str, Any] | None:
+    """A run's row: this machine's, else the kept one (the run finished on another machine)."""
+    return read_json(run / "row.json") or read_json(
+        kept_runs(layout) / run.relative_to(layout.work) / "row.json"
+    )
+
+
+def finished_rows(layout: Layout, kind: str) -> list[dict[str, Any]]:
+    """Every finished run of ``kind`` (select or students), here or kept, in folder-name order."""
+    names = {
+        p.name
+        for root in (layout.work, kept_runs(layout))
+        for p in _run_folders(root)
+        if p.parent.name == kind
+    }
+    rows = [finished_row(layout, layout.work / kind / name) for name in sorted(names)]
+    return [row for row in rows if row]
+
+
+def unpark(layout: Layout) -> None:
+    """On a machine that lacks them, copy parked checkpoints back into the work folder (a run with a newer
+    checkpoint of its own, or finished anywhere, keeps its state), so unfinished runs resume where they were."""
     import shutil
 
     from redistill_diffusion.training.checkpointing import list_checkpoints
 
-    parked = teacher_resume_artefact(layout)
-    out = teacher_dir(layout)
-    if not parked.is_dir() or list_checkpoints(str(out)) or (out / "row.json").is_file():
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    for item in parked.iterdir():
-        (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
-    print(f"teacher: resuming from the parked {relative(parked)}")
+    root = kept_runs(layout)
+    for kept in _run_folders(root):
+        run = layout.work / kept.relative_to(root)
+        if finished_row(layout, run) is not None:
+            continue
+        parked, have = list_checkpoints(str(kept)), list_checkpoints(str(run))
+        if not parked or (have and _step(have[-1]) >= _step(parked[-1])):
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(parked[-1], run / parked[-1].name)
+        if (kept / "segments.json").is_file():
+            shutil.copy2(kept / "segments.json", run / "segments.json")
+        print(f"{relative(run)}: resuming from the parked {relative(parked[-1])}")
 
 
 def keep_teacher(layout: Layout, row: dict[str, Any]) -> dict[str, Any]:
@@ -609,7 +683,7 @@ def train_teacher(layout: Layout, paths: dict[str, Path], threads: int) -> dict[
     if kept is not None:
         print(f"teacher: {kept['output_dir']} (top-1 {kept['top1']['select']:.4f} on select), not retrained")
         return kept
-    unpark_teacher(layout)
+    unpark(layout)
     flags = ["--model_name_or_path", "resnet18", *model_flags(recipe), "--distiller", "none"]
     flags += [*recipe_flags(recipe, paths), "--seed", 0]
     row = train_run(
@@ -676,7 +750,7 @@ def run_arm(
     layout, arm: Arm, seed: int, paths, threads, teacher_path: str, kind: str
 ) -> dict[str, Any] | None:
     recipe = layout.recipe
-    finished = read_json(layout.run_dir(kind, arm.name, seed) / "row.json")
+    finished = finished_row(layout, layout.run_dir(kind, arm.name, seed))
     if finished is not None and "arm" in finished:
         print(f"{finished['output_dir']}: finished, skipped")
         return finished
@@ -711,11 +785,13 @@ def run_arm(
             + (f"--arm {arm.name} --seed {seed}" if kind != "select" else f"--candidate {arm.name}")
         )
         write_json(layout.run_dir(kind, arm.name, seed) / "row.json", row)
+        keep_row(layout, layout.run_dir(kind, arm.name, seed))
     return row
 
 
 def select_stage(layout, paths, threads, allow_weak, only: str | None) -> dict[str, Any]:
     teacher = trained_teacher(layout, allow_weak)
+    unpark(layout)
     for name, arm in SELECT_CANDIDATES.items():
         if only is None or name == only:
             run_arm(layout, arm, SELECT_SEED, paths, threads, teacher["output_dir"], "select")
@@ -726,7 +802,7 @@ def choose(layout: Layout) -> dict[str, Any]:
     """The settings the select runs chose; None until the runs they compare have finished."""
     scores = {}
     for name in SELECT_CANDIDATES:
-        row = read_json(layout.run_dir("select", name, SELECT_SEED) / "row.json")
+        row = finished_row(layout, layout.run_dir("select", name, SELECT_SEED))
         if row is not None:
             scores[name] = row["top1"]["select"]
     alphas = {n: s for n, s in scores.items() if n.startswith("red_alpha_")}
@@ -742,6 +818,7 @@ def choose(layout: Layout) -> dict[str, Any]:
 
 def students_stage(layout, paths, threads, allow_weak, arm_filter, seed_filter) -> None:
     teacher = trained_teacher(layout, allow_weak)
+    unpark(layout)
     choice = choose(layout)
     plan = arms(choice)
     if choice["red_alpha"] is None or choice["other_distiller"] is None:
@@ -926,9 +1003,8 @@ def summary_markdown(
 def summary_stage(layout: Layout) -> dict[str, Any]:
     # The kept teacher (what students load) first: on a fresh machine its run folder is gone.
     teacher = read_json(teacher_artefact(layout) / "row.json") or read_json(teacher_dir(layout) / "row.json")
-    rows = [read_json(p) for p in sorted((layout.work / "students").glob("*/row.json"))]
-    rows = [r for r in rows if r]
-    choice = choose(layout) if (layout.work / "select").is_dir() else {}
+    rows = finished_rows(layout, "students")
+    choice = choose(layout) if finished_rows(layout, "select") else {}
     target = layout.results / "results" / "classification.json"
     previous = read_json(target) or {}
     try:
@@ -1142,7 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result["summary"])
         return 0
     if args.stage == "park":
-        park_teacher(layout)
+        park(layout)
         return 0
     if args.stage == "candidates":
         candidates_stage(layout, args.threads, seconds=2.0 if args.smoke else 20.0)

@@ -575,27 +575,33 @@ def test_classification_teacher_is_kept_as_an_artefact_that_later_stages_use_wit
     assert cls.train_teacher(layout, {}, 1)["top1"]["select"] == 0.9
 
 
+def _checkpoints(run, *steps):
+    from redistill_diffusion.training.checkpointing import STATE_FILE
+
+    for step in steps:
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / STATE_FILE).write_text("{}")
+        (run / f"checkpoint-{step}" / "model.safetensors").write_bytes(str(step).encode())
+
+
 def test_classification_teacher_parks_its_newest_checkpoint_and_a_fresh_machine_resumes_it(
     tmp_path, monkeypatch
 ):
     """`park` copies the unfinished teacher's newest complete checkpoint (and its segments) to the committed
-    resume folder; on a machine without the run folder, the teacher stage copies it back and resumes."""
+    folder; on a machine without the run folder, the teacher stage copies it back and resumes."""
     import shutil
 
     import bench_classification as cls
 
-    from redistill_diffusion.training.checkpointing import STATE_FILE
-
     layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
     run = cls.teacher_dir(layout)
-    for step in (700, 1050):
-        (run / f"checkpoint-{step}").mkdir(parents=True)
-        (run / f"checkpoint-{step}" / STATE_FILE).write_text("{}")
-        (run / f"checkpoint-{step}" / "model.safetensors").write_bytes(str(step).encode())
+    _checkpoints(run, 700, 1050)
     (run / "checkpoint-1400").mkdir()  # incomplete (no state file): never parked
     common.write_json(run / "segments.json", {"segments": [{"commit": "abc1234"}]})
-    parked = cls.park_teacher(layout)
+    (parked,) = cls.park(layout)
     assert parked.name == "checkpoint-1050" and (parked / "model.safetensors").read_bytes() == b"1050"
+    assert sorted(p.name for p in parked.parent.iterdir()) == ["checkpoint-1050", "segments.json"]
+    assert cls.park(layout) == []  # nothing new: the kept copy is not rewritten
     shutil.rmtree(run)  # the fresh machine
     resumed = []
     monkeypatch.setattr(cls, "train_run", lambda layout, name, flags, out, *rest: resumed.append(out) or None)
@@ -603,6 +609,53 @@ def test_classification_teacher_parks_its_newest_checkpoint_and_a_fresh_machine_
     cls.train_teacher(layout, {"select": tmp_path / "s", "report": tmp_path / "r"}, 1)
     assert resumed == [run] and (run / "checkpoint-1050" / "model.safetensors").read_bytes() == b"1050"
     assert common.read_json(run / "segments.json")["segments"][0]["commit"] == "abc1234"
+
+
+def test_classification_runs_outlive_the_machine_finished_rows_are_skipped_and_parked_ones_resume(
+    tmp_path, monkeypatch
+):
+    """A session's machine may be gone by the next one: a finished run's row is kept as it finishes, `park`
+    keeps an unfinished run's newest checkpoint, and on a fresh machine the finished run is skipped (its row
+    still chooses and is summarised) while the parked one resumes from its checkpoint, not from step 0."""
+    import shutil
+
+    import bench_classification as cls
+
+    layout = cls.Layout(tmp_path / "work", tmp_path, tmp_path / "logs", cls.RECIPES["smoke"], smoke=True)
+    monkeypatch.setattr(cls, "trained_teacher", lambda layout, allow_weak: {"output_dir": "teacher"})
+    monkeypatch.setattr(cls, "student_flags", lambda *a: [])
+    monkeypatch.setattr(cls, "recipe_flags", lambda recipe, paths: [])
+
+    def finish(layout, name, flags, out, threads, score_on):
+        row = {"name": name, "output_dir": str(out), "top1": {"select": 0.5 + len(name) / 100}}
+        common.write_json(out / "row.json", row)
+        return common.read_json(out / "row.json")
+
+    monkeypatch.setattr(cls, "train_run", finish)
+    paths = {"select": tmp_path / "s", "report": tmp_path / "r"}
+    cls.select_stage(layout, paths, 1, True, "red_alpha_50")
+    kept = cls.kept_runs(layout) / "select" / f"red_alpha_50_seed{cls.SELECT_SEED}" / "row.json"
+    assert common.read_json(kept)["arm"] == "red_alpha_50"  # kept at once, no park needed
+    unfinished = layout.run_dir("students", "plain", 0)
+    _checkpoints(unfinished, 4, 8)
+    common.write_json(unfinished / "segments.json", {"segments": [{"commit": "abc1234"}]})
+    assert [p.name for p in cls.park(layout)] == ["checkpoint-8"]
+
+    shutil.rmtree(layout.work)  # the fresh machine
+    trained = []
+    monkeypatch.setattr(cls, "train_run", lambda layout, name, flags, out, *rest: trained.append(name))
+    cls.select_stage(layout, paths, 1, True, "red_alpha_50")
+    assert trained == []  # finished elsewhere: skipped
+    assert cls.choose(layout)["select_top1"] == {"red_alpha_50": common.read_json(kept)["top1"]["select"]}
+    cls.students_stage(layout, paths, 1, True, "plain", 0)
+    assert trained == ["students plain seed 0"]
+    assert (unfinished / "checkpoint-8" / "model.safetensors").read_bytes() == b"8"
+    assert common.read_json(unfinished / "segments.json")["segments"] == [{"commit": "abc1234"}]
+    # A run whose own checkpoint is newer than the parked one keeps its own.
+    shutil.rmtree(unfinished / "checkpoint-8")
+    _checkpoints(unfinished, 12)
+    cls.unpark(layout)
+    assert not (unfinished / "checkpoint-8").exists()
 
 
 def test_parity_recipe_trains_exactly_the_benchmarks_best_stride2_arm():
