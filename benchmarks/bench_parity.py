@@ -883,6 +883,60 @@ PARITY_NOTES = [
 ]
 
 
+def parity_answer(rows: list[dict[str, Any]]) -> str:
+    """RESULTS.md's one-paragraph answer for denoisers: the best stride-2 student over >= 3 seeds, the paper's
+    plain student, the best RED row and the best stride-4 student, each against the teacher."""
+
+    def best(candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return min(candidates, key=lambda r: r["ratio"]) if candidates else None
+
+    def fid(row: dict[str, Any]) -> str:
+        if row.get("fid") is None:
+            return ""
+        return f", FID {row['fid']:.1f} ({row['fid'] / row['fid_teacher']:.2f}x the teacher's {row['fid_teacher']:.1f})"
+
+    def seeds(row: dict[str, Any]) -> str:
+        return (
+            f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}, {row['student_steps']:,} steps"
+        )
+
+    stride2 = [r for r in rows if r["stem_stride"] == 2]
+    picks = [
+        ("best stride-2 student", best([r for r in stride2 if len(r["seeds"]) >= 3])),
+        ("the paper's plain student", next((r for r in rows if r["arm"] == "plain"), None)),
+        ("best RED row", best([r for r in rows if r["method"] == "red"])),
+        ("best stride-4 student", best([r for r in rows if r["stem_stride"] == 4])),
+    ]
+    parts = [
+        f"{label} (`{row['arm']}`, {'teacher-initialised' if row['init'] == 'teacher' else 'from scratch'}, "
+        f"{row['method']}; {seeds(row)}"
+        + (f"; {row['peak_reduction']:.2f}x lower exact peak" if row.get("peak_reduction") else "")
+        + f"): {row['ratio']:.3f}x the teacher's held-out loss{fid(row)}"
+        for label, row in picks
+        if row is not None
+    ]
+    if not parts:
+        return ""
+    return (
+        "Denoiser parity (section 3b, held-out loss on a report slice that chose nothing): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def report_stage() -> dict[str, Any]:
+    """Re-render results/parity.json (section 3b) from the committed results/diffusion_parity.json: no student
+    model is read, so it works on a machine without benchmarks/_work/parity."""
+    table = read_json(RESULTS / "diffusion_parity.json")
+    if not table:
+        raise SystemExit(f"no {relative(RESULTS / 'diffusion_parity.json')}: run the `table` stage first.")
+    teacher = table["teacher"]
+    teacher_losses = {"denoise_loss": teacher["heldout_loss_report"]}
+    teacher_losses.update({f"denoise_loss_{b}": v for b, v in teacher["heldout_loss_bands_report"].items()})
+    write_report_section(table["rows"], teacher_losses)
+    return read_json(RESULTS / "parity.json")
+
+
 def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, float]) -> None:
     """results/parity.json: the section report.py renders into RESULTS.md (table, curves, notes)."""
     from common import markdown_table
@@ -990,6 +1044,7 @@ def write_report_section(rows: list[dict[str, Any]], teacher_losses: dict[str, f
             "git_revision": git_revision(),
             "status": "ok" if rows else "in progress",
             "reason": None if rows else "no student has finished yet",
+            "summary": parity_answer(rows) or None,
             "markdown": teacher_line
             + "\n\n"
             + table
@@ -1400,6 +1455,7 @@ def main(argv: list[str] | None = None) -> int:
             "handoff",
             "samplers",
             "table",
+            "report",
             "memory",
         ),
     )
@@ -1425,6 +1481,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['arm']}: {row['heldout_loss']:.5f} ({row['ratio']:.3f}x) after {row['student_steps']} steps"
             )
+        return 0
+    if args.stage == "report":
+        print(report_stage()["summary"])
         return 0
     if args.stage == "memory":
         memory_stage()

@@ -745,3 +745,42 @@ def test_parity_sampling_stages_refuse_a_student_that_has_not_finished(tmp_path,
         bench_parity.main([stage, "--names", "plain_seed7"])
     assert exit_info.value.code == 2
     assert "no finished student plain_seed7" in capsys.readouterr().err
+
+
+def test_parity_answer_names_the_best_three_seed_student_the_plain_one_red_and_stride_4(
+    tmp_path, monkeypatch
+):
+    """RESULTS.md's answer for denoisers comes from the parity table: the best stride-2 student counts only among
+    rows with >= 3 seeds (a lucky single seed does not headline), and `report` re-renders it from the JSON alone."""
+    import bench_parity
+
+    def row(arm, ratio, seeds=(0, 1, 2), stride=2, method="output_mse", fid=None):
+        return {
+            "arm": arm, "ratio": ratio, "seeds": list(seeds), "stem_stride": stride, "method": method,
+            "init": "teacher", "student_steps": 6000, "fid": fid, "fid_teacher": 50.0, "peak_reduction": 4.0,
+        }  # fmt: skip
+
+    rows = [
+        row("plain", 1.2, fid=150.0),
+        row("lucky", 1.01, seeds=(0,)),
+        row("best", 1.04, fid=55.0),
+        row("red_gn", 1.26, method="red"),
+        row("s4", 1.3, seeds=(0,), stride=4),
+    ]
+    answer = bench_parity.parity_answer(rows)
+    assert "best stride-2 student (`best`" in answer and "1.040x" in answer and "FID 55.0 (1.10x" in answer
+    assert "`lucky`" not in answer
+    assert "plain student (`plain`" in answer and "best RED row (`red_gn`" in answer
+    assert "best stride-4 student (`s4`" in answer
+    monkeypatch.setattr(bench_parity, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_parity, "TEACHER_ARTEFACT", tmp_path / "teacher")
+    teacher = {
+        "heldout_loss_report": 0.03,
+        "heldout_loss_bands_report": {b: 0.03 for b in bench_parity.BANDS},
+    }
+    for r in rows:
+        r.update(heldout_loss=0.03 * r["ratio"], heldout_loss_bands=teacher["heldout_loss_bands_report"])
+        r.update(fid_ci95=None if r["fid"] is None else 2.0, commit=["abc1234"])
+        r["heldout_loss_per_seed"] = [r["heldout_loss"]] * len(r["seeds"])
+    common.write_json(tmp_path / "diffusion_parity.json", {"teacher": teacher, "rows": rows, "paired": []})
+    assert bench_parity.report_stage()["summary"] == answer
