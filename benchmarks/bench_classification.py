@@ -800,17 +800,19 @@ def select_stage(layout, paths, threads, allow_weak, only: str | None) -> dict[s
 
 def choose(layout: Layout) -> dict[str, Any]:
     """The settings the select runs chose; None until the runs they compare have finished."""
-    scores = {}
+    scores, restated = {}, []
     for name in SELECT_CANDIDATES:
         row = finished_row(layout, layout.run_dir("select", name, SELECT_SEED))
         if row is not None:
             scores[name] = row["top1"]["select"]
+            restated += [name] if row.get("reconstructed") else []
     alphas = {n: s for n, s in scores.items() if n.startswith("red_alpha_")}
     others = {n: s for n, s in scores.items() if n in ("dkd", "at", "fitnet")}
     choice = {
         "select_top1": scores,
         "red_alpha": int(max(alphas, key=alphas.get).rsplit("_", 1)[1]) if len(alphas) == 2 else None,
         "other_distiller": max(others, key=others.get) if len(others) == 3 else None,
+        "restated": restated,  # rows whose run folder was lost: figures restated from an earlier summary
     }
     write_json(layout.work / "choice.json", choice)
     return choice
@@ -923,6 +925,16 @@ def summarise(
     return {"arms": arm_rows, "contrasts": contrasts}
 
 
+def _restated(choice: dict[str, Any]) -> str:
+    names = choice.get("restated") or []
+    if not names:
+        return ""
+    return (
+        f"; {', '.join(names)} restated from an earlier committed summary, their run folders lost with an "
+        "earlier machine (the rows say from where: benchmarks/artefacts/classification_runs/select)"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -943,6 +955,7 @@ def summary_markdown(
         f"{choice.get('red_alpha')} and the other distiller {str(choice.get('other_distiller')).upper()} chosen on the select slice "
         f"(select top-1 of the candidates at seed {SELECT_SEED}: "
         + ", ".join(f"{k} {_pct(v)}" for k, v in (choice.get("select_top1") or {}).items())
+        + _restated(choice)
         + f"). Top-1: the final epoch's model on the report slice ({10 * (recipe.heldout_per_class - recipe.heldout_per_class // 2)} "
         "images, read once per run). Intervals: "
         "mean and 95% Student-t interval of the per-seed paired differences, in points.",
@@ -1022,6 +1035,10 @@ def summary_stage(layout: Layout) -> dict[str, Any]:
         for r in ([teacher] if teacher else []) + rows
     ]
     status = "ok" if rows else "not run"
+    training_cpus: dict[str, int] = {}  # the machine a row trained on is not the one this summary runs on
+    for row in ([teacher] if teacher else []) + rows:
+        for cpu in sorted({s.get("cpu") for s in row.get("segments") or [] if s.get("cpu")}):
+            training_cpus[cpu] = training_cpus.get(cpu, 0) + 1
     result = part_result(
         "classification",
         "smoke" if layout.smoke else "cpu",
@@ -1029,6 +1046,7 @@ def summary_stage(layout: Layout) -> dict[str, Any]:
         reason=None
         if rows
         else f"protocol {PROTOCOL}: no student has finished yet (the stages of benchmarks/bench_classification.py).",
+        machine=machine_info() | {"training_cpus": training_cpus},
         protocol=PROTOCOL,
         recipe=vars(layout.recipe),
         choice=choice,
@@ -1067,7 +1085,9 @@ def pending_markdown(teacher: dict[str, Any] | None, choice: dict[str, Any] | No
     selected = (
         f" Select runs finished (seed {SELECT_SEED}, final-epoch top-1 on the select slice, which only chooses): "
         + ", ".join(f"{SELECT_CANDIDATES[name].label} {100 * score:.2f}%" for name, score in scores.items())
-        + f"; of {len(SELECT_CANDIDATES)} ({', '.join(a.label for a in SELECT_CANDIDATES.values())})."
+        + f"; of {len(SELECT_CANDIDATES)} ({', '.join(a.label for a in SELECT_CANDIDATES.values())})"
+        + _restated(choice or {})
+        + "."
         if scores
         else ""
     )

@@ -93,6 +93,9 @@ def _machine_section(parts: dict[str, dict[str, Any]]) -> str:
             f"accelerate {machine.get('accelerate')}, timm {machine.get('timm')}, torch-fidelity {machine.get('torch_fidelity')}"
         )
         lines.append(f"- {machine.get('platform')}")
+        if machine.get("training_cpus"):  # runs that trained elsewhere than the report ran
+            trained = ", ".join(f"{cpu} ({n} runs)" for cpu, n in machine["training_cpus"].items())
+            lines.append(f"- the runs it reports trained on: {trained}")
         lines.append("")
     return "\n".join(lines)
 
