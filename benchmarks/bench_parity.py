@@ -893,6 +893,8 @@ def parity_answer(rows: list[dict[str, Any]]) -> str:
     def fid(row: dict[str, Any]) -> str:
         if row.get("fid") is None:
             return ""
+        if not row.get("fid_teacher"):
+            return f", FID {row['fid']:.1f}"
         return f", FID {row['fid']:.1f} ({row['fid'] / row['fid_teacher']:.2f}x the teacher's {row['fid_teacher']:.1f})"
 
     def seeds(row: dict[str, Any]) -> str:
