@@ -925,6 +925,11 @@ def summarise(
     return {"arms": arm_rows, "contrasts": contrasts}
 
 
+def _other(choice: dict[str, Any]) -> str:
+    other = choice.get("other_distiller")
+    return other.upper() if other else "(not yet: its DKD, AT and FitNet select runs must all finish)"
+
+
 def _restated(choice: dict[str, Any]) -> str:
     names = choice.get("restated") or []
     if not names:
@@ -952,7 +957,7 @@ def summary_markdown(
         f"{recipe.mixed_precision} autocast, no gradient clipping): top-1 {_pct(t.get('select'))}% on the select slice, "
         f"{_pct(t.get('report'))}% on the report slice. Students: stem stride {recipe.stem_stride}, from scratch, the "
         "teacher's recipe; RED blocks at the paper placement with BatchNorm; RED alpha "
-        f"{choice.get('red_alpha')} and the other distiller {str(choice.get('other_distiller')).upper()} chosen on the select slice "
+        f"{choice.get('red_alpha')} and the other distiller {_other(choice)} chosen on the select slice "
         f"(select top-1 of the candidates at seed {SELECT_SEED}: "
         + ", ".join(f"{k} {_pct(v)}" for k, v in (choice.get("select_top1") or {}).items())
         + _restated(choice)
@@ -991,7 +996,15 @@ def summary_markdown(
         "teacher / arm",
         "trained at",
     ]
-    lines += [markdown_table(header, table), ""]
+    planned = len(arms(choice if choice.get("other_distiller") else {**choice, "other_distiller": "dkd"}))
+    finished = sum(len(a["seeds"]) for a in summary["arms"])
+    lines += [
+        f"Runs finished: {finished} of {planned * len(recipe.seeds)} ({planned} arms x {len(recipe.seeds)} seeds); "
+        "an arm with fewer than 2 seeds has no interval yet.",
+        "",
+        markdown_table(header, table),
+        "",
+    ]
     crows = []
     for c in summary["contrasts"]:
         ci = c["ci95"]
