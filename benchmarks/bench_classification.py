@@ -1029,7 +1029,7 @@ def summary_markdown(
 def summary_stage(layout: Layout) -> dict[str, Any]:
     # The kept teacher (what students load) first: on a fresh machine its run folder is gone.
     teacher = read_json(teacher_artefact(layout) / "row.json") or read_json(teacher_dir(layout) / "row.json")
-    rows = finished_rows(layout, "students")
+    rows = [r for r in finished_rows(layout, "students") if "arm" in r]  # run_arm adds the arm right after
     choice = choose(layout) if finished_rows(layout, "select") else {}
     target = layout.results / "results" / "classification.json"
     previous = read_json(target) or {}
