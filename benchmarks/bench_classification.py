@@ -927,7 +927,12 @@ def summarise(
 
 def _other(choice: dict[str, Any]) -> str:
     other = choice.get("other_distiller")
-    return other.upper() if other else "(not yet: its DKD, AT and FitNet select runs must all finish)"
+    if not other:
+        return "(not yet: its DKD, AT and FitNet select runs must all finish)"
+    scores = {n: v for n, v in (choice.get("select_top1") or {}).items() if n in ("dkd", "at", "fitnet")}
+    runner_up = max((n for n in scores if n != other), key=scores.get)
+    margin = 100 * (scores[other] - scores[runner_up])
+    return f"{other.upper()} (ahead of {runner_up.upper()} by {margin:.2f} points on select, one seed)"
 
 
 def _restated(choice: dict[str, Any]) -> str:
