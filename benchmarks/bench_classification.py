@@ -930,7 +930,10 @@ def _other(choice: dict[str, Any]) -> str:
     if not other:
         return "(not yet: its DKD, AT and FitNet select runs must all finish)"
     scores = {n: v for n, v in (choice.get("select_top1") or {}).items() if n in ("dkd", "at", "fitnet")}
-    runner_up = max((n for n in scores if n != other), key=scores.get)
+    others = [n for n in scores if n != other]
+    if other not in scores or not others:
+        return other.upper()
+    runner_up = max(others, key=scores.get)
     margin = 100 * (scores[other] - scores[runner_up])
     return f"{other.upper()} (ahead of {runner_up.upper()} by {margin:.2f} points on select, one seed)"
 

@@ -229,6 +229,10 @@ def test_summary_pairs_seeds_and_names_each_contrast():
     text = cls.summary_markdown(
         None, summary, cls.RECIPES["cpu"], {"red_alpha": 50, "other_distiller": "dkd"}
     )
+    # The other distiller's choice states its margin over the runner-up (a near tie should read as one).
+    scores = {"dkd": 0.78, "at": 0.7768, "fitnet": 0.7804}
+    choice = {"other_distiller": "fitnet", "select_top1": scores}
+    assert cls._other(choice) == "FITNET (ahead of DKD by 0.04 points on select, one seed)"
     assert "+10.00" in text and "what the RED loss adds" in text and "s / step" not in text
 
 
