@@ -219,6 +219,8 @@ SELECT_CANDIDATES = {
     "fitnet": Arm("fitnet", "FitNet", "fitnet"),
 }
 
+OTHER_DISTILLERS = ("dkd", "at", "fitnet")  # the select runs among which the best other distiller is chosen
+
 # The paired differences the summary reports: (name, minuend arm, subtrahend arm, what it measures).
 CONTRASTS = [
     ("red - plain (1 CE)", "red", "plain", "the headline of the earlier protocols, objectives unequal"),
@@ -807,11 +809,11 @@ def choose(layout: Layout) -> dict[str, Any]:
             scores[name] = row["top1"]["select"]
             restated += [name] if row.get("reconstructed") else []
     alphas = {n: s for n, s in scores.items() if n.startswith("red_alpha_")}
-    others = {n: s for n, s in scores.items() if n in ("dkd", "at", "fitnet")}
+    others = {n: s for n, s in scores.items() if n in OTHER_DISTILLERS}
     choice = {
         "select_top1": scores,
         "red_alpha": int(max(alphas, key=alphas.get).rsplit("_", 1)[1]) if len(alphas) == 2 else None,
-        "other_distiller": max(others, key=others.get) if len(others) == 3 else None,
+        "other_distiller": max(others, key=others.get) if len(others) == len(OTHER_DISTILLERS) else None,
         "restated": restated,  # rows whose run folder was lost: figures restated from an earlier summary
     }
     write_json(layout.work / "choice.json", choice)
@@ -929,7 +931,7 @@ def _other(choice: dict[str, Any]) -> str:
     other = choice.get("other_distiller")
     if not other:
         return "(not yet: its DKD, AT and FitNet select runs must all finish)"
-    scores = {n: v for n, v in (choice.get("select_top1") or {}).items() if n in ("dkd", "at", "fitnet")}
+    scores = {n: v for n, v in (choice.get("select_top1") or {}).items() if n in OTHER_DISTILLERS}
     others = [n for n in scores if n != other]
     if other not in scores or not others:
         return other.upper()
@@ -1243,9 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}.")
-    every_arm = {
-        n for other in ("dkd", "at", "fitnet") for n in arms({"red_alpha": 1, "other_distiller": other})
-    }
+    every_arm = {n for other in OTHER_DISTILLERS for n in arms({"red_alpha": 1, "other_distiller": other})}
     if args.arm is not None and args.arm not in every_arm:
         parser.error(f"--arm {args.arm}: not an arm; choose one of {', '.join(sorted(every_arm))}.")
     if args.synthetic and not args.smoke:
