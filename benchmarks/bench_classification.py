@@ -954,6 +954,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _progress(summary: dict[str, Any], recipe: Recipe, choice: dict[str, Any]) -> tuple[int, int]:
+    """(runs finished, runs planned): every arm of the protocol times the recipe's seeds."""
+    planned = len(arms(choice if choice.get("other_distiller") else {**choice, "other_distiller": "dkd"}))
+    return sum(len(a["seeds"]) for a in summary["arms"]), planned * len(recipe.seeds)
+
+
 def summary_markdown(
     teacher: dict[str, Any] | None, summary: dict[str, Any], recipe: Recipe, choice: dict
 ) -> str:
@@ -1006,10 +1012,9 @@ def summary_markdown(
         "teacher / arm",
         "trained at",
     ]
-    planned = len(arms(choice if choice.get("other_distiller") else {**choice, "other_distiller": "dkd"}))
-    finished = sum(len(a["seeds"]) for a in summary["arms"])
+    finished, planned = _progress(summary, recipe, choice)
     lines += [
-        f"Runs finished: {finished} of {planned * len(recipe.seeds)} ({planned} arms x {len(recipe.seeds)} seeds); "
+        f"Runs finished: {finished} of {planned} ({planned // len(recipe.seeds)} arms x {len(recipe.seeds)} seeds); "
         "an arm with fewer than 2 seeds has no interval yet.",
         "",
         markdown_table(header, table),
@@ -1029,9 +1034,11 @@ def summary_markdown(
         )
     if crows:
         lines += [
+            f"Paired differences so far; one with fewer than {len(recipe.seeds)} seeds is progress, not a result.",
+            "",
             markdown_table(
                 ["paired difference", "measures", "mean (points)", "95% interval", "per seed"], crows
-            )
+            ),
         ]
     return "\n".join(lines)
 
@@ -1081,7 +1088,7 @@ def summary_stage(layout: Layout) -> dict[str, Any]:
         markdown=summary_markdown(teacher, summary, layout.recipe, choice)
         if rows
         else pending_markdown(teacher, choice),
-        summary=_answer(teacher, summary),
+        summary=_answer(teacher, summary, layout.recipe, *_progress(summary, layout.recipe, choice)),
         history=previous.get("history", []),
     )
     write_json(target, result)
@@ -1122,11 +1129,18 @@ def pending_markdown(teacher: dict[str, Any] | None, choice: dict[str, Any] | No
     )
 
 
-def _answer(teacher, summary) -> str:
-    if not summary["contrasts"]:
-        return f"Classification: protocol {PROTOCOL} has no finished comparison yet (see History for the earlier protocols)."
+def _answer(teacher, summary, recipe: Recipe, finished: int, planned: int) -> str:
+    """RESULTS.md's one-line answer. A contrast is stated only once both of its arms have every seed of the
+    recipe (issue 27: >= 3); before that the line says how far the runs are, not a one-seed difference."""
+    ready = [c for c in summary["contrasts"] if len(c["seeds"]) >= len(recipe.seeds)]
+    if not ready:
+        return (
+            f"Classification: protocol {PROTOCOL} has no finished comparison yet ({finished} of {planned} runs; a "
+            f"difference is stated once both arms have {len(recipe.seeds)} seeds; section 2 shows the runs so far, "
+            "History the earlier protocols)."
+        )
     parts = []
-    for c in summary["contrasts"][:5]:
+    for c in ready[:5]:
         ci = c["ci95"]
         parts.append(
             f"{c['contrast']} {100 * c['mean']:+.2f} points"
@@ -1138,9 +1152,8 @@ def _answer(teacher, summary) -> str:
         )
     t = (teacher or {}).get("top1", {}).get("report")
     return (
-        f"Classification (protocol {PROTOCOL}, teacher {_pct(t)}% top-1 on the report slice): "
-        + "; ".join(parts)
-        + "."
+        f"Classification (protocol {PROTOCOL}, teacher {_pct(t)}% top-1 on the report slice; {finished} of "
+        f"{planned} runs): " + "; ".join(parts) + "."
     )
 
 

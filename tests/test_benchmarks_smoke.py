@@ -236,6 +236,27 @@ def test_summary_pairs_seeds_and_names_each_contrast():
     assert "+10.00" in text and "what the RED loss adds" in text and "s / step" not in text
 
 
+def test_summary_answer_states_a_difference_only_once_both_arms_have_every_seed():
+    """A one-seed difference is progress: RESULTS.md's answer line must not read it as a result (issue 27)."""
+    import bench_classification as cls
+
+    recipe = cls.RECIPES["cpu"]
+    teacher = {"top1": {"report": 0.8668}}
+    one_seed = cls.summarise(None, [_row("red", 0, 0.60), _row("plain_half", 0, 0.50)])
+    assert [c["contrast"] for c in one_seed["contrasts"]] == ["red - plain (0.5 CE)"]
+    early = cls._answer(teacher, one_seed, recipe, 2, 24)
+    assert "no finished comparison yet (2 of 24 runs" in early and "+10.00" not in early
+    rows = [_row("red", s, v) for s, v in enumerate((0.60, 0.62, 0.64))]
+    rows += [_row("plain_half", s, v) for s, v in enumerate((0.50, 0.51, 0.55))]
+    rows += [_row("kd", 0, 0.58)]
+    full = cls._answer(teacher, cls.summarise(None, rows), recipe, 7, 24)
+    assert full.startswith(
+        "Classification (protocol 3, teacher 86.68% top-1 on the report slice; 7 of 24 runs)"
+    )
+    assert "red - plain (0.5 CE) +10.00 points (95% interval [" in full and "3 seeds)" in full
+    assert "kd - plain" not in full  # KD has one seed: not stated yet
+
+
 def test_summary_refuses_rows_trained_under_different_unstated_defaults():
     import bench_classification as cls
 
