@@ -1150,6 +1150,12 @@ def _answer(teacher, summary, recipe: Recipe, finished: int, planned: int) -> st
                 else f" (95% interval [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}], {len(c['seeds'])} seeds)"
             )
         )
+    waiting = len(CONTRASTS) - len(ready)
+    if waiting:  # a partial answer must not read as the whole comparison
+        parts.append(
+            f"{waiting} more contrast(s) wait until both of their arms have {len(recipe.seeds)} seeds "
+            "(section 2 shows them so far)"
+        )
     t = (teacher or {}).get("top1", {}).get("report")
     return (
         f"Classification (protocol {PROTOCOL}, teacher {_pct(t)}% top-1 on the report slice; {finished} of "

@@ -255,6 +255,7 @@ def test_summary_answer_states_a_difference_only_once_both_arms_have_every_seed(
     )
     assert "red - plain (0.5 CE) +10.00 points (95% interval [" in full and "3 seeds)" in full
     assert "kd - plain" not in full  # KD has one seed: not stated yet
+    assert f"{len(cls.CONTRASTS) - 1} more contrast(s) wait until both of their arms have 3 seeds" in full
 
 
 def test_summary_refuses_rows_trained_under_different_unstated_defaults():
