@@ -1129,27 +1129,42 @@ def pending_markdown(teacher: dict[str, Any] | None, choice: dict[str, Any] | No
     )
 
 
+# The contrasts RESULTS.md's answer line states, in this order (issue 27's questions: equal objectives, what the
+# RED loss adds, what the blocks add, the capacity control, RED against KD); the rest are counted, not dropped.
+ANSWER_CONTRASTS = (
+    "red - plain (0.5 CE)",
+    "red - student+ (0.5 CE)",
+    "student+ - plain (0.5 CE)",
+    "red - plain wide (0.5 CE)",
+    "red - kd",
+)
+
+
 def _answer(teacher, summary, recipe: Recipe, finished: int, planned: int) -> str:
     """RESULTS.md's one-line answer. A contrast is stated only once both of its arms have every seed of the
     recipe (issue 27: >= 3); before that the line says how far the runs are, not a one-seed difference."""
-    ready = [c for c in summary["contrasts"] if len(c["seeds"]) >= len(recipe.seeds)]
+    ready = {c["contrast"]: c for c in summary["contrasts"] if len(c["seeds"]) >= len(recipe.seeds)}
     if not ready:
         return (
             f"Classification: protocol {PROTOCOL} has no finished comparison yet ({finished} of {planned} runs; a "
             f"difference is stated once both arms have {len(recipe.seeds)} seeds; section 2 shows the runs so far, "
             "History the earlier protocols)."
         )
+    stated = [ready[name] for name in ANSWER_CONTRASTS if name in ready]
+    stated += [c for name, c in ready.items() if name not in ANSWER_CONTRASTS][: max(0, 5 - len(stated))]
     parts = []
-    for c in ready[:5]:
+    for c in stated:
         ci = c["ci95"]
         parts.append(
-            f"{c['contrast']} {100 * c['mean']:+.2f} points"
+            f"{c['contrast']} ({c['meaning']}) {100 * c['mean']:+.2f} points"
             + (
                 ""
                 if ci is None
                 else f" (95% interval [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}], {len(c['seeds'])} seeds)"
             )
         )
+    if len(ready) > len(stated):
+        parts.append(f"{len(ready) - len(stated)} further contrast(s) in section 2")
     waiting = len(CONTRASTS) - len(ready)
     if waiting:  # a partial answer must not read as the whole comparison
         parts.append(

@@ -253,9 +253,37 @@ def test_summary_answer_states_a_difference_only_once_both_arms_have_every_seed(
     assert full.startswith(
         "Classification (protocol 3, teacher 86.68% top-1 on the report slice; 7 of 24 runs)"
     )
-    assert "red - plain (0.5 CE) +10.00 points (95% interval [" in full and "3 seeds)" in full
+    assert (
+        "red - plain (0.5 CE) (RED (blocks + loss) at equal task weight) +10.00 points (95% interval ["
+        in full
+    )
+    assert "3 seeds)" in full
     assert "kd - plain" not in full  # KD has one seed: not stated yet
     assert f"{len(cls.CONTRASTS) - 1} more contrast(s) wait until both of their arms have 3 seeds" in full
+
+
+def test_summary_answer_states_issue_27s_questions_first_and_counts_the_rest_once_every_run_has_finished():
+    import bench_classification as cls
+
+    arms = [
+        "plain",
+        "plain_half",
+        "student_plus_half",
+        "red",
+        "plain_wide_half",
+        "kd",
+        "red_kd",
+        "other_fitnet",
+    ]
+    rows = [_row(arm, s, 0.50 + 0.01 * i + 0.002 * s) for i, arm in enumerate(arms) for s in range(3)]
+    summary = cls.summarise(None, rows)
+    assert len(summary["contrasts"]) == len(cls.CONTRASTS)
+    answer = cls._answer({"top1": {"report": 0.8668}}, summary, cls.RECIPES["cpu"], 24, 24)
+    stated = [answer.index(name + " (") for name in cls.ANSWER_CONTRASTS]
+    assert stated == sorted(stated)  # the questions in the order of ANSWER_CONTRASTS
+    assert "red - plain wide (0.5 CE) (RED against equal parameters without RED) -1.00 points" in answer
+    assert f"{len(cls.CONTRASTS) - len(cls.ANSWER_CONTRASTS)} further contrast(s) in section 2" in answer
+    assert "wait until" not in answer and "24 of 24 runs" in answer
 
 
 def test_summary_refuses_rows_trained_under_different_unstated_defaults():
