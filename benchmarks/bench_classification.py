@@ -1013,9 +1013,11 @@ def summary_markdown(
         "trained at",
     ]
     finished, planned = _progress(summary, recipe, choice)
+    complete = finished >= planned
     lines += [
-        f"Runs finished: {finished} of {planned} ({planned // len(recipe.seeds)} arms x {len(recipe.seeds)} seeds); "
-        "an arm with fewer than 2 seeds has no interval yet.",
+        f"Runs finished: {finished} of {planned} ({planned // len(recipe.seeds)} arms x {len(recipe.seeds)} seeds)"
+        + ("." if complete else "; an arm with fewer than 2 seeds has no interval yet.")
+        + _gap_to_teacher(teacher, summary),
         "",
         markdown_table(header, table),
         "",
@@ -1034,13 +1036,30 @@ def summary_markdown(
         )
     if crows:
         lines += [
-            f"Paired differences so far; one with fewer than {len(recipe.seeds)} seeds is progress, not a result.",
+            f"Paired differences over the {len(recipe.seeds)} seeds (95% Student-t intervals; one that includes 0 "
+            "does not separate the two arms)."
+            if complete
+            else f"Paired differences so far; one with fewer than {len(recipe.seeds)} seeds is progress, not a result.",
             "",
             markdown_table(
                 ["paired difference", "measures", "mean (points)", "95% interval", "per seed"], crows
             ),
         ]
     return "\n".join(lines)
+
+
+def _gap_to_teacher(teacher: dict[str, Any] | None, summary: dict[str, Any]) -> str:
+    """The 'Best student' sentence: the arm with the highest mean over at least 2 seeds and its distance to the teacher,
+    the figure a user weighs against the memory saving."""
+    t = (teacher or {}).get("top1", {}).get("report")
+    arms = [a for a in summary["arms"] if len(a.get("seeds", [])) >= 2]
+    if t is None or not arms:
+        return ""
+    best = max(arms, key=lambda a: a["top1_mean"])
+    return (
+        f" Best student: {best['label']} at {100 * best['top1_mean']:.2f}% over {len(best['seeds'])} seeds, "
+        f"{100 * (t - best['top1_mean']):.2f} points below the teacher's {100 * t:.2f}%."
+    )
 
 
 def summary_stage(layout: Layout) -> dict[str, Any]:

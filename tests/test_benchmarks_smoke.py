@@ -284,6 +284,14 @@ def test_summary_answer_states_issue_27s_questions_first_and_counts_the_rest_onc
     assert "red - plain wide (0.5 CE) (RED against equal parameters without RED) -1.00 points" in answer
     assert f"{len(cls.CONTRASTS) - len(cls.ANSWER_CONTRASTS)} further contrast(s) in section 2" in answer
     assert "wait until" not in answer and "24 of 24 runs" in answer
+    teacher = {"top1": {"report": 0.8668, "select": 0.8524}}
+    text = cls.summary_markdown(
+        teacher, summary, cls.RECIPES["cpu"], {"red_alpha": 50, "other_distiller": "fitnet"}
+    )
+    # Finished: the section reads as a result, names the best student and its distance to the teacher.
+    assert "Runs finished: 24 of 24 (8 arms x 3 seeds). Best student: other_fitnet at 57.20%" in text
+    assert "29.48 points below the teacher's 86.68%" in text
+    assert "Paired differences over the 3 seeds" in text and "so far" not in text
 
 
 def test_summary_refuses_rows_trained_under_different_unstated_defaults():
