@@ -1052,7 +1052,7 @@ def _gap_to_teacher(teacher: dict[str, Any] | None, summary: dict[str, Any]) -> 
     """The 'Best student' sentence: the arm with the highest mean over at least 2 seeds and its distance to the teacher,
     the figure a user weighs against the memory saving."""
     t = (teacher or {}).get("top1", {}).get("report")
-    arms = [a for a in summary["arms"] if len(a.get("seeds", [])) >= 2]
+    arms = [a for a in summary["arms"] if len(a["seeds"]) >= 2]
     if t is None or not arms:
         return ""
     best = max(arms, key=lambda a: a["top1_mean"])
@@ -1170,7 +1170,9 @@ def _answer(teacher, summary, recipe: Recipe, finished: int, planned: int) -> st
             "History the earlier protocols)."
         )
     stated = [ready[name] for name in ANSWER_CONTRASTS if name in ready]
-    stated += [c for name, c in ready.items() if name not in ANSWER_CONTRASTS][: max(0, 5 - len(stated))]
+    stated += [c for name, c in ready.items() if name not in ANSWER_CONTRASTS][
+        : len(ANSWER_CONTRASTS) - len(stated)
+    ]
     parts = []
     for c in stated:
         ci = c["ci95"]
